@@ -1,0 +1,5 @@
+import sys
+
+from batchml.cli import main
+
+sys.exit(main())

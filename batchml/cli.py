@@ -1,0 +1,228 @@
+"""The ``batchml`` command line: ingest, train, models, score, monitor, demo.
+
+Environment read here, and only here: ``BATCHML_ROOT`` (default store),
+``BATCHML_STORAGE_OPTIONS`` (JSON fsspec options), ``AWS_ENDPOINT_URL`` (S3 endpoint)
+and ``KERAS_BACKEND``. Exit codes: 0 ok, 1 an alert of severity error, 2 an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from batchml.backend import BACKENDS, DEFAULT_BACKEND, configure_backend
+from batchml.errors import BatchmlError
+from batchml.store import DEFAULT_ROOT, Store, StoreConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except BatchmlError as exc:
+        print(f"batchml: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("batchml: interrupted; nothing partial was committed", file=sys.stderr)
+        return 130
+
+
+# -- arguments ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--root", default=os.environ.get("BATCHML_ROOT", DEFAULT_ROOT),
+                       help="store URL: a folder or s3://bucket/prefix (default $BATCHML_ROOT or %(default)s)")
+    store.add_argument("--storage-options", default=os.environ.get("BATCHML_STORAGE_OPTIONS"),
+                       help='fsspec options as JSON, e.g. \'{"client_kwargs": {"endpoint_url": "http://host:9000"}}\'')
+    store.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("--scheduler", help="existing Dask scheduler, tcp://host:8786 or tls://...")
+    cluster.add_argument("--workers", type=int, help="local cluster: worker processes (default one per GPU, else 1)")
+    cluster.add_argument("--threads-per-worker", type=int, default=1)
+    cluster.add_argument("--backend", choices=BACKENDS, default=os.environ.get("KERAS_BACKEND", DEFAULT_BACKEND))
+    cluster.add_argument("--cpu", action="store_true", help="local cluster on the CPU even where GPUs are visible")
+    for flag in ("--tls-ca-file", "--tls-cert", "--tls-key"):
+        cluster.add_argument(flag, help="TLS for a tls:// scheduler")
+
+    parser = argparse.ArgumentParser(prog="batchml", description=__doc__.split("\n\n")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("ingest", parents=[store], help="write input partitions from images")
+    p.add_argument("source", help="folder or .tar(.gz) of class folders, CIFAR-10 python batches, or 'cifar10'")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", default="train", choices=("train", "test"))
+    p.add_argument("--partition-size", type=int, default=2000, help="images per partition")
+    p.add_argument("--classes", help="comma-separated class names, in label order (default: sorted folders)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = verbs.add_parser("train", parents=[store, cluster], help="train a model as a Dask task and register it")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--test-dataset", help="labelled dataset for the card's test metrics and reference")
+    p.add_argument("--arch", default="tutorial")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--validation-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="cifar10", help="model name in the registry")
+    p.add_argument("--promote", nargs="?", const="production", metavar="ALIAS",
+                   help="point ALIAS (default production) at the new version")
+    p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("models", help="list, show and promote model versions")
+    mverbs = p.add_subparsers(dest="models_verb", required=True)
+    q = mverbs.add_parser("list", parents=[store])
+    q.set_defaults(func=cmd_models_list)
+    q = mverbs.add_parser("show", parents=[store])
+    q.add_argument("version", help="[NAME/]VERSION or alias, e.g. v2, cifar10/v2, production")
+    q.set_defaults(func=cmd_models_show)
+    q = mverbs.add_parser("promote", parents=[store])
+    q.add_argument("version")
+    q.add_argument("--alias", default="production")
+    q.set_defaults(func=cmd_models_promote)
+
+    p = verbs.add_parser("score", parents=[store, cluster], help="score a dataset: one task per partition")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", default="production", help="[NAME/]VERSION or alias (default %(default)s)")
+    p.add_argument("--run-id", help="run id; rerunning an id resumes it (default <dataset>-<UTC time>)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-error-ratio", type=float, default=0.01)
+    p.set_defaults(func=cmd_score)
+
+    p = verbs.add_parser("monitor", parents=[store], help="fold a committed run into the monitoring tables")
+    p.add_argument("--run-id", required=True)
+    p.set_defaults(func=cmd_monitor)
+
+    p = verbs.add_parser("demo", parents=[store, cluster], help="the whole flow on real CIFAR-10")
+    p.add_argument("--source", help="CIFAR-10 source (default ../shared/data/cifar10-jpeg.tar.gz if present)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--nights", type=int, default=2)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def open_store(args) -> Store:
+    try:
+        options = json.loads(args.storage_options) if args.storage_options else {}
+    except json.JSONDecodeError as exc:
+        raise BatchmlError(f"--storage-options is not valid JSON ({exc}): {args.storage_options!r}") from exc
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if args.root.startswith("s3://") and endpoint and "endpoint_url" not in json.dumps(options):
+        options = {**options, "client_kwargs": {**options.get("client_kwargs", {}), "endpoint_url": endpoint}}
+    return Store(StoreConfig(args.root, options))
+
+
+def cluster_config(args):
+    from batchml.cluster import ClusterConfig
+
+    configure_backend(args.backend)  # the client process too: it may load models
+    return ClusterConfig(
+        scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
+        backend=args.backend, use_gpus=not args.cpu,
+        tls_ca_file=args.tls_ca_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
+    )
+
+
+# -- verbs -------------------------------------------------------------------------------------
+
+
+def cmd_ingest(args) -> None:
+    from batchml.ingest import ingest
+
+    classes = args.classes.split(",") if args.classes else None
+    r = ingest(open_store(args), args.source, args.dataset, args.split, args.partition_size, classes,
+               verbose=not args.quiet)
+    state = f"{r.written} written" if r.written else "already ingested, nothing changed"
+    print(f"dataset {r.dataset}: {r.rows:,} images in {r.partitions} partitions ({state}) at {r.url}")
+
+
+def cmd_train(args) -> None:
+    from batchml.cluster import connect
+    from batchml.registry import promote
+    from batchml.training import TrainConfig, train
+
+    store, cfg = open_store(args), TrainConfig(
+        dataset=args.dataset, test_dataset=args.test_dataset, name=args.name, arch=args.arch,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        validation_fraction=args.validation_fraction, seed=args.seed,
+    )
+    with connect(cluster_config(args)) as client:
+        mv, card = train(client, store, cfg, verbose=not args.quiet)
+    m = card["metrics"]
+    test = f", test accuracy {m['test']['accuracy']:.4f}" if m["test"] else ""
+    print(f"registered {mv}: validation accuracy {m['validation']['accuracy']:.4f}{test}, "
+          f"{card['training']['seconds']:.0f}s at {store.url(mv.prefix)}")
+    if args.promote:
+        promote(store, mv, args.promote)
+        print(f"{args.promote} -> {mv}")
+
+
+def cmd_models_list(args) -> None:
+    from batchml.registry import ModelVersion, list_models, list_versions, read_aliases, read_card
+
+    store = open_store(args)
+    names = list_models(store)
+    if not names:
+        print(f"no models in {store.url()}")
+    for name in names:
+        aliases = read_aliases(store, name)
+        for v in list_versions(store, name):
+            card = read_card(store, ModelVersion(name, v))
+            test = (card["metrics"].get("test") or {}).get("accuracy")
+            tags = ",".join(a for a, t in aliases.items() if t == v)
+            print(f"{name}/{v:<5} {card['arch']:<10} {card['created_at']}  test accuracy "
+                  f"{'-' if test is None else f'{test:.4f}'}  {tags}")
+
+
+def cmd_models_show(args) -> None:
+    from batchml.registry import read_card, resolve
+
+    store = open_store(args)
+    print(json.dumps(read_card(store, resolve(store, args.version)), indent=1))
+
+
+def cmd_models_promote(args) -> None:
+    from batchml.registry import promote, resolve
+
+    store = open_store(args)
+    mv = resolve(store, args.version)
+    promote(store, mv, args.alias)
+    print(f"{args.alias} -> {mv}")
+
+
+def cmd_score(args) -> None:
+    from batchml.cluster import connect
+    from batchml.scoring import ScoreConfig, score
+
+    store = open_store(args)
+    cfg = ScoreConfig(dataset=args.dataset, model=args.model, run_id=args.run_id,
+                      batch_size=args.batch_size, max_error_ratio=args.max_error_ratio)
+    with connect(cluster_config(args)) as client:
+        m = score(client, store, cfg, verbose=not args.quiet)
+    rate = f" at {m['images_per_second']:,.0f} images/s" if m.get("images_per_second") else ""
+    print(f"run {m['run_id']} committed: {m['rows']:,} predictions, {m['errors']} errors, "
+          f"model {m['model_version']}{rate}; {store.url('runs/' + m['run_id'])}")
+
+
+def cmd_monitor(args) -> int:
+    from batchml.monitoring import format_report, monitor_run
+
+    report = monitor_run(open_store(args), args.run_id)
+    print(format_report(report))
+    return 1 if report.failed else 0
+
+
+def cmd_demo(args) -> None:
+    from batchml.demo import DemoConfig, run_demo
+
+    run_demo(open_store(args), cluster_config(args),
+             DemoConfig(source=args.source, epochs=args.epochs, nights=args.nights))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

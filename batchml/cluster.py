@@ -1,0 +1,124 @@
+"""The one place batchml connects to Dask (DESIGN.md, "Compute").
+
+- a scheduler address given: connect to it (TLS when certificates are given);
+- otherwise, GPUs visible: ``dask_cuda.LocalCUDACluster``, one worker per GPU, each
+  pinned to its own device;
+- otherwise: ``distributed.LocalCluster`` with worker processes on the CPU.
+
+Every worker then sets up its Keras backend once, through a worker plugin, before any
+batchml task imports Keras.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from distributed import Client, LocalCluster, WorkerPlugin
+from distributed.security import Security
+
+from batchml.backend import DEFAULT_BACKEND, configure_backend
+from batchml.errors import BatchmlError
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    scheduler: str | None = None  # tcp://host:8786 or tls://host:8786; None: start a local one
+    workers: int | None = None  # local cluster size; default one per GPU, else 1
+    threads_per_worker: int = 1  # tasks at a time per worker (Keras uses all cores per task)
+    backend: str = DEFAULT_BACKEND  # Keras backend on the workers
+    use_gpus: bool = True  # False: a CPU LocalCluster even where GPUs are visible
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+class KerasBackendPlugin(WorkerPlugin):
+    """Runs on every worker (present and future) before it takes batchml tasks."""
+
+    name = "batchml-keras-backend"
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def setup(self, worker) -> None:
+        configure_backend(self.backend)
+
+
+def count_gpus() -> int:
+    """GPUs this process may use, without importing a deep-learning framework."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return 0
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    gpus = [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
+    return min(len(gpus), len(visible.split(","))) if visible else len(gpus)
+
+
+def _security(cfg: ClusterConfig) -> Security | None:
+    if not (cfg.tls_ca_file or cfg.tls_cert or cfg.tls_key):
+        return None
+    return Security(
+        tls_ca_file=cfg.tls_ca_file,
+        tls_client_cert=cfg.tls_cert,
+        tls_client_key=cfg.tls_key,
+        require_encryption=True,
+    )
+
+
+def _local_cluster(cfg: ClusterConfig):
+    gpus = count_gpus() if cfg.use_gpus else 0
+    if gpus:
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            warnings.warn(
+                f"{gpus} GPU(s) visible but dask-cuda is not installed "
+                "(pip install 'batchml[gpu]'); using CPU workers",
+                stacklevel=3,
+            )
+        else:
+            return LocalCUDACluster(n_workers=cfg.workers or gpus, threads_per_worker=1,
+                                    dashboard_address=":0", silence_logs=logging.WARNING)
+    return LocalCluster(
+        n_workers=cfg.workers or 1,
+        threads_per_worker=cfg.threads_per_worker,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.WARNING,
+    )
+
+
+@contextmanager
+def connect(cfg: ClusterConfig) -> Iterator[Client]:
+    """A Dask client for ``cfg``, with the Keras backend plugin on every worker."""
+    cluster = None
+    try:
+        if cfg.scheduler:
+            client = Client(cfg.scheduler, security=_security(cfg), timeout="30s")
+        else:
+            cluster = _local_cluster(cfg)
+            client = Client(cluster)
+    except OSError as exc:
+        raise BatchmlError(
+            f"cannot reach the Dask scheduler {cfg.scheduler!r}: {exc}. Check the address "
+            "(tcp://host:8786, or tls:// with --tls-ca-file/--tls-cert/--tls-key)."
+        ) from exc
+    try:
+        client.register_plugin(KerasBackendPlugin(cfg.backend))
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

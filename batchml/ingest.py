@@ -1,0 +1,121 @@
+"""Ingest: read a source and write input partitions and the dataset manifest.
+
+Partitions are cut in the source's deterministic order, so rerunning the same ingest
+produces the same partitions with the same content hashes: nothing is rewritten. A
+committed dataset is never overwritten by a different source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from batchml import datasets
+from batchml.errors import BatchmlError
+from batchml.progress import Progress
+from batchml.sources import SourceImage, open_source
+from batchml.store import Store
+
+DEFAULT_PARTITION_SIZE = 2000
+
+
+@dataclass
+class IngestResult:
+    dataset: str
+    rows: int
+    partitions: int
+    written: int  # partitions written now; 0 when the dataset was already there
+    url: str
+
+
+def ingest(
+    store: Store,
+    source: str,
+    dataset: str,
+    split: str = "train",
+    partition_size: int = DEFAULT_PARTITION_SIZE,
+    classes: list[str] | None = None,
+    verbose: bool = True,
+) -> IngestResult:
+    """Write ``images/<dataset>/part-NNNNN.parquet`` from SOURCE, then ``dataset.json``."""
+    prefix = datasets.prefix(dataset)
+    if partition_size < 1:
+        raise BatchmlError(f"--partition-size must be at least 1, not {partition_size}")
+    opened = open_source(source, split, classes)
+    old = store.read_json(f"{prefix}/dataset.json") if store.exists(f"{prefix}/dataset.json") else None
+    if old is not None and old["classes"] != opened.classes:
+        raise _conflict(store, dataset, old, f"classes {opened.classes}")
+    old_parts = {p["name"]: p for p in old["partitions"]} if old else {}
+
+    progress = Progress(f"ingest {dataset}", unit="images", enabled=verbose)
+    parts, written = [], 0
+    for index, chunk in enumerate(_chunks(opened.images, partition_size)):
+        table = _partition_table(chunk)
+        entry = {
+            "name": f"part-{index:05d}.parquet",
+            "rows": table.num_rows,
+            "labelled": table.num_rows - table["label"].null_count,
+            "sha256": datasets.content_hash(table),
+        }
+        previous = old_parts.get(entry["name"])
+        if old is not None and previous != entry:
+            raise _conflict(store, dataset, old, f"different images in {entry['name']}")
+        if previous is None or not store.exists(f"{prefix}/{entry['name']}"):
+            store.write_parquet(f"{prefix}/{entry['name']}", table)
+            written += 1
+        parts.append(entry)
+        progress.update(table.num_rows, f"{index + 1} partitions")
+    if not parts:
+        raise BatchmlError(f"source {source!r} holds no images for split {split!r}")
+    progress.say(f"{len(parts)} partitions, done")
+    if old is not None and len(parts) != len(old["partitions"]):
+        raise _conflict(store, dataset, old, f"{len(parts)} partitions")
+
+    rows = sum(p["rows"] for p in parts)
+    if old is None:
+        store.write_json(f"{prefix}/dataset.json", {
+            "name": dataset,
+            "source": opened.description,
+            "split": split,
+            "classes": opened.classes,
+            "partition_size": partition_size,
+            "partitions": parts,
+            "rows": rows,
+            "labelled": sum(p["labelled"] for p in parts),
+            "fingerprint": _fingerprint(parts),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        })
+    return IngestResult(dataset, rows, len(parts), written, store.url(prefix))
+
+
+def _chunks(images: Iterable[SourceImage], size: int) -> Iterator[list[SourceImage]]:
+    it = iter(images)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _partition_table(chunk: list[SourceImage]) -> pa.Table:
+    columns = {
+        "image_id": pa.array([r.image_id for r in chunk], pa.string()),
+        "image": pa.array([r.data for r in chunk], pa.binary()),
+        "label": pa.array([r.label for r in chunk], pa.int16()),
+    }
+    for key in sorted({k for r in chunk for k in r.extra}):
+        columns[key] = pa.array([r.extra.get(key) for r in chunk])
+    return pa.table(columns)
+
+
+def _fingerprint(parts: list[dict]) -> str:
+    return hashlib.sha256("".join(p["sha256"] for p in parts).encode()).hexdigest()
+
+
+def _conflict(store: Store, dataset: str, old: dict, what: str) -> BatchmlError:
+    return BatchmlError(
+        f"dataset {dataset!r} already exists from {old['source']} and this source has {what}. "
+        f"Ingest it under another --dataset name, or delete {store.url(datasets.prefix(dataset))} first."
+    )

@@ -1,0 +1,107 @@
+"""Model versions under ``models/<name>/<version>/`` (``model.keras`` and ``card.json``).
+
+A version is committed when its card exists: the card is written after the model.
+Versions are immutable and numbered ``v1, v2, ...``; aliases such as ``production``
+live in ``models/<name>/aliases.json`` and point at versions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+
+from batchml.datasets import check_name
+from batchml.errors import BatchmlError
+from batchml.store import Store
+
+DEFAULT_MODEL_NAME = "cifar10"
+DEFAULT_ALIAS = "production"
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @property
+    def prefix(self) -> str:
+        return f"models/{self.name}/{self.version}"
+
+
+def list_models(store: Store) -> list[str]:
+    return store.list("models")
+
+
+def list_versions(store: Store, name: str) -> list[str]:
+    """Committed versions of a model, oldest first."""
+    found = [v for v in store.list(f"models/{check_name('model', name)}") if _VERSION.match(v)]
+    found = [v for v in found if store.exists(f"models/{name}/{v}/card.json")]
+    return sorted(found, key=lambda v: int(_VERSION.match(v).group(1)))
+
+
+def read_aliases(store: Store, name: str) -> dict[str, str]:
+    rel = f"models/{name}/aliases.json"
+    return store.read_json(rel) if store.exists(rel) else {}
+
+
+def resolve(store: Store, ref: str, default_name: str = DEFAULT_MODEL_NAME) -> ModelVersion:
+    """``[NAME/]VERSION_OR_ALIAS`` -> a committed version, or an error naming what exists."""
+    name, _, tag = ref.rpartition("/")
+    name = check_name("model", name or default_name)
+    versions = list_versions(store, name)
+    if not versions:
+        raise BatchmlError(
+            f"no versions of model {name!r} in {store.url()}. Train one with: "
+            f"batchml train --dataset DATASET --name {name}"
+        )
+    if tag in versions:
+        return ModelVersion(name, tag)
+    aliases = read_aliases(store, name)
+    if tag in aliases:
+        return ModelVersion(name, aliases[tag])
+    raise BatchmlError(
+        f"model {name!r} has no version or alias {tag!r} (versions: {', '.join(versions)}; "
+        f"aliases: {', '.join(aliases) or 'none'}). Promote one with: "
+        f"batchml models promote {name}/{versions[-1]} --alias {tag}"
+    )
+
+
+def read_card(store: Store, mv: ModelVersion) -> dict:
+    return store.read_json(f"{mv.prefix}/card.json")
+
+
+def register(store: Store, name: str, model_file: str, card: dict) -> ModelVersion:
+    """Store a saved ``.keras`` file and its card as the next version of ``name``."""
+    existing = [int(_VERSION.match(v).group(1)) for v in store.list(f"models/{check_name('model', name)}")
+                if _VERSION.match(v)]
+    mv = ModelVersion(name, f"v{max(existing, default=0) + 1}")
+    with open(model_file, "rb") as f:
+        store.write_bytes(f"{mv.prefix}/model.keras", f.read())
+    store.write_json(f"{mv.prefix}/card.json", {**card, "name": name, "version": mv.version})
+    return mv
+
+
+def promote(store: Store, mv: ModelVersion, alias: str = DEFAULT_ALIAS) -> None:
+    check_name("alias", alias)
+    if _VERSION.match(alias):
+        raise BatchmlError(f"alias {alias!r} looks like a version: choose a name like 'production'")
+    aliases = read_aliases(store, mv.name)
+    store.write_json(f"models/{mv.name}/aliases.json", {**aliases, alias: mv.version})
+
+
+def load_model(store: Store, mv: ModelVersion):
+    """Load a version with Keras safe mode (no arbitrary code from the file)."""
+    import keras
+
+    data = store.read_bytes(f"{mv.prefix}/model.keras")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        with open(path, "wb") as f:
+            f.write(data)
+        return keras.saving.load_model(path, safe_mode=True)

@@ -1,0 +1,288 @@
+"""Scoring: one Dask task per input partition, writing predictions and statistics.
+
+The run commit protocol (DESIGN.md):
+- ``runs/<id>/run.json`` pins what the run scores: dataset, its fingerprint, model version;
+- per partition, under deterministic names: ``predictions/part-N.parquet``, then
+  ``errors/part-N.parquet`` when some images are undecodable, then ``stats/part-N.json``
+  last, which marks the partition done;
+- ``runs/<id>/manifest.json`` last of all: the run is committed.
+A rerun of a run id skips partitions whose statistics exist, so a killed worker or a
+killed job never duplicates a row, and a committed run is never written again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+
+from batchml import datasets
+from batchml.errors import BatchmlError
+from batchml.images import Preprocessing, decode_images
+from batchml.progress import Progress
+from batchml.registry import DEFAULT_ALIAS, ModelVersion, load_model, read_card, resolve
+from batchml.stats import PartitionStats
+from batchml.store import Store, StoreConfig
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    dataset: str
+    model: str = DEFAULT_ALIAS  # [NAME/]VERSION_OR_ALIAS
+    run_id: str | None = None  # default: <dataset>-<UTC time>
+    batch_size: int = 256  # images per predict call
+    max_error_ratio: float = 0.01  # undecodable images above this share fail the run
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a partition task needs: small and picklable (the model itself never travels)."""
+
+    store: StoreConfig
+    run_id: str
+    dataset: str
+    model: ModelVersion
+    classes: tuple[str, ...]
+    preprocessing: Preprocessing
+    temperature: float
+    batch_size: int
+
+
+def run_prefix(run_id: str) -> str:
+    return f"runs/{datasets.check_name('run', run_id)}"
+
+
+def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
+    """Score every partition of a dataset not yet done in this run, then commit the run."""
+    run_id = cfg.run_id or f"{cfg.dataset}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    prefix = run_prefix(run_id)
+    if store.exists(f"{prefix}/manifest.json"):
+        manifest = store.read_json(f"{prefix}/manifest.json")
+        _check_same_run(manifest, cfg.dataset, run_id)
+        if verbose:
+            print(f"score: run {run_id} is already committed; nothing to do")
+        return manifest
+    data = datasets.read_manifest(store, cfg.dataset)
+    run = _start_run(store, cfg, run_id, data, verbose)
+    mv = ModelVersion(*run["model_version"].split("/"))
+    card = read_card(store, mv)
+    if data["labelled"] and data["classes"] != card["classes"]:
+        raise BatchmlError(
+            f"dataset {cfg.dataset!r} labels classes {data['classes']} but model {mv} predicts "
+            f"{card['classes']}: score with a model trained on these classes"
+        )
+    spec = RunSpec(
+        store.config, run_id, cfg.dataset, mv, tuple(card["classes"]),
+        Preprocessing.from_dict(card["preprocessing"]), card["calibration"]["temperature"],
+        cfg.batch_size,
+    )
+
+    names = [p["name"] for p in data["partitions"]]
+    done = set(store.list(f"{prefix}/stats", ".json"))
+    todo = [n for n in names if _stem(n) + ".json" not in done]
+    started = time.perf_counter()
+    _run_tasks(client, spec, todo, len(names), verbose)
+    wall = time.perf_counter() - started
+    return _commit(store, spec, run, names, todo, wall, cfg.max_error_ratio)
+
+
+def _start_run(store: Store, cfg: ScoreConfig, run_id: str, data: dict, verbose: bool) -> dict:
+    """Write run.json, or check that an unfinished run is resumed with the same inputs."""
+    rel = f"{run_prefix(run_id)}/run.json"
+    mv = resolve(store, cfg.model)
+    if not store.exists(rel):
+        run = {
+            "run_id": run_id,
+            "dataset": cfg.dataset,
+            "dataset_fingerprint": data["fingerprint"],
+            "model_version": str(mv),
+            "model_ref": cfg.model,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        store.write_json(rel, run)
+        return run
+    run = store.read_json(rel)
+    _check_same_run(run, cfg.dataset, run_id)
+    if run["dataset_fingerprint"] != data["fingerprint"]:
+        raise BatchmlError(
+            f"dataset {cfg.dataset!r} changed since run {run_id!r} started; "
+            "finish it with the original data or start a new --run-id"
+        )
+    if run["model_version"] != str(mv) and verbose:
+        print(f"score: resuming run {run_id} with {run['model_version']}, the model it started "
+              f"with ({cfg.model!r} is now {mv})")
+    return run
+
+
+def _check_same_run(run: dict, dataset: str, run_id: str) -> None:
+    if run["dataset"] != dataset:
+        raise BatchmlError(
+            f"run {run_id!r} scores dataset {run['dataset']!r}, not {dataset!r}: "
+            "choose another --run-id"
+        )
+
+
+def _run_tasks(client, spec: RunSpec, todo: list[str], total: int, verbose: bool) -> None:
+    from distributed import as_completed
+
+    progress = Progress(f"score {spec.run_id}", total=total, unit="partitions", enabled=verbose)
+    progress.done = total - len(todo)
+    if not todo:
+        return
+    futures = [client.submit(score_partition, spec, name, key=f"score-{spec.run_id}-{name}")
+               for name in todo]
+    rows = 0
+    try:
+        for future in as_completed(futures):
+            rows += future.result()["rows"]
+            progress.update(1, f"{rows:,} rows")
+    finally:
+        client.cancel(futures)
+
+
+def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list[str],
+            wall: float, max_error_ratio: float) -> dict:
+    prefix = run_prefix(spec.run_id)
+    parts = [store.read_json(f"{prefix}/stats/{_stem(n)}.json") for n in names]
+    rows = sum(p["rows"] for p in parts)
+    errors = sum(p["errors"] for p in parts)
+    if errors > max_error_ratio * (rows + errors):
+        raise BatchmlError(
+            f"run {spec.run_id!r}: {errors} of {rows + errors} images could not be decoded "
+            f"({errors / (rows + errors):.1%}, above --max-error-ratio {max_error_ratio:.1%}); "
+            f"see {store.url(prefix + '/errors')}. The run is not committed: fix the images, "
+            "or rerun with the same --run-id and a higher --max-error-ratio."
+        )
+    scored_now = sum(p["rows"] + p["errors"] for p in parts if p["partition"] in todo)
+    manifest = {
+        **run,
+        "classes": list(spec.classes),
+        "batch_size": spec.batch_size,
+        "max_error_ratio": max_error_ratio,
+        "rows": rows,
+        "errors": errors,
+        "labelled": sum(p["stats"]["labelled"] for p in parts),
+        "partitions": [{k: p[k] for k in ("partition", "rows", "errors", "seconds", "worker")}
+                       for p in parts],
+        "wall_seconds": round(wall, 3),
+        "images_per_second": round(scored_now / wall, 1) if todo else None,
+        "committed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    store.write_json(f"{prefix}/manifest.json", manifest)
+    return manifest
+
+
+def _stem(partition: str) -> str:
+    return partition.removesuffix(".parquet")
+
+
+# -- on the workers --------------------------------------------------------------------------
+
+_MODELS: OrderedDict[tuple[str, str], object] = OrderedDict()
+_MODEL_LOADS: Counter[str] = Counter()
+_MODELS_LOCK = threading.Lock()
+_MODELS_KEPT = 4  # models kept per worker process, least recently used dropped first
+
+
+def worker_model(store_cfg: StoreConfig, mv: ModelVersion):
+    """The model, loaded once per worker process and kept (versions are immutable)."""
+    key = (store_cfg.cache_key(), str(mv))
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load_model(Store(store_cfg), mv)
+            _MODEL_LOADS[f"{store_cfg.root}|{mv}"] += 1
+            while len(_MODELS) > _MODELS_KEPT:
+                _MODELS.popitem(last=False)
+        _MODELS.move_to_end(key)
+        return _MODELS[key]
+
+
+def model_loads() -> dict[str, int]:
+    """Loads per ``<store root>|<model version>`` in this process (ask workers with ``client.run``)."""
+    return dict(_MODEL_LOADS)
+
+
+def score_partition(spec: RunSpec, partition: str) -> dict:
+    """Score one input partition; writes predictions, error rows, then its statistics."""
+    store = Store(spec.store)
+    timer = _Timer()
+    table = datasets.read_partition(store, spec.dataset, partition)
+    if table.num_rows == 0:
+        raise BatchmlError(
+            f"partition {partition} of dataset {spec.dataset!r} is empty: "
+            f"delete it or ingest the dataset again"
+        )
+    timer.lap("read")
+    pixels, good, bad = decode_images(table["image"].to_pylist(), spec.preprocessing)
+    timer.lap("decode")
+    k = len(spec.classes)
+    probs = np.empty((0, k), np.float32)
+    if good:
+        probs = worker_model(spec.store, spec.model).predict(pixels, batch_size=spec.batch_size, verbose=0)
+    timer.lap("predict")
+
+    labels = table["label"].fill_null(-1).to_numpy().astype(np.int64)
+    stats = PartitionStats.from_predictions(probs, labels[good], spec.temperature, errors=len(bad))
+    prefix, stem = run_prefix(spec.run_id), _stem(partition)
+    store.write_parquet(f"{prefix}/predictions/{partition}", _predictions(spec, partition, table, good, probs))
+    if bad:
+        store.write_parquet(f"{prefix}/errors/{partition}", _errors(table, partition, bad))
+    timer.lap("write")
+    record = {
+        "partition": partition,
+        "rows": len(good),
+        "errors": len(bad),
+        "stats": stats.to_dict(),
+        "seconds": timer.laps,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
+    store.write_json(f"{prefix}/stats/{stem}.json", record)  # last: the partition is done
+    return record
+
+
+def _predictions(spec: RunSpec, partition: str, table: pa.Table, good: list[int], probs: np.ndarray) -> pa.Table:
+    n, k = probs.shape
+    taken = table.take(pa.array(good, pa.int64()))
+    predicted = probs.argmax(axis=1)
+    columns = {
+        "image_id": taken["image_id"],
+        "predicted": pa.array(predicted, pa.int16()),
+        "predicted_class": pa.array(np.asarray(spec.classes, dtype=object)[predicted] if n else [], pa.string()),
+        "probability": pa.array(probs.max(axis=1) if n else [], pa.float32()),
+        "probabilities": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel(), pa.float32()), k),
+        "label": taken["label"],
+        "model_version": pa.array([str(spec.model)] * n, pa.string()),
+        "run_id": pa.array([spec.run_id] * n, pa.string()),
+        "partition": pa.array([partition] * n, pa.string()),
+    }
+    for name in taken.column_names:  # carried columns
+        if name not in ("image", "image_id", "label") and name not in columns:
+            columns[name] = taken[name]
+    return pa.table(columns)
+
+
+def _errors(table: pa.Table, partition: str, bad: dict[int, str]) -> pa.Table:
+    ids = table["image_id"].to_pylist()
+    return pa.table({
+        "image_id": pa.array([ids[i] for i in bad], pa.string()),
+        "partition": pa.array([partition] * len(bad), pa.string()),
+        "reason": pa.array(list(bad.values()), pa.string()),
+    })
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 4)
+        self._last = now

@@ -1,0 +1,255 @@
+"""Where labelled images come from: class folders (plain or in a tar), the official
+CIFAR-10 python batches, or Keras's own CIFAR-10 download.
+
+Every source yields ``SourceImage`` records in a deterministic order, with the class
+names known up front so that label indices are stable across splits and reruns.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from batchml.errors import BatchmlError
+from batchml.images import encode_png
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLITS = ("train", "test")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+_HELP = (
+    "SOURCE may be a folder or .tar/.tar.gz of class folders (<split>/<class>/*.jpg|png), "
+    "the official CIFAR-10 python batches (a folder or cifar-10-python.tar.gz), "
+    "or the word 'cifar10' for Keras's own download"
+)
+
+
+@dataclass
+class SourceImage:
+    image_id: str  # unique within the source split
+    data: bytes  # encoded JPEG/PNG, as received
+    label: int | None  # index into the source's classes; None when unknown
+    extra: dict = field(default_factory=dict)  # carried through to predictions
+
+
+@dataclass
+class Source:
+    """An opened source: its class names, a description, and its images in order."""
+
+    description: str
+    classes: list[str]
+    images: Iterator[SourceImage]
+
+
+def open_source(source: str, split: str, classes: list[str] | None = None) -> Source:
+    """Open SOURCE for one split; raises BatchmlError naming the source and the fix."""
+    if split not in SPLITS:
+        raise BatchmlError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if source == "cifar10":
+        return _keras_cifar10(split)
+    path = Path(source)
+    if not path.exists():
+        raise BatchmlError(f"source {source!r} does not exist. {_HELP}.")
+    if path.is_dir():
+        batches = _find_cifar_batches_dir(path)
+        if batches is not None:
+            return _cifar_batches_from_dir(batches, split)
+        return _class_folders(path, split, classes)
+    if tarfile.is_tarfile(path):
+        return _open_tar(path, split, classes)
+    raise BatchmlError(f"source {source!r} is neither a folder nor a tar archive. {_HELP}.")
+
+
+# -- class folders -------------------------------------------------------------
+
+
+def _within_split(
+    paths: list[tuple[str, ...]], split: str, where: str
+) -> list[tuple[str, ...] | None]:
+    """Each image path (parts relative to the source root) relative to ``split``, or None.
+
+    A source with ``train/`` or ``test/`` folders is read one split at a time; a source
+    without them is one split. What remains is ``(class, file)`` for a labelled image,
+    ``(file,)`` for an unlabelled one; deeper paths are not images of this source.
+    """
+    if not any(p[0] in SPLITS for p in paths if len(p) > 1):
+        return [p if len(p) <= 2 else None for p in paths]
+    chosen = [p[1:] if p[0] == split and 1 < len(p) <= 3 else None for p in paths]
+    if not any(chosen):
+        found = sorted({p[0] for p in paths if p[0] in SPLITS})
+        raise BatchmlError(
+            f"{where} has no {split!r} split (found: {', '.join(found)}); pass --split "
+            + " or --split ".join(found)
+        )
+    return chosen
+
+
+def _classes_of(rel: list[tuple[str, ...]], given: list[str] | None, where: str) -> list[str]:
+    if not rel:
+        raise BatchmlError(f"no .jpg/.png images found in {where}. {_HELP}.")
+    found = sorted({p[0] for p in rel if len(p) == 2})
+    if given is None:
+        # CIFAR-10's official order happens to be alphabetical, so sorted names match it.
+        return found
+    unknown = [c for c in found if c not in given]
+    if unknown:
+        raise BatchmlError(f"{where} has class folders {unknown} not in --classes {given}")
+    return list(given)
+
+
+def _record(parts: tuple[str, ...], split: str, data: bytes, classes: list[str]) -> SourceImage:
+    label = classes.index(parts[0]) if len(parts) == 2 else None
+    return SourceImage(image_id="/".join((split, *parts)), data=data, label=label)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES) and not PurePosixPath(name).name.startswith(".")
+
+
+def _class_folders(root: Path, split: str, classes: list[str] | None) -> Source:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p.name))
+    rel = _within_split([f.relative_to(root).parts for f in files], split, str(root))
+    chosen = [(f, r) for f, r in zip(files, rel, strict=True) if r is not None]
+    names = _classes_of([r for _, r in chosen], classes, f"{root} (split {split})")
+
+    def images() -> Iterator[SourceImage]:
+        for path, parts in chosen:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise BatchmlError(f"cannot read image {path}: {exc}") from exc
+            yield _record(parts, split, data, names)
+
+    return Source(f"class folders in {root} (split {split})", names, images())
+
+
+def _open_tar(path: Path, split: str, classes: list[str] | None) -> Source:
+    tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by the image iterator
+    members = tar.getmembers()
+    if any(m.name.rstrip("/").endswith("batches.meta") for m in members):
+        return _cifar_batches_from_tar(tar, members, split, str(path))
+    files = [m for m in members if m.isfile() and _is_image(m.name)]
+    rel = _within_split([PurePosixPath(m.name).parts for m in files], split, str(path))
+    chosen = [(m, r) for m, r in zip(files, rel, strict=True) if r is not None]
+    names = _classes_of([r for _, r in chosen], classes, f"{path} (split {split})")
+
+    def images() -> Iterator[SourceImage]:
+        with tar:
+            for member, parts in chosen:  # archive order: one pass over the compressed stream
+                yield _record(parts, split, tar.extractfile(member).read(), names)
+
+    return Source(f"{path} (split {split})", names, images())
+
+
+# -- official CIFAR-10 python batches --------------------------------------------------
+
+_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """The official batches are pickles: allow numpy arrays and nothing executable."""
+
+    _ALLOWED: frozenset = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    })
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _unpickle(data: bytes, where: str) -> dict:
+    import io
+
+    try:
+        return _ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as exc:
+        raise BatchmlError(f"{where} is not a CIFAR-10 python batch: {exc}") from exc
+
+
+def _find_cifar_batches_dir(path: Path) -> Path | None:
+    for candidate in (path, path / "cifar-10-batches-py"):
+        if (candidate / "batches.meta").is_file():
+            return candidate
+    return None
+
+
+def _batch_images(batch: dict, name: str, split: str) -> Iterator[SourceImage]:
+    pixels = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    filenames = batch.get(b"filenames") or [b""] * len(pixels)
+    for i, (img, label, fname) in enumerate(zip(pixels, batch[b"labels"], filenames, strict=True)):
+        yield SourceImage(
+            image_id=f"{split}/{name}/{i:05d}",
+            data=encode_png(img),  # raw pixels: PNG keeps them exactly
+            label=int(label),
+            extra={"filename": fname.decode() if isinstance(fname, bytes) else str(fname)},
+        )
+
+
+def _cifar_classes(meta: dict) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else n for n in meta[b"label_names"]]
+
+
+def _cifar_batches_from_dir(folder: Path, split: str) -> Source:
+    meta = _unpickle((folder / "batches.meta").read_bytes(), str(folder / "batches.meta"))
+    missing = [b for b in _BATCHES[split] if not (folder / b).is_file()]
+    if missing:
+        raise BatchmlError(f"{folder} lacks CIFAR batches {missing} for split {split!r}")
+
+    def images() -> Iterator[SourceImage]:
+        for name in _BATCHES[split]:
+            batch = _unpickle((folder / name).read_bytes(), str(folder / name))
+            yield from _batch_images(batch, name, split)
+
+    return Source(f"CIFAR-10 python batches in {folder} (split {split})", _cifar_classes(meta), images())
+
+
+def _cifar_batches_from_tar(tar: tarfile.TarFile, members: list, split: str, where: str) -> Source:
+    by_name = {PurePosixPath(m.name).name: m for m in members if m.isfile()}
+    missing = [b for b in ["batches.meta", *_BATCHES[split]] if b not in by_name]
+    if missing:
+        raise BatchmlError(f"{where} lacks CIFAR batches {missing} for split {split!r}")
+
+    def read(name: str) -> dict:
+        return _unpickle(tar.extractfile(by_name[name]).read(), f"{where}:{name}")
+
+    classes = _cifar_classes(read("batches.meta"))
+
+    def images() -> Iterator[SourceImage]:
+        with tar:
+            for name in _BATCHES[split]:
+                yield from _batch_images(read(name), name, split)
+
+    return Source(f"CIFAR-10 python batches in {where} (split {split})", classes, images())
+
+
+def _keras_cifar10(split: str) -> Source:
+    try:
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        from keras.datasets import cifar10
+
+        (x_train, y_train), (x_test, y_test) = cifar10.load_data()
+    except Exception as exc:
+        raise BatchmlError(
+            f"could not get CIFAR-10 through Keras's download ({type(exc).__name__}: {exc}). "
+            "Without internet, pass the data instead: a folder or .tar.gz of class folders "
+            "(e.g. ../shared/data/cifar10-jpeg.tar.gz), or the official "
+            "cifar-10-python.tar.gz (or its extracted folder)."
+        ) from exc
+    x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
+    batch = {b"data": x.transpose(0, 3, 1, 2).reshape(len(x), -1), b"labels": y.ravel().tolist()}
+    return Source(
+        f"Keras CIFAR-10 download (split {split})",
+        list(CIFAR10_CLASSES),
+        _batch_images(batch, "keras", split),
+    )

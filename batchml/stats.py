@@ -1,0 +1,110 @@
+"""Mergeable per-partition statistics: everything monitoring needs, summed exactly.
+
+Counts are integers and sums are float64, so folding partitions in any order gives
+the same totals; monitoring and the dashboard never rescan predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CONFIDENCE_BINS = 20  # histogram of the top probability over [0, 1]
+
+
+@dataclass
+class PartitionStats:
+    num_classes: int
+    rows: int = 0  # prediction rows
+    errors: int = 0  # images that could not be decoded (error rows)
+    labelled: int = 0
+    correct: int = 0
+    predicted_counts: np.ndarray = field(default=None)  # (K,) rows predicted as each class
+    confusion: np.ndarray = field(default=None)  # (K, K) labelled rows: true x predicted
+    prob_sums: np.ndarray = field(default=None)  # (K,) summed class probabilities
+    confidence_hist: np.ndarray = field(default=None)  # (CONFIDENCE_BINS,) of top probability
+    confidence_sum: float = 0.0  # summed top probability
+    calibrated_confidence_sum: float = 0.0  # summed top probability after temperature scaling
+
+    def __post_init__(self) -> None:
+        k = self.num_classes
+        self.predicted_counts = _array(self.predicted_counts, (k,), np.int64)
+        self.confusion = _array(self.confusion, (k, k), np.int64)
+        self.prob_sums = _array(self.prob_sums, (k,), np.float64)
+        self.confidence_hist = _array(self.confidence_hist, (CONFIDENCE_BINS,), np.int64)
+
+    @classmethod
+    def from_predictions(
+        cls, probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0, errors: int = 0
+    ) -> PartitionStats:
+        """``probs`` (N, K) class probabilities; ``labels`` (N,) with -1 where unknown."""
+        n, k = probs.shape
+        predicted = probs.argmax(axis=1)
+        top = probs.max(axis=1)
+        known = labels >= 0
+        confusion = np.zeros((k, k), np.int64)
+        np.add.at(confusion, (labels[known], predicted[known]), 1)
+        return cls(
+            num_classes=k,
+            rows=n,
+            errors=errors,
+            labelled=int(known.sum()),
+            correct=int((predicted[known] == labels[known]).sum()),
+            predicted_counts=np.bincount(predicted, minlength=k),
+            confusion=confusion,
+            prob_sums=probs.sum(axis=0, dtype=np.float64),
+            confidence_hist=np.histogram(top, bins=CONFIDENCE_BINS, range=(0.0, 1.0))[0],
+            confidence_sum=float(top.sum(dtype=np.float64)),
+            calibrated_confidence_sum=float(
+                scale_temperature(probs, temperature).max(axis=1).sum(dtype=np.float64)
+            ),
+        )
+
+    def __add__(self, other: PartitionStats) -> PartitionStats:
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"cannot add stats of {self.num_classes} and {other.num_classes} classes")
+        return PartitionStats(
+            self.num_classes,
+            *(getattr(self, f) + getattr(other, f) for f in _SUMMED),
+        )
+
+    def to_dict(self) -> dict:
+        return {"num_classes": self.num_classes,
+                **{f: _plain(getattr(self, f)) for f in _SUMMED}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PartitionStats:
+        return cls(d["num_classes"], *(d[f] for f in _SUMMED))
+
+    @classmethod
+    def total(cls, parts: list[PartitionStats], num_classes: int) -> PartitionStats:
+        out = cls(num_classes)
+        for p in parts:
+            out = out + p
+        return out
+
+
+_SUMMED = ("rows", "errors", "labelled", "correct", "predicted_counts", "confusion",
+           "prob_sums", "confidence_hist", "confidence_sum", "calibrated_confidence_sum")
+
+
+def scale_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax(log p / T): temperature scaling applied to probabilities."""
+    if temperature == 1.0:
+        return probs
+    logits = np.log(np.clip(probs, 1e-12, None)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _array(value, shape: tuple, dtype) -> np.ndarray:
+    out = np.zeros(shape, dtype) if value is None else np.asarray(value, dtype)
+    if out.shape != shape:
+        raise ValueError(f"expected shape {shape}, got {out.shape}")
+    return out
+
+
+def _plain(value):
+    return value.tolist() if isinstance(value, np.ndarray) else value

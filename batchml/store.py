@@ -1,0 +1,151 @@
+"""Everything that persists lives under one root URL: a local folder or ``s3://bucket/prefix``.
+
+Writes are atomic: an object appears whole or not at all. On a local disk that is a
+write to a temporary name and an ``os.replace``; on S3 a single PUT (or a completed
+multipart upload) is already atomic. Readers therefore never see a torn file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from batchml.errors import BatchmlError
+
+DEFAULT_ROOT = "batchml-store"
+try:  # s3fs raises botocore's own errors when the endpoint cannot be reached
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    _REMOTE_ERRORS: tuple[type[Exception], ...] = (OSError, BotoCoreError, ClientError)
+except ImportError:
+    _REMOTE_ERRORS = (OSError,)
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the store lives: a root URL and fsspec storage options (endpoint, keys...)."""
+
+    root: str = DEFAULT_ROOT
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def cache_key(self) -> str:
+        """A hashable identity, for per-process caches keyed by store."""
+        return self.root + "|" + json.dumps(self.storage_options, sort_keys=True, default=str)
+
+
+class Store:
+    """Atomic reads and writes of bytes, JSON and Parquet under the root, by relative path."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        try:
+            self.fs, self._root = fsspec.core.url_to_fs(config.root, **config.storage_options)
+        except (ImportError, ValueError, TypeError) as exc:
+            raise BatchmlError(
+                f"cannot open store {config.root!r}: {exc}. Use a local folder or "
+                "s3://bucket/prefix, with storage options as a JSON object."
+            ) from exc
+        self._root = self._root.rstrip("/")
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"Store({self.config.root!r})"
+
+    def path(self, rel: str) -> str:
+        """The filesystem path of a relative name (no protocol)."""
+        return f"{self._root}/{rel}" if rel else self._root
+
+    def url(self, rel: str = "") -> str:
+        """A full URL users can paste into pandas, DuckDB or the CLI."""
+        path = self.path(rel)
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    # -- reading -------------------------------------------------------------
+
+    def exists(self, rel: str) -> bool:
+        return self._call(self.fs.exists, rel)
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            return self._call(self.fs.cat_file, rel)
+        except FileNotFoundError as exc:
+            raise BatchmlError(f"{self.url(rel)} does not exist") from exc
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(rel)), columns=columns)
+
+    def list(self, prefix: str, suffix: str = "") -> list[str]:
+        """Sorted base names directly under ``prefix`` ending in ``suffix``; [] if absent."""
+        path = self.path(prefix)
+        self.fs.invalidate_cache(path)  # another process may have written since we looked
+        try:
+            entries = self._call(self.fs.ls, prefix, detail=False)
+        except FileNotFoundError:
+            return []
+        names = (e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        return sorted(n for n in names if n.endswith(suffix) and not n.startswith(_TMP_PREFIX))
+
+    # -- writing -------------------------------------------------------------
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write ``data`` so that readers see the old object, or the new one whole."""
+        path = self.path(rel)
+        if not self.is_local:
+            self._call(self.fs.pipe_file, rel, data)
+            return
+        folder, name = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f"{_TMP_PREFIX}{uuid.uuid4().hex}-{name}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n")
+
+    def write_parquet(self, rel: str, table: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self.write_bytes(rel, buf.getvalue())
+
+    def delete(self, rel: str, recursive: bool = False) -> None:
+        if self.exists(rel):
+            self._call(self.fs.rm, rel, recursive=recursive)
+
+    # -- errors --------------------------------------------------------------
+
+    def _call(self, method, rel: str, *args, **kwargs):
+        """Run one filesystem call, turning an unreachable store into a clear error."""
+        try:
+            return method(self.path(rel), *args, **kwargs)
+        except (FileNotFoundError, BatchmlError):
+            raise
+        except PermissionError as exc:
+            raise BatchmlError(
+                f"access denied to {self.url(rel)}: check the credentials "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --storage-options)"
+            ) from exc
+        except _REMOTE_ERRORS as exc:
+            raise BatchmlError(
+                f"store {self.config.root!r} failed on {rel or '/'}: {exc}. "
+                "Check that the endpoint is up and the bucket exists."
+            ) from exc

@@ -1,0 +1,148 @@
+"""Shared fixtures: synthetic images, a moto S3 server on loopback, a real Dask cluster."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from batchml.store import Store, StoreConfig
+
+CLASSES = ["circle", "square", "stripes"]
+SHARED_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def make_image(label: int, seed: int, size: int = 32, fmt: str = "PNG") -> bytes:
+    """A small image whose class shows in its colour, so a tiny net can learn it quickly."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    pixels[..., label % 3] += 150
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_class_folders(root: Path, per_class: dict[str, int], classes=CLASSES) -> Path:
+    """``root/<split>/<class>/NNN.png`` with ``per_class[split]`` images per class."""
+    for split, n in per_class.items():
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                (folder / f"{i:03d}.png").write_bytes(make_image(label, hash((split, label, i)) % 2**32))
+    return root
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(StoreConfig(str(tmp_path / "store")))
+
+
+@pytest.fixture(scope="session")
+def image_folders(tmp_path_factory) -> Path:
+    return write_class_folders(tmp_path_factory.mktemp("images"), {"train": 40, "test": 20})
+
+
+@pytest.fixture(scope="session")
+def cifar_slice(tmp_path_factory) -> Path:
+    """A small slice of the real CIFAR-10 archive: 20 train and 10 test images per class."""
+    if not SHARED_ARCHIVE.is_file():
+        pytest.skip(f"{SHARED_ARCHIVE} not present")
+    out = tmp_path_factory.mktemp("cifar_slice") / "cifar10-slice.tar.gz"
+    with tarfile.open(SHARED_ARCHIVE) as src, tarfile.open(out, "w:gz") as dst:
+        for member in src:
+            parts = member.name.split("/")
+            if member.isfile() and int(parts[2][:4]) < (20 if parts[0] == "train" else 10):
+                dst.addfile(member, src.extractfile(member))
+    return out
+
+
+# -- S3 over HTTP: a moto server on 127.0.0.1 -------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("moto server did not start")
+    yield endpoint
+    proc.terminate()
+    proc.wait(10)
+
+
+def s3_options(endpoint: str) -> dict:
+    return {"client_kwargs": {"endpoint_url": endpoint}, "key": "testing", "secret": "testing"}
+
+
+@pytest.fixture
+def s3_store(s3_endpoint) -> Store:
+    import boto3
+
+    bucket = f"batchml-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return Store(StoreConfig(f"s3://{bucket}/store", s3_options(s3_endpoint)))
+
+
+# -- a real Dask cluster with two worker processes ----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def client():
+    from batchml.cluster import ClusterConfig, connect
+
+    with connect(ClusterConfig(workers=2)) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory, image_folders, client) -> Store:
+    """A store holding the synthetic train/test datasets and a promoted model (1 epoch)."""
+    from batchml.ingest import ingest
+    from batchml.registry import promote
+    from batchml.training import TrainConfig, train
+
+    s = Store(StoreConfig(str(tmp_path_factory.mktemp("trained") / "store")))
+    ingest(s, str(image_folders), "shapes-train", "train", partition_size=50, verbose=False)
+    ingest(s, str(image_folders), "shapes-test", "test", partition_size=15, verbose=False)
+    mv, _ = train(client, s, TrainConfig("shapes-train", "shapes-test", name="shapes", epochs=2,
+                                         batch_size=16), verbose=False)
+    promote(s, mv, "production")
+    return s
+
+
+def copy_store(src: Store, dst_root: Path) -> Store:
+    shutil.copytree(src.config.root, dst_root)
+    return Store(StoreConfig(str(dst_root)))

@@ -1,0 +1,106 @@
+"""The command line end to end, as users run it: a local folder store and s3:// on moto."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import s3_options
+
+pytestmark = pytest.mark.slow
+
+
+def batchml(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "batchml", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"batchml {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    """A store URL and the environment that reaches it."""
+    if request.param == "local":
+        return str(tmp_path / "store"), {}
+    import boto3
+
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = f"cli-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/store", {"AWS_ENDPOINT_URL": endpoint}
+
+
+def read_predictions(url: str, env: dict) -> pd.DataFrame:
+    opts = s3_options(env["AWS_ENDPOINT_URL"]) if url.startswith("s3://") else None
+    return pd.read_parquet(url, storage_options=opts)
+
+
+def test_every_verb_end_to_end(root, cifar_slice):
+    url, env = root
+    r = ["--root", url]
+    out = batchml("ingest", str(cifar_slice), "--dataset", "c-train", *r, env=env).stdout
+    assert "200 images in 1 partitions" in out
+    batchml("ingest", str(cifar_slice), "--dataset", "c-test", "--split", "test", "--partition-size", "40", *r, env=env)
+    again = batchml("ingest", str(cifar_slice), "--dataset", "c-test", "--split", "test", "--partition-size", "40",
+                    *r, env=env).stdout
+    assert "nothing changed" in again
+
+    out = batchml("train", "--dataset", "c-train", "--test-dataset", "c-test", "--epochs", "1", "--promote",
+                  *r, env=env).stdout
+    assert "registered cifar10/v1" in out and "production -> cifar10/v1" in out
+    listing = batchml("models", "list", *r, env=env).stdout
+    assert re.search(r"cifar10/v1\s+tutorial .* production", listing)
+    assert '"version": "v1"' in batchml("models", "show", "production", *r, env=env).stdout
+    assert "staging -> cifar10/v1" in batchml("models", "promote", "v1", "--alias", "staging", *r, env=env).stdout
+
+    out = batchml("score", "--dataset", "c-test", "--run-id", "night-1", "--workers", "2", *r, env=env).stdout
+    assert "run night-1 committed: 100 predictions" in out
+    assert "already committed" in batchml("score", "--dataset", "c-test", "--run-id", "night-1", *r, env=env).stdout
+
+    report = batchml("monitor", "--run-id", "night-1", *r, env=env).stdout
+    correct, labelled = map(int, re.search(r"\((\d+)/(\d+) labelled rows correct", report).groups())
+    preds = read_predictions(f"{url}/runs/night-1/predictions", env)
+    assert len(preds) == 100 and preds.image_id.is_unique
+    assert (correct, labelled) == (int((preds.predicted == preds.label).sum()), 100)
+    printed = float(re.search(r"accuracy (\d\.\d+)", report).group(1))
+    assert printed == pytest.approx(np.mean(preds.predicted == preds.label), abs=5e-5)
+    monitoring = read_predictions(f"{url}/monitoring/runs", env)
+    assert monitoring.set_index("run_id").loc["night-1", "correct"] == correct
+
+
+def test_demo_commits_two_runs_that_duckdb_reads(tmp_path, cifar_slice):
+    url = str(tmp_path / "store")
+    out = batchml("demo", "--source", str(cifar_slice), "--epochs", "1", "--nights", "2", "--root", url).stdout
+    runs = re.findall(r"demo: run (\S+): 100 rows", out)
+    assert len(runs) == 2
+    con = duckdb.connect()
+    files = f"'{url}/runs/*/predictions/*.parquet'"
+    assert con.execute(f"SELECT count(*), count(DISTINCT run_id) FROM {files}").fetchall() == [(200, 2)]
+    per_run = con.execute(f"SELECT count(DISTINCT image_id) FROM {files} GROUP BY run_id").fetchall()
+    assert per_run == [(100,), (100,)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["score", "--dataset", "nope"], "unknown dataset 'nope'"),
+        (["monitor", "--run-id", "nope"], "no such run"),
+        (["models", "show", "v9"], "no versions of model 'cifar10'"),
+        (["ingest", "/no/such/dir", "--dataset", "x"], "does not exist"),
+        (["ingest", "cifar10", "--dataset", "bad name!"], "invalid dataset name"),
+        (["score", "--dataset", "x", "--storage-options", "{oops"], "not valid JSON"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(tmp_path, args, message):
+    proc = batchml(*args, "--root", str(tmp_path / "store"), check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr

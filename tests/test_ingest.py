@@ -1,0 +1,135 @@
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+from batchml import datasets
+from batchml.errors import BatchmlError
+from batchml.ingest import ingest
+from tests.conftest import CLASSES, make_image, write_class_folders
+
+
+def mtimes(store, dataset):
+    folder = store.path(datasets.prefix(dataset))
+    return {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder)}
+
+
+def test_class_folders_become_partitions_with_labels(store, image_folders):
+    r = ingest(store, str(image_folders), "shapes", "train", partition_size=50, verbose=False)
+    assert (r.rows, r.partitions, r.written) == (120, 3, 3)
+    manifest = datasets.read_manifest(store, "shapes")
+    assert manifest["classes"] == CLASSES
+    table = datasets.read_partition(store, "shapes", "part-00000.parquet")
+    assert table.column_names == ["image_id", "image", "label"]
+    assert str(table.schema.field("label").type) == "int16"
+    assert table["image_id"][0].as_py() == "train/circle/000.png"
+    assert table["image"][0].as_py() == (image_folders / "train/circle/000.png").read_bytes()  # as received
+
+
+def test_rerunning_the_same_ingest_changes_nothing(store, image_folders):
+    ingest(store, str(image_folders), "shapes", "test", partition_size=25, verbose=False)
+    before = mtimes(store, "shapes")
+    again = ingest(store, str(image_folders), "shapes", "test", partition_size=25, verbose=False)
+    assert again.written == 0
+    assert mtimes(store, "shapes") == before
+
+
+def test_another_source_under_an_existing_name_is_refused_and_nothing_changes(store, image_folders, tmp_path):
+    ingest(store, str(image_folders), "shapes", "test", partition_size=25, verbose=False)
+    before = mtimes(store, "shapes")
+    other = write_class_folders(tmp_path / "other", {"test": 5})
+    with pytest.raises(BatchmlError, match="already exists"):
+        ingest(store, str(other), "shapes", "test", partition_size=25, verbose=False)
+    assert mtimes(store, "shapes") == before
+
+
+def test_tar_gz_of_class_folders_matches_the_folder(store, image_folders, tmp_path):
+    archive = tmp_path / "shapes.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(image_folders / "test", arcname="test")
+    from_tar = ingest(store, str(archive), "from-tar", "test", verbose=False)
+    from_dir = ingest(store, str(image_folders), "from-dir", "test", verbose=False)
+    assert from_tar.rows == from_dir.rows == 60
+    assert datasets.read_manifest(store, "from-tar")["fingerprint"] == datasets.read_manifest(store, "from-dir")["fingerprint"]
+
+
+def test_images_outside_class_folders_are_unlabelled(store, tmp_path):
+    (tmp_path / "night").mkdir()
+    for i in range(3):
+        (tmp_path / "night" / f"{i}.png").write_bytes(make_image(0, i))
+    ingest(store, str(tmp_path / "night"), "night", verbose=False)
+    table = datasets.read_partition(store, "night", "part-00000.parquet")
+    assert table["label"].null_count == 3
+
+
+def _cifar_batch(n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, n).tolist(),
+            b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)], b"batch_label": b"x"}
+
+
+def write_cifar_batches(folder):
+    folder.mkdir(parents=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [n.encode() for n in names]}))
+    for i, name in enumerate([f"data_batch_{j}" for j in range(1, 6)] + ["test_batch"]):
+        (folder / name).write_bytes(pickle.dumps(_cifar_batch(4, i)))
+    return folder
+
+
+def test_official_cifar_batches_keep_exact_pixels(store, tmp_path):
+    from batchml.images import Preprocessing, decode_image
+
+    folder = write_cifar_batches(tmp_path / "cifar-10-batches-py")
+    r = ingest(store, str(tmp_path), "cifar-train", "train", verbose=False)
+    assert r.rows == 20
+    table = datasets.read_partition(store, "cifar-train", "part-00000.parquet")
+    batch = pickle.loads((folder / "data_batch_1").read_bytes())
+    first = batch[b"data"][0].reshape(3, 32, 32).transpose(1, 2, 0)
+    assert np.array_equal(decode_image(table["image"][0].as_py(), Preprocessing()), first)
+    assert table["label"][0].as_py() == batch[b"labels"][0]
+    assert table["filename"][0].as_py() == "img_0_0.png"
+
+
+def test_official_cifar_tarball_is_read_too(store, tmp_path):
+    folder = write_cifar_batches(tmp_path / "src" / "cifar-10-batches-py")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    assert ingest(store, str(archive), "cifar-test", "test", verbose=False).rows == 4
+
+
+def test_pickles_that_run_code_are_refused(store, tmp_path):
+    folder = write_cifar_batches(tmp_path / "evil")
+    (folder / "test_batch").write_bytes(pickle.dumps(os.system))
+    with pytest.raises(BatchmlError, match="not a CIFAR-10 python batch"):
+        ingest(store, str(folder), "evil", "test", verbose=False)
+
+
+def test_keras_download_failure_names_the_alternatives(store, monkeypatch):
+    import keras.datasets.cifar10 as kc
+
+    def offline():
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(kc, "load_data", offline)
+    with pytest.raises(BatchmlError, match="cifar10-jpeg.tar.gz") as info:
+        ingest(store, "cifar10", "cifar10", verbose=False)
+    assert "cifar-10-python.tar.gz" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "split", "message"),
+    [("/no/such/folder", "train", "does not exist"), ("IMAGES", "valid", "unknown split")],
+)
+def test_bad_sources_are_clear_errors(store, image_folders, source, split, message):
+    with pytest.raises(BatchmlError, match=message):
+        ingest(store, source.replace("IMAGES", str(image_folders)), "x", split, verbose=False)
+
+
+def test_a_missing_split_lists_the_splits_found(store, tmp_path):
+    write_class_folders(tmp_path, {"train": 2})
+    with pytest.raises(BatchmlError, match="no 'test' split .found: train"):
+        ingest(store, str(tmp_path), "x", "test", verbose=False)

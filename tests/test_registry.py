@@ -1,0 +1,54 @@
+import keras
+import numpy as np
+import pytest
+
+from batchml.errors import BatchmlError
+from batchml.registry import ModelVersion, list_versions, load_model, promote, read_card, register, resolve
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    return path
+
+
+def test_versions_are_numbered_and_cards_stored(store, model_file):
+    v1 = register(store, "cifar10", model_file, {"arch": "x"})
+    v2 = register(store, "cifar10", model_file, {"arch": "y"})
+    assert (str(v1), str(v2)) == ("cifar10/v1", "cifar10/v2")
+    assert list_versions(store, "cifar10") == ["v1", "v2"]
+    assert read_card(store, v2) == {"arch": "y", "name": "cifar10", "version": "v2"}
+
+
+def test_a_version_without_its_card_is_not_committed(store, model_file):
+    register(store, "cifar10", model_file, {})
+    store.write_bytes("models/cifar10/v2/model.keras", b"half-written")
+    assert list_versions(store, "cifar10") == ["v1"]
+
+
+def test_aliases_resolve_and_move(store, model_file):
+    v1 = register(store, "cifar10", model_file, {})
+    v2 = register(store, "cifar10", model_file, {})
+    promote(store, v1)
+    assert resolve(store, "production") == v1
+    promote(store, v2)
+    assert resolve(store, "cifar10/production") == v2
+    assert resolve(store, "v1") == v1
+
+
+def test_unknown_versions_and_aliases_say_what_exists(store, model_file):
+    with pytest.raises(BatchmlError, match="no versions of model 'cifar10'.*batchml train"):
+        resolve(store, "production")
+    register(store, "cifar10", model_file, {})
+    with pytest.raises(BatchmlError, match=r"no version or alias 'staging' \(versions: v1"):
+        resolve(store, "staging")
+    with pytest.raises(BatchmlError, match="looks like a version"):
+        promote(store, ModelVersion("cifar10", "v1"), "v2")
+
+
+def test_loaded_model_predicts_like_the_saved_one(store, model_file):
+    mv = register(store, "m", model_file, {})
+    x = np.ones((3, 4), np.float32)
+    assert np.allclose(load_model(store, mv).predict(x, verbose=0), keras.saving.load_model(model_file).predict(x, verbose=0))

@@ -1,0 +1,114 @@
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from batchml import datasets
+from batchml.errors import BatchmlError
+from batchml.ingest import ingest
+from batchml.scoring import ScoreConfig, model_loads, score
+from tests.conftest import CLASSES, copy_store, make_image
+
+pytestmark = pytest.mark.slow
+MODEL = "shapes/production"
+
+
+@pytest.fixture
+def run_store(trained_store, tmp_path):
+    return copy_store(trained_store, tmp_path / "store")
+
+
+def files_under(store, rel):
+    root = store.path(rel)
+    return {os.path.relpath(os.path.join(d, f), root): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, fs in os.walk(root) for f in fs}
+
+
+def test_every_input_row_gets_exactly_one_prediction(client, run_store):
+    m = score(client, run_store, ScoreConfig("shapes-test", MODEL, "r1"), verbose=False)
+    preds = pd.read_parquet(run_store.path("runs/r1/predictions"))
+    inputs = pd.concat(datasets.read_partition(run_store, "shapes-test", p["name"]).to_pandas()
+                       for p in datasets.read_manifest(run_store, "shapes-test")["partitions"])
+    assert m["rows"] == len(preds) == 60 and m["errors"] == 0
+    assert sorted(preds.image_id) == sorted(inputs.image_id)
+    assert preds.image_id.is_unique
+    assert {"image_id", "predicted", "predicted_class", "probability", "probabilities", "label",
+            "model_version", "run_id", "partition"} <= set(preds.columns)
+    assert np.allclose(np.stack(preds.probabilities).max(axis=1), preds.probability)
+    assert (preds.model_version == m["model_version"]).all() and len(m["partitions"]) == 4
+
+
+def test_the_model_is_loaded_once_per_worker_not_per_task(client, run_store):
+    score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-loads"), verbose=False)
+    key = f"{run_store.config.root}|shapes/v1"
+    loads = [per_worker.get(key, 0) for per_worker in client.run(model_loads).values()]
+    assert len(loads) == 2 and sum(loads) >= 1  # 4 partitions over 2 workers
+    assert max(loads) == 1
+
+
+def test_rerunning_a_committed_run_writes_nothing(client, run_store):
+    score(client, run_store, ScoreConfig("shapes-test", MODEL, "r2"), verbose=False)
+    before = files_under(run_store, "runs/r2")
+    score(client, run_store, ScoreConfig("shapes-test", MODEL, "r2"), verbose=False)
+    assert files_under(run_store, "runs/r2") == before
+
+
+def test_an_interrupted_run_resumes_with_the_missing_partitions_only(client, run_store):
+    score(client, run_store, ScoreConfig("shapes-test", MODEL, "r3"), verbose=False)
+    for rel in ("manifest.json", "stats/part-00001.json", "predictions/part-00001.parquet",
+                "stats/part-00003.json"):  # a job killed mid-run: two partitions unfinished
+        os.remove(run_store.path(f"runs/r3/{rel}"))
+    kept = {k: v for k, v in files_under(run_store, "runs/r3").items() if "00001" not in k and "00003" not in k}
+    m = score(client, run_store, ScoreConfig("shapes-test", MODEL, "r3"), verbose=False)
+    after = files_under(run_store, "runs/r3")
+    assert all(after[k] == v for k, v in kept.items())  # finished partitions untouched
+    preds = pd.read_parquet(run_store.path("runs/r3/predictions"))
+    assert m["rows"] == len(preds) == 60 and preds.image_id.is_unique
+
+
+def _ingest_with_corrupt(store, tmp_path, n_good: int, n_bad: int, name: str):
+    folder = tmp_path / name / "test" / "circle"
+    folder.mkdir(parents=True)
+    for i in range(n_good):
+        (folder / f"g{i:03d}.png").write_bytes(make_image(0, i))
+    for i in range(n_bad):
+        (folder / f"z{i:03d}.png").write_bytes(make_image(0, i)[:60])  # truncated
+    ingest(store, str(tmp_path / name), name, "test", partition_size=10, classes=CLASSES, verbose=False)
+
+
+def test_corrupt_images_become_error_rows_and_partitions_complete(client, run_store, tmp_path):
+    _ingest_with_corrupt(run_store, tmp_path, 19, 1, "one-bad")
+    # one bad in 20 is 5%: above the default 1%, so the run fails loudly and is not committed
+    with pytest.raises(BatchmlError, match=r"1 of 20 images could not be decoded.*not committed"):
+        score(client, run_store, ScoreConfig("one-bad", MODEL, "bad"), verbose=False)
+    assert not run_store.exists("runs/bad/manifest.json")
+    m = score(client, run_store, ScoreConfig("one-bad", MODEL, "bad", max_error_ratio=0.1), verbose=False)
+    errors = pd.read_parquet(run_store.path("runs/bad/errors"))
+    assert (m["rows"], m["errors"]) == (19, 1)
+    assert errors.image_id.tolist() == ["test/circle/z000.png"]
+    assert "cannot decode" in errors.reason[0] and errors.partition[0] == "part-00001.parquet"
+
+
+def test_an_empty_partition_is_a_clear_error(client, run_store):
+    run_store.write_parquet("images/shapes-test/part-00002.parquet", pa.table(
+        {"image_id": pa.array([], pa.string()), "image": pa.array([], pa.binary()), "label": pa.array([], pa.int16())}))
+    with pytest.raises(BatchmlError, match="part-00002.parquet of dataset 'shapes-test' is empty"):
+        score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-empty"), verbose=False)
+    assert not run_store.exists("runs/r-empty/manifest.json")
+
+
+def test_a_run_id_cannot_be_reused_for_another_dataset(client, run_store):
+    score(client, run_store, ScoreConfig("shapes-test", MODEL, "r4"), verbose=False)
+    with pytest.raises(BatchmlError, match="run 'r4' scores dataset 'shapes-test'"):
+        score(client, run_store, ScoreConfig("shapes-train", MODEL, "r4"), verbose=False)
+
+
+def test_labels_of_other_classes_are_refused(client, run_store, tmp_path):
+    from tests.conftest import write_class_folders
+
+    write_class_folders(tmp_path / "other", {"test": 2}, classes=["cat", "dog", "emu"])
+    ingest(run_store, str(tmp_path / "other"), "animals", "test", verbose=False)
+    with pytest.raises(BatchmlError, match="score with a model trained on these classes"):
+        score(client, run_store, ScoreConfig("animals", MODEL, "r5"), verbose=False)

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from batchml import datasets
+from batchml.errors import BatchmlError
+from batchml.images import Preprocessing
+from batchml.registry import read_card, resolve
+
+pytestmark = pytest.mark.slow
+
+
+def test_tutorial_architecture_shapes():
+    from batchml.architectures import build
+
+    model = build("tutorial", 10, Preprocessing())
+    assert model.input_shape == (None, 32, 32, 3)
+    assert model.output_shape == (None, 10)
+    assert [layer.output.shape[1:] for layer in model.layers if "conv" in layer.name] == [
+        (32, 32, 32), (30, 30, 32), (15, 15, 64), (13, 13, 64)]
+    assert model.count_params() == 1_250_858  # the tutorial's published parameter count
+
+
+def test_unknown_architecture_lists_the_known_ones():
+    from batchml.architectures import build
+
+    with pytest.raises(BatchmlError, match="use one of tutorial"):
+        build("resnet9000", 10, Preprocessing())
+
+
+def test_validation_split_is_stable_and_near_its_fraction():
+    ids = [f"train/c/{i:05d}.png" for i in range(20000)]
+    first, again = datasets.in_validation(ids, 0.1), datasets.in_validation(list(reversed(ids)), 0.1)
+    assert np.array_equal(first, again[::-1])
+    assert 0.09 < first.mean() < 0.11
+
+
+def test_training_task_registers_a_version_with_its_card(trained_store):
+    mv = resolve(trained_store, "shapes/production")
+    card = read_card(trained_store, mv)
+    train_manifest = datasets.read_manifest(trained_store, "shapes-train")
+    assert card["classes"] == train_manifest["classes"]
+    assert card["data"]["fingerprint"] == train_manifest["fingerprint"]
+    assert set(card["learning_curves"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 2 for v in card["learning_curves"].values())  # one point per epoch
+    t = card["training"]
+    assert t["train_rows"] + t["validation_rows"] == 120 and t["validation_rows"] > 0
+    assert card["metrics"]["test"]["rows"] == 60
+    assert sum(card["reference"]["predicted_counts"]) == 60 and card["reference"]["split"] == "test"
+    assert card["calibration"]["temperature"] > 0
+    assert card["preprocessing"] == Preprocessing().to_dict()
+
+
+def test_training_an_unknown_dataset_fails_before_any_task(client, store):
+    from batchml.training import TrainConfig, train
+
+    with pytest.raises(BatchmlError, match="unknown dataset 'nope'.*batchml ingest"):
+        train(client, store, TrainConfig("nope"), verbose=False)
