@@ -32,14 +32,19 @@ def main(argv: list[str] | None = None) -> int:
 # -- arguments ---------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def store_arguments() -> argparse.ArgumentParser:
+    """``--root`` and ``--storage-options``, shared by every verb and by the jobs."""
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument("--root", default=os.environ.get("BATCHML_ROOT", DEFAULT_ROOT),
                        help="store URL: a folder or s3://bucket/prefix (default $BATCHML_ROOT or %(default)s)")
     store.add_argument("--storage-options", default=os.environ.get("BATCHML_STORAGE_OPTIONS"),
                        help='fsspec options as JSON, e.g. \'{"client_kwargs": {"endpoint_url": "http://host:9000"}}\'')
     store.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    return store
 
+
+def cluster_arguments() -> argparse.ArgumentParser:
+    """Where the Dask work runs: an existing scheduler, or a local cluster."""
     cluster = argparse.ArgumentParser(add_help=False)
     cluster.add_argument("--scheduler", help="existing Dask scheduler, tcp://host:8786 or tls://...")
     cluster.add_argument("--workers", type=int, help="local cluster: worker processes (default one per GPU, else 1)")
@@ -48,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--cpu", action="store_true", help="local cluster on the CPU even where GPUs are visible")
     for flag in ("--tls-ca-file", "--tls-cert", "--tls-key"):
         cluster.add_argument(flag, help="TLS for a tls:// scheduler")
+    return cluster
 
+
+def build_parser() -> argparse.ArgumentParser:
+    store, cluster = store_arguments(), cluster_arguments()
     parser = argparse.ArgumentParser(prog="batchml", description=__doc__.split("\n\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
 

@@ -104,3 +104,14 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, args, message):
     proc = batchml(*args, "--root", str(tmp_path / "store"), check=False)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_score_submits_to_an_existing_scheduler(client, trained_store, tmp_path):
+    from tests.conftest import copy_store
+
+    store = copy_store(trained_store, tmp_path / "store")
+    out = batchml("score", "--scheduler", client.scheduler.address, "--dataset", "shapes-test",
+                  "--model", "shapes/production", "--run-id", "remote", "--root", store.config.root).stdout
+    assert "run remote committed: 60 predictions" in out
+    workers = {p["worker"] for p in store.read_json("runs/remote/manifest.json")["partitions"]}
+    assert len(workers) >= 1 and all(":" in w for w in workers)

@@ -10,7 +10,8 @@ from batchml.monitoring.shift import class_shift, wilson_interval
 def test_wilson_interval_matches_hand_computation():
     # 8 of 10: centre (0.8 + 1.92/10) / 1.384, half-width 1.96 * sqrt(0.016 + 0.00096) / 1.384
     low, high = wilson_interval(8, 10, z=1.96)
-    centre, half = (0.8 + 1.96**2 / 20) / (1 + 1.96**2 / 10), 1.96 * math.sqrt(0.016 + 1.96**2 / 400) / (1 + 1.96**2 / 10)
+    centre = (0.8 + 1.96**2 / 20) / (1 + 1.96**2 / 10)
+    half = 1.96 * math.sqrt(0.016 + 1.96**2 / 400) / (1 + 1.96**2 / 10)
     assert (low, high) == pytest.approx((centre - half, centre + half))
     assert wilson_interval(0, 10)[0] == 0.0
     assert all(math.isnan(v) for v in wilson_interval(0, 0))

@@ -39,16 +39,17 @@ def test_aliases_resolve_and_move(store, model_file):
 
 
 def test_unknown_versions_and_aliases_say_what_exists(store, model_file):
-    with pytest.raises(BatchmlError, match="no versions of model 'cifar10'.*batchml train"):
+    with pytest.raises(BatchmlError, match=r"no versions of model 'cifar10'.*batchml train"):
         resolve(store, "production")
     register(store, "cifar10", model_file, {})
     with pytest.raises(BatchmlError, match=r"no version or alias 'staging' \(versions: v1"):
         resolve(store, "staging")
-    with pytest.raises(BatchmlError, match="looks like a version"):
+    with pytest.raises(BatchmlError, match=r"looks like a version"):
         promote(store, ModelVersion("cifar10", "v1"), "v2")
 
 
 def test_loaded_model_predicts_like_the_saved_one(store, model_file):
     mv = register(store, "m", model_file, {})
     x = np.ones((3, 4), np.float32)
-    assert np.allclose(load_model(store, mv).predict(x, verbose=0), keras.saving.load_model(model_file).predict(x, verbose=0))
+    expected = keras.saving.load_model(model_file).predict(x, verbose=0)
+    assert np.allclose(load_model(store, mv).predict(x, verbose=0), expected)

@@ -94,14 +94,14 @@ def test_corrupt_images_become_error_rows_and_partitions_complete(client, run_st
 def test_an_empty_partition_is_a_clear_error(client, run_store):
     run_store.write_parquet("images/shapes-test/part-00002.parquet", pa.table(
         {"image_id": pa.array([], pa.string()), "image": pa.array([], pa.binary()), "label": pa.array([], pa.int16())}))
-    with pytest.raises(BatchmlError, match="part-00002.parquet of dataset 'shapes-test' is empty"):
+    with pytest.raises(BatchmlError, match=r"part-00002.parquet of dataset 'shapes-test' is empty"):
         score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-empty"), verbose=False)
     assert not run_store.exists("runs/r-empty/manifest.json")
 
 
 def test_a_run_id_cannot_be_reused_for_another_dataset(client, run_store):
     score(client, run_store, ScoreConfig("shapes-test", MODEL, "r4"), verbose=False)
-    with pytest.raises(BatchmlError, match="run 'r4' scores dataset 'shapes-test'"):
+    with pytest.raises(BatchmlError, match=r"run 'r4' scores dataset 'shapes-test'"):
         score(client, run_store, ScoreConfig("shapes-train", MODEL, "r4"), verbose=False)
 
 
@@ -110,5 +110,5 @@ def test_labels_of_other_classes_are_refused(client, run_store, tmp_path):
 
     write_class_folders(tmp_path / "other", {"test": 2}, classes=["cat", "dog", "emu"])
     ingest(run_store, str(tmp_path / "other"), "animals", "test", verbose=False)
-    with pytest.raises(BatchmlError, match="score with a model trained on these classes"):
+    with pytest.raises(BatchmlError, match=r"score with a model trained on these classes"):
         score(client, run_store, ScoreConfig("animals", MODEL, "r5"), verbose=False)

@@ -29,7 +29,7 @@ def test_parquet_and_json_round_trip(store):
 
 
 def test_reading_a_missing_object_names_it(store):
-    with pytest.raises(BatchmlError, match="nope.json does not exist"):
+    with pytest.raises(BatchmlError, match=r"nope.json does not exist"):
         store.read_bytes("nope.json")
 
 
@@ -47,5 +47,5 @@ def test_unreachable_s3_endpoint_is_a_clear_error():
     dead = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{free_port()}"}, "key": "k", "secret": "s",
             "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}
     store = Store(StoreConfig("s3://bucket/prefix", dead))
-    with pytest.raises(BatchmlError, match="endpoint is up"):
+    with pytest.raises(BatchmlError, match=r"endpoint is up"):
         store.write_json("x.json", {})

@@ -23,7 +23,7 @@ def test_tutorial_architecture_shapes():
 def test_unknown_architecture_lists_the_known_ones():
     from batchml.architectures import build
 
-    with pytest.raises(BatchmlError, match="use one of tutorial"):
+    with pytest.raises(BatchmlError, match=r"use one of tutorial"):
         build("resnet9000", 10, Preprocessing())
 
 
@@ -53,5 +53,5 @@ def test_training_task_registers_a_version_with_its_card(trained_store):
 def test_training_an_unknown_dataset_fails_before_any_task(client, store):
     from batchml.training import TrainConfig, train
 
-    with pytest.raises(BatchmlError, match="unknown dataset 'nope'.*batchml ingest"):
+    with pytest.raises(BatchmlError, match=r"unknown dataset 'nope'.*batchml ingest"):
         train(client, store, TrainConfig("nope"), verbose=False)
