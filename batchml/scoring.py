@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -136,15 +137,17 @@ def _run_tasks(client, spec: RunSpec, todo: list[str], total: int, verbose: bool
     progress.done = total - len(todo)
     if not todo:
         return
-    futures = [client.submit(score_partition, spec, name, key=f"score-{spec.run_id}-{name}")
+    attempt = uuid.uuid4().hex[:8]  # task keys must not collide with a previous attempt's
+    futures = [client.submit(score_partition, spec, name, key=f"score-{spec.run_id}-{name}-{attempt}")
                for name in todo]
     rows = 0
     try:
         for future in as_completed(futures):
             rows += future.result()["rows"]
             progress.update(1, f"{rows:,} rows")
-    finally:
-        client.cancel(futures)
+    except BaseException:
+        client.cancel(futures)  # stop the rest: the run stays uncommitted, a rerun resumes it
+        raise
 
 
 def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list[str],
