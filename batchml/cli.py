@@ -1,4 +1,4 @@
-"""The ``batchml`` command line: ingest, train, models, score, monitor, demo.
+"""The ``batchml`` command line: ingest, train, models, score, monitor, dashboard, demo.
 
 Environment read here, and only here: ``BATCHML_ROOT`` (default store),
 ``BATCHML_STORAGE_OPTIONS`` (JSON fsspec options), ``AWS_ENDPOINT_URL`` (S3 endpoint)
@@ -103,9 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-error-ratio", type=float, default=0.01)
     p.set_defaults(func=cmd_score)
 
-    p = verbs.add_parser("monitor", parents=[store], help="fold a committed run into the monitoring tables")
-    p.add_argument("--run-id", required=True)
+    p = verbs.add_parser("monitor", parents=[store],
+                         help="fold a committed run into the monitoring tables, or summarise a date range")
+    p.add_argument("--run-id", help="the committed run to monitor")
+    p.add_argument("--since", help="instead of --run-id: summarise runs committed from this date (YYYY-MM-DD)")
+    p.add_argument("--until", help="... to this date, inclusive")
+    p.add_argument("--model", help="only this model version's runs (NAME/vN)")
     p.set_defaults(func=cmd_monitor)
+
+    p = verbs.add_parser("dashboard", parents=[store], help="serve the monitoring dashboard (Panel)")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--address", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
+    p.add_argument("--refresh", type=int, default=30, help="seconds between checks for new runs")
+    p.add_argument("--basic-auth", default=os.environ.get("BATCHML_DASHBOARD_PASSWORD"),
+                   help="a password (or a JSON file of user: password) required to log in")
+    p.add_argument("--cookie-secret", default=os.environ.get("BATCHML_COOKIE_SECRET"))
+    p.set_defaults(func=cmd_dashboard)
 
     p = verbs.add_parser("demo", parents=[store, cluster], help="the whole flow on real CIFAR-10")
     p.add_argument("--source", help="CIFAR-10 source (default ../shared/data/cifar10-jpeg.tar.gz if present)")
@@ -219,11 +232,25 @@ def cmd_score(args) -> None:
 
 
 def cmd_monitor(args) -> int:
-    from batchml.monitoring import format_report, monitor_run
+    from batchml.monitoring import format_range, format_report, monitor_range, monitor_run
 
+    if not args.run_id:
+        if not (args.since or args.until):
+            raise BatchmlError("pass --run-id ID, or --since/--until dates to summarise a range of runs")
+        print(format_range(monitor_range(open_store(args), args.since, args.until, args.model)))
+        return 0
     report = monitor_run(open_store(args), args.run_id)
     print(format_report(report))
     return 1 if report.failed else 0
+
+
+def cmd_dashboard(args) -> None:
+    from batchml.dashboard import serve
+
+    store = open_store(args)
+    print(f"dashboard of {store.url()} on http://{args.address}:{args.port}/", flush=True)
+    serve(store, port=args.port, address=args.address, refresh_seconds=args.refresh,
+          basic_auth=args.basic_auth, cookie_secret=args.cookie_secret)
 
 
 def cmd_demo(args) -> None:

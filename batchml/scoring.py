@@ -3,8 +3,9 @@
 The run commit protocol (DESIGN.md):
 - ``runs/<id>/run.json`` pins what the run scores: dataset, its fingerprint, model version;
 - per partition, under deterministic names: ``predictions/part-N.parquet``, then
-  ``errors/part-N.parquet`` when some images are undecodable, then ``stats/part-N.json``
-  last, which marks the partition done;
+  ``failures/part-N.parquet`` (failure-case candidates) and ``errors/part-N.parquet``
+  (undecodable images) when there are any, then ``stats/part-N.json`` last, which marks
+  the partition done;
 - ``runs/<id>/manifest.json`` last of all: the run is committed.
 A rerun of a run id skips partitions whose statistics exist, so a killed worker or a
 killed job never duplicates a row, and a committed run is never written again.
@@ -24,7 +25,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from batchml import datasets
+from batchml import datasets, failures
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing, decode_images
 from batchml.progress import Progress
@@ -176,7 +177,7 @@ def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list
                        for p in parts],
         "wall_seconds": round(wall, 3),
         "images_per_second": round(scored_now / wall, 1) if todo else None,
-        "committed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "committed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
     }
     store.write_json(f"{prefix}/manifest.json", manifest)
     return manifest
@@ -235,6 +236,10 @@ def score_partition(spec: RunSpec, partition: str) -> dict:
     stats = PartitionStats.from_predictions(probs, labels[good], spec.temperature, errors=len(bad))
     prefix, stem = run_prefix(spec.run_id), _stem(partition)
     store.write_parquet(f"{prefix}/predictions/{partition}", _predictions(spec, partition, table, good, probs))
+    cases = failures.select(table["image_id"].take(good).to_pylist() if good else [], partition, pixels, probs,
+                            labels[good])
+    if cases.num_rows:
+        store.write_parquet(f"{prefix}/failures/{partition}", cases)
     if bad:
         store.write_parquet(f"{prefix}/errors/{partition}", _errors(table, partition, bad))
     timer.lap("write")

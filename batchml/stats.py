@@ -75,7 +75,7 @@ class PartitionStats:
 
     @classmethod
     def from_dict(cls, d: dict) -> PartitionStats:
-        return cls(d["num_classes"], *(d[f] for f in _SUMMED))
+        return cls(d["num_classes"], *(_plain(d[f]) for f in _SUMMED))
 
     @classmethod
     def total(cls, parts: list[PartitionStats], num_classes: int) -> PartitionStats:
@@ -107,4 +107,7 @@ def _array(value, shape: tuple, dtype) -> np.ndarray:
 
 
 def _plain(value):
-    return value.tolist() if isinstance(value, np.ndarray) else value
+    """JSON-ready: arrays (also the arrays of arrays pandas makes of list columns) to lists."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value] if value.dtype == object else value.tolist()
+    return value

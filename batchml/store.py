@@ -98,6 +98,22 @@ class Store:
         names = (e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
         return sorted(n for n in names if n.endswith(suffix) and not n.startswith(_TMP_PREFIX))
 
+    def list_versions(self, prefix: str, suffix: str = "") -> dict[str, str]:
+        """Like ``list``, with a version tag per name (size and modification time or ETag),
+        so that readers can cache objects and re-read only those that changed."""
+        path = self.path(prefix)
+        self.fs.invalidate_cache(path)
+        try:
+            entries = self._call(self.fs.ls, prefix, detail=True)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for e in entries:
+            name = e["name"].rstrip("/").rsplit("/", 1)[-1]
+            if name.endswith(suffix) and not name.startswith(_TMP_PREFIX) and e.get("type") != "directory":
+                out[name] = f"{e.get('size')}:{e.get('mtime') or e.get('LastModified') or e.get('ETag')}"
+        return out
+
     # -- writing -------------------------------------------------------------
 
     def write_bytes(self, rel: str, data: bytes) -> None:

@@ -153,11 +153,14 @@ def _evaluate_test(store: Store, cfg: TrainConfig, classes: list[str], prep: Pre
 
 
 def _metrics(probs: np.ndarray, labels: np.ndarray, stats: PartitionStats) -> dict:
+    prob_confusion = np.zeros((probs.shape[1],) * 2)
+    np.add.at(prob_confusion, labels, probs)  # true class x summed predicted probabilities
     return {
         "rows": len(labels),
         "accuracy": stats.correct / stats.labelled,
         "loss": nll(probs, labels),
         "confusion": stats.confusion.tolist(),
+        "prob_confusion": prob_confusion.tolist(),
     }
 
 

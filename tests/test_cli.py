@@ -75,6 +75,8 @@ def test_every_verb_end_to_end(root, cifar_slice):
     assert printed == pytest.approx(np.mean(preds.predicted == preds.label), abs=5e-5)
     monitoring = read_predictions(f"{url}/monitoring/runs", env)
     assert monitoring.set_index("run_id").loc["night-1", "correct"] == correct
+    summary = batchml("monitor", "--since", "2000-01-01", *r, env=env).stdout
+    assert f"({correct}/100 labelled rows correct" in summary and "1 runs committed" in summary
 
 
 def test_demo_commits_two_runs_that_duckdb_reads(tmp_path, cifar_slice):

@@ -1,6 +1,15 @@
 """Monitoring, fed only by the mergeable partition statistics of committed runs."""
 
-from batchml.monitoring.run_monitor import MonitorConfig, RunReport, fold_run, format_report, monitor_run
+from batchml.monitoring.run_monitor import (
+    MonitorConfig,
+    RunReport,
+    fold_run,
+    format_range,
+    format_report,
+    monitor_range,
+    monitor_run,
+)
 from batchml.monitoring.tables import read_table
 
-__all__ = ["MonitorConfig", "RunReport", "fold_run", "format_report", "monitor_run", "read_table"]
+__all__ = ["MonitorConfig", "RunReport", "fold_run", "format_range", "format_report", "monitor_range",
+           "monitor_run", "read_table"]

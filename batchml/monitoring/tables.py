@@ -27,10 +27,28 @@ def write_alerts(store: Store, run_id: str, alerts: list[dict]) -> None:
     store.write_parquet(f"monitoring/alerts/{run_id}.parquet", pa.Table.from_pylist(rows, ALERT_SCHEMA))
 
 
+class TableReader:
+    """Reads one monitoring table, re-reading only the per-run files changed since the last read
+    (the dashboard refreshes every few seconds over a year of nights)."""
+
+    def __init__(self, store: Store, table: str) -> None:
+        self.store, self.table = store, table
+        self._files: dict[str, tuple[str, pa.Table]] = {}
+
+    def read(self) -> pd.DataFrame:
+        folder = f"monitoring/{self.table}"
+        current = self.store.list_versions(folder, ".parquet")
+        self._files = {
+            name: self._files[name] if name in self._files and self._files[name][0] == tag
+            else (tag, pq.read_table(io.BytesIO(self.store.read_bytes(f"{folder}/{name}"))))
+            for name, tag in current.items()
+        }
+        parts = [t for _, t in self._files.values() if t.num_rows]
+        if not parts:
+            return pd.DataFrame(columns=ALERT_SCHEMA.names if self.table == "alerts" else ["run_id"])
+        return pa.concat_tables(parts, promote_options="default").to_pandas()
+
+
 def read_table(store: Store, table: str) -> pd.DataFrame:
     """A whole monitoring table (``runs`` or ``alerts``) as one DataFrame."""
-    names = store.list(f"monitoring/{table}", ".parquet")
-    parts = [pq.read_table(io.BytesIO(store.read_bytes(f"monitoring/{table}/{n}"))) for n in names]
-    if not parts:
-        return pd.DataFrame(columns=ALERT_SCHEMA.names if table == "alerts" else ["run_id"])
-    return pa.concat_tables(parts, promote_options="default").to_pandas()
+    return TableReader(store, table).read()
