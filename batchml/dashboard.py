@@ -37,7 +37,7 @@ class MonitoringData:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._runs, self._alerts = TableReader(store, "runs"), TableReader(store, "alerts")
-        self.refresh()
+        self.runs, self.alerts = pd.DataFrame(), pd.DataFrame()  # until the first refresh()
 
     def refresh(self) -> None:
         runs = self._runs.read()
@@ -68,6 +68,10 @@ def _value(label: str, value: str, css: str) -> str:
 
 def _pct(v) -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.2%}"
+
+
+def _class_name(name) -> str:
+    return "?" if pd.isna(name) else html.escape(str(name))
 
 
 def _html(content: str, **kwargs) -> pn.pane.HTML:
@@ -198,8 +202,8 @@ def gallery(data: MonitoringData, run_id: str | None) -> pn.Column:
     for kind, title in (("misclassified", "Most confident mistakes"), ("uncertain", "Least confident, unlabelled")):
         figs = "".join(
             f"<figure><img src='data:image/png;base64,{base64.b64encode(c.thumbnail).decode()}' "
-            f"title='{html.escape(c.image_id)}'><figcaption>{html.escape(str(c.true_class or '?'))} &rarr; "
-            f"{html.escape(c.predicted_class)}<br>{c.confidence:.2f}</figcaption></figure>"
+            f"title='{html.escape(c.image_id)}'><figcaption>{_class_name(c.true_class)} &rarr; "
+            f"{_class_name(c.predicted_class)}<br>{c.confidence:.2f}</figcaption></figure>"
             for c in cases[cases.kind == kind].itertuples())
         parts.append(f"<h3>{title}</h3><div class='bm-gallery bm-{kind}'>{figs or 'none'}</div>")
     return pn.Column(_html("".join(parts)))
@@ -247,10 +251,16 @@ def runs_view(data: MonitoringData, run_id: str | None) -> pn.Column:
 # -- the app -------------------------------------------------------------------------------------------
 
 
+def shared_data(store: Store) -> MonitoringData:
+    """One cache per store for all sessions: a new browser tab re-reads nothing unchanged."""
+    return pn.state.as_cached(f"batchml-data-{store.config.cache_key()}", lambda: MonitoringData(store))
+
+
 def create_app(store: Store, refresh_seconds: int = REFRESH_SECONDS) -> pn.template.BaseTemplate:
     """One session's dashboard; its sidebar picks model version, date range and run."""
     pn.extension(raw_css=[CSS])
-    data = MonitoringData(store)
+    data = shared_data(store)
+    data.refresh()
     model = pn.widgets.Select(name="Model version", options=[ALL_MODELS])
     dates = pn.widgets.DateRangePicker(name="Committed between")
     run = pn.widgets.Select(name="Run")
@@ -326,6 +336,7 @@ def create_app(store: Store, refresh_seconds: int = REFRESH_SECONDS) -> pn.templ
 def serve(store: Store, port: int = 5006, address: str = "127.0.0.1", refresh_seconds: int = REFRESH_SECONDS,
           basic_auth: str | None = None, cookie_secret: str | None = None, show: bool = False) -> None:
     """Serve the dashboard until interrupted (``batchml dashboard``)."""
+    shared_data(store).refresh()  # read the history before the first visitor arrives
     pn.serve(lambda: create_app(store, refresh_seconds), port=port, address=address, show=show,
              title="batchml monitoring", websocket_origin=[f"{address}:{port}", f"localhost:{port}"],
              basic_auth=basic_auth, cookie_secret=cookie_secret, threaded=False)

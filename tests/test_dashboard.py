@@ -1,0 +1,162 @@
+"""The served dashboard, driven in a real headless Chromium (Debian's, through Playwright)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from batchml.ingest import ingest
+from batchml.monitoring import monitor_run, read_table
+from batchml.scoring import ScoreConfig, score
+from tests.conftest import CLASSES, copy_store, free_port, make_image
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(os.environ.get("BATCHML_SCREENSHOTS", Path(__file__).parent / "screenshots"))
+MODEL = "shapes/production"
+
+
+@pytest.fixture(scope="module")
+def store(client, trained_store, tmp_path_factory):
+    """Two monitored nights with different accuracies, and failure cases."""
+    tmp = tmp_path_factory.mktemp("dash")
+    s = copy_store(trained_store, tmp / "store")
+    night = tmp / "night" / "test"
+    for label, name in enumerate(CLASSES):
+        (night / name).mkdir(parents=True)
+        for i in range(10):  # a third of the circles are filed under 'square'
+            true = 0 if (label == 1 and i < 5) else label
+            (night / name / f"{i}.png").write_bytes(make_image(true, 5000 + 10 * label + i))
+    for i in range(6):
+        (night / f"u{i}.png").write_bytes(make_image(i % 3, 6000 + i))
+    ingest(s, str(tmp / "night"), "night-b", "test", classes=CLASSES, verbose=False)
+    for run_id, dataset in (("night-a", "shapes-test"), ("night-b", "night-b")):
+        score(client, s, ScoreConfig(dataset, MODEL, run_id), verbose=False)
+        monitor_run(s, run_id)
+    return s
+
+
+@pytest.fixture(scope="module")
+def page(store):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs Debian's chromium")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "batchml", "dashboard", "--root", store.config.root,
+                               "--port", str(port), "--refresh", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 900})
+        pg.goto(f"http://127.0.0.1:{port}/")
+        pg.locator(".bm-accuracy").first.wait_for(timeout=60_000)
+        yield pg
+        browser.close()
+    server.terminate()
+    server.wait(10)
+
+
+def runs_table(store):
+    return read_table(store, "runs").set_index("run_id")
+
+
+def open_tab(page, name: str) -> None:
+    page.locator(".bk-tab").filter(has_text=re.compile(f"^{name}$")).first.click()
+
+
+def text(page, css: str) -> str:
+    locator = page.locator(css).first
+    locator.wait_for(timeout=30_000)
+    return locator.inner_text().strip()
+
+
+def test_overview_shows_the_latest_run_and_its_accuracy(page, store):
+    latest = runs_table(store).loc["night-b"]
+    assert text(page, ".bm-run-id") == "night-b"
+    assert text(page, ".bm-accuracy") == f"{latest.accuracy:.2%}"
+    assert text(page, ".bm-rows") == f"{latest.rows:,}"
+    page.screenshot(path=SHOTS / "overview.png")
+
+
+def test_accuracy_over_time_lists_every_run(page, store):
+    open_tab(page, "Accuracy")
+    table = text(page, ".bm-accuracy-table")
+    assert "night-a" in table and "night-b" in table
+    page.screenshot(path=SHOTS / "accuracy.png")
+
+
+def test_confusion_view_follows_the_selected_run(page, store):
+    runs = runs_table(store)
+    open_tab(page, "Confusion")
+    assert text(page, ".bm-range-accuracy") == f"{runs.loc['night-b', 'accuracy']:.2%}"
+    page.screenshot(path=SHOTS / "confusion.png")
+    page.locator("select", has=page.locator("option", has_text="night-a")).select_option("night-a")
+    expected = f"{runs.loc['night-a', 'accuracy']:.2%}"
+    page.wait_for_function(
+        "([css, want]) => { const q = (root) => root.querySelector(css) || [...root.querySelectorAll('*')]"
+        ".map(e => e.shadowRoot && q(e.shadowRoot)).find(Boolean); const el = q(document);"
+        " return el && el.textContent.trim() === want; }", arg=[".bm-range-accuracy", expected], timeout=30_000)
+    assert expected != f"{runs.loc['night-b', 'accuracy']:.2%}"
+    assert "recall" in text(page, ".bm-per-class")
+    page.locator("select", has=page.locator("option", has_text="night-a")).select_option("night-b")
+
+
+def test_class_mix_shows_the_shift_statistics(page, store):
+    open_tab(page, "Class mix")
+    assert text(page, ".bm-js") == f"{runs_table(store).loc['night-b', 'js_distance']:.4f}"
+    page.screenshot(path=SHOTS / "class-mix.png")
+
+
+def test_failure_gallery_shows_each_snapshot_image(page, store):
+    import pandas as pd
+
+    open_tab(page, "Failures")
+    snap = pd.read_parquet(store.path("monitoring/failures/night-b.parquet"))
+    page.locator(".bm-misclassified img").first.wait_for(timeout=30_000)
+    assert page.locator(".bm-misclassified img").count() == (snap.kind == "misclassified").sum() > 0
+    assert page.locator(".bm-uncertain img").count() == (snap.kind == "uncertain").sum() == 6
+    page.screenshot(path=SHOTS / "failures.png")
+
+
+def test_models_view_lists_versions_and_aliases(page):
+    open_tab(page, "Models")
+    table = text(page, ".bm-models")
+    assert "shapes/v1" in table and "production" in table
+    page.screenshot(path=SHOTS / "models.png")
+
+
+def test_runs_view_shows_partitions_and_timings(page, store):
+    open_tab(page, "Runs")
+    assert text(page, ".bm-runs-rows") == f"{store.read_json('runs/night-b/manifest.json')['rows']:,}"
+    assert "part-00000.parquet" in text(page, ".bm-partitions")
+    page.screenshot(path=SHOTS / "runs.png")
+
+
+def test_new_runs_appear_without_a_restart(page, store, client):
+    score(client, store, ScoreConfig("shapes-test", MODEL, "night-c"), verbose=False)
+    monitor_run(store, "night-c")
+    open_tab(page, "Overview")
+    page.wait_for_function(
+        "() => { const q = (root) => root.querySelector('.bm-run-id') || [...root.querySelectorAll('*')]"
+        ".map(e => e.shadowRoot && q(e.shadowRoot)).find(Boolean); const el = q(document);"
+        " return el && el.textContent.trim() === 'night-c'; }", timeout=30_000)
