@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import pytest
 from batchml.ingest import ingest
 from batchml.monitoring import monitor_run, read_table
 from batchml.scoring import ScoreConfig, score
-from tests.conftest import CLASSES, copy_store, free_port, make_image
+from tests.conftest import CLASSES, copy_store, free_port, make_image, wait_for_port
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -55,13 +53,7 @@ def page(store):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "batchml", "dashboard", "--root", store.config.root,
                                "--port", str(port), "--refresh", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
+    assert wait_for_port(port), "the dashboard server did not start"
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -160,3 +152,25 @@ def test_new_runs_appear_without_a_restart(page, store, client):
         "() => { const q = (root) => root.querySelector('.bm-run-id') || [...root.querySelectorAll('*')]"
         ".map(e => e.shadowRoot && q(e.shadowRoot)).find(Boolean); const el = q(document);"
         " return el && el.textContent.trim() === 'night-c'; }", timeout=30_000)
+
+
+def test_basic_auth_asks_for_the_password(store):
+    import requests
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "batchml", "dashboard", "--root", store.config.root,
+                               "--port", str(port), "--basic-auth", "s3cret", "--cookie-secret", "x" * 32],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for_port(port)
+        url = f"http://127.0.0.1:{port}"
+        assert "/login" in requests.get(url, allow_redirects=False, timeout=30).headers.get("Location", "")
+        with requests.Session() as session:
+            session.get(f"{url}/login", timeout=30)
+            refused = session.post(f"{url}/login", data={"username": "analyst", "password": "wrong"}, timeout=30)
+            assert "batchml monitoring" not in refused.text
+            ok = session.post(f"{url}/login", data={"username": "analyst", "password": "s3cret"}, timeout=30)
+            assert ok.status_code == 200 and "batchml monitoring" in ok.text
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from batchml.stats import PartitionStats, scale_temperature
 
@@ -35,3 +36,19 @@ def test_temperature_above_one_softens_probabilities():
     soft = scale_temperature(PROBS, 2.0)
     assert np.allclose(soft.sum(axis=1), 1)
     assert (soft.max(axis=1) < PROBS.max(axis=1)).all()
+
+
+def test_temperature_fit_softens_an_overconfident_model():
+    from batchml.calibration import fit_temperature, nll
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 3000)
+    right = rng.random(3000) < 0.6  # 60% accurate, but always 95% sure
+    predicted = np.where(right, labels, (labels + 1) % 3)
+    probs = np.full((3000, 3), 0.025)
+    probs[np.arange(3000), predicted] = 0.95
+    t = fit_temperature(probs, labels)
+    assert t > 1.5
+    calibrated = scale_temperature(probs, t)
+    assert nll(calibrated, labels) < nll(probs, labels)
+    assert calibrated.max(axis=1).mean() == pytest.approx(0.6, abs=0.03)  # confidence now matches accuracy
