@@ -50,7 +50,9 @@ def write_history(store: Store, nights: int, seed: int = 0) -> dict:
         labels = rng.choice(10, 2000, p=prior)
         probs = rng.dirichlet(np.full(10, 0.3), 2000)
         hit = rng.random(2000) < 0.72 - 0.1 * (night > nights - 20)  # a late drop in accuracy
-        probs[hit, labels[hit]] += 1.0
+        probs[hit, labels[hit]] += 2.0  # confident when right...
+        wrong = (labels[~hit] + rng.integers(1, 10, (~hit).sum())) % 10
+        probs[~hit, wrong] += 1.0  # ...less so when wrong: roughly calibrated, as a real model
         probs /= probs.sum(axis=1, keepdims=True)
         stats = PartitionStats.from_predictions(probs.astype(np.float32), labels, temperature=1.1)
         run = {"run_id": f"nightly-{night:03d}", "dataset": f"night-{night:03d}", "model_version": "cifar10/v1",

@@ -1,6 +1,6 @@
 """Shift detection on simulated nights of real CIFAR-10 test images scored by a trained model.
 
-    python benchmarks/shift_detection.py [--root benchmarks/out/shift-store] [--epochs 5]
+    python benchmarks/shift_detection.py [--root benchmarks/out/shift-store] [--epochs 10]
 
 Trains the tutorial CNN on the 50,000 training images (or reuses the store's production
 model), scores the 10,000 test images through `batchml score`, then simulates nights by
@@ -92,7 +92,7 @@ def draw_by_class(rng, labels: np.ndarray, counts: np.ndarray, replace: bool) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=str(Path(__file__).parent / "out" / "shift-store"))
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()
