@@ -7,6 +7,7 @@ multipart upload) is already atomic. Readers therefore never see a torn file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -22,6 +23,12 @@ from fsspec.implementations.local import LocalFileSystem
 from batchml.errors import BatchmlError
 
 DEFAULT_ROOT = "batchml-store"
+# Unattended jobs must fail, not hang, when object storage is down: bounded connect and
+# read timeouts and a few retries, unless the options say otherwise. Listings are never
+# cached: other processes (the workers) write into the same prefixes all the time.
+S3_DEFAULTS = {"use_listings_cache": False,
+               "config_kwargs": {"connect_timeout": 10, "read_timeout": 60,
+                                 "retries": {"max_attempts": 4, "mode": "standard"}}}
 try:  # s3fs raises botocore's own errors when the endpoint cannot be reached
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -48,8 +55,11 @@ class Store:
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
+        options = config.storage_options
+        if config.root.startswith(("s3://", "s3a://")):
+            options = {**S3_DEFAULTS, **options}
         try:
-            self.fs, self._root = fsspec.core.url_to_fs(config.root, **config.storage_options)
+            self.fs, self._root = fsspec.core.url_to_fs(config.root, **options)
         except (ImportError, ValueError, TypeError) as exc:
             raise BatchmlError(
                 f"cannot open store {config.root!r}: {exc}. Use a local folder or "
@@ -144,7 +154,8 @@ class Store:
         self.write_bytes(rel, buf.getvalue())
 
     def delete(self, rel: str, recursive: bool = False) -> None:
-        if self.exists(rel):
+        """Remove an object (or a prefix, with ``recursive``); absent already is fine."""
+        with contextlib.suppress(FileNotFoundError):
             self._call(self.fs.rm, rel, recursive=recursive)
 
     # -- errors --------------------------------------------------------------
