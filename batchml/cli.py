@@ -96,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_models_promote)
 
     p = verbs.add_parser("score", parents=[store, cluster], help="score a dataset: one task per partition")
-    p.add_argument("--dataset", required=True)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--dataset", help="an ingested dataset")
+    what.add_argument("--images", help="or a prefix of raw .jpg/.png files: a folder or s3://bucket/prefix")
+    p.add_argument("--partition-size", type=int, default=2000, help="with --images: files per partition")
     p.add_argument("--model", default="production", help="[NAME/]VERSION or alias (default %(default)s)")
     p.add_argument("--run-id", help="run id; rerunning an id resumes it (default <dataset>-<UTC time>)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -222,8 +225,8 @@ def cmd_score(args) -> None:
     from batchml.scoring import ScoreConfig, score
 
     store = open_store(args)
-    cfg = ScoreConfig(dataset=args.dataset, model=args.model, run_id=args.run_id,
-                      batch_size=args.batch_size, max_error_ratio=args.max_error_ratio)
+    cfg = ScoreConfig(dataset=args.dataset, model=args.model, run_id=args.run_id, batch_size=args.batch_size,
+                      max_error_ratio=args.max_error_ratio, images=args.images, partition_size=args.partition_size)
     with connect(cluster_config(args)) as client:
         m = score(client, store, cfg, verbose=not args.quiet)
     rate = f" at {m['images_per_second']:,.0f} images/s" if m.get("images_per_second") else ""

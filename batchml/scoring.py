@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from batchml import datasets, failures
+from batchml import datasets, failures, inputs
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing, decode_images
 from batchml.progress import Progress
@@ -36,11 +36,13 @@ from batchml.store import Store, StoreConfig
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    dataset: str
+    dataset: str | None  # an ingested dataset; or None with ``images``
     model: str = DEFAULT_ALIAS  # [NAME/]VERSION_OR_ALIAS
     run_id: str | None = None  # default: <dataset>-<UTC time>
     batch_size: int = 256  # images per predict call
     max_error_ratio: float = 0.01  # undecodable images above this share fail the run
+    images: str | None = None  # instead of a dataset: a prefix of raw JPEG/PNG files (folder or s3://)
+    partition_size: int = 2000  # images per partition of such a prefix
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,13 @@ class RunSpec:
 
     store: StoreConfig
     run_id: str
-    dataset: str
+    dataset: str  # the dataset name, or the prefix URL
     model: ModelVersion
     classes: tuple[str, ...]
     preprocessing: Preprocessing
     temperature: float
     batch_size: int
+    images: StoreConfig | None = None  # where a prefix's raw files live
 
 
 def run_prefix(run_id: str) -> str:
@@ -62,48 +65,59 @@ def run_prefix(run_id: str) -> str:
 
 
 def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
-    """Score every partition of a dataset not yet done in this run, then commit the run."""
-    run_id = cfg.run_id or f"{cfg.dataset}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    """Score every partition of the input not yet done in this run, then commit the run."""
+    if bool(cfg.dataset) == bool(cfg.images):
+        raise BatchmlError("score needs either --dataset NAME or --images PREFIX")
+    source = cfg.dataset or cfg.images
+    run_id = cfg.run_id or f"{cfg.dataset or 'images'}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     prefix = run_prefix(run_id)
     if store.exists(f"{prefix}/manifest.json"):
         manifest = store.read_json(f"{prefix}/manifest.json")
-        _check_same_run(manifest, cfg.dataset, run_id)
+        _check_same_run(manifest, source, run_id)
         if verbose:
             print(f"score: run {run_id} is already committed; nothing to do")
         return manifest
-    data = datasets.read_manifest(store, cfg.dataset)
-    run = _start_run(store, cfg, run_id, data, verbose)
+    plan = (inputs.plan_prefix(cfg.images, _options_for(cfg.images, store), cfg.partition_size) if cfg.images
+            else inputs.plan_dataset(store, cfg.dataset))
+    run = _start_run(store, cfg, run_id, plan, verbose)
     mv = ModelVersion(*run["model_version"].split("/"))
     card = read_card(store, mv)
-    if data["labelled"] and data["classes"] != card["classes"]:
+    if plan.classes and plan.classes != card["classes"]:
         raise BatchmlError(
-            f"dataset {cfg.dataset!r} labels classes {data['classes']} but model {mv} predicts "
+            f"dataset {cfg.dataset!r} labels classes {plan.classes} but model {mv} predicts "
             f"{card['classes']}: score with a model trained on these classes"
         )
     spec = RunSpec(
-        store.config, run_id, cfg.dataset, mv, tuple(card["classes"]),
+        store.config, run_id, plan.name, mv, tuple(card["classes"]),
         Preprocessing.from_dict(card["preprocessing"]), card["calibration"]["temperature"],
-        cfg.batch_size,
+        cfg.batch_size, plan.images,
     )
 
-    names = [p["name"] for p in data["partitions"]]
+    names = list(plan.partitions)
     done = set(store.list(f"{prefix}/stats", ".json"))
     todo = [n for n in names if _stem(n) + ".json" not in done]
     started = time.perf_counter()
-    _run_tasks(client, spec, todo, len(names), verbose)
+    _run_tasks(client, spec, {n: plan.partitions[n] for n in todo}, len(names), verbose)
     wall = time.perf_counter() - started
     return _commit(store, spec, run, names, todo, wall, cfg.max_error_ratio)
 
 
-def _start_run(store: Store, cfg: ScoreConfig, run_id: str, data: dict, verbose: bool) -> dict:
+def _options_for(url: str, store: Store) -> dict:
+    """A prefix on the store's kind of storage shares its options (endpoint, keys)."""
+    same = url.split("://")[0] == store.config.root.split("://")[0] if "://" in url else store.is_local
+    return store.config.storage_options if same else {}
+
+
+def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPlan, verbose: bool) -> dict:
     """Write run.json, or check that an unfinished run is resumed with the same inputs."""
     rel = f"{run_prefix(run_id)}/run.json"
     mv = resolve(store, cfg.model)
     if not store.exists(rel):
         run = {
             "run_id": run_id,
-            "dataset": cfg.dataset,
-            "dataset_fingerprint": data["fingerprint"],
+            "dataset": plan.name,
+            "input": "images" if plan.images else "dataset",
+            "dataset_fingerprint": plan.fingerprint,
             "model_version": str(mv),
             "model_ref": cfg.model,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -111,11 +125,11 @@ def _start_run(store: Store, cfg: ScoreConfig, run_id: str, data: dict, verbose:
         store.write_json(rel, run)
         return run
     run = store.read_json(rel)
-    _check_same_run(run, cfg.dataset, run_id)
-    if run["dataset_fingerprint"] != data["fingerprint"]:
+    _check_same_run(run, plan.name, run_id)
+    if run["dataset_fingerprint"] != plan.fingerprint:
         raise BatchmlError(
-            f"dataset {cfg.dataset!r} changed since run {run_id!r} started; "
-            "finish it with the original data or start a new --run-id"
+            f"the input {plan.name!r} changed since run {run_id!r} started; "
+            "finish it with the original images or start a new --run-id"
         )
     if run["model_version"] != str(mv) and verbose:
         print(f"score: resuming run {run_id} with {run['model_version']}, the model it started "
@@ -131,7 +145,7 @@ def _check_same_run(run: dict, dataset: str, run_id: str) -> None:
         )
 
 
-def _run_tasks(client, spec: RunSpec, todo: list[str], total: int, verbose: bool) -> None:
+def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int, verbose: bool) -> None:
     from distributed import as_completed
 
     progress = Progress(f"score {spec.run_id}", total=total, unit="partitions", enabled=verbose)
@@ -139,8 +153,8 @@ def _run_tasks(client, spec: RunSpec, todo: list[str], total: int, verbose: bool
     if not todo:
         return
     attempt = uuid.uuid4().hex[:8]  # task keys must not collide with a previous attempt's
-    futures = [client.submit(score_partition, spec, name, key=f"score-{spec.run_id}-{name}-{attempt}")
-               for name in todo]
+    futures = [client.submit(score_partition, spec, name, files, key=f"score-{spec.run_id}-{name}-{attempt}")
+               for name, files in todo.items()]
     rows = 0
     try:
         for future in as_completed(futures):
@@ -213,11 +227,13 @@ def model_loads() -> dict[str, int]:
     return dict(_MODEL_LOADS)
 
 
-def score_partition(spec: RunSpec, partition: str) -> dict:
-    """Score one input partition; writes predictions, error rows, then its statistics."""
+def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None = None) -> dict:
+    """Score one input partition (a dataset's, or ``files`` of a prefix); writes predictions,
+    failure cases and error rows, then its statistics."""
     store = Store(spec.store)
     timer = _Timer()
-    table = datasets.read_partition(store, spec.dataset, partition)
+    table = (inputs.read_files(spec.images, files, spec.classes) if files is not None
+             else datasets.read_partition(store, spec.dataset, partition))
     if table.num_rows == 0:
         raise BatchmlError(
             f"partition {partition} of dataset {spec.dataset!r} is empty: "

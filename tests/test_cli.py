@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import uuid
 
 import duckdb
@@ -39,6 +40,18 @@ def root(request, tmp_path):
     return f"s3://{bucket}/store", {"AWS_ENDPOINT_URL": endpoint}
 
 
+def upload(archive, prefix: str, env: dict) -> None:
+    """The test split of a class-folder archive as loose files under ``prefix``."""
+    import fsspec
+
+    opts = s3_options(env["AWS_ENDPOINT_URL"]) if prefix.startswith("s3://") else {"auto_mkdir": True}
+    fs, root = fsspec.core.url_to_fs(prefix, **opts)
+    with tarfile.open(archive) as tar:
+        for m in tar:
+            if m.isfile() and m.name.startswith("test/"):
+                fs.pipe_file(f"{root}/{m.name.removeprefix('test/')}", tar.extractfile(m).read())
+
+
 def read_predictions(url: str, env: dict) -> pd.DataFrame:
     opts = s3_options(env["AWS_ENDPOINT_URL"]) if url.startswith("s3://") else None
     return pd.read_parquet(url, storage_options=opts)
@@ -65,6 +78,13 @@ def test_every_verb_end_to_end(root, cifar_slice):
     out = batchml("score", "--dataset", "c-test", "--run-id", "night-1", "--workers", "2", *r, env=env).stdout
     assert "run night-1 committed: 100 predictions" in out
     assert "already committed" in batchml("score", "--dataset", "c-test", "--run-id", "night-1", *r, env=env).stdout
+
+    raw = f"{url}/incoming"  # raw files under a prefix, scored without an ingest
+    upload(cifar_slice, raw, env)
+    out = batchml("score", "--images", raw, "--partition-size", "30", "--run-id", "raw-1", *r, env=env).stdout
+    assert "run raw-1 committed: 100 predictions" in out
+    raw_preds = read_predictions(f"{url}/runs/raw-1/predictions", env)
+    assert raw_preds.label.notna().all() and raw_preds.partition.nunique() == 4
 
     report = batchml("monitor", "--run-id", "night-1", *r, env=env).stdout
     correct, labelled = map(int, re.search(r"\((\d+)/(\d+) labelled rows correct", report).groups())

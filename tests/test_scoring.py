@@ -112,3 +112,26 @@ def test_labels_of_other_classes_are_refused(client, run_store, tmp_path):
     ingest(run_store, str(tmp_path / "other"), "animals", "test", verbose=False)
     with pytest.raises(BatchmlError, match=r"score with a model trained on these classes"):
         score(client, run_store, ScoreConfig("animals", MODEL, "r5"), verbose=False)
+
+
+def test_a_prefix_of_raw_files_is_scored_without_ingest(client, run_store, tmp_path):
+    from tests.conftest import write_class_folders
+
+    folder = write_class_folders(tmp_path / "raw", {"test": 7})  # test/<class>/NNN.png
+    (folder / "test" / "stray.png").write_bytes(make_image(1, 99, size=64))  # unlabelled, another size
+    (folder / "test" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    cfg = ScoreConfig(None, MODEL, "raw", images=str(folder / "test"), partition_size=5, max_error_ratio=0.1)
+    m = score(client, run_store, cfg, verbose=False)
+    preds = pd.read_parquet(run_store.path("runs/raw/predictions"))
+    errors = pd.read_parquet(run_store.path("runs/raw/errors"))
+    assert (m["rows"], m["errors"], len(m["partitions"])) == (22, 1, 5)
+    assert errors.image_id.tolist() == ["broken.jpg"]
+    assert sorted(preds.image_id)[:2] == ["circle/000.png", "circle/001.png"]
+    labels = preds.set_index("image_id").label
+    assert labels["square/003.png"] == 1 and pd.isna(labels["stray.png"])
+    assert score(client, run_store, cfg, verbose=False) == m  # committed: a rerun changes nothing
+
+    (folder / "test" / "late.png").write_bytes(make_image(0, 7))
+    run_store.delete("runs/raw/manifest.json")
+    with pytest.raises(BatchmlError, match="changed since run 'raw' started"):
+        score(client, run_store, cfg, verbose=False)
