@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition-size", type=int, default=2000, help="with --images: files per partition")
     p.add_argument("--model", default="production", help="[NAME/]VERSION or alias (default %(default)s)")
     p.add_argument("--run-id", help="run id; rerunning an id resumes it (default <dataset>-<UTC time>)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=512, help="images per predict call")
     p.add_argument("--max-error-ratio", type=float, default=0.01)
     p.set_defaults(func=cmd_score)
 

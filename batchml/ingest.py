@@ -18,7 +18,7 @@ import pyarrow as pa
 from batchml import datasets
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
-from batchml.sources import SourceImage, open_source
+from batchml.sources import Source, SourceImage, open_source
 from batchml.store import Store
 
 DEFAULT_PARTITION_SIZE = 2000
@@ -43,10 +43,15 @@ def ingest(
     verbose: bool = True,
 ) -> IngestResult:
     """Write ``images/<dataset>/part-NNNNN.parquet`` from SOURCE, then ``dataset.json``."""
-    prefix = datasets.prefix(dataset)
     if partition_size < 1:
         raise BatchmlError(f"--partition-size must be at least 1, not {partition_size}")
-    opened = open_source(source, split, classes)
+    return write_dataset(store, open_source(source, split, classes), dataset, split, partition_size, verbose)
+
+
+def write_dataset(store: Store, opened: Source, dataset: str, split: str = "train",
+                  partition_size: int = DEFAULT_PARTITION_SIZE, verbose: bool = True) -> IngestResult:
+    """Cut an opened source's images into partitions and commit them as ``dataset``."""
+    prefix = datasets.prefix(dataset)
     old = store.read_json(f"{prefix}/dataset.json") if store.exists(f"{prefix}/dataset.json") else None
     if old is not None and old["classes"] != opened.classes:
         raise _conflict(store, dataset, old, f"classes {opened.classes}")
@@ -71,7 +76,7 @@ def ingest(
         parts.append(entry)
         progress.update(table.num_rows, f"{index + 1} partitions")
     if not parts:
-        raise BatchmlError(f"source {source!r} holds no images for split {split!r}")
+        raise BatchmlError(f"{opened.description} holds no images")
     progress.say(f"{len(parts)} partitions, done")
     if old is not None and len(parts) != len(old["partitions"]):
         raise _conflict(store, dataset, old, f"{len(parts)} partitions")

@@ -1,0 +1,154 @@
+"""Bulk scoring throughput against the bare model, and worker memory as the data grows 5x.
+
+    python benchmarks/score_throughput.py [--root benchmarks/out/throughput-store] [--images 200000]
+
+Builds datasets of CIFAR-10 test images (the 10,000 JPEGs repeated, every other copy
+flipped left-right and re-encoded) in partitions of 2,000: a large one of ``--images``
+and a small one of a fifth of that. Then, in one run:
+(a) the bare model: ``predict`` on in-memory uint8 arrays of the large set's pixels, at the
+    best of several batch sizes;
+(b) ``batchml score`` end to end on the large dataset (read Parquet, decode, predict,
+    write predictions and statistics, commit), on a local cluster of one worker process,
+    with the same model and batch size;
+and the peak resident memory of that worker scoring the small and the large dataset
+(a fresh cluster for each). The model is the store's production model, else the tutorial
+CNN trained for one epoch (weights do not change its speed). The last line is one JSON
+object with `bare_images_per_s`, `score_images_per_s`, `ratio`, `peak_rss_mb_small`,
+`peak_rss_mb_large`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from batchml import datasets
+from batchml.backend import configure_backend
+from batchml.cluster import ClusterConfig, connect
+from batchml.demo import find_source
+from batchml.errors import BatchmlError
+from batchml.images import Preprocessing, decode_images
+from batchml.ingest import ingest, write_dataset
+from batchml.registry import load_model, promote, resolve
+from batchml.scoring import ScoreConfig, score
+from batchml.sources import Source, SourceImage
+from batchml.store import Store, StoreConfig
+from batchml.training import TrainConfig, train
+
+BATCH_SIZES = (128, 256, 512, 1024)
+
+
+def flipped(jpeg: bytes) -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(buf, "JPEG", quality=75)
+    return buf.getvalue()
+
+
+def build(store: Store, name: str, test: list, classes: list[str], copies: int) -> None:
+    if store.exists(f"images/{name}/dataset.json"):
+        return
+    mirrored = [flipped(t["image"]) for t in test]
+
+    def images():
+        for c in range(copies):
+            for t, m in zip(test, mirrored, strict=True):
+                yield SourceImage(f"{t['image_id']}#{c}", m if c % 2 else t["image"], t["label"])
+
+    write_dataset(store, Source(f"CIFAR-10 test x{copies}", classes, images()), name, "test", 2000, verbose=False)
+
+
+def prepare(store: Store, n_images: int):
+    source = find_source()
+    for split in ("train", "test"):
+        ingest(store, source, f"cifar10-{split}", split, verbose=False)
+    try:
+        mv = resolve(store, "production")
+    except BatchmlError:
+        with connect(ClusterConfig()) as client:
+            mv, _ = train(client, store, TrainConfig("cifar10-train", epochs=1), verbose=False)
+        promote(store, mv)
+    manifest = datasets.read_manifest(store, "cifar10-test")
+    test = [row for p in manifest["partitions"]
+            for row in datasets.read_partition(store, "cifar10-test", p["name"]).to_pylist()]
+    copies = max(1, n_images // len(test))
+    build(store, f"bulk-{copies}x", test, manifest["classes"], copies)
+    build(store, f"bulk-{max(1, copies // 5)}x", test, manifest["classes"], max(1, copies // 5))
+    return mv, test, copies
+
+
+def bare_speed(store: Store, mv, test: list, copies: int) -> tuple[float, int]:
+    """Images/s of ``model.predict`` on the large set's pixels held in memory, best batch size."""
+    configure_backend()
+    model = load_model(store, mv)
+    blobs = [t["image"] for t in test]
+    px, _, _ = decode_images(blobs, Preprocessing())
+    pxf, _, _ = decode_images([flipped(b) for b in blobs], Preprocessing())
+    x = np.concatenate([pxf if c % 2 else px for c in range(copies)])
+    model.predict(x[:2048], batch_size=256, verbose=0)  # compile
+    trial = {}
+    for bs in BATCH_SIZES:  # on a tenth of the data each
+        started = time.perf_counter()
+        model.predict(x[: len(x) // 10], batch_size=bs, verbose=0)
+        trial[bs] = (len(x) // 10) / (time.perf_counter() - started)
+    best = max(trial, key=trial.get)
+    print("bare model, batch size trial (images/s): " + ", ".join(f"{b}: {v:,.0f}" for b, v in trial.items()))
+    started = time.perf_counter()
+    model.predict(x, batch_size=best, verbose=0)
+    return len(x) / (time.perf_counter() - started), best
+
+
+def scored(store: Store, dataset: str, batch_size: int, run_id: str) -> tuple[float, float, dict]:
+    """End-to-end images/s and the worker's peak RSS (MB), on a fresh one-worker cluster."""
+    store.delete(f"runs/{run_id}", recursive=True)
+    with connect(ClusterConfig()) as client:
+        started = time.perf_counter()
+        manifest = score(client, store, ScoreConfig(dataset, run_id=run_id, batch_size=batch_size), verbose=False)
+        seconds = time.perf_counter() - started
+        peak_kb = max(client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss).values())
+    stages = {}
+    for p in manifest["partitions"]:
+        for k, v in p["seconds"].items():
+            stages[k] = stages.get(k, 0) + v
+    return (manifest["rows"] + manifest["errors"]) / seconds, peak_kb / 1024, stages
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default=str(Path(__file__).parent / "out" / "throughput-store"))
+    parser.add_argument("--images", type=int, default=200_000)
+    args = parser.parse_args()
+    store = Store(StoreConfig(args.root))
+    t = time.perf_counter()
+    mv, test, copies = prepare(store, args.images)
+    small = max(1, copies // 5)
+    print(f"datasets ready in {time.perf_counter() - t:.0f}s: {copies * len(test):,} and {small * len(test):,} "
+          f"images; model {mv}")
+
+    rate_small, rss_small, _ = scored(store, f"bulk-{small}x", 512, "throughput-small")
+    bare, best = bare_speed(store, mv, test, copies)
+    rate, rss_large, stages = scored(store, f"bulk-{copies}x", best, "throughput-large")
+    figures = {"bare_images_per_s": round(bare, 1), "score_images_per_s": round(rate, 1),
+               "ratio": round(rate / bare, 3), "peak_rss_mb_small": round(rss_small, 1),
+               "peak_rss_mb_large": round(rss_large, 1), "batch_size": best, "images": copies * len(test),
+               "images_small": small * len(test), "score_images_per_s_small": round(rate_small, 1),
+               "worker_seconds_by_stage": {k: round(v, 1) for k, v in stages.items()}}
+    print(f"bare model: {bare:,.0f} images/s at batch size {best}")
+    print(f"batchml score end to end: {rate:,.0f} images/s on {copies * len(test):,} images; "
+          f"ratio {rate / bare:.3f} (target >= 0.9)")
+    print(f"worker time by stage (s): {figures['worker_seconds_by_stage']}")
+    print(f"peak worker memory: {rss_small:,.0f} MB on {small * len(test):,} images, "
+          f"{rss_large:,.0f} MB on {copies * len(test):,} images")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
