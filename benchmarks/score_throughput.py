@@ -125,21 +125,28 @@ def scored(store: Store, dataset: str, batch_size: int, run_id: str) -> tuple[fl
     return (manifest["rows"] + manifest["errors"]) / seconds, peak_kb / 1024, stages
 
 
-def scored_apart(root: str, dataset: str, batch_size: int, run_id: str) -> tuple[float, float, dict]:
-    """``scored`` from a fresh client process, as `batchml score` runs: this process holds the
-    bare model and a large array, which must not colour the scoring figures."""
-    out = subprocess.run([sys.executable, __file__, "--root", root, "--measure", dataset, str(batch_size), run_id],
+def apart(root: str, *measure: str):
+    """One measurement in a fresh process: a process that has run TensorFlow keeps its
+    thread pools spinning for a while, which would steal a core from the next measurement."""
+    out = subprocess.run([sys.executable, __file__, "--root", root, "--measure", *measure],
                          capture_output=True, text=True, check=True)
-    return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
+    *said, result = out.stdout.strip().splitlines()
+    for line in said:
+        print(line)
+    return json.loads(result)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=str(Path(__file__).parent / "out" / "throughput-store"))
     parser.add_argument("--images", type=int, default=200_000)
-    parser.add_argument("--measure", nargs=3, metavar=("DATASET", "BATCH", "RUN_ID"), help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)  # bare | DATASET BATCH RUN_ID
     args = parser.parse_args()
     store = Store(StoreConfig(args.root))
+    if args.measure == ["bare"]:
+        mv, test, copies = prepare(store, args.images)
+        print(json.dumps(bare_speed(store, mv, test, copies)))
+        return 0
     if args.measure:
         dataset, batch, run_id = args.measure
         print(json.dumps(scored(store, dataset, int(batch), run_id)))
@@ -150,9 +157,9 @@ def main() -> int:
     print(f"datasets ready in {time.perf_counter() - t:.0f}s: {copies * len(test):,} and {small * len(test):,} "
           f"images; model {mv}")
 
-    bare, best = bare_speed(store, mv, test, copies)
-    rate_small, rss_small, _ = scored_apart(args.root, f"bulk-{small}x", best, "throughput-small")
-    rate, rss_large, stages = scored_apart(args.root, f"bulk-{copies}x", best, "throughput-large")
+    bare, best = apart(args.root, "bare", "--images", str(args.images))
+    rate_small, rss_small, _ = apart(args.root, f"bulk-{small}x", str(best), "throughput-small")
+    rate, rss_large, stages = apart(args.root, f"bulk-{copies}x", str(best), "throughput-large")
     figures = {"bare_images_per_s": round(bare, 1), "score_images_per_s": round(rate, 1),
                "ratio": round(rate / bare, 3), "peak_rss_mb_small": round(rss_small, 1),
                "peak_rss_mb_large": round(rss_large, 1), "batch_size": best, "images": copies * len(test),
