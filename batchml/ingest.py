@@ -43,6 +43,7 @@ def ingest(
     verbose: bool = True,
 ) -> IngestResult:
     """Write ``images/<dataset>/part-NNNNN.parquet`` from SOURCE, then ``dataset.json``."""
+    datasets.check_name("dataset", dataset)  # before opening (perhaps downloading) the source
     if partition_size < 1:
         raise BatchmlError(f"--partition-size must be at least 1, not {partition_size}")
     return write_dataset(store, open_source(source, split, classes), dataset, split, partition_size, verbose)
