@@ -81,6 +81,30 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(dask_cli_cluster, 
     assert "already committed" in again.stdout
 
 
+def test_a_job_killed_mid_run_commits_nothing_and_its_rerun_finishes_the_rest(dask_cli_cluster, big_store):
+    address, _ = dask_cli_cluster
+    command = [sys.executable, "-m", "batchml", "score", "--scheduler", address, "--dataset", "big", "--model",
+               MODEL, "--run-id", "cut", "--root", big_store.config.root, "-q"]
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stats = big_store.path("runs/cut/stats")
+    deadline = time.monotonic() + 300
+    while not (os.path.isdir(stats) and os.listdir(stats)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.kill()  # SIGKILL: the nightly job dies with partitions in flight
+    job.wait()
+    time.sleep(2)  # the scheduler notices the client is gone and drops its tasks
+    assert not big_store.exists("runs/cut/manifest.json")
+    before = {n: os.stat(os.path.join(stats, n)).st_mtime_ns for n in os.listdir(stats)}
+    assert 0 < len(before) < 9
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    after = {n: os.stat(os.path.join(stats, n)).st_mtime_ns for n in os.listdir(stats)}
+    assert len(after) == 9 and all(after[n] == t for n, t in before.items())  # only the missing ones ran
+    preds = pd.read_parquet(big_store.path("runs/cut/predictions"))
+    assert len(preds) == 3201 and preds.image_id.is_unique
+
+
 def test_a_store_outage_fails_loudly_and_commits_nothing(client, trained_store, s3_endpoint, tmp_path):
     import boto3
 
