@@ -96,7 +96,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
 
     names = list(plan.partitions)
     done = set(store.list(f"{prefix}/stats", ".json"))
-    todo = [n for n in names if _stem(n) + ".json" not in done]
+    todo = [n for n in names if stats_name(n) not in done]
     started = time.perf_counter()
     _run_tasks(client, spec, {n: plan.partitions[n] for n in todo}, len(names), verbose)
     wall = time.perf_counter() - started
@@ -169,7 +169,7 @@ def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int,
 def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list[str],
             wall: float, max_error_ratio: float) -> dict:
     prefix = run_prefix(spec.run_id)
-    parts = [store.read_json(f"{prefix}/stats/{_stem(n)}.json") for n in names]
+    parts = [store.read_json(f"{prefix}/stats/{stats_name(n)}") for n in names]
     rows = sum(p["rows"] for p in parts)
     errors = sum(p["errors"] for p in parts)
     if errors > max_error_ratio * (rows + errors):
@@ -198,8 +198,9 @@ def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list
     return manifest
 
 
-def _stem(partition: str) -> str:
-    return partition.removesuffix(".parquet")
+def stats_name(partition: str) -> str:
+    """The statistics file of a partition: ``part-N.parquet`` -> ``part-N.json``."""
+    return partition.removesuffix(".parquet") + ".json"
 
 
 # -- on the workers --------------------------------------------------------------------------
@@ -247,7 +248,7 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
 
     labels = table["label"].fill_null(-1).to_numpy().astype(np.int64)
     stats = PartitionStats.from_predictions(probs, labels[good], spec.temperature, errors=len(bad))
-    prefix, stem = run_prefix(spec.run_id), _stem(partition)
+    prefix = run_prefix(spec.run_id)
     store.write_parquet(f"{prefix}/predictions/{partition}", _predictions(spec, partition, table, good, probs))
     cases = failures.select(table["image_id"].take(good).to_pylist() if good else [], partition, pixels, probs,
                             labels[good])
@@ -264,7 +265,7 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
         "seconds": timer.laps,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
-    store.write_json(f"{prefix}/stats/{stem}.json", record)  # last: the partition is done
+    store.write_json(f"{prefix}/stats/{stats_name(partition)}", record)  # last: the partition is done
     return record
 
 

@@ -99,30 +99,23 @@ class Store:
 
     def list(self, prefix: str, suffix: str = "") -> list[str]:
         """Sorted base names directly under ``prefix`` ending in ``suffix``; [] if absent."""
-        path = self.path(prefix)
-        self.fs.invalidate_cache(path)  # another process may have written since we looked
-        try:
-            entries = self._call(self.fs.ls, prefix, detail=False)
-        except FileNotFoundError:
-            return []
-        names = (e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
-        return sorted(n for n in names if n.endswith(suffix) and not n.startswith(_TMP_PREFIX))
+        return sorted(self._entries(prefix, suffix))
 
     def list_versions(self, prefix: str, suffix: str = "") -> dict[str, str]:
-        """Like ``list``, with a version tag per name (size and modification time or ETag),
+        """The files of ``list`` with a version tag each (size and modification time or ETag),
         so that readers can cache objects and re-read only those that changed."""
-        path = self.path(prefix)
-        self.fs.invalidate_cache(path)
+        return {name: f"{e.get('size')}:{e.get('mtime') or e.get('LastModified') or e.get('ETag')}"
+                for name, e in self._entries(prefix, suffix).items() if e.get("type") != "directory"}
+
+    def _entries(self, prefix: str, suffix: str) -> dict[str, dict]:
+        """Base name -> listing entry directly under ``prefix``, temporary files left out."""
+        self.fs.invalidate_cache(self.path(prefix))  # another process may have written since we looked
         try:
             entries = self._call(self.fs.ls, prefix, detail=True)
         except FileNotFoundError:
             return {}
-        out = {}
-        for e in entries:
-            name = e["name"].rstrip("/").rsplit("/", 1)[-1]
-            if name.endswith(suffix) and not name.startswith(_TMP_PREFIX) and e.get("type") != "directory":
-                out[name] = f"{e.get('size')}:{e.get('mtime') or e.get('LastModified') or e.get('ETag')}"
-        return out
+        named = ((e["name"].rstrip("/").rsplit("/", 1)[-1], e) for e in entries)
+        return {n: e for n, e in named if n.endswith(suffix) and not n.startswith(_TMP_PREFIX)}
 
     # -- writing -------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from batchml.monitoring.label_shift import estimate_priors
 from batchml.monitoring.shift import class_shift, wilson_interval
 from batchml.monitoring.tables import read_table, write_alerts, write_run_row
 from batchml.registry import ModelVersion, read_card
-from batchml.scoring import run_prefix
+from batchml.scoring import run_prefix, stats_name
 from batchml.stats import PartitionStats
 from batchml.store import Store
 
@@ -68,7 +68,7 @@ def fold_run(store: Store, run_id: str) -> tuple[dict, PartitionStats]:
     manifest = store.read_json(f"{prefix}/manifest.json")
     k = len(manifest["classes"])
     parts = [
-        PartitionStats.from_dict(store.read_json(f"{prefix}/stats/{p['partition'].removesuffix('.parquet')}.json")["stats"])
+        PartitionStats.from_dict(store.read_json(f"{prefix}/stats/{stats_name(p['partition'])}")["stats"])
         for p in manifest["partitions"]
     ]
     return manifest, PartitionStats.total(parts, k)

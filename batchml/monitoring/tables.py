@@ -4,11 +4,8 @@ monitoring a run rewrites only its own rows; read each folder as one table."""
 
 from __future__ import annotations
 
-import io
-
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from batchml.store import Store
 
@@ -40,7 +37,7 @@ class TableReader:
         current = self.store.list_versions(folder, ".parquet")
         self._files = {
             name: self._files[name] if name in self._files and self._files[name][0] == tag
-            else (tag, pq.read_table(io.BytesIO(self.store.read_bytes(f"{folder}/{name}"))))
+            else (tag, self.store.read_parquet(f"{folder}/{name}"))
             for name, tag in current.items()
         }
         parts = [t for _, t in self._files.values() if t.num_rows]
