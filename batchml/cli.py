@@ -1,4 +1,4 @@
-"""The ``batchml`` command line: ingest, train, models, score, monitor, dashboard, demo.
+"""The ``batchml`` command line: ingest, train, sweep, models, score, monitor, dashboard, demo.
 
 Environment read here, and only here: ``BATCHML_ROOT`` (default store),
 ``BATCHML_STORAGE_OPTIONS`` (JSON fsspec options), ``AWS_ENDPOINT_URL`` (S3 endpoint)
@@ -48,12 +48,44 @@ def cluster_arguments() -> argparse.ArgumentParser:
     cluster = argparse.ArgumentParser(add_help=False)
     cluster.add_argument("--scheduler", help="existing Dask scheduler, tcp://host:8786 or tls://...")
     cluster.add_argument("--workers", type=int, help="local cluster: worker processes (default one per GPU, else 1)")
-    cluster.add_argument("--threads-per-worker", type=int, default=1)
+    cluster.add_argument("--threads-per-worker", type=int, default=2,
+                         help="local cluster: task threads per worker (one runs the model, one does I/O)")
     cluster.add_argument("--backend", choices=BACKENDS, default=os.environ.get("KERAS_BACKEND", DEFAULT_BACKEND))
     cluster.add_argument("--cpu", action="store_true", help="local cluster on the CPU even where GPUs are visible")
     for flag in ("--tls-ca-file", "--tls-cert", "--tls-key"):
         cluster.add_argument(flag, help="TLS for a tls:// scheduler")
     return cluster
+
+
+def training_arguments(p: argparse.ArgumentParser) -> None:
+    """Architecture and hyperparameters; unset ones take the architecture's recipe."""
+    p.add_argument("--arch", default="tutorial", help="tutorial (the baseline CNN) or fast")
+    p.add_argument("--epochs", type=int, help="default: the recipe's (tutorial 3, fast 20)")
+    p.add_argument("--batch-size", type=int, help="default: the recipe's (tutorial 64, fast 512)")
+    p.add_argument("--learning-rate", type=float, help="Adam's rate (tutorial 1e-3) or the one-cycle peak (fast 0.4)")
+    p.add_argument("--width", type=int, help="fast: channels of the first group (default 32)")
+    p.add_argument("--dropout", type=float, help="fast: dropout before the head (default 0)")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--tta", choices=("none", "flip", "flip-translate"),
+                   help="test-time augmentation built into the saved model (fast: flip-translate, 6 passes per "
+                   "image; flip: 2 passes, faster scoring)")
+    p.add_argument("--validation-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="cifar10", help="model name in the registry")
+    p.add_argument("--promote", nargs="?", const="production", metavar="ALIAS",
+                   help="point ALIAS (default production) at the new version")
+
+
+def train_config(args):
+    from batchml.training import TrainConfig
+
+    return TrainConfig(
+        dataset=args.dataset, test_dataset=args.test_dataset, name=args.name, arch=args.arch, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, width=args.width, dropout=args.dropout,
+        label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, tta=args.tta,
+        validation_fraction=args.validation_fraction, seed=args.seed, warm_start=getattr(args, "warm_start", None),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,16 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("train", parents=[store, cluster], help="train a model as a Dask task and register it")
     p.add_argument("--dataset", required=True)
     p.add_argument("--test-dataset", help="labelled dataset for the card's test metrics and reference")
-    p.add_argument("--arch", default="tutorial")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--validation-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", default="cifar10", help="model name in the registry")
-    p.add_argument("--promote", nargs="?", const="production", metavar="ALIAS",
-                   help="point ALIAS (default production) at the new version")
+    training_arguments(p)
+    p.add_argument("--warm-start", metavar="VERSION", help="fine-tune this registered [NAME/]VERSION or alias "
+                   "(its architecture and weights; learning rate a tenth of the recipe's unless given)")
     p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("sweep", parents=[store, cluster],
+                         help="hyperparameter search: trials in parallel across the workers, best registered")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--test-dataset", help="labelled dataset, used once: for the chosen model")
+    training_arguments(p)
+    p.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2",
+                   help="values to try (repeatable): epochs, batch_size, learning_rate, label_smoothing, "
+                   "weight_decay, width, dropout")
+    p.add_argument("--trials", type=int, help="random search: this many points of the grid (default: all)")
+    p.add_argument("--sweep-id", help="default sweep-<UTC time>; rerun an id to finish its missing trials")
+    p.set_defaults(func=cmd_sweep)
 
     p = verbs.add_parser("models", help="list, show and promote model versions")
     mverbs = p.add_subparsers(dest="models_verb", required=True)
@@ -102,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition-size", type=int, default=2000, help="with --images: files per partition")
     p.add_argument("--model", default="production", help="[NAME/]VERSION or alias (default %(default)s)")
     p.add_argument("--run-id", help="run id; rerunning an id resumes it (default <dataset>-<UTC time>)")
-    p.add_argument("--batch-size", type=int, default=512, help="images per predict call")
+    p.add_argument("--batch-size", type=int, help="images per predict call (default: 512 on CPU; on a GPU the "
+                   "largest that fits, halved on out-of-memory)")
     p.add_argument("--max-error-ratio", type=float, default=0.01)
     p.set_defaults(func=cmd_score)
 
@@ -156,6 +195,24 @@ def cluster_config(args):
 # -- verbs -------------------------------------------------------------------------------------
 
 
+def cmd_sweep(args) -> None:
+    from batchml.cluster import connect
+    from batchml.registry import ModelVersion, promote
+    from batchml.sweep import SweepConfig, parse_space, sweep
+
+    store = open_store(args)
+    cfg = SweepConfig(train_config(args), parse_space(args.param), args.trials, args.sweep_id, args.seed)
+    with connect(cluster_config(args)) as client:
+        result = sweep(client, store, cfg, verbose=not args.quiet)
+    test = f", test accuracy {result['test_accuracy']:.4f}" if result.get("test_accuracy") is not None else ""
+    print(f"sweep {result['sweep_id']}: {len(result['trials'])} trials; best trial {result['best_trial']} "
+          f"{result['best_params']} validation accuracy {result['best_validation_accuracy']:.4f}{test}; "
+          f"registered {result['registered']}; trials at {store.url('sweeps/' + result['sweep_id'])}/trials.parquet")
+    if args.promote:
+        promote(store, ModelVersion(*result["registered"].split("/")), args.promote)
+        print(f"{args.promote} -> {result['registered']}")
+
+
 def cmd_ingest(args) -> None:
     from batchml.ingest import ingest
 
@@ -169,19 +226,16 @@ def cmd_ingest(args) -> None:
 def cmd_train(args) -> None:
     from batchml.cluster import connect
     from batchml.registry import promote
-    from batchml.training import TrainConfig, train
+    from batchml.training import train
 
-    store, cfg = open_store(args), TrainConfig(
-        dataset=args.dataset, test_dataset=args.test_dataset, name=args.name, arch=args.arch,
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        validation_fraction=args.validation_fraction, seed=args.seed,
-    )
+    store, cfg = open_store(args), train_config(args)
     with connect(cluster_config(args)) as client:
         mv, card = train(client, store, cfg, verbose=not args.quiet)
     m = card["metrics"]
     test = f", test accuracy {m['test']['accuracy']:.4f}" if m["test"] else ""
     print(f"registered {mv}: validation accuracy {m['validation']['accuracy']:.4f}{test}, "
-          f"{card['training']['seconds']:.0f}s at {store.url(mv.prefix)}")
+          f"{card['training']['seconds']:.0f}s; {card['fit']['verdict']} ({card['fit']['reason']}); "
+          f"{store.url(mv.prefix)}")
     if args.promote:
         promote(store, mv, args.promote)
         print(f"{args.promote} -> {mv}")

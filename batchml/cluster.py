@@ -32,7 +32,9 @@ from batchml.errors import BatchmlError
 class ClusterConfig:
     scheduler: str | None = None  # tcp://host:8786 or tls://host:8786; None: start a local one
     workers: int | None = None  # local cluster size; default one per GPU, else 1
-    threads_per_worker: int = 1  # tasks at a time per worker (Keras uses all cores per task)
+    # tasks at a time per worker: one runs the model (Keras uses all its cores; batchml.device
+    # keeps it to one) while the other reads, decodes and writes
+    threads_per_worker: int = 2
     backend: str = DEFAULT_BACKEND  # Keras backend on the workers
     use_gpus: bool = True  # False: a CPU LocalCluster even where GPUs are visible
     tls_ca_file: str | None = None
@@ -50,6 +52,7 @@ class KerasBackendPlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         configure_backend(self.backend)
+        import keras  # noqa: F401  (seconds of framework import paid once at start-up, not by the first task)
 
 
 def count_gpus() -> int:
@@ -113,7 +116,7 @@ def _local_cluster(cfg: ClusterConfig):
     with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(workers),
                           "distributed.worker.profile.enabled": False}):
         if cuda_cluster:  # one worker per GPU, each pinned to its device by CUDA_VISIBLE_DEVICES
-            return cuda_cluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0",
+            return cuda_cluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, dashboard_address=":0",
                                 silence_logs=logging.WARNING)
         return LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, processes=True,
                             dashboard_address=":0", silence_logs=logging.WARNING)
@@ -125,6 +128,9 @@ def connect(cfg: ClusterConfig) -> Iterator[Client]:
     cluster = None
     try:
         if cfg.scheduler:
+            if cfg.scheduler.startswith("tls://") and not (cfg.tls_ca_file and cfg.tls_cert and cfg.tls_key):
+                raise BatchmlError(f"the scheduler {cfg.scheduler} speaks TLS: pass --tls-ca-file, --tls-cert "
+                                   "and --tls-key (the certificates the cluster was started with)")
             client = Client(cfg.scheduler, security=_security(cfg), timeout="30s")
         else:
             cluster = _local_cluster(cfg)

@@ -220,7 +220,8 @@ def models_view(store: Store) -> pn.Column:
                          "arch": card["arch"], "created": card["created_at"], "test accuracy": test,
                          "validation accuracy": card["metrics"]["validation"]["accuracy"],
                          "temperature": card["calibration"]["temperature"],
-                         "epochs": card["training"]["epochs"], "train seconds": card["training"]["seconds"]})
+                         "epochs": card["training"]["epochs"], "train seconds": card["training"]["seconds"],
+                         "fit": card.get("fit", {}).get("verdict", "")})
             curves.append((f"{name}/{v}", card["learning_curves"]))
     if not rows:
         return pn.Column(_html("<p>No models registered.</p>"))

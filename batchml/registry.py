@@ -96,12 +96,21 @@ def promote(store: Store, mv: ModelVersion, alias: str = DEFAULT_ALIAS) -> None:
 
 
 def load_model(store: Store, mv: ModelVersion):
-    """Load a version with Keras safe mode (no arbitrary code from the file)."""
-    import keras
-
+    """Load a registered version (see ``load_model_file``)."""
     data = store.read_bytes(f"{mv.prefix}/model.keras")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.keras")
         with open(path, "wb") as f:
             f.write(data)
-        return keras.saving.load_model(path, safe_mode=True)
+        return load_model_file(path)
+
+
+def load_model_file(path: str):
+    """Load a ``.keras`` file with Keras safe mode (no arbitrary code from the file);
+    batchml's own layers and schedules are registered by importing their modules."""
+    import keras
+
+    import batchml.architectures
+    import batchml.learning  # noqa: F401  (HorizontalFlip, OneCycle)
+
+    return keras.saving.load_model(path, safe_mode=True)

@@ -19,7 +19,6 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchml import datasets, failures, inputs
+from batchml.device import device_lock, predict_fitting, start_batch
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing, decode_images
 from batchml.progress import Progress
@@ -40,7 +40,7 @@ class ScoreConfig:
     dataset: str | None  # an ingested dataset; or None with ``images``
     model: str = DEFAULT_ALIAS  # [NAME/]VERSION_OR_ALIAS
     run_id: str | None = None  # default: <dataset>-<UTC time>
-    batch_size: int = 512  # images per predict call (and per decode step)
+    batch_size: int | None = None  # images per predict call; None: the device's (GPU: largest that fits)
     max_error_ratio: float = 0.01  # undecodable images above this share fail the run
     images: str | None = None  # instead of a dataset: a prefix of raw JPEG/PNG files (folder or s3://)
     partition_size: int = 2000  # images per partition of such a prefix
@@ -57,7 +57,7 @@ class RunSpec:
     classes: tuple[str, ...]
     preprocessing: Preprocessing
     temperature: float
-    batch_size: int
+    batch_size: int | None
     images: StoreConfig | None = None  # where a prefix's raw files live
 
 
@@ -183,12 +183,13 @@ def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list
     manifest = {
         **run,
         "classes": list(spec.classes),
-        "batch_size": spec.batch_size,
+        "batch_size": spec.batch_size or "auto",  # as asked; per partition: the size that fitted
         "max_error_ratio": max_error_ratio,
         "rows": rows,
         "errors": errors,
         "labelled": sum(p["stats"]["labelled"] for p in parts),
-        "partitions": [{k: p[k] for k in ("partition", "rows", "errors", "seconds", "worker")}
+        "batch_sizes_used": sorted({p["batch_size"] for p in parts if p.get("batch_size")}),
+        "partitions": [{k: p.get(k) for k in ("partition", "rows", "errors", "batch_size", "seconds", "worker")}
                        for p in parts],
         "wall_seconds": round(wall, 3),
         "images_per_second": round(scored_now / wall, 1) if todo else None,
@@ -231,7 +232,11 @@ def model_loads() -> dict[str, int]:
 
 def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None = None) -> dict:
     """Score one input partition (a dataset's, or ``files`` of a prefix); writes predictions,
-    failure cases and error rows, then its statistics."""
+    failure cases and error rows, then its statistics.
+
+    Only inference holds the device lock: with two task threads per worker, one partition
+    is read, decoded and written while the model runs on another.
+    """
     store = Store(spec.store)
     timer = _Timer()
     table = (inputs.read_files(spec.images, files, spec.classes) if files is not None
@@ -242,9 +247,19 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
             f"delete it or ingest the dataset again"
         )
     timer.lap("read")
+    pixels, good, bad = decode_images(table["image"].to_pylist(), spec.preprocessing)
+    timer.lap("decode")
     model = worker_model(spec.store, spec.model)
     timer.lap("load")
-    pixels, good, bad, probs = decode_and_predict(model, table["image"].to_pylist(), spec, timer)
+    key = str(spec.model)
+    with device_lock():
+        timer.lap("queue")
+        batch = start_batch(spec.batch_size, key)
+        if good:
+            probs, batch = predict_fitting(model.predict_on_batch, pixels, batch, key)
+        else:
+            probs = np.empty((0, len(spec.classes)), np.float32)
+        timer.lap("predict")
 
     labels = table["label"].fill_null(-1).to_numpy().astype(np.int64)
     stats = PartitionStats.from_predictions(probs, labels[good], spec.temperature, errors=len(bad))
@@ -261,51 +276,13 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
         "partition": partition,
         "rows": len(good),
         "errors": len(bad),
+        "batch_size": batch,
         "stats": stats.to_dict(),
         "seconds": timer.laps,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
     store.write_json(f"{prefix}/stats/{stats_name(partition)}", record)  # last: the partition is done
     return record
-
-
-_DECODER: list[ThreadPoolExecutor] = []
-
-
-def _decoder() -> ThreadPoolExecutor:
-    """One long-lived decode thread per worker process (a new thread per partition makes
-    the C allocator open new arenas, and the process grows)."""
-    if not _DECODER:
-        _DECODER.append(ThreadPoolExecutor(1, thread_name_prefix="batchml-decode"))
-    return _DECODER[0]
-
-
-def decode_and_predict(model, blobs: list[bytes], spec: RunSpec, timer: _Timer):
-    """Decode batch i+1 on a helper thread while the model predicts batch i.
-
-    Pillow releases the GIL while decoding and the model's kernels run outside it, so the
-    two overlap; predicting batch by batch also avoids ``predict``'s per-call set-up.
-    Returns (pixels, indices of good images, reasons for bad ones, probabilities).
-    """
-    spans = [(i, min(i + spec.batch_size, len(blobs))) for i in range(0, len(blobs), spec.batch_size)]
-    pixels, good, bad, probs = [], [], {}, []
-    pool = _decoder()
-    pending = pool.submit(decode_images, blobs[: spans[0][1]], spec.preprocessing)
-    for n, (start, _) in enumerate(spans):
-        px, ok, wrong = pending.result()
-        if n + 1 < len(spans):
-            a, b = spans[n + 1]
-            pending = pool.submit(decode_images, blobs[a:b], spec.preprocessing)
-        timer.lap("decode")
-        if ok:
-            probs.append(np.asarray(model.predict_on_batch(px), dtype=np.float32))
-        timer.lap("predict")
-        pixels.append(px)
-        good += [start + i for i in ok]
-        bad.update({start + i: reason for i, reason in wrong.items()})
-    k = len(spec.classes)
-    return (np.concatenate(pixels), good, bad,
-            np.concatenate(probs) if probs else np.empty((0, k), np.float32))
 
 
 def _predictions(spec: RunSpec, partition: str, table: pa.Table, good: list[int], probs: np.ndarray) -> pa.Table:

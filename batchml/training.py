@@ -9,40 +9,57 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
 
 from batchml import datasets
 from batchml.calibration import fit_temperature, nll
+from batchml.device import device_lock
+from batchml.diagnostics import fit_verdict
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing
-from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, register
+from batchml.recipes import TUNABLE, recipe_for
+from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, load_model, read_card, register, resolve
 from batchml.stats import PartitionStats, scale_temperature
 from batchml.store import Store, StoreConfig
 
 TRAIN_TOPIC = "batchml-train"
+WHITENING_SAMPLE = 2000  # training images whose 2x2 patches (1.9 million) set the fast net's whitening
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """What to train. Hyperparameters left as None take the architecture's recipe
+    (``batchml.recipes``); the card records the values used."""
+
     dataset: str  # labelled training partitions; a validation split is held out of them
     test_dataset: str | None = None  # touched once, after training, for the card's metrics
     name: str = DEFAULT_MODEL_NAME  # registered model name
     arch: str = "tutorial"
-    epochs: int = 3
-    batch_size: int = 64
-    learning_rate: float = 1e-3  # Adam
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None  # Adam's rate, or the one-cycle peak
+    width: int | None = None  # fast net: channels of its first group
+    dropout: float | None = None  # fast net: before the head
+    label_smoothing: float | None = None
+    weight_decay: float | None = None
+    tta: str | None = None  # test-time augmentation of the saved model: none, flip, flip-translate
     validation_fraction: float = 0.1  # share of training ids held out, by hash of image_id
     seed: int = 0
+    warm_start: str | None = None  # [NAME/]VERSION_OR_ALIAS to fine-tune from (its arch and weights)
+
+    def recipe(self):
+        """The architecture's ``batchml.recipes.Recipe`` with this configuration's values."""
+        return recipe_for(self.arch, epochs=self.epochs, batch_size=self.batch_size,
+                          learning_rate=self.learning_rate, width=self.width, dropout=self.dropout,
+                          label_smoothing=self.label_smoothing, weight_decay=self.weight_decay, tta=self.tta)
 
 
 def train(client, store: Store, cfg: TrainConfig, verbose: bool = True) -> tuple[ModelVersion, dict]:
     """Run ``train_task`` on one worker of ``client``, printing its progress events."""
-    datasets.read_manifest(store, cfg.dataset)  # fail here, not on a worker, if it is unknown
-    if cfg.test_dataset:
-        datasets.read_manifest(store, cfg.test_dataset)
+    cfg = check(store, cfg)
     if verbose:
         client.subscribe_topic(TRAIN_TOPIC, _print_event)
     try:
@@ -54,14 +71,59 @@ def train(client, store: Store, cfg: TrainConfig, verbose: bool = True) -> tuple
     return ModelVersion(card["name"], card["version"]), card
 
 
+def check(store: Store, cfg: TrainConfig) -> TrainConfig:
+    """Fail on the client, not on a worker: unknown datasets, architecture or parent model.
+    A warm start takes its parent's architecture; its version is pinned."""
+    datasets.read_manifest(store, cfg.dataset)
+    if cfg.test_dataset:
+        datasets.read_manifest(store, cfg.test_dataset)
+    if cfg.warm_start:
+        mv = resolve(store, cfg.warm_start)
+        cfg = replace(cfg, warm_start=str(mv), arch=read_card(store, mv)["arch"])
+    cfg.recipe()  # an unknown --arch fails here
+    return cfg
+
+
 def train_task(store_cfg: StoreConfig, cfg: TrainConfig) -> dict:
-    """Train, evaluate, calibrate and register; returns the model card (runs on a worker)."""
+    """Train, evaluate, calibrate and register; returns the model card (runs on a worker,
+    holding its device: a second task on the same worker waits rather than sharing it)."""
+    store = Store(store_cfg)
+    with device_lock():
+        model, card = fit(store, cfg)
+        return register_trained(store, cfg, model, card)
+
+
+def register_trained(store: Store, cfg: TrainConfig, model, card: dict) -> dict:
+    """Test metrics (the test set's one use), the reference distribution, then register."""
+    test = _evaluate_test(store, cfg, card["classes"], model) if cfg.test_dataset else None
+    card["metrics"]["test"] = {k: v for k, v in test.items() if k not in ("stats", "fingerprint")} if test else None
+    card["data"]["test_fingerprint"] = test["fingerprint"] if test else None
+    if test:
+        ref = test["stats"]
+        card["reference"] = {"split": "test", "dataset": cfg.test_dataset, "rows": ref.rows,
+                             "predicted_counts": ref.predicted_counts.tolist(),
+                             "accuracy": ref.correct / ref.labelled}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        mv = register(store, cfg.name, path, card)
+    _emit({"stage": "registered", "version": str(mv)})
+    return {**card, "name": mv.name, "version": mv.version}
+
+
+def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, dict]:
+    """Train on ``cfg.dataset`` less its validation split; validate, calibrate, diagnose.
+
+    Returns the model to save (with flip test-time augmentation where the recipe says so)
+    and its card, without test metrics: ``register_trained`` adds them.
+    """
     import keras
 
-    from batchml.architectures import build
+    from batchml.architectures import build, with_tta
+    from batchml.learning import Batches, optimizer
 
-    store = Store(store_cfg)
     prep = Preprocessing()
+    recipe = cfg.recipe()
     manifest = datasets.read_manifest(store, cfg.dataset)
     classes = manifest["classes"]
     _emit({"stage": "loading", "dataset": cfg.dataset, "rows": manifest["rows"]})
@@ -74,80 +136,90 @@ def train_task(store_cfg: StoreConfig, cfg: TrainConfig) -> dict:
         )
 
     keras.utils.set_random_seed(cfg.seed)
-    model = build(cfg.arch, len(classes), prep)
-    model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        loss="sparse_categorical_crossentropy",
+    if cfg.warm_start:
+        trunk, parent = _parent_trunk(store, cfg, classes, prep)
+    else:
+        trunk, parent = build(cfg.arch, len(classes), prep, sample=x[~val][:WHITENING_SAMPLE], width=recipe.width,
+                              dropout=recipe.dropout, precision=recipe.precision), None
+    onehot = np.eye(len(classes), dtype=np.float32)
+    batches = Batches(x[~val], onehot[y[~val]], recipe.batch_size, cfg.seed, recipe.augment)
+    # fine-tuning starts from trained weights: a tenth of the recipe's rate unless one was given
+    rate = recipe.learning_rate / 10 if parent and cfg.learning_rate is None else recipe.learning_rate
+    trunk.compile(
+        optimizer=optimizer(recipe, len(batches), rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
         metrics=["accuracy"],
     )
     started = time.perf_counter()
-    history = model.fit(
-        x[~val], y[~val], validation_data=(x[val], y[val]), epochs=cfg.epochs,
-        batch_size=cfg.batch_size, verbose=0, callbacks=[_progress_callback(cfg.epochs)],
-    )
+    history = trunk.fit(batches, validation_data=(x[val], onehot[y[val]]), epochs=recipe.epochs, verbose=0,
+                        callbacks=[_progress_callback(recipe.epochs), *callbacks])
     seconds = time.perf_counter() - started
+    model = with_tta(trunk, recipe.tta)
 
-    val_probs = model.predict(x[val], batch_size=256, verbose=0)
+    val_probs = model.predict(x[val], batch_size=512, verbose=0)
     temperature = fit_temperature(val_probs, y[val])
     val_stats = PartitionStats.from_predictions(val_probs, y[val])
-    test = _evaluate_test(store, cfg, classes, prep, model) if cfg.test_dataset else None
-    reference = test["stats"] if test else val_stats
+    curves = {k: [float(v) for v in vs] for k, vs in history.history.items()}
     card = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "arch": cfg.arch,
         "classes": classes,
         "preprocessing": prep.to_dict(),
+        "parameters": int(trunk.count_params()),
         "training": {
             **asdict(cfg),
+            **{k: getattr(recipe, k) for k in (*TUNABLE, "tta")},  # the values used, the recipe's where unset
+            "recipe": recipe.to_dict(),
+            "warm_start_from": parent,
+            "learning_rate_used": rate,
             "backend": keras.backend.backend(),
             "keras_version": keras.__version__,
             "seconds": round(seconds, 2),
-            "images_per_second": round(cfg.epochs * int((~val).sum()) / seconds, 1),
+            "epochs_run": len(curves["loss"]),  # fewer than asked if a callback stopped it
+            "images_per_second": round(len(curves["loss"]) * int((~val).sum()) / seconds, 1),
             "train_rows": int((~val).sum()),
             "validation_rows": int(val.sum()),
             "skipped_undecodable": skipped,
         },
-        "data": {
-            "dataset": cfg.dataset,
-            "fingerprint": manifest["fingerprint"],
-            "test_dataset": cfg.test_dataset,
-            "test_fingerprint": test["fingerprint"] if test else None,
-        },
-        "metrics": {
-            "validation": _metrics(val_probs, y[val], val_stats),
-            "test": {k: v for k, v in test.items() if k not in ("stats", "fingerprint")} if test else None,
-        },
-        "learning_curves": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "data": {"dataset": cfg.dataset, "fingerprint": manifest["fingerprint"], "test_dataset": cfg.test_dataset},
+        "metrics": {"validation": _metrics(val_probs, y[val], val_stats), "test": None},
+        "learning_curves": curves,
+        "fit": fit_verdict(curves),
         "calibration": {
             "temperature": temperature,
             "validation_nll_before": nll(val_probs, y[val]),
             "validation_nll_after": nll(scale_temperature(val_probs, temperature), y[val]),
         },
-        "reference": {
-            "split": "test" if test else "validation",
-            "dataset": cfg.test_dataset or cfg.dataset,
-            "rows": reference.rows,
-            "predicted_counts": reference.predicted_counts.tolist(),
-            "accuracy": reference.correct / reference.labelled,
-        },
+        "reference": {"split": "validation", "dataset": cfg.dataset, "rows": val_stats.rows,
+                      "predicted_counts": val_stats.predicted_counts.tolist(),
+                      "accuracy": val_stats.correct / val_stats.labelled},
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        model.save(path)
-        mv = register(store, cfg.name, path, card)
-    _emit({"stage": "registered", "version": str(mv)})
-    return {**card, "name": mv.name, "version": mv.version}
+    return model, card
 
 
-def _evaluate_test(store: Store, cfg: TrainConfig, classes: list[str], prep: Preprocessing, model) -> dict:
+def _parent_trunk(store: Store, cfg: TrainConfig, classes: list[str], prep: Preprocessing):
+    """The registered model to fine-tune, as a trainable net (without its test-time wrapper)."""
+    mv = ModelVersion(*cfg.warm_start.split("/"))
+    card = read_card(store, mv)
+    if card["classes"] != classes or Preprocessing.from_dict(card["preprocessing"]) != prep:
+        raise BatchmlError(
+            f"--warm-start {mv} predicts {card['classes']} from {card['preprocessing']}, but {cfg.dataset!r} "
+            f"labels {classes}: fine-tune on data with the parent's classes, or train from scratch"
+        )
+    model = load_model(store, mv)
+    inner = [layer for layer in model.layers if hasattr(layer, "layers") and layer.name == card["arch"]]
+    return (inner[0] if inner else model), str(mv)
+
+
+def _evaluate_test(store: Store, cfg: TrainConfig, classes: list[str], model) -> dict:
     manifest = datasets.read_manifest(store, cfg.test_dataset)
     if manifest["classes"] != classes:
         raise BatchmlError(
             f"test dataset {cfg.test_dataset!r} has classes {manifest['classes']}, "
             f"but {cfg.dataset!r} has {classes}: ingest both with the same --classes"
         )
-    x, y, _, _ = datasets.load_labelled(store, cfg.test_dataset, prep)
-    probs = model.predict(x, batch_size=256, verbose=0)
+    x, y, _, _ = datasets.load_labelled(store, cfg.test_dataset, Preprocessing())
+    probs = model.predict(x, batch_size=512, verbose=0)
     stats = PartitionStats.from_predictions(probs, y)
     return {**_metrics(probs, y, stats), "stats": stats, "fingerprint": manifest["fingerprint"]}
 

@@ -1,17 +1,23 @@
-"""Nightly scoring job: score a dataset with the production model, monitor the run, and
-exit non-zero on failure or on an alert of severity error (for cron, Airflow, Argo...).
+"""Nightly scoring job: score the day's new partitions with the production model, monitor
+the run, and exit non-zero on failure or on an alert of severity error (for cron, Airflow,
+Argo...). Exit codes: 0 all well, 1 an error alert, 2 the job failed.
 
-    python jobs/nightly.py --dataset night-2026-11-26 --root s3://bucket/batchml \\
-        [--scheduler tcp://scheduler:8786] [--run-id ID]
+    # the day's ingested dataset (one dataset per night)
+    python jobs/nightly.py --dataset 'night-{date}' --root s3://bucket/batchml
+    # or the day's raw JPEG/PNG files, scored without an ingest step
+    python jobs/nightly.py --images 's3://bucket/incoming/{date}/' --root s3://bucket/batchml
+        [--date 2026-11-26] [--scheduler tcp://scheduler:8786] [--run-id ID]
 
-Rerunning the same command resumes an interrupted run (the run id defaults to
-``nightly-<dataset>``), so a retry after a crash never duplicates or loses a row.
+``{date}`` is the night's date (``--date``, default today in UTC). Rerunning the same
+command resumes an interrupted run (the run id defaults to ``nightly-<dataset>`` or
+``nightly-images-<date>``), so a retry after a crash never duplicates or loses a row.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, date, datetime
 
 from batchml.cli import cluster_arguments, cluster_config, open_store, store_arguments
 from batchml.cluster import connect
@@ -20,18 +26,34 @@ from batchml.monitoring import format_report, monitor_run
 from batchml.scoring import ScoreConfig, score
 
 
+def night(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--date {text!r} is not a date: use YYYY-MM-DD") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      parents=[store_arguments(), cluster_arguments()])
-    parser.add_argument("--dataset", required=True, help="the night's input partitions (batchml ingest)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="the night's ingested dataset; {date} is replaced")
+    source.add_argument("--images", help="the night's prefix of raw JPEG/PNG files (folder or s3://); "
+                        "{date} is replaced")
+    parser.add_argument("--date", type=night, default=datetime.now(UTC).date().isoformat(),
+                        help="the night to score, YYYY-MM-DD (default today, UTC)")
     parser.add_argument("--model", default="production")
-    parser.add_argument("--run-id", help="default nightly-<dataset>")
+    parser.add_argument("--run-id", help="default nightly-<dataset>, or nightly-images-<date>")
+    parser.add_argument("--batch-size", type=int, help="images per predict call (default: the device's)")
     parser.add_argument("--max-error-ratio", type=float, default=0.01)
     args = parser.parse_args(argv)
+    dataset = args.dataset.replace("{date}", args.date) if args.dataset else None
+    images = args.images.replace("{date}", args.date) if args.images else None
+    run_id = args.run_id or (f"nightly-{dataset}" if dataset else f"nightly-images-{args.date}")
     try:
         store = open_store(args)
-        cfg = ScoreConfig(args.dataset, args.model, args.run_id or f"nightly-{args.dataset}",
-                          max_error_ratio=args.max_error_ratio)
+        cfg = ScoreConfig(dataset, args.model, run_id, batch_size=args.batch_size,
+                          max_error_ratio=args.max_error_ratio, images=images)
         with connect(cluster_config(args)) as client:
             manifest = score(client, store, cfg, verbose=not args.quiet)
         report = monitor_run(store, manifest["run_id"])

@@ -137,3 +137,20 @@ def test_score_submits_to_an_existing_scheduler(client, trained_store, tmp_path)
     assert "run remote committed: 60 predictions" in out
     workers = {p["worker"] for p in store.read_json("runs/remote/manifest.json")["partitions"]}
     assert len(workers) >= 1 and all(":" in w for w in workers)
+
+
+def test_sweep_from_the_command_line_records_its_trials_and_registers_the_best(trained_store, tmp_path):
+    from tests.conftest import copy_store
+
+    store = copy_store(trained_store, tmp_path / "store")
+    proc = batchml("sweep", "--root", store.config.root, "--dataset", "shapes-train", "--test-dataset", "shapes-test",
+                   "--arch", "fast", "--width", "4", "--epochs", "1", "--param", "learning_rate=0.1,0.3",
+                   "--param", "batch_size=16,32", "--trials", "3", "--sweep-id", "cli", "--name", "swept",
+                   "--workers", "2", "--promote", "-q")
+    assert "sweep cli: 3 trials" in proc.stdout and "registered swept/v1" in proc.stdout
+    assert len(pd.read_parquet(store.path("sweeps/cli/trials.parquet"))) == 3
+    shown = batchml("models", "show", "swept/production", "--root", store.config.root).stdout
+    assert '"verdict"' in shown and '"learning_rate_used"' in shown
+    bad = batchml("sweep", "--root", store.config.root, "--dataset", "shapes-train", "--param", "momentum=0.9",
+                  check=False)
+    assert bad.returncode == 2 and "NAME one of" in bad.stderr

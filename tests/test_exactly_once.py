@@ -30,7 +30,7 @@ def dask_cli_cluster():
                                "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     assert wait_for_port(port), "dask scheduler did not start"
     address = f"tcp://127.0.0.1:{port}"
-    procs += [subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--no-dashboard",
+    procs += [subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nthreads", "2", "--no-dashboard",
                                 "--name", f"w{i}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
               for i in range(2)]
     from distributed import Client

@@ -37,3 +37,16 @@ def test_nightly_job_fails_loudly_on_bad_input(trained_store, tmp_path):
     store = copy_store(trained_store, tmp_path / "store")
     proc = nightly(store, "--dataset", "no-such-night")
     assert proc.returncode == 2 and "unknown dataset 'no-such-night'" in proc.stderr
+
+
+def test_nightly_job_scores_the_days_new_files_without_an_ingest(trained_store, image_folders, tmp_path):
+    store = copy_store(trained_store, tmp_path / "store")
+    incoming = tmp_path / "incoming" / "2026-11-25"
+    incoming.mkdir(parents=True)
+    for i, png in enumerate(sorted((image_folders / "test").rglob("*.png"))[:30]):
+        (incoming / f"{i:03d}.png").write_bytes(png.read_bytes())
+    proc = nightly(store, "--images", str(tmp_path / "incoming" / "{date}"), "--date", "2026-11-25")
+    assert proc.returncode == 0, proc.stderr
+    assert "run nightly-images-2026-11-25: 30 predictions" in proc.stdout
+    missing = nightly(store, "--images", str(tmp_path / "incoming" / "{date}"), "--date", "2026-11-26")
+    assert missing.returncode == 2 and "2026-11-26" in missing.stderr

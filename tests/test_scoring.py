@@ -135,3 +135,13 @@ def test_a_prefix_of_raw_files_is_scored_without_ingest(client, run_store, tmp_p
     run_store.delete("runs/raw/manifest.json")
     with pytest.raises(BatchmlError, match="changed since run 'raw' started"):
         score(client, run_store, cfg, verbose=False)
+
+
+def test_the_manifest_records_the_batch_size_and_stage_timings_of_each_partition(client, run_store):
+    m = score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-batch", batch_size=8), verbose=False)
+    assert m["batch_size"] == 8 and m["batch_sizes_used"] == [8]
+    for p in m["partitions"]:
+        assert p["batch_size"] == 8
+        assert {"read", "decode", "load", "queue", "predict", "write"} <= set(p["seconds"])
+    auto = score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-auto"), verbose=False)
+    assert auto["batch_size"] == "auto" and auto["batch_sizes_used"] == [512]  # no GPU here

@@ -1,0 +1,84 @@
+"""The compute device of a worker process: one model computation at a time, and batches
+sized for it (on a GPU the largest that fits, halved on out-of-memory).
+
+A worker runs two task threads (``cluster``): while one task holds the device lock and
+runs the model, the other reads, decodes and writes its partition, so I/O overlaps
+inference without two models fighting over the same cores or GPU memory.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from batchml.errors import BatchmlError
+
+CPU_BATCH = 512  # beyond this the CPU gains little and activations cost hundreds of MB
+GPU_START_BATCH = 8192  # 32x32 images: halved on out-of-memory until it fits
+
+_LOCK = threading.Lock()
+_FITTING: dict[str, int] = {}  # model version -> the largest batch that fitted in this process
+
+
+def device_lock() -> threading.Lock:
+    """Held around inference and training: one model computation at a time per process."""
+    return _LOCK
+
+
+def has_gpu() -> bool:
+    """Whether the active Keras backend computes on a GPU in this process."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() == "gpu"
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """TensorFlow's ResourceExhaustedError, JAX's RESOURCE_EXHAUSTED, torch's OutOfMemoryError."""
+    text = f"{type(exc).__name__}: {exc}"
+    return any(s in text for s in ("ResourceExhausted", "RESOURCE_EXHAUSTED", "OutOfMemory", "out of memory"))
+
+
+def start_batch(requested: int | None, model_key: str) -> int:
+    """The batch size to start a partition with: the requested one, else what fitted last
+    time in this process, else the device's default."""
+    if requested:
+        return min(requested, _FITTING.get(model_key, requested))
+    if model_key in _FITTING:
+        return _FITTING[model_key]
+    return GPU_START_BATCH if has_gpu() else CPU_BATCH
+
+
+def predict_fitting(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int,
+                    model_key: str) -> tuple[np.ndarray, int]:
+    """``predict`` over ``x`` in chunks of ``batch``, halving it on out-of-memory.
+
+    Returns (probabilities, the batch size that worked); that size is remembered for the
+    model in this process so later partitions do not fail first.
+    """
+    out, i = [], 0
+    while i < len(x):
+        try:
+            out.append(np.asarray(predict(x[i: i + batch]), dtype=np.float32))
+            i += batch
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if batch == 1:
+                raise BatchmlError(f"model {model_key} does not fit the device's memory even one image at a time") \
+                    from exc
+            batch //= 2
+            _FITTING[model_key] = batch
+    return np.concatenate(out), batch

@@ -1,0 +1,78 @@
+"""The parts of a training recipe: the one-cycle learning rate, the optimizer, and shuffled,
+augmented batches. ``keras.ops`` and numpy only, so a recipe runs on TensorFlow, JAX or torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+from batchml.recipes import Recipe
+
+
+@keras.saving.register_keras_serializable(package="batchml")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from ``start * peak`` to ``peak`` over the first ``warmup`` share of
+    the steps, then linear decay to 0 at ``total_steps``."""
+
+    def __init__(self, peak: float, total_steps: int, warmup: float = 0.2, start: float = 0.1) -> None:
+        self.peak, self.total_steps, self.warmup, self.start = peak, total_steps, warmup, start
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        top = max(1.0, self.warmup * self.total_steps)
+        rising = self.peak * (self.start + (1 - self.start) * step / top)
+        falling = self.peak * keras.ops.maximum(0.0, (self.total_steps - step) / max(1.0, self.total_steps - top))
+        return keras.ops.where(step < top, rising, falling)
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup": self.warmup, "start": self.start}
+
+
+def optimizer(recipe: Recipe, steps_per_epoch: int, learning_rate: float):
+    """The recipe's optimizer at ``learning_rate`` (the one-cycle peak, where scheduled)."""
+    lr = learning_rate
+    if recipe.schedule == "one-cycle":
+        lr = OneCycle(lr, recipe.epochs * steps_per_epoch)
+    extra = {"use_ema": True, "ema_momentum": 0.99} if recipe.ema else {}
+    if recipe.weight_decay:
+        extra["weight_decay"] = recipe.weight_decay
+    if recipe.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **extra)
+    return keras.optimizers.Adam(lr, **extra)
+
+
+def augment(x: np.ndarray, rng: np.random.Generator, shift: int = 2) -> np.ndarray:
+    """Random left-right flips and translations of up to ``shift`` px (reflected borders)."""
+    n, h, w, _ = x.shape
+    out = np.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
+    dy, dx = rng.integers(0, 2 * shift + 1, (2, n))
+    rows = (dy[:, None] + np.arange(h))[:, :, None]
+    cols = (dx[:, None] + np.arange(w))[:, None, :]
+    flip = rng.random(n) < 0.5
+    cols = np.where(flip[:, None, None], cols[:, :, ::-1], cols)
+    return out[np.arange(n)[:, None, None], rows, cols]
+
+
+class Batches(keras.utils.PyDataset):
+    """Shuffled (and, with ``augmented``, flipped and translated) batches, new every epoch,
+    from a seeded generator: the same seed gives the same batches."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augmented: bool) -> None:
+        super().__init__()
+        self.x, self.y, self.batch_size, self.augmented = x, y, batch_size, augmented
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(x))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, i: int):
+        idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
+        x = self.x[idx]
+        return (augment(x, self.rng) if self.augmented else x), self.y[idx]
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.x))

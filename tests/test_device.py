@@ -1,0 +1,72 @@
+"""Batch sizing on the device: halve on out-of-memory, remember what fitted; one model
+computation at a time per worker process."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from batchml import device
+from batchml.errors import BatchmlError
+
+
+class ResourceExhaustedError(Exception):
+    """Named as TensorFlow names its out-of-memory error."""
+
+
+def limited_predict(limit: int, calls: list[int]):
+    def predict(x):
+        calls.append(len(x))
+        if len(x) > limit:
+            raise ResourceExhaustedError(f"OOM when allocating tensor of shape [{len(x)},32,32,32]")
+        return np.tile(np.arange(3, dtype=np.float32), (len(x), 1)) + x[:, :1]
+    return predict
+
+
+def test_a_batch_too_large_for_the_device_is_halved_until_it_fits():
+    x = np.arange(1000, dtype=np.float32)[:, None]
+    calls = []
+    probs, used = device.predict_fitting(limited_predict(300, calls), x, 1024, "m/v-halve")
+    assert used == 256 and calls[:3] == [1000, 512, 256]
+    assert probs.shape == (1000, 3) and np.array_equal(probs[:, 0], x[:, 0])  # every row, in order
+    assert device.start_batch(None, "m/v-halve") == 256  # the next partition starts at what fitted
+    assert device.start_batch(4096, "m/v-halve") == 256
+    assert device.start_batch(128, "m/v-halve") == 128
+
+
+def test_other_errors_are_not_taken_for_out_of_memory():
+    def broken(x):
+        raise ValueError("input has the wrong shape")
+    with pytest.raises(ValueError, match="wrong shape"):
+        device.predict_fitting(broken, np.zeros((10, 1)), 8, "m/v-broken")
+
+
+def test_a_model_that_never_fits_fails_with_a_clear_message():
+    with pytest.raises(BatchmlError, match="does not fit the device's memory"):
+        device.predict_fitting(limited_predict(0, []), np.zeros((4, 1), np.float32), 4, "m/v-huge")
+
+
+@pytest.mark.parametrize("message", ["RESOURCE_EXHAUSTED: Out of memory while trying to allocate",
+                                     "CUDA out of memory. Tried to allocate 2.00 GiB"])
+def test_jax_and_torch_out_of_memory_errors_are_recognised(message):
+    assert device.is_out_of_memory(RuntimeError(message))
+    assert not device.is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_the_device_lock_keeps_model_computations_one_at_a_time():
+    running, peak = [0], [0]
+
+    def compute():
+        with device.device_lock():
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            time.sleep(0.05)
+            running[0] -= 1
+
+    threads = [threading.Thread(target=compute) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 1

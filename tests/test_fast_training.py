@@ -1,0 +1,163 @@
+"""The fast net and its recipe: architecture shapes, whitening initialisation, the one-cycle
+schedule, augmentation, the fit verdict, reproducibility, warm start and sweeps."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from batchml.diagnostics import fit_verdict
+from batchml.errors import BatchmlError
+from batchml.images import Preprocessing
+from batchml.registry import read_card, resolve
+from tests.conftest import copy_store
+
+pytestmark = pytest.mark.slow
+
+
+def correlated_images(n=300, seed=0):
+    """Smooth colour images: neighbouring pixels and channels strongly correlated."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(128, 40, (n, 8, 8, 1)) + rng.normal(0, 15, (n, 8, 8, 3))
+    return np.clip(base.repeat(4, axis=1).repeat(4, axis=2), 0, 255).astype(np.uint8)
+
+
+def test_fast_architecture_shapes():
+    from batchml.architectures import build
+
+    model = build("fast", 10, Preprocessing(), width=32)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
+    convs = [layer for layer in model.layers if "conv" in layer.name or layer.name == "whiten"]
+    assert [layer.output.shape[1:] for layer in convs] == [
+        (31, 31, 24), (31, 31, 32), (15, 15, 32), (15, 15, 128), (7, 7, 128), (7, 7, 128), (3, 3, 128)]
+    assert not model.get_layer("whiten").trainable
+    assert model.count_params() == 499_256
+    with pytest.raises(BatchmlError, match="--arch tutorial"):
+        build("tutorial", 10, Preprocessing(), width=64)  # the tutorial net has no width
+
+
+def test_whitening_layer_decorrelates_the_patches_it_was_fitted_on():
+    from batchml.architectures import whitening_weights
+
+    pixels = correlated_images()
+    kernel, bias = whitening_weights(pixels, epsilon=0.0)
+    assert kernel.shape == (2, 2, 3, 24) and bias.shape == (24,)
+    x = pixels.astype(np.float64) / 255
+    patches = np.stack([x[:, i:i + 31, j:j + 31] for i in range(2) for j in range(2)], axis=3).reshape(-1, 12)
+    out = patches @ kernel.reshape(12, 24) + bias
+    assert np.allclose(out.mean(axis=0), 0, atol=1e-3)  # centred
+    assert np.allclose(np.cov(out[:, :12], rowvar=False), np.eye(12), atol=1e-2)  # unit, uncorrelated
+    assert np.allclose(out[:, 12:], -out[:, :12], atol=1e-5)  # each direction with both signs
+
+
+def test_test_time_augmentation_averages_its_views_and_survives_the_registry(store):
+    from batchml.architectures import build, with_tta
+    from batchml.registry import load_model, register
+
+    trunk = build("fast", 3, Preprocessing(), sample=correlated_images(50), width=4)
+    x = correlated_images(8, seed=1)
+
+    def both(v):
+        return (trunk.predict(v, verbose=0) + trunk.predict(v[:, :, ::-1], verbose=0)) / 2
+
+    assert np.allclose(with_tta(trunk, "flip").predict(x, verbose=0), both(x), atol=1e-5)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    up_left, down_right = padded[:, 2:, 2:], padded[:, :-2, :-2]  # content shifted by -1 and +1
+    expected = both(x) / 2 + (both(up_left) + both(down_right)) / 4
+    model = with_tta(trunk, "flip-translate")
+    assert np.allclose(model.predict(x, verbose=0), expected, atol=1e-5)
+    path = str(store.path("tmp.keras"))
+    store.fs.makedirs(store.path(""), exist_ok=True)
+    model.save(path)
+    mv = register(store, "tiny", path, {"arch": "fast"})
+    assert np.allclose(load_model(store, mv).predict(x, verbose=0), expected, atol=1e-5)  # safe mode loads it
+
+
+def test_one_cycle_schedule_warms_up_then_decays_to_zero():
+    from batchml.learning import OneCycle
+
+    lr = OneCycle(peak=1.0, total_steps=100, warmup=0.2, start=0.1)
+    at = {s: float(lr(s)) for s in (0, 10, 20, 60, 100, 120)}
+    assert at == pytest.approx({0: 0.1, 10: 0.55, 20: 1.0, 60: 0.5, 100: 0.0, 120: 0.0})
+
+
+def test_augmentation_only_flips_and_translates():
+    from batchml.learning import augment
+
+    x = np.random.default_rng(0).integers(0, 255, (64, 32, 32, 3), dtype=np.uint8)
+    same = augment(x, np.random.default_rng(1), shift=0)
+    flipped = [np.array_equal(a, b[:, ::-1]) for a, b in zip(same, x, strict=True)]
+    assert all(np.array_equal(a, b) or f for a, b, f in zip(same, x, flipped, strict=True))
+    assert 16 < sum(flipped) < 48
+    moved = augment(x, np.random.default_rng(1), shift=2)
+    assert moved.shape == x.shape and moved.dtype == np.uint8
+    assert np.array_equal(augment(x, np.random.default_rng(5)), augment(x, np.random.default_rng(5)))
+
+
+@pytest.mark.parametrize(("curves", "verdict"), [
+    ({"accuracy": [0.5, 0.8, 0.95, 0.99], "val_accuracy": [0.5, 0.7, 0.72, 0.71],
+      "loss": [1.5, 0.6, 0.2, 0.05], "val_loss": [1.4, 0.9, 1.0, 1.3]}, "over-fitting"),
+    ({"accuracy": [0.3, 0.4, 0.5], "val_accuracy": [0.32, 0.42, 0.51],
+      "loss": [2.0, 1.7, 1.4], "val_loss": [1.9, 1.6, 1.35]}, "under-fitting"),
+    ({"accuracy": [0.6, 0.8, 0.85], "val_accuracy": [0.6, 0.78, 0.8],
+      "loss": [1.1, 0.6, 0.45], "val_loss": [1.1, 0.65, 0.6]}, "good fit"),
+])
+def test_fit_verdict_reads_the_learning_curves(curves, verdict):
+    assert fit_verdict(curves)["verdict"] == verdict
+
+
+def test_the_same_seed_trains_the_same_model(trained_store):
+    from batchml.training import TrainConfig, fit
+
+    cfg = TrainConfig("shapes-train", arch="fast", epochs=1, batch_size=32, width=4, seed=7)
+    (m1, c1), (m2, c2) = fit(trained_store, cfg), fit(trained_store, cfg)
+    assert c1["learning_curves"] == c2["learning_curves"]
+    assert all(np.array_equal(a, b) for a, b in zip(m1.get_weights(), m2.get_weights(), strict=True))
+    _, c3 = fit(trained_store, TrainConfig("shapes-train", arch="fast", epochs=1, batch_size=32, width=4, seed=8))
+    assert c3["learning_curves"] != c1["learning_curves"]
+
+
+def test_warm_start_fine_tunes_a_registered_version(client, trained_store, tmp_path):
+    from batchml.training import TrainConfig, train
+
+    store = copy_store(trained_store, tmp_path / "store")
+    mv, card = train(client, store, TrainConfig("shapes-train", "shapes-test", name="shapes", epochs=1,
+                                                warm_start="shapes/production"), verbose=False)
+    parent = resolve(store, "shapes/production")
+    assert mv.version != parent.version and card["training"]["warm_start_from"] == str(parent)
+    assert card["arch"] == read_card(store, parent)["arch"]
+    assert card["training"]["learning_rate_used"] == pytest.approx(1e-4)  # a tenth of the recipe's
+    assert card["metrics"]["test"]["accuracy"] >= read_card(store, parent)["metrics"]["test"]["accuracy"] - 0.1
+    with pytest.raises(BatchmlError, match="no version or alias 'v99'"):
+        train(client, store, TrainConfig("shapes-train", warm_start="shapes/v99"), verbose=False)
+
+
+def test_a_sweep_runs_its_trials_across_two_workers_and_registers_the_best(client, trained_store, tmp_path):
+    from batchml.sweep import SweepConfig, read_trials, sweep
+    from batchml.training import TrainConfig
+
+    store = copy_store(trained_store, tmp_path / "store")
+    cfg = SweepConfig(TrainConfig("shapes-train", "shapes-test", name="swept", arch="fast", epochs=1, width=4),
+                      {"learning_rate": [0.05, 0.2], "batch_size": [16, 32]}, sweep_id="s1")
+    result = sweep(client, store, cfg, verbose=False)
+    trials = pd.DataFrame(read_trials(store, "s1"))
+    assert sorted(trials.trial) == [0, 1, 2, 3] and trials.validation_accuracy.between(0, 1).all()
+    assert {"params", "curves", "validation_accuracy", "seconds", "fit", "worker"} <= set(trials.columns)
+    assert trials.worker.nunique() == 2  # both workers trained
+    best = trials.loc[trials.validation_accuracy.idxmax()]
+    assert result["best_trial"] == best.trial and result["registered"] == "swept/v1"
+    card = read_card(store, resolve(store, "swept/v1"))
+    assert card["metrics"]["test"]["rows"] == 60 and card["training"]["sweep"] == {"sweep_id": "s1",
+                                                                                     "trial": int(best.trial)}
+    kept = [n for n in range(4) if store.exists(f"sweeps/s1/trial-{n:03d}/model.keras")]
+    assert kept == [int(best.trial)]  # the losers' models are deleted, their rows kept
+    assert sweep(client, store, cfg, verbose=False)["registered"] == "swept/v1"  # a rerun trains nothing
+
+
+def test_sweep_parameters_are_checked():
+    from batchml.sweep import parse_space
+
+    assert parse_space(["learning_rate=0.1,0.2", "width=8,16"]) == {"learning_rate": [0.1, 0.2], "width": [8, 16]}
+    with pytest.raises(BatchmlError, match="NAME one of"):
+        parse_space(["momentum=0.9"])
+    with pytest.raises(BatchmlError, match="not numbers"):
+        parse_space(["epochs=a,b"])
