@@ -98,7 +98,8 @@ def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
         progress.update(1, f"trial {row['trial']}: validation accuracy {row['validation_accuracy']:.4f} "
                            f"in {row['seconds']:.0f}s {json.loads(row['params'])}")
 
-    best = max(rows, key=lambda r: r["validation_accuracy"])
+    # ties go to the lowest trial number, whatever order the trials finished in
+    best = max(sorted(rows, key=lambda r: r["trial"]), key=lambda r: r["validation_accuracy"])
     trial_cfg = replace(base, **points[best["trial"]])
     card = client.submit(register_trial_task, store.config, trial_cfg, sweep_id, best["trial"], pure=False).result()
     mv = ModelVersion(card["name"], card["version"])
