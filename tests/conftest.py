@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -76,6 +77,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_processes(procs: list) -> None:
+    """Stop a cluster started with the dask CLI: workers first (SIGINT, then kill after 20 s)."""
+    for p in procs[::-1]:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def wait_for_port(port: int, seconds: float = 60) -> bool:

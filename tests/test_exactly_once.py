@@ -16,7 +16,15 @@ from batchml.errors import BatchmlError
 from batchml.ingest import ingest
 from batchml.scoring import ScoreConfig, score
 from batchml.store import Store, StoreConfig
-from tests.conftest import TcpProxy, copy_store, free_port, s3_options, wait_for_port, write_class_folders
+from tests.conftest import (
+    TcpProxy,
+    copy_store,
+    free_port,
+    s3_options,
+    stop_processes,
+    wait_for_port,
+    write_class_folders,
+)
 
 pytestmark = pytest.mark.slow
 MODEL = "shapes/production"
@@ -38,13 +46,7 @@ def dask_cli_cluster():
     with Client(address, timeout="60s") as client:
         client.wait_for_workers(2, timeout=60)
         yield address, client
-    for p in procs[::-1]:
-        p.send_signal(signal.SIGINT)
-    for p in procs:
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    stop_processes(procs)
 
 
 @pytest.fixture

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import signal
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
-from tests.conftest import copy_store, free_port, wait_for_port
+from tests.conftest import copy_store, free_port, stop_processes, wait_for_port
 
 pytestmark = pytest.mark.slow
 MODEL = "shapes/production"
@@ -63,13 +62,7 @@ def tls_cluster(tmp_path_factory):
     procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nthreads", "2",
                                    "--no-dashboard", *tls], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     yield address, tls
-    for p in procs[::-1]:
-        p.send_signal(signal.SIGINT)
-    for p in procs:
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    stop_processes(procs)
 
 
 def test_score_submits_to_a_tls_scheduler_with_certificates(tls_cluster, trained_store, tmp_path):
