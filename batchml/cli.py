@@ -70,6 +70,8 @@ def training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", choices=("none", "flip", "flip-translate"),
                    help="test-time augmentation built into the saved model (fast: flip-translate, 6 passes per "
                    "image; flip: 2 passes, faster scoring)")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction,
+                   help="end on a moving average of the weights (default: the recipe's)")
     p.add_argument("--validation-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="cifar10", help="model name in the registry")
@@ -83,7 +85,7 @@ def train_config(args):
     return TrainConfig(
         dataset=args.dataset, test_dataset=args.test_dataset, name=args.name, arch=args.arch, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, width=args.width, dropout=args.dropout,
-        label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, tta=args.tta,
+        label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, tta=args.tta, ema=args.ema,
         validation_fraction=args.validation_fraction, seed=args.seed, warm_start=getattr(args, "warm_start", None),
     )
 

@@ -9,17 +9,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from batchml.cluster import ClusterConfig, connect
 from batchml.ingest import ingest
 from batchml.monitoring import format_report, monitor_run
 from batchml.registry import promote
 from batchml.scoring import ScoreConfig, score
+from batchml.sources import find_source
 from batchml.store import Store
 from batchml.training import TrainConfig, train
-
-ARCHIVE = "cifar10-jpeg.tar.gz"
 
 
 @dataclass(frozen=True)
@@ -28,16 +26,6 @@ class DemoConfig:
     epochs: int = 5  # about 70% test accuracy in under 10 minutes on 2 CPU cores
     nights: int = 2
     partition_size: int = 2000
-
-
-def find_source() -> str:
-    """The CIFAR-10 archive beside the checkout or the working folder, else Keras's download."""
-    repo = Path(__file__).resolve().parents[1]
-    for base in (Path.cwd(), repo):
-        candidate = base.parent / "shared" / "data" / ARCHIVE
-        if candidate.is_file():
-            return str(candidate)
-    return "cifar10"
 
 
 def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[dict]:

@@ -35,8 +35,11 @@ RECIPES = {
                        label_smoothing=0.0, weight_decay=0.0, augment=False, ema=False, tta="none"),
     # the ResNet-9/airbench schedule: SGD-Nesterov, linear one-cycle, smoothed labels
     # bfloat16 compute: twice the speed of float32 on CPUs with AMX/AVX512-BF16 and on GPUs
+    # no weight averaging: it lags a schedule that ends at 0 and misses the batch-norm statistics
+    # (on an H100, 16 epochs, the averaged weights tested 2-4 points below the last ones; 20
+    # epochs here: 0.8845 with it, 0.8865 without)
     "fast": Recipe(epochs=20, batch_size=512, learning_rate=0.4, optimizer="sgd", schedule="one-cycle",
-                   label_smoothing=0.2, weight_decay=5e-3, augment=True, ema=True, tta="flip-translate",
+                   label_smoothing=0.2, weight_decay=5e-3, augment=True, ema=False, tta="flip-translate",
                    precision="mixed_bfloat16", width=32),
 }
 TUNABLE = ("epochs", "batch_size", "learning_rate", "label_smoothing", "weight_decay", "width", "dropout")

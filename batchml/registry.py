@@ -76,13 +76,16 @@ def read_card(store: Store, mv: ModelVersion) -> dict:
     return store.read_json(f"{mv.prefix}/card.json")
 
 
-def register(store: Store, name: str, model_file: str, card: dict) -> ModelVersion:
-    """Store a saved ``.keras`` file and its card as the next version of ``name``."""
+def register(store: Store, name: str, model_file: str | bytes, card: dict) -> ModelVersion:
+    """Store a saved ``.keras`` file (its path or its bytes) and its card as the next
+    version of ``name``."""
     existing = [int(_VERSION.match(v).group(1)) for v in store.list(f"models/{check_name('model', name)}")
                 if _VERSION.match(v)]
     mv = ModelVersion(name, f"v{max(existing, default=0) + 1}")
-    with open(model_file, "rb") as f:
-        store.write_bytes(f"{mv.prefix}/model.keras", f.read())
+    if isinstance(model_file, str):
+        with open(model_file, "rb") as f:
+            model_file = f.read()
+    store.write_bytes(f"{mv.prefix}/model.keras", model_file)
     store.write_json(f"{mv.prefix}/card.json", {**card, "name": name, "version": mv.version})
     return mv
 
@@ -97,7 +100,20 @@ def promote(store: Store, mv: ModelVersion, alias: str = DEFAULT_ALIAS) -> None:
 
 def load_model(store: Store, mv: ModelVersion):
     """Load a registered version (see ``load_model_file``)."""
-    data = store.read_bytes(f"{mv.prefix}/model.keras")
+    return load_model_bytes(store.read_bytes(f"{mv.prefix}/model.keras"))
+
+
+def model_bytes(model) -> bytes:
+    """A Keras model as the bytes of its ``.keras`` file (Keras saves to paths only)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def load_model_bytes(data: bytes):
+    """A model from the bytes of a ``.keras`` file (see ``load_model_file``)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.keras")
         with open(path, "wb") as f:

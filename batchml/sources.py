@@ -21,6 +21,7 @@ from batchml.images import encode_png
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "test")
+CIFAR10_ARCHIVE = "cifar10-jpeg.tar.gz"  # the JPEG archive in ../shared/data
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 _HELP = (
@@ -45,6 +46,16 @@ class Source:
     description: str
     classes: list[str]
     images: Iterator[SourceImage]
+
+
+def find_source() -> str:
+    """The CIFAR-10 archive beside the checkout or the working folder, else Keras's download."""
+    repo = Path(__file__).resolve().parents[1]
+    for base in (Path.cwd(), repo):
+        candidate = base.parent / "shared" / "data" / CIFAR10_ARCHIVE
+        if candidate.is_file():
+            return str(candidate)
+    return "cifar10"
 
 
 def open_source(source: str, split: str, classes: list[str] | None = None) -> Source:

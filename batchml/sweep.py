@@ -18,7 +18,6 @@ import json
 import os
 import random
 import socket
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
@@ -29,7 +28,7 @@ from batchml.device import device_lock
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
 from batchml.recipes import TUNABLE
-from batchml.registry import ModelVersion, load_model_file
+from batchml.registry import ModelVersion, load_model_bytes, model_bytes
 from batchml.store import Store, StoreConfig
 from batchml.training import TrainConfig, check, fit, register_trained
 
@@ -142,11 +141,7 @@ def trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: i
     with device_lock():
         model, card = fit(store, cfg)
     prefix = f"sweeps/{sweep_id}/trial-{trial:03d}"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        model.save(path)
-        with open(path, "rb") as f:
-            store.write_bytes(f"{prefix}/model.keras", f.read())
+    store.write_bytes(f"{prefix}/model.keras", model_bytes(model))
     store.write_json(f"{prefix}/card.json", card)
     curves = card["learning_curves"]
     return {
@@ -170,11 +165,8 @@ def register_trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str,
     prefix = f"sweeps/{sweep_id}/trial-{trial:03d}"
     card = store.read_json(f"{prefix}/card.json")
     card["training"]["sweep"] = {"sweep_id": sweep_id, "trial": trial}
-    with tempfile.TemporaryDirectory() as tmp, device_lock():
-        path = os.path.join(tmp, "model.keras")
-        with open(path, "wb") as f:
-            f.write(store.read_bytes(f"{prefix}/model.keras"))
-        model = load_model_file(path)
+    with device_lock():
+        model = load_model_bytes(store.read_bytes(f"{prefix}/model.keras"))
         return register_trained(store, cfg, model, card)
 
 

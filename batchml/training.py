@@ -6,8 +6,6 @@ The task sends progress events (topic ``batchml-train``) that the client prints.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -21,7 +19,7 @@ from batchml.diagnostics import fit_verdict
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing
 from batchml.recipes import TUNABLE, recipe_for
-from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, load_model, read_card, register, resolve
+from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, load_model, model_bytes, read_card, register, resolve
 from batchml.stats import PartitionStats, scale_temperature
 from batchml.store import Store, StoreConfig
 
@@ -46,6 +44,7 @@ class TrainConfig:
     label_smoothing: float | None = None
     weight_decay: float | None = None
     tta: str | None = None  # test-time augmentation of the saved model: none, flip, flip-translate
+    ema: bool | None = None  # end on the weights' moving average rather than the last weights
     validation_fraction: float = 0.1  # share of training ids held out, by hash of image_id
     seed: int = 0
     warm_start: str | None = None  # [NAME/]VERSION_OR_ALIAS to fine-tune from (its arch and weights)
@@ -54,7 +53,8 @@ class TrainConfig:
         """The architecture's ``batchml.recipes.Recipe`` with this configuration's values."""
         return recipe_for(self.arch, epochs=self.epochs, batch_size=self.batch_size,
                           learning_rate=self.learning_rate, width=self.width, dropout=self.dropout,
-                          label_smoothing=self.label_smoothing, weight_decay=self.weight_decay, tta=self.tta)
+                          label_smoothing=self.label_smoothing, weight_decay=self.weight_decay, tta=self.tta,
+                          ema=self.ema)
 
 
 def train(client, store: Store, cfg: TrainConfig, verbose: bool = True) -> tuple[ModelVersion, dict]:
@@ -103,10 +103,7 @@ def register_trained(store: Store, cfg: TrainConfig, model, card: dict) -> dict:
         card["reference"] = {"split": "test", "dataset": cfg.test_dataset, "rows": ref.rows,
                              "predicted_counts": ref.predicted_counts.tolist(),
                              "accuracy": ref.correct / ref.labelled}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        model.save(path)
-        mv = register(store, cfg.name, path, card)
+    mv = register(store, cfg.name, model_bytes(model), card)
     _emit({"stage": "registered", "version": str(mv)})
     return {**card, "name": mv.name, "version": mv.version}
 
@@ -168,7 +165,7 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
         "parameters": int(trunk.count_params()),
         "training": {
             **asdict(cfg),
-            **{k: getattr(recipe, k) for k in (*TUNABLE, "tta")},  # the values used, the recipe's where unset
+            **{k: getattr(recipe, k) for k in (*TUNABLE, "tta", "ema")},  # the values used, the recipe's where unset
             "recipe": recipe.to_dict(),
             "warm_start_from": parent,
             "learning_rate_used": rate,
@@ -240,12 +237,13 @@ def _metrics(probs: np.ndarray, labels: np.ndarray, stats: PartitionStats) -> di
 
 
 def _emit(msg: dict) -> None:
-    """Send a progress event to the client through the scheduler; print if not on a worker."""
+    """Send a progress event to the client through the scheduler; print if not on a worker
+    (or where Dask is not installed: ``fit`` alone runs on a bare Keras machine)."""
     try:
         from distributed import get_worker
 
         get_worker().log_event(TRAIN_TOPIC, msg)
-    except ValueError:
+    except (ValueError, ImportError):
         _print_event(msg)
 
 

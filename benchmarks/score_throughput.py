@@ -36,13 +36,12 @@ from PIL import Image
 from batchml import datasets
 from batchml.backend import configure_backend
 from batchml.cluster import ClusterConfig, connect
-from batchml.demo import find_source
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing, decode_images
 from batchml.ingest import ingest, write_dataset
 from batchml.registry import load_model, promote, resolve
 from batchml.scoring import ScoreConfig, score
-from batchml.sources import Source, SourceImage
+from batchml.sources import Source, SourceImage, find_source
 from batchml.store import Store, StoreConfig
 from batchml.training import TrainConfig, train
 

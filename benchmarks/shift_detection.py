@@ -31,13 +31,13 @@ from scipy.ndimage import gaussian_filter
 from batchml import datasets
 from batchml.backend import configure_backend
 from batchml.cluster import ClusterConfig, connect
-from batchml.demo import find_source
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing
 from batchml.ingest import ingest
 from batchml.monitoring.run_monitor import MonitorConfig, alerts, build_row
 from batchml.registry import load_model, promote, read_card, resolve
 from batchml.scoring import ScoreConfig, score
+from batchml.sources import find_source
 from batchml.stats import PartitionStats
 from batchml.store import Store, StoreConfig
 from batchml.training import TrainConfig, train

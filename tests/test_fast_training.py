@@ -93,6 +93,28 @@ def test_augmentation_only_flips_and_translates():
     assert np.array_equal(augment(x, np.random.default_rng(5)), augment(x, np.random.default_rng(5)))
 
 
+def test_augmentation_copies_each_image_from_its_drawn_crop():
+    """The grouped slices equal a plain per-image crop of the reflect-padded image."""
+    from batchml.learning import augment
+
+    x = np.random.default_rng(0).integers(0, 255, (200, 32, 32, 3), dtype=np.uint8)
+    rng = np.random.default_rng(3)
+    dy, dx = rng.integers(0, 5, (2, len(x)))
+    flip = rng.random(len(x)) < 0.5
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    crops = [padded[k, i:i + 32, j:j + 32] for k, (i, j) in enumerate(zip(dy, dx, strict=True))]
+    expected = np.stack([c[:, ::-1] if f else c for c, f in zip(crops, flip, strict=True)])
+    assert np.array_equal(augment(x, np.random.default_rng(3)), expected)
+
+
+def test_the_moving_average_of_weights_is_a_recipe_option():
+    from batchml.learning import optimizer
+    from batchml.training import TrainConfig
+
+    on, off = (TrainConfig("d", arch="fast", ema=ema).recipe() for ema in (True, False))
+    assert optimizer(on, 10, on.learning_rate).use_ema and not optimizer(off, 10, off.learning_rate).use_ema
+
+
 @pytest.mark.parametrize(("curves", "verdict"), [
     ({"accuracy": [0.5, 0.8, 0.95, 0.99], "val_accuracy": [0.5, 0.7, 0.72, 0.71],
       "loss": [1.5, 0.6, 0.2, 0.05], "val_loss": [1.4, 0.9, 1.0, 1.3]}, "over-fitting"),
