@@ -55,3 +55,15 @@ def test_training_an_unknown_dataset_fails_before_any_task(client, store):
 
     with pytest.raises(BatchmlError, match=r"unknown dataset 'nope'.*batchml ingest"):
         train(client, store, TrainConfig("nope"), verbose=False)
+
+
+def test_training_needs_no_dask_outside_a_worker(monkeypatch, capsys):
+    """``fit`` alone runs on a machine with Keras but no Dask (a bare GPU box): its
+    progress events are printed instead of sent to a scheduler."""
+    import sys
+
+    from batchml.training import _emit
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    _emit({"stage": "loading", "dataset": "d", "rows": 3})
+    assert "train: stage loading, dataset d, rows 3" in capsys.readouterr().out
