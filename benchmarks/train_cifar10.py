@@ -125,7 +125,7 @@ def run_fast(root: str, source: str | None, **hyper) -> dict:
             "fast_test_accuracy_flip_tta": accuracy(with_tta(trunk, "flip")),
             "fast_test_accuracy_without_tta": accuracy(trunk),
             "fast_train_seconds": card["training"]["seconds"], "fast_epochs": recipe.epochs,
-            "fast_compile_seconds": round(times.seconds[0] - float(np.median(later)), 1),
+            "fast_compile_seconds": round(max(0.0, times.seconds[0] - float(np.median(later))), 1),
             "fast_epoch_seconds": times.seconds, "fast_batch_size": recipe.batch_size,
             "fast_learning_rate": recipe.learning_rate, "fast_weight_decay": recipe.weight_decay,
             "fast_ema": recipe.ema,
