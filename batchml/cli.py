@@ -14,6 +14,7 @@ import sys
 
 from batchml.backend import BACKENDS, DEFAULT_BACKEND, configure_backend
 from batchml.errors import BatchmlError
+from batchml.recipes import TTA_MODES, TUNABLE
 from batchml.store import DEFAULT_ROOT, Store, StoreConfig
 
 
@@ -67,7 +68,7 @@ def training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float, help="fast: dropout before the head (default 0)")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--weight-decay", type=float)
-    p.add_argument("--tta", choices=("none", "flip", "flip-translate"),
+    p.add_argument("--tta", choices=TTA_MODES,
                    help="test-time augmentation built into the saved model (fast: flip-translate, 6 passes per "
                    "image; flip: 2 passes, faster scoring)")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction,
@@ -117,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-dataset", help="labelled dataset, used once: for the chosen model")
     training_arguments(p)
     p.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2",
-                   help="values to try (repeatable): epochs, batch_size, learning_rate, label_smoothing, "
-                   "weight_decay, width, dropout")
+                   help=f"values to try (repeatable): {', '.join(TUNABLE)}")
     p.add_argument("--trials", type=int, help="random search: this many points of the grid (default: all)")
     p.add_argument("--sweep-id", help="default sweep-<UTC time>; rerun an id to finish its missing trials")
     p.set_defaults(func=cmd_sweep)

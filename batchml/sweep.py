@@ -120,16 +120,18 @@ def _run_trials(client, store: Store, base: TrainConfig, sweep_id: str, points: 
     slots = max(1, len(client.scheduler_info()["workers"]))
     queue = list(todo)
     pending = as_completed()
-    for _ in range(min(slots, len(queue))):
+
+    def submit_next() -> None:
         i = queue.pop(0)
         pending.add(client.submit(trial_task, store.config, replace(base, **points[i]), sweep_id, i, pure=False))
+
+    for _ in range(min(slots, len(queue))):
+        submit_next()
     try:
         for future in pending:
             yield future.result()
             if queue:
-                i = queue.pop(0)
-                pending.add(client.submit(trial_task, store.config, replace(base, **points[i]), sweep_id, i,
-                                          pure=False))
+                submit_next()
     except BaseException:
         client.cancel(list(pending.futures))
         raise
