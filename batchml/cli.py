@@ -14,7 +14,7 @@ import sys
 
 from batchml.backend import BACKENDS, DEFAULT_BACKEND, configure_backend
 from batchml.errors import BatchmlError
-from batchml.recipes import TTA_MODES, TUNABLE
+from batchml.recipes import ACTIVATIONS, TTA_MODES, TUNABLE
 from batchml.store import DEFAULT_ROOT, Store, StoreConfig
 
 
@@ -64,7 +64,9 @@ def training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="default: the recipe's (tutorial 3, fast 20)")
     p.add_argument("--batch-size", type=int, help="default: the recipe's (tutorial 64, fast 512)")
     p.add_argument("--learning-rate", type=float, help="Adam's rate (tutorial 1e-3) or the one-cycle peak (fast 0.4)")
+    p.add_argument("--momentum", type=float, help="SGD's (fast: 0.9)")
     p.add_argument("--width", type=int, help="fast: channels of the first group (default 32)")
+    p.add_argument("--activation", choices=ACTIVATIONS, help="fast: default relu (gelu: slower on CPUs)")
     p.add_argument("--dropout", type=float, help="fast: dropout before the head (default 0)")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--weight-decay", type=float)
@@ -85,8 +87,9 @@ def train_config(args):
 
     return TrainConfig(
         dataset=args.dataset, test_dataset=args.test_dataset, name=args.name, arch=args.arch, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, width=args.width, dropout=args.dropout,
-        label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, tta=args.tta, ema=args.ema,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, momentum=args.momentum, width=args.width,
+        dropout=args.dropout, activation=args.activation, label_smoothing=args.label_smoothing,
+        weight_decay=args.weight_decay, tta=args.tta, ema=args.ema,
         validation_fraction=args.validation_fraction, seed=args.seed, warm_start=getattr(args, "warm_start", None),
     )
 

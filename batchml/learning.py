@@ -4,8 +4,6 @@ augmented batches. ``keras.ops`` and numpy only, so a recipe runs on TensorFlow,
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 
@@ -40,19 +38,20 @@ def optimizer(recipe: Recipe, steps_per_epoch: int, learning_rate: float):
     if recipe.weight_decay:
         extra["weight_decay"] = recipe.weight_decay
     if recipe.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **extra)
+        return keras.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=True, **extra)
     return keras.optimizers.Adam(lr, **extra)
 
 
-def augment(x: np.ndarray, rng: np.random.Generator, shift: int = 2) -> np.ndarray:
-    """Random left-right flips and translations of up to ``shift`` px (reflected borders).
+def augment(x: np.ndarray, rng: np.random.Generator, shift: int = 2, flip: np.ndarray | None = None) -> np.ndarray:
+    """Random translations of up to ``shift`` px (reflected borders) and left-right flips:
+    random, or of the images where ``flip`` (a boolean per image) says.
 
     Images are grouped by their draw (offset, flip) and each group is copied as one slice:
     a per-pixel gather costs five times as much, and a GPU would wait on it."""
     n, h, w, _ = x.shape
     padded = np.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
     dy, dx = rng.integers(0, 2 * shift + 1, (2, n))
-    flip = rng.random(n) < 0.5
+    flip = rng.random(n) < 0.5 if flip is None else flip
     out = np.empty_like(x)
     draws = (dy * (2 * shift + 1) + dx) * 2 + flip
     for draw in np.unique(draws):
@@ -64,22 +63,28 @@ def augment(x: np.ndarray, rng: np.random.Generator, shift: int = 2) -> np.ndarr
 
 
 class Batches(keras.utils.PyDataset):
-    """Shuffled (and, with ``augmented``, flipped and translated) batches, new every epoch,
-    from a seeded generator: the same seed gives the same batches."""
+    """Shuffled batches, new every epoch, from a seeded generator: the same seed gives the
+    same batches. Every batch is full (one compiled step; the few images left over differ
+    each epoch). With ``augmented``, images are translated at random and flipped every
+    other epoch, each starting on a random side: every image is seen both ways in any two
+    epochs, where random flips repeat a side half the time (airbench's alternating flip)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augmented: bool) -> None:
         super().__init__()
         self.x, self.y, self.batch_size, self.augmented = x, y, batch_size, augmented
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(x))
+        self.flipped = self.rng.random(len(x)) < 0.5  # this epoch's side of each image
+        self.size = min(batch_size, len(x))
 
     def __len__(self) -> int:
-        return math.ceil(len(self.x) / self.batch_size)
+        return len(self.x) // self.size
 
     def __getitem__(self, i: int):
-        idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
+        idx = np.sort(self.order[i * self.size:(i + 1) * self.size])
         x = self.x[idx]
-        return (augment(x, self.rng) if self.augmented else x), self.y[idx]
+        return (augment(x, self.rng, flip=self.flipped[idx]) if self.augmented else x), self.y[idx]
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(len(self.x))
+        self.flipped = ~self.flipped

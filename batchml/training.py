@@ -39,8 +39,10 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None  # Adam's rate, or the one-cycle peak
+    momentum: float | None = None  # SGD's
     width: int | None = None  # fast net: channels of its first group
     dropout: float | None = None  # fast net: before the head
+    activation: str | None = None  # fast net: relu or gelu
     label_smoothing: float | None = None
     weight_decay: float | None = None
     tta: str | None = None  # test-time augmentation of the saved model: none, flip, flip-translate
@@ -52,9 +54,9 @@ class TrainConfig:
     def recipe(self):
         """The architecture's ``batchml.recipes.Recipe`` with this configuration's values."""
         return recipe_for(self.arch, epochs=self.epochs, batch_size=self.batch_size,
-                          learning_rate=self.learning_rate, width=self.width, dropout=self.dropout,
-                          label_smoothing=self.label_smoothing, weight_decay=self.weight_decay, tta=self.tta,
-                          ema=self.ema)
+                          learning_rate=self.learning_rate, momentum=self.momentum, width=self.width,
+                          dropout=self.dropout, activation=self.activation, label_smoothing=self.label_smoothing,
+                          weight_decay=self.weight_decay, tta=self.tta, ema=self.ema)
 
 
 def train(client, store: Store, cfg: TrainConfig, verbose: bool = True) -> tuple[ModelVersion, dict]:
@@ -137,7 +139,8 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
         trunk, parent = _parent_trunk(store, cfg, classes, prep)
     else:
         trunk, parent = build(cfg.arch, len(classes), prep, sample=x[~val][:WHITENING_SAMPLE], width=recipe.width,
-                              dropout=recipe.dropout, precision=recipe.precision), None
+                              dropout=recipe.dropout, activation=recipe.activation,
+                              precision=recipe.precision), None
     onehot = np.eye(len(classes), dtype=np.float32)
     batches = Batches(x[~val], onehot[y[~val]], recipe.batch_size, cfg.seed, recipe.augment)
     # fine-tuning starts from trained weights: a tenth of the recipe's rate unless one was given
@@ -148,7 +151,9 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
         metrics=["accuracy"],
     )
     started = time.perf_counter()
+    # validation in batches of the training size: one more compiled step shape, not two
     history = trunk.fit(batches, validation_data=(x[val], onehot[y[val]]), epochs=recipe.epochs, verbose=0,
+                        validation_batch_size=recipe.batch_size,
                         callbacks=[_progress_callback(recipe.epochs), *callbacks])
     seconds = time.perf_counter() - started
     model = with_tta(trunk, recipe.tta)
@@ -165,7 +170,8 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
         "parameters": int(trunk.count_params()),
         "training": {
             **asdict(cfg),
-            **{k: getattr(recipe, k) for k in (*TUNABLE, "tta", "ema")},  # the values used, the recipe's where unset
+            # the values used, the recipe's where unset
+            **{k: getattr(recipe, k) for k in (*TUNABLE, "activation", "tta", "ema")},
             "recipe": recipe.to_dict(),
             "warm_start_from": parent,
             "learning_rate_used": rate,

@@ -38,6 +38,7 @@ from batchml import datasets
 from batchml.architectures import with_tta
 from batchml.images import Preprocessing
 from batchml.ingest import ingest
+from batchml.recipes import ACTIVATIONS
 from batchml.sources import find_source
 from batchml.store import Store, StoreConfig
 from batchml.training import TrainConfig, fit
@@ -108,7 +109,11 @@ def run_tutorial(root: str, limit: float, source: str | None) -> dict:
 
 
 def run_fast(root: str, source: str | None, **hyper) -> dict:
-    store, x_test, y_test = prepare(root, source)
+    return train_fast(*prepare(root, source), **hyper)
+
+
+def train_fast(store: Store, x_test: np.ndarray, y_test: np.ndarray, **hyper) -> dict:
+    """The fast net's figures, trained with ``hyper`` (``TrainConfig`` fields) on the ingested store."""
     cfg = TrainConfig("cifar10-train", arch="fast", validation_fraction=VALIDATION, **hyper)
     recipe = cfg.recipe()
     print(f"fast net: {recipe.epochs} epochs, width {recipe.width}, batch {recipe.batch_size}, "
@@ -127,7 +132,8 @@ def run_fast(root: str, source: str | None, **hyper) -> dict:
             "fast_train_seconds": card["training"]["seconds"], "fast_epochs": recipe.epochs,
             "fast_compile_seconds": round(max(0.0, times.seconds[0] - float(np.median(later))), 1),
             "fast_epoch_seconds": times.seconds, "fast_batch_size": recipe.batch_size,
-            "fast_learning_rate": recipe.learning_rate, "fast_weight_decay": recipe.weight_decay,
+            "fast_learning_rate": recipe.learning_rate, "fast_momentum": recipe.momentum,
+            "fast_weight_decay": recipe.weight_decay, "fast_activation": recipe.activation,
             "fast_ema": recipe.ema,
             "fast_width": recipe.width, "fast_parameters": card["parameters"],
             "fast_validation_accuracy_by_epoch": [round(a, 4) for a in card["learning_curves"]["val_accuracy"]],
@@ -138,7 +144,8 @@ def apart(args: argparse.Namespace, which: str) -> dict:
     """Each net in its own process: TensorFlow's thread pools of one do not slow the other."""
     command = [sys.executable, __file__, "--root", args.root, "--only", which, "--json-only",
                "--tutorial-limit", str(args.tutorial_limit)]
-    for flag in ("source", "fast_epochs", "width", "batch_size", "learning_rate", "weight_decay"):
+    for flag in ("source", "fast_epochs", "width", "batch_size", "learning_rate", "momentum", "weight_decay",
+                 "activation"):
         if getattr(args, flag):
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.ema is not None:
@@ -157,7 +164,9 @@ def main() -> int:
     parser.add_argument("--width", type=int)
     parser.add_argument("--batch-size", type=int, help="fast net's batch (default: its recipe's)")
     parser.add_argument("--learning-rate", type=float, help="fast net's one-cycle peak (default: its recipe's)")
+    parser.add_argument("--momentum", type=float, help="fast net's SGD momentum (default: its recipe's)")
     parser.add_argument("--weight-decay", type=float, help="fast net's decoupled weight decay (default: its recipe's)")
+    parser.add_argument("--activation", choices=ACTIVATIONS, help="fast net's (default: its recipe's)")
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction,
                         help="fast net: end on the weights' moving average (default: its recipe's)")
     parser.add_argument("--source", help="CIFAR-10 archive (default: ../shared/data/cifar10-jpeg.tar.gz)")
@@ -168,7 +177,8 @@ def main() -> int:
         result = (run_tutorial(args.root, args.tutorial_limit, args.source) if args.only == "tutorial"
                   else run_fast(args.root, args.source, epochs=args.fast_epochs, width=args.width,
                                 batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                weight_decay=args.weight_decay, ema=args.ema))
+                                momentum=args.momentum, weight_decay=args.weight_decay,
+                                activation=args.activation, ema=args.ema))
         print(json.dumps(result))
         return 0
     figures = {}

@@ -151,6 +151,6 @@ def test_sweep_from_the_command_line_records_its_trials_and_registers_the_best(t
     assert len(pd.read_parquet(store.path("sweeps/cli/trials.parquet"))) == 3
     shown = batchml("models", "show", "swept/production", "--root", store.config.root).stdout
     assert '"verdict"' in shown and '"learning_rate_used"' in shown
-    bad = batchml("sweep", "--root", store.config.root, "--dataset", "shapes-train", "--param", "momentum=0.9",
+    bad = batchml("sweep", "--root", store.config.root, "--dataset", "shapes-train", "--param", "beta=0.9",
                   check=False)
     assert bad.returncode == 2 and "NAME one of" in bad.stderr

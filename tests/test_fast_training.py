@@ -30,7 +30,7 @@ def test_fast_architecture_shapes():
     assert [layer.output.shape[1:] for layer in convs] == [
         (31, 31, 24), (31, 31, 32), (15, 15, 32), (15, 15, 128), (7, 7, 128), (7, 7, 128), (3, 3, 128)]
     assert not model.get_layer("whiten").trainable
-    assert model.count_params() == 499_256
+    assert model.count_params() == 498_680
     with pytest.raises(BatchmlError, match="--arch tutorial"):
         build("tutorial", 10, Preprocessing(), width=64)  # the tutorial net has no width
 
@@ -47,6 +47,34 @@ def test_whitening_layer_decorrelates_the_patches_it_was_fitted_on():
     assert np.allclose(out.mean(axis=0), 0, atol=1e-3)  # centred
     assert np.allclose(np.cov(out[:, :12], rowvar=False), np.eye(12), atol=1e-2)  # unit, uncorrelated
     assert np.allclose(out[:, 12:], -out[:, :12], atol=1e-5)  # each direction with both signs
+
+
+def test_dirac_kernels_start_as_identities_on_their_first_channels():
+    import keras
+
+    from batchml.architectures import Dirac
+
+    kernel = keras.ops.convert_to_numpy(Dirac()((3, 3, 4, 6), "float32"))
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 4)).astype(np.float32)
+    out = keras.ops.convert_to_numpy(keras.ops.conv(x, kernel, padding="same"))
+    assert np.allclose(out[..., :4], x, atol=1e-6)  # the first 4 filters pass their channel through
+    assert 0 < np.abs(kernel[..., 4:]).max() <= 1 / np.sqrt(3 * 3 * 4)  # the others: PyTorch's default range
+    assert np.allclose(keras.ops.convert_to_numpy(Dirac()((3, 3, 6, 4), "float32"))[1, 1, :4, :4], np.eye(4))
+
+
+def test_batch_norm_shifts_learn_64_times_faster_than_a_plain_bias():
+    import keras
+
+    from batchml.architectures import Shift
+
+    def one_step(layer):
+        model = keras.Sequential([keras.Input((3,)), layer])
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        model.train_on_batch(np.zeros((4, 3), np.float32), np.ones((4, 3), np.float32))
+        return model.predict(np.zeros((1, 3), np.float32), verbose=0)
+
+    plain = one_step(Shift(boost=1.0))
+    assert np.allclose(one_step(Shift()), 64 * plain, rtol=1e-4) and plain.min() > 0
 
 
 def test_test_time_augmentation_averages_its_views_and_survives_the_registry(store):
@@ -107,12 +135,42 @@ def test_augmentation_copies_each_image_from_its_drawn_crop():
     assert np.array_equal(augment(x, np.random.default_rng(3)), expected)
 
 
-def test_the_moving_average_of_weights_is_a_recipe_option():
+def test_batches_are_full_and_flip_each_image_every_other_epoch():
+    from batchml.learning import Batches
+
+    x = np.random.default_rng(0).integers(0, 255, (70, 8, 8, 3), dtype=np.uint8)
+    x[:, :, 4:] = 0  # left half bright, right half dark: a flip shows
+    batches = Batches(x, np.arange(70), batch_size=32, seed=1, augmented=True)
+    sides = []
+    for _ in range(3):
+        assert len(batches) == 2  # 70 images: two full batches, 6 left over
+        seen = {}
+        for i in range(len(batches)):
+            images, labels = batches[i]
+            assert len(images) == 32
+            seen.update({int(k): bool(im[:, :3].sum() < im[:, 5:].sum()) for k, im in zip(labels, images, strict=True)})
+        sides.append(seen)
+        batches.on_epoch_end()
+    both = [k for k in sides[0] if k in sides[1]]
+    assert both and all(sides[0][k] != sides[1][k] for k in both)  # each image changes side every epoch
+    assert 0 < sum(sides[0].values()) < len(sides[0])  # ...starting on a random one
+    assert len(Batches(x[:5], np.arange(5), batch_size=32, seed=1, augmented=False)) == 1  # fewer than a batch
+
+
+def test_the_moving_average_of_weights_momentum_and_activation_are_recipe_options():
+    from batchml.architectures import build
     from batchml.learning import optimizer
     from batchml.training import TrainConfig
 
-    on, off = (TrainConfig("d", arch="fast", ema=ema).recipe() for ema in (True, False))
+    on, off = (TrainConfig("d", arch="fast", ema=ema, momentum=0.85).recipe() for ema in (True, False))
     assert optimizer(on, 10, on.learning_rate).use_ema and not optimizer(off, 10, off.learning_rate).use_ema
+    assert optimizer(off, 10, off.learning_rate).momentum == 0.85
+    recipe = TrainConfig("d", arch="fast", activation="gelu").recipe()
+    gelu = build("fast", 10, Preprocessing(), width=4, activation=recipe.activation)
+    activations = {layer.get_config()["activation"] for layer in gelu.layers if layer.name.startswith("activation")}
+    assert activations - {"softmax"} == {"gelu"}
+    with pytest.raises(BatchmlError, match="unknown activation 'tanh'"):
+        build("fast", 10, Preprocessing(), width=4, activation="tanh")
 
 
 @pytest.mark.parametrize(("curves", "verdict"), [
@@ -180,6 +238,6 @@ def test_sweep_parameters_are_checked():
 
     assert parse_space(["learning_rate=0.1,0.2", "width=8,16"]) == {"learning_rate": [0.1, 0.2], "width": [8, 16]}
     with pytest.raises(BatchmlError, match="NAME one of"):
-        parse_space(["momentum=0.9"])
+        parse_space(["beta=0.9"])
     with pytest.raises(BatchmlError, match="not numbers"):
         parse_space(["epochs=a,b"])
