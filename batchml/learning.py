@@ -71,17 +71,17 @@ class Batches(keras.utils.PyDataset):
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augmented: bool) -> None:
         super().__init__()
-        self.x, self.y, self.batch_size, self.augmented = x, y, batch_size, augmented
+        self.x, self.y, self.augmented = x, y, augmented
+        self.batch_size = min(batch_size, len(x))
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(x))
         self.flipped = self.rng.random(len(x)) < 0.5  # this epoch's side of each image
-        self.size = min(batch_size, len(x))
 
     def __len__(self) -> int:
-        return len(self.x) // self.size
+        return len(self.x) // self.batch_size
 
     def __getitem__(self, i: int):
-        idx = np.sort(self.order[i * self.size:(i + 1) * self.size])
+        idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
         x = self.x[idx]
         return (augment(x, self.rng, flip=self.flipped[idx]) if self.augmented else x), self.y[idx]
 

@@ -7,7 +7,7 @@ The task sends progress events (topic ``batchml-train``) that the client prints.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -18,7 +18,7 @@ from batchml.device import device_lock
 from batchml.diagnostics import fit_verdict
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing
-from batchml.recipes import TUNABLE, recipe_for
+from batchml.recipes import TUNABLE, Recipe, recipe_for
 from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, load_model, model_bytes, read_card, register, resolve
 from batchml.stats import PartitionStats, scale_temperature
 from batchml.store import Store, StoreConfig
@@ -29,8 +29,8 @@ WHITENING_SAMPLE = 2000  # training images whose 2x2 patches (1.9 million) set t
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What to train. Hyperparameters left as None take the architecture's recipe
-    (``batchml.recipes``); the card records the values used."""
+    """What to train. Hyperparameters (the fields named as in ``batchml.recipes.Recipe``)
+    left as None take the architecture's recipe; the card records the values used."""
 
     dataset: str  # labelled training partitions; a validation split is held out of them
     test_dataset: str | None = None  # touched once, after training, for the card's metrics
@@ -53,10 +53,7 @@ class TrainConfig:
 
     def recipe(self):
         """The architecture's ``batchml.recipes.Recipe`` with this configuration's values."""
-        return recipe_for(self.arch, epochs=self.epochs, batch_size=self.batch_size,
-                          learning_rate=self.learning_rate, momentum=self.momentum, width=self.width,
-                          dropout=self.dropout, activation=self.activation, label_smoothing=self.label_smoothing,
-                          weight_decay=self.weight_decay, tta=self.tta, ema=self.ema)
+        return recipe_for(self.arch, **{f.name: getattr(self, f.name) for f in fields(Recipe) if hasattr(self, f.name)})
 
 
 def train(client, store: Store, cfg: TrainConfig, verbose: bool = True) -> tuple[ModelVersion, dict]:

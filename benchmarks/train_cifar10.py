@@ -1,8 +1,8 @@
 """CIFAR-10 training: the tutorial CNN's time to 75% test accuracy against the fast net.
 
     python benchmarks/train_cifar10.py [--root benchmarks/out/train-store] [--only tutorial|fast]
-        [--fast-epochs N] [--width W] [--batch-size B] [--learning-rate LR] [--weight-decay WD] [--tutorial-limit 1800]
-        [--source PATH]
+        [--fast-epochs N] [--width W] [--batch-size B] [--learning-rate LR] [--momentum M]
+        [--weight-decay WD] [--activation relu|gelu] [--[no-]ema] [--tutorial-limit 1800] [--source PATH]
 
 Ingests ``../shared/data/cifar10-jpeg.tar.gz`` (50,000 training and 10,000 test images)
 and trains through batchml's own training path (``batchml.training.fit``: the recipe,
@@ -45,6 +45,8 @@ from batchml.training import TrainConfig, fit
 
 TARGET = 0.75
 VALIDATION = 0.02  # 1,000 of the 50,000: for early diagnostics and the calibration temperature
+# the fast net's flags, as argparse names them (all TrainConfig fields, fast_epochs its epochs)
+FAST_FLAGS = ("fast_epochs", "width", "batch_size", "learning_rate", "momentum", "weight_decay", "activation", "ema")
 
 
 class TestAccuracy(keras.callbacks.Callback):
@@ -144,12 +146,12 @@ def apart(args: argparse.Namespace, which: str) -> dict:
     """Each net in its own process: TensorFlow's thread pools of one do not slow the other."""
     command = [sys.executable, __file__, "--root", args.root, "--only", which, "--json-only",
                "--tutorial-limit", str(args.tutorial_limit)]
-    for flag in ("source", "fast_epochs", "width", "batch_size", "learning_rate", "momentum", "weight_decay",
-                 "activation"):
-        if getattr(args, flag):
-            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    if args.ema is not None:
-        command.append("--ema" if args.ema else "--no-ema")
+    for flag in ("source", *FAST_FLAGS):
+        value = getattr(args, flag)
+        if isinstance(value, bool):  # --ema / --no-ema
+            command.append(f"--{'' if value else 'no-'}{flag}")
+        elif value:
+            command += [f"--{flag.replace('_', '-')}", str(value)]
     out = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
     *said, result = out.stdout.strip().splitlines()
     print("\n".join(said), flush=True)
@@ -175,10 +177,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.json_only:
         result = (run_tutorial(args.root, args.tutorial_limit, args.source) if args.only == "tutorial"
-                  else run_fast(args.root, args.source, epochs=args.fast_epochs, width=args.width,
-                                batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                momentum=args.momentum, weight_decay=args.weight_decay,
-                                activation=args.activation, ema=args.ema))
+                  else run_fast(args.root, args.source, **{
+                      "epochs" if flag == "fast_epochs" else flag: getattr(args, flag) for flag in FAST_FLAGS}))
         print(json.dumps(result))
         return 0
     figures = {}
