@@ -38,11 +38,17 @@ class MonitoringData:
         self.store = store
         self._runs, self._alerts = TableReader(store, "runs"), TableReader(store, "alerts")
         self.runs, self.alerts = pd.DataFrame(), pd.DataFrame()  # until the first refresh()
+        self.stamp: tuple = ()
 
     def refresh(self) -> None:
+        """Re-read what changed; ``stamp`` changes exactly when something the views show did."""
         runs = self._runs.read()
         self.runs = runs.sort_values("committed_at").reset_index(drop=True) if "committed_at" in runs else runs
         self.alerts = self._alerts.read()
+        registry = tuple((name, tuple(list_versions(self.store, name)),
+                          tuple(self.store.list_versions(f"models/{name}", ".json").items()))
+                         for name in list_models(self.store))
+        self.stamp = (self._runs.stamp, self._alerts.stamp, registry)
 
     def failures(self, run_id: str) -> pd.DataFrame:
         rel = f"monitoring/failures/{run_id}.parquet"
@@ -266,7 +272,8 @@ def create_app(store: Store, refresh_seconds: int = REFRESH_SECONDS) -> pn.templ
     dates = pn.widgets.DateRangePicker(name="Committed between")
     run = pn.widgets.Select(name="Run")
     normalised = pn.widgets.Checkbox(name="Row-normalised confusion matrix")
-    tick = pn.widgets.IntInput(value=0, visible=False)  # bumped by the periodic refresh
+    tick = pn.widgets.IntInput(value=0, visible=False)  # bumped when a periodic refresh finds news
+    shown = [data.stamp]  # per session: the shared data may have been refreshed by another one
 
     def selected() -> pd.DataFrame:
         runs = data.runs
@@ -294,8 +301,10 @@ def create_app(store: Store, refresh_seconds: int = REFRESH_SECONDS) -> pn.templ
 
     def refresh() -> None:
         data.refresh()
-        sync_options()
-        tick.value += 1
+        if data.stamp != shown[0]:  # re-rendering unchanged views would flicker and reset scrolls
+            shown[0] = data.stamp
+            sync_options()
+            tick.value += 1
 
     sync_options()
     model.param.watch(lambda _: sync_options(), "value")

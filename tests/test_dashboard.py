@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from batchml.ingest import ingest
 from batchml.monitoring import monitor_run, read_table
@@ -77,8 +78,9 @@ def open_tab(page, name: str) -> None:
 
 
 def text(page, css: str) -> str:
+    """The element's text once it has some (a pane can be attached a moment before it is filled)."""
     locator = page.locator(css).first
-    locator.wait_for(timeout=30_000)
+    expect(locator).to_have_text(re.compile(r"\S"), use_inner_text=True, timeout=30_000)
     return locator.inner_text().strip()
 
 
@@ -135,6 +137,28 @@ def test_models_view_lists_versions_and_aliases(page):
     table = text(page, ".bm-models")
     assert "shapes/v1" in table and "production" in table
     page.screenshot(path=SHOTS / "models.png")
+    shown = page.locator(".bm-models").first.element_handle()
+    page.wait_for_timeout(5_000)  # two periodic refreshes with nothing new: the table stays as it is
+    assert shown.evaluate("e => e.isConnected")
+
+
+def test_refresh_stamp_changes_only_with_news(store, tmp_path):
+    from batchml.dashboard import MonitoringData
+    from batchml.registry import ModelVersion, promote
+
+    s = copy_store(store, tmp_path / "store")
+    data = MonitoringData(s)
+    data.refresh()
+    before = data.stamp
+    data.refresh()
+    assert data.stamp == before
+    promote(s, ModelVersion("shapes", "v1"), "canary")
+    data.refresh()
+    assert data.stamp != before
+    before = data.stamp
+    monitor_run(s, "night-a")  # re-monitoring rewrites the run's rows
+    data.refresh()
+    assert data.stamp != before
 
 
 def test_runs_view_shows_partitions_and_timings(page, store):

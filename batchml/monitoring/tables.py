@@ -45,6 +45,11 @@ class TableReader:
             return pd.DataFrame(columns=ALERT_SCHEMA.names if self.table == "alerts" else ["run_id"])
         return pa.concat_tables(parts, promote_options="default").to_pandas()
 
+    @property
+    def stamp(self) -> tuple:
+        """The version tags of the files last read: equal stamps, equal tables."""
+        return tuple(sorted((name, tag) for name, (tag, _) in self._files.items()))
+
 
 def read_table(store: Store, table: str) -> pd.DataFrame:
     """A whole monitoring table (``runs`` or ``alerts``) as one DataFrame."""
