@@ -48,7 +48,8 @@ class MonitoringData:
         registry = tuple((name, tuple(list_versions(self.store, name)),
                           tuple(self.store.list_versions(f"models/{name}", ".json").items()))
                          for name in list_models(self.store))
-        self.stamp = (self._runs.stamp, self._alerts.stamp, registry)
+        snapshots = tuple(self.store.list_versions("monitoring/failures", ".parquet").items())  # written after the row
+        self.stamp = (self._runs.stamp, self._alerts.stamp, snapshots, registry)
 
     def failures(self, run_id: str) -> pd.DataFrame:
         rel = f"monitoring/failures/{run_id}.parquet"

@@ -159,6 +159,10 @@ def test_refresh_stamp_changes_only_with_news(store, tmp_path):
     monitor_run(s, "night-a")  # re-monitoring rewrites the run's rows
     data.refresh()
     assert data.stamp != before
+    before = data.stamp
+    s.write_parquet("monitoring/failures/night-a.parquet", s.read_parquet("monitoring/failures/night-b.parquet"))
+    data.refresh()
+    assert data.stamp != before  # a snapshot lands after its run's row
 
 
 def test_runs_view_shows_partitions_and_timings(page, store):
