@@ -83,15 +83,13 @@ def training_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train_config(args):
+    """The ``TrainConfig`` of ``train`` or ``sweep``: each flag's dest is the field's name
+    (``--warm-start`` exists on ``train`` only)."""
+    from dataclasses import fields
+
     from batchml.training import TrainConfig
 
-    return TrainConfig(
-        dataset=args.dataset, test_dataset=args.test_dataset, name=args.name, arch=args.arch, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, momentum=args.momentum, width=args.width,
-        dropout=args.dropout, activation=args.activation, label_smoothing=args.label_smoothing,
-        weight_decay=args.weight_decay, tta=args.tta, ema=args.ema,
-        validation_fraction=args.validation_fraction, seed=args.seed, warm_start=getattr(args, "warm_start", None),
-    )
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
 
 
 def build_parser() -> argparse.ArgumentParser:

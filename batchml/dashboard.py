@@ -274,7 +274,7 @@ def create_app(store: Store, refresh_seconds: int = REFRESH_SECONDS) -> pn.templ
     run = pn.widgets.Select(name="Run")
     normalised = pn.widgets.Checkbox(name="Row-normalised confusion matrix")
     tick = pn.widgets.IntInput(value=0, visible=False)  # bumped when a periodic refresh finds news
-    shown = [data.stamp]  # per session: the shared data may have been refreshed by another one
+    shown = data.stamp  # per session: the shared data may have been refreshed by another one
 
     def selected() -> pd.DataFrame:
         runs = data.runs
@@ -301,9 +301,10 @@ def create_app(store: Store, refresh_seconds: int = REFRESH_SECONDS) -> pn.templ
             run.value = ids[0] if ids else None
 
     def refresh() -> None:
+        nonlocal shown
         data.refresh()
-        if data.stamp != shown[0]:  # re-rendering unchanged views would flicker and reset scrolls
-            shown[0] = data.stamp
+        if data.stamp != shown:  # re-rendering unchanged views would flicker and reset scrolls
+            shown = data.stamp
             sync_options()
             tick.value += 1
 

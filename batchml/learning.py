@@ -42,16 +42,15 @@ def optimizer(recipe: Recipe, steps_per_epoch: int, learning_rate: float):
     return keras.optimizers.Adam(lr, **extra)
 
 
-def augment(x: np.ndarray, rng: np.random.Generator, shift: int = 2, flip: np.ndarray | None = None) -> np.ndarray:
-    """Random translations of up to ``shift`` px (reflected borders) and left-right flips:
-    random, or of the images where ``flip`` (a boolean per image) says.
+def augment(x: np.ndarray, rng: np.random.Generator, flip: np.ndarray, shift: int = 2) -> np.ndarray:
+    """Random translations of up to ``shift`` px (reflected borders), and left-right flips
+    of the images where ``flip`` (a boolean per image; ``Batches`` alternates them) says.
 
     Images are grouped by their draw (offset, flip) and each group is copied as one slice:
     a per-pixel gather costs five times as much, and a GPU would wait on it."""
     n, h, w, _ = x.shape
     padded = np.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
     dy, dx = rng.integers(0, 2 * shift + 1, (2, n))
-    flip = rng.random(n) < 0.5 if flip is None else flip
     out = np.empty_like(x)
     draws = (dy * (2 * shift + 1) + dx) * 2 + flip
     for draw in np.unique(draws):

@@ -154,3 +154,18 @@ def test_sweep_from_the_command_line_records_its_trials_and_registers_the_best(t
     bad = batchml("sweep", "--root", store.config.root, "--dataset", "shapes-train", "--param", "beta=0.9",
                   check=False)
     assert bad.returncode == 2 and "NAME one of" in bad.stderr
+
+
+def test_every_training_setting_has_a_flag():
+    """``train_config`` maps flags to ``TrainConfig`` fields by name: a renamed flag must not drop a setting."""
+    from dataclasses import fields
+
+    from batchml.cli import build_parser, train_config
+    from batchml.training import TrainConfig
+
+    parser = build_parser()
+    train = parser.parse_args(["train", "--dataset", "d", "--momentum", "0.8", "--warm-start", "v1", "--no-ema"])
+    assert {f.name for f in fields(TrainConfig)} <= set(vars(train))
+    assert train_config(train) == TrainConfig("d", momentum=0.8, warm_start="v1", ema=False)
+    sweep = parser.parse_args(["sweep", "--dataset", "d", "--param", "width=4,8"])
+    assert {f.name for f in fields(TrainConfig)} - set(vars(sweep)) == {"warm_start"}

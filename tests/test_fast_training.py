@@ -112,13 +112,14 @@ def test_augmentation_only_flips_and_translates():
     from batchml.learning import augment
 
     x = np.random.default_rng(0).integers(0, 255, (64, 32, 32, 3), dtype=np.uint8)
-    same = augment(x, np.random.default_rng(1), shift=0)
+    flip = np.random.default_rng(2).random(len(x)) < 0.5
+    same = augment(x, np.random.default_rng(1), flip, shift=0)
     flipped = [np.array_equal(a, b[:, ::-1]) for a, b in zip(same, x, strict=True)]
     assert all(np.array_equal(a, b) or f for a, b, f in zip(same, x, flipped, strict=True))
     assert 16 < sum(flipped) < 48
-    moved = augment(x, np.random.default_rng(1), shift=2)
+    moved = augment(x, np.random.default_rng(1), flip, shift=2)
     assert moved.shape == x.shape and moved.dtype == np.uint8
-    assert np.array_equal(augment(x, np.random.default_rng(5)), augment(x, np.random.default_rng(5)))
+    assert np.array_equal(augment(x, np.random.default_rng(5), flip), augment(x, np.random.default_rng(5), flip))
 
 
 def test_augmentation_copies_each_image_from_its_drawn_crop():
@@ -132,7 +133,7 @@ def test_augmentation_copies_each_image_from_its_drawn_crop():
     padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
     crops = [padded[k, i:i + 32, j:j + 32] for k, (i, j) in enumerate(zip(dy, dx, strict=True))]
     expected = np.stack([c[:, ::-1] if f else c for c, f in zip(crops, flip, strict=True)])
-    assert np.array_equal(augment(x, np.random.default_rng(3)), expected)
+    assert np.array_equal(augment(x, np.random.default_rng(3), flip), expected)
 
 
 def test_batches_are_full_and_flip_each_image_every_other_epoch():
