@@ -51,8 +51,12 @@ def cluster_arguments() -> argparse.ArgumentParser:
     cluster.add_argument("--workers", type=int, help="local cluster: worker processes (default one per GPU, else 1)")
     cluster.add_argument("--threads-per-worker", type=int, default=2,
                          help="local cluster: task threads per worker (one runs the model, one does I/O)")
-    cluster.add_argument("--backend", choices=BACKENDS, default=os.environ.get("KERAS_BACKEND", DEFAULT_BACKEND))
+    cluster.add_argument("--backend", choices=BACKENDS, default=os.environ.get("KERAS_BACKEND", DEFAULT_BACKEND),
+                         help="Keras backend on the workers (default $KERAS_BACKEND or %(default)s: JAX on a worker "
+                         "that sees a GPU and has JAX with CUDA, else TensorFlow)")
     cluster.add_argument("--cpu", action="store_true", help="local cluster on the CPU even where GPUs are visible")
+    cluster.add_argument("--require-gpu", action="store_true",
+                         help="fail (exit 2) unless every worker computes on a GPU, instead of warning")
     for flag in ("--tls-ca-file", "--tls-cert", "--tls-key"):
         cluster.add_argument(flag, help="TLS for a tls:// scheduler")
     return cluster
@@ -187,10 +191,10 @@ def open_store(args) -> Store:
 def cluster_config(args):
     from batchml.cluster import ClusterConfig
 
-    configure_backend(args.backend)  # the client process too: it may load models
+    configure_backend(args.backend)  # the client process too (on its CPU): it may load models
     return ClusterConfig(
         scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
-        backend=args.backend, use_gpus=not args.cpu,
+        backend=args.backend, use_gpus=not args.cpu, require_gpu=args.require_gpu,
         tls_ca_file=args.tls_ca_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
     )
 
@@ -205,7 +209,7 @@ def cmd_sweep(args) -> None:
 
     store = open_store(args)
     cfg = SweepConfig(train_config(args), parse_space(args.param), args.trials, args.sweep_id, args.seed)
-    with connect(cluster_config(args)) as client:
+    with connect(cluster_config(args), verbose=not args.quiet) as client:
         result = sweep(client, store, cfg, verbose=not args.quiet)
     test = f", test accuracy {result['test_accuracy']:.4f}" if result.get("test_accuracy") is not None else ""
     print(f"sweep {result['sweep_id']}: {len(result['trials'])} trials; best trial {result['best_trial']} "
@@ -228,16 +232,18 @@ def cmd_ingest(args) -> None:
 
 def cmd_train(args) -> None:
     from batchml.cluster import connect
+    from batchml.device import device_label
     from batchml.registry import promote
     from batchml.training import train
 
     store, cfg = open_store(args), train_config(args)
-    with connect(cluster_config(args)) as client:
+    with connect(cluster_config(args), verbose=not args.quiet) as client:
         mv, card = train(client, store, cfg, verbose=not args.quiet)
     m = card["metrics"]
     test = f", test accuracy {m['test']['accuracy']:.4f}" if m["test"] else ""
     print(f"registered {mv}: validation accuracy {m['validation']['accuracy']:.4f}{test}, "
-          f"{card['training']['seconds']:.0f}s; {card['fit']['verdict']} ({card['fit']['reason']}); "
+          f"{card['training']['seconds']:.0f}s on {device_label(card['training']['device'])}; "
+          f"{card['fit']['verdict']} ({card['fit']['reason']}); "
           f"{store.url(mv.prefix)}")
     if args.promote:
         promote(store, mv, args.promote)
@@ -279,14 +285,16 @@ def cmd_models_promote(args) -> None:
 
 def cmd_score(args) -> None:
     from batchml.cluster import connect
+    from batchml.device import device_label
     from batchml.scoring import ScoreConfig, score
 
     store = open_store(args)
     cfg = ScoreConfig(dataset=args.dataset, model=args.model, run_id=args.run_id, batch_size=args.batch_size,
                       max_error_ratio=args.max_error_ratio, images=args.images, partition_size=args.partition_size)
-    with connect(cluster_config(args)) as client:
+    with connect(cluster_config(args), verbose=not args.quiet) as client:
         m = score(client, store, cfg, verbose=not args.quiet)
     rate = f" at {m['images_per_second']:,.0f} images/s" if m.get("images_per_second") else ""
+    rate += f" on {', '.join(device_label(d) for d in m['devices'])}" if m.get("devices") else ""
     print(f"run {m['run_id']} committed: {m['rows']:,} predictions, {m['errors']} errors, "
           f"model {m['model_version']}{rate}; {store.url('runs/' + m['run_id'])}")
 

@@ -1,30 +1,33 @@
-"""The one place batchml connects to Dask (DESIGN.md, "Compute").
+"""The one place batchml connects to Dask.
 
 - a scheduler address given: connect to it (TLS when certificates are given);
-- otherwise, GPUs visible: ``dask_cuda.LocalCUDACluster``, one worker per GPU, each
-  pinned to its own device;
+- otherwise, GPUs visible: one worker per GPU, each owning its device and advertising the
+  Dask resource ``GPU=1``: ``dask_cuda.LocalCUDACluster`` where dask-cuda is installed,
+  else worker processes pinned to GPU i by ``CUDA_VISIBLE_DEVICES``;
 - otherwise: ``distributed.LocalCluster`` with worker processes on the CPU.
 
-Every worker then sets up its Keras backend once, through a worker plugin, before any
-batchml task imports Keras.
+Every worker then pins itself to its own GPU, picks its Keras backend and records where it
+computes, through a worker plugin, before it takes a batchml task; the client checks those
+records and warns (or, with ``require_gpu``, fails) when a worker that sees a GPU computes
+on its CPU.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
+import sys
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import dask
-from distributed import Client, LocalCluster, WorkerPlugin
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, WorkerPlugin
 from distributed.security import Security
 
-from batchml.backend import DEFAULT_BACKEND, configure_backend
+from batchml.backend import DEFAULT_BACKEND, configure_backend, own_gpu_only, pin_framework, visible_gpu_ids
 from batchml.errors import BatchmlError
 
 
@@ -35,11 +38,21 @@ class ClusterConfig:
     # tasks at a time per worker: one runs the model (Keras uses all its cores; batchml.device
     # keeps it to one) while the other reads, decodes and writes
     threads_per_worker: int = 2
-    backend: str = DEFAULT_BACKEND  # Keras backend on the workers
+    backend: str = DEFAULT_BACKEND  # Keras backend on the workers; auto: one that uses their GPU
     use_gpus: bool = True  # False: a CPU LocalCluster even where GPUs are visible
+    require_gpu: bool = False  # fail, rather than warn, when a worker computes on its CPU
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+
+
+# Dask resources: a GPU worker advertises GPU=1. Training takes the whole GPU; a scoring task
+# half, so two partitions of a run share a worker (one reads and decodes while the other holds
+# the device lock), and training never runs beside scoring.
+TRAIN_GPU_SHARE = 1.0
+SCORE_GPU_SHARE = 0.5
+
+_WORKER_DEVICE: dict | None = None  # set once per worker process by the plugin
 
 
 class KerasBackendPlugin(WorkerPlugin):
@@ -51,23 +64,69 @@ class KerasBackendPlugin(WorkerPlugin):
         self.backend = backend
 
     def setup(self, worker) -> None:
-        configure_backend(self.backend)
-        import keras  # noqa: F401  (seconds of framework import paid once at start-up, not by the first task)
+        setup_worker(self.backend)
 
 
-def count_gpus() -> int:
-    """GPUs this process may use, without importing a deep-learning framework."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return 0
-    if shutil.which("nvidia-smi") is None:
-        return 0
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    gpus = [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
-    return min(len(gpus), len(visible.split(","))) if visible else len(gpus)
+def setup_worker(backend: str) -> dict:
+    """Pin this worker to its own GPU (if it sees any), choose and import the Keras backend,
+    and record where it computes. Returns that record (``batchml.device.device_info`` plus
+    ``gpus_visible``, the GPUs the worker was given).
+
+    dask-cuda creates a CUDA context on the worker's own device before this runs, so the
+    narrowed ``CUDA_VISIBLE_DEVICES`` alone could come too late: ``pin_framework`` also
+    tells the framework to use device 0 of the rotated list, the worker's own.
+    """
+    global _WORKER_DEVICE
+    gpus = visible_gpu_ids()
+    if len(gpus) > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        warnings.warn(f"this worker sees {len(gpus)} GPUs and no CUDA_VISIBLE_DEVICES: it takes the first. "
+                      "Start one worker per GPU with `dask cuda worker` (dask-cuda) instead", stacklevel=2)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    own_gpu_only()
+    active = configure_backend(backend, gpu_visible=bool(gpus))
+    pin_framework(active)
+    import keras  # noqa: F401  (seconds of framework import paid once at start-up, not by the first task)
+
+    from batchml.device import device_info
+
+    _WORKER_DEVICE = {**device_info(), "gpus_visible": len(gpus)}
+    return _WORKER_DEVICE
+
+
+def worker_device() -> dict | None:
+    """Where this worker computes (``setup_worker``'s record); run on workers with ``client.run``."""
+    return _WORKER_DEVICE
+
+
+def check_devices(client: Client, require_gpu: bool = False) -> dict[str, dict]:
+    """Every worker's device record. A worker that sees GPUs but computes on its CPU is
+    warned about loudly; with ``require_gpu`` any worker on the CPU is an error."""
+    from batchml.device import cpu_fallback_warning
+
+    devices = {addr: info for addr, info in client.run(worker_device).items() if info}
+    for addr, info in sorted(devices.items()):
+        problem = cpu_fallback_warning(info, info["gpus_visible"])
+        if require_gpu and info["device"] != "gpu":
+            raise BatchmlError(f"--require-gpu: worker {addr} computes on the CPU "
+                               f"({problem or 'it sees no GPU: check nvidia-smi and CUDA_VISIBLE_DEVICES'})")
+        if problem:
+            print(f"batchml: WARNING: worker {addr}: {problem}", file=sys.stderr, flush=True)
+    return devices
+
+
+def gpu_resources(client: Client, share: float) -> dict[str, float] | None:
+    """``{"GPU": share}`` where the cluster's workers advertise GPUs (so GPU work waits for a
+    free one); None on CPU workers, which have no such resource to wait for."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return {"GPU": share} if any("GPU" in (w.get("resources") or {}) for w in workers) else None
+
+
+def describe(devices: dict[str, dict]) -> str:
+    """``2 worker(s): gpu NVIDIA H200 (jax) x 2``."""
+    from batchml.device import device_label
+
+    kinds = Counter(device_label(d) for d in devices.values())
+    return f"{len(devices)} worker(s): " + ", ".join(f"{k} x {n}" for k, n in sorted(kinds.items()))
 
 
 def _security(cfg: ClusterConfig) -> Security | None:
@@ -81,7 +140,7 @@ def _security(cfg: ClusterConfig) -> Security | None:
     )
 
 
-def _worker_environ(workers: int) -> dict[str, str]:
+def _worker_environ(workers: int, hide_gpus: bool) -> dict[str, str]:
     """Environment for local worker processes, on top of Dask's own."""
     n = str(max(1, (os.cpu_count() or 1) // workers))
     return {
@@ -93,38 +152,60 @@ def _worker_environ(workers: int) -> dict[str, str]:
         # (glibc's default once such a block was freed) they fragment it and the worker grows
         # with every partition (measured: 950 MB after 40,000 images, 3,060 MB after 200,000)
         "MALLOC_MMAP_THRESHOLD_": "1048576",
+        **({"CUDA_VISIBLE_DEVICES": ""} if hide_gpus else {}),  # --cpu: CPU workers, truly
     }
 
 
-def _local_cluster(cfg: ClusterConfig):
-    gpus = count_gpus() if cfg.use_gpus else 0
-    cuda_cluster = None
-    if gpus:
-        try:
-            import dask_cuda
+def local_workers(cfg: ClusterConfig, gpu_ids: list[str]) -> int:
+    """How many local workers: one per GPU by default; never more than the GPUs (a GPU
+    worker owns its device), and at least one."""
+    if cfg.workers is not None and cfg.workers < 1:
+        raise BatchmlError(f"--workers {cfg.workers}: a cluster needs at least one worker")
+    if cfg.require_gpu and not gpu_ids:
+        raise BatchmlError("--require-gpu: no GPU is visible here (nvidia-smi lists none, or CUDA_VISIBLE_DEVICES "
+                           "hides them); run on a GPU machine, or drop --require-gpu to use CPU workers")
+    if gpu_ids and cfg.workers and cfg.workers > len(gpu_ids):
+        raise BatchmlError(f"--workers {cfg.workers}: this machine shows {len(gpu_ids)} GPU(s) and each GPU worker "
+                           f"owns one; use --workers {len(gpu_ids)} or fewer, or --cpu for CPU workers")
+    return cfg.workers or len(gpu_ids) or 1
 
-            cuda_cluster = dask_cuda.LocalCUDACluster
-        except ImportError:
-            warnings.warn(
-                f"{gpus} GPU(s) visible but dask-cuda is not installed "
-                "(pip install 'batchml[gpu]'); using CPU workers",
-                stacklevel=3,
-            )
-    workers = cfg.workers or (gpus if cuda_cluster else 1)
+
+def pinned_gpu_specs(gpu_ids: list[str], threads: int) -> dict[str, dict]:
+    """Worker specs without dask-cuda: worker i sees GPU i alone and advertises GPU=1."""
+    return {f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": threads, "resources": {"GPU": 1},
+                                                       "env": {"CUDA_VISIBLE_DEVICES": gpu}}}
+            for gpu in gpu_ids}
+
+
+def _local_cluster(cfg: ClusterConfig):
+    gpu_ids = visible_gpu_ids() if cfg.use_gpus else []
+    workers = local_workers(cfg, gpu_ids)
+    gpu_ids = gpu_ids[:workers]
+    common = {"dashboard_address": ":0", "silence_logs": logging.WARNING}
     # The workers' statistical profiler samples every thread's stack many times a second:
     # on a couple of cores that is CPU and GIL time taken from the model.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(workers),
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(workers, not cfg.use_gpus),
                           "distributed.worker.profile.enabled": False}):
-        if cuda_cluster:  # one worker per GPU, each pinned to its device by CUDA_VISIBLE_DEVICES
-            return cuda_cluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, dashboard_address=":0",
-                                silence_logs=logging.WARNING)
-        return LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                            dashboard_address=":0", silence_logs=logging.WARNING)
+        if not gpu_ids:
+            return LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, processes=True,
+                                **common)
+        try:
+            import dask_cuda
+        except ImportError:
+            warnings.warn(f"{len(gpu_ids)} GPU(s) visible but dask-cuda is not installed (pip install "
+                          "'batchml[gpu]'): workers are pinned one per GPU without its CPU affinity", stacklevel=3)
+            return SpecCluster(workers=pinned_gpu_specs(gpu_ids, cfg.threads_per_worker),
+                               scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+                               silence_logs=logging.WARNING)
+        # dask-cuda gives worker i the rotated list (its own GPU first) and its CPU affinity
+        return dask_cuda.LocalCUDACluster(n_workers=workers, CUDA_VISIBLE_DEVICES=gpu_ids,
+                                          threads_per_worker=cfg.threads_per_worker, resources={"GPU": 1}, **common)
 
 
 @contextmanager
-def connect(cfg: ClusterConfig) -> Iterator[Client]:
-    """A Dask client for ``cfg``, with the Keras backend plugin on every worker."""
+def connect(cfg: ClusterConfig, verbose: bool = False) -> Iterator[Client]:
+    """A Dask client for ``cfg``, with every worker set up by the Keras backend plugin and
+    its device checked (``check_devices``)."""
     cluster = None
     try:
         if cfg.scheduler:
@@ -142,6 +223,9 @@ def connect(cfg: ClusterConfig) -> Iterator[Client]:
         ) from exc
     try:
         client.register_plugin(KerasBackendPlugin(cfg.backend))
+        devices = check_devices(client, cfg.require_gpu)
+        if verbose:
+            print(f"cluster: {describe(devices)}; Dask dashboard {client.dashboard_link}", file=sys.stderr, flush=True)
         yield client
     finally:
         client.close()

@@ -39,7 +39,7 @@ def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[dict
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     reports = []
-    with connect(cluster) as client:
+    with connect(cluster, verbose=True) as client:
         tcfg = TrainConfig(dataset="cifar10-train", test_dataset="cifar10-test", epochs=cfg.epochs)
         mv, card = train(client, store, tcfg)
         promote(store, mv, "production")

@@ -8,6 +8,7 @@ inference without two models fighting over the same cores or GPU memory.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 
@@ -27,22 +28,70 @@ def device_lock() -> threading.Lock:
     return _LOCK
 
 
-def has_gpu() -> bool:
-    """Whether the active Keras backend computes on a GPU in this process."""
-    import keras
+_INFO: dict | None = None
 
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
 
-        return jax.default_backend() == "gpu"
-    if backend == "torch":
-        import torch
+def device_info() -> dict:
+    """Where this process computes: Keras backend, device kind (``gpu`` or ``cpu``), device
+    name (``NVIDIA H200``, ``cpu``) and framework versions. Asked once per process; imports
+    the framework, so call it only where the model runs."""
+    global _INFO
+    if _INFO is None:
+        import keras
 
-        return torch.cuda.is_available()
+        backend = keras.backend.backend()
+        name, versions = _FRAMEWORKS[backend]()
+        _INFO = {"backend": backend, "device": "cpu" if name == "cpu" else "gpu", "device_name": name,
+                 "versions": {"keras": keras.__version__, **versions},
+                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return _INFO
+
+
+def _jax_device() -> tuple[str, dict]:
+    import jax
+    import jaxlib
+
+    d = jax.devices()[0]
+    return ("cpu" if d.platform == "cpu" else d.device_kind), {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+
+
+def _torch_device() -> tuple[str, dict]:
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    return (torch.cuda.get_device_name(torch.cuda.current_device()) if on_gpu else "cpu"), \
+        {"torch": torch.__version__, "cuda": torch.version.cuda}
+
+
+def _tensorflow_device() -> tuple[str, dict]:
     import tensorflow as tf
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    gpus = tf.config.list_physical_devices("GPU")
+    name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu") if gpus else "cpu"
+    return name, {"tensorflow": tf.__version__}
+
+
+_FRAMEWORKS = {"jax": _jax_device, "torch": _torch_device, "tensorflow": _tensorflow_device}
+
+
+def device_label(info: dict) -> str:
+    """``gpu NVIDIA H200 (jax)`` or ``cpu (tensorflow)``."""
+    where = f"gpu {info['device_name']}" if info["device"] == "gpu" else "cpu"
+    return f"{where} ({info['backend']})"
+
+
+def has_gpu() -> bool:
+    """Whether the active Keras backend computes on a GPU in this process."""
+    return device_info()["device"] == "gpu"
+
+
+def cpu_fallback_warning(info: dict, gpus_visible: int) -> str | None:
+    """The warning for a process that sees GPUs but computes on its CPU, naming the fix."""
+    if not gpus_visible or info["device"] == "gpu":
+        return None
+    return (f"{gpus_visible} GPU(s) visible, but Keras computes on the CPU with backend {info['backend']!r}: "
+            "install a GPU backend (pip install 'batchml[gpu]', JAX with CUDA) and use --backend auto or jax; "
+            "--require-gpu makes this an error")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

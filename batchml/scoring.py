@@ -13,6 +13,7 @@ killed job never duplicates a row, and a committed run is never written again.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -26,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchml import datasets, failures, inputs
-from batchml.device import device_lock, predict_fitting, start_batch
+from batchml.device import device_info, device_lock, predict_fitting, start_batch
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing, decode_images
 from batchml.progress import Progress
@@ -149,12 +150,16 @@ def _check_same_run(run: dict, dataset: str, run_id: str) -> None:
 def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int, verbose: bool) -> None:
     from distributed import as_completed
 
+    from batchml.cluster import SCORE_GPU_SHARE, gpu_resources
+
     progress = Progress(f"score {spec.run_id}", total=total, unit="partitions", enabled=verbose)
     progress.done = total - len(todo)
     if not todo:
         return
     attempt = uuid.uuid4().hex[:8]  # task keys must not collide with a previous attempt's
-    futures = [client.submit(score_partition, spec, name, files, key=f"score-{spec.run_id}-{name}-{attempt}")
+    resources = gpu_resources(client, SCORE_GPU_SHARE)
+    futures = [client.submit(score_partition, spec, name, files, key=f"score-{spec.run_id}-{name}-{attempt}",
+                             resources=resources)
                for name, files in todo.items()]
     rows = 0
     try:
@@ -189,6 +194,9 @@ def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list
         "errors": errors,
         "labelled": sum(p["stats"]["labelled"] for p in parts),
         "batch_sizes_used": sorted({p["batch_size"] for p in parts if p.get("batch_size")}),
+        # where the partitions were computed: backend, device kind and name, framework versions
+        "devices": [json.loads(d) for d in sorted({json.dumps(p["device"], sort_keys=True) for p in parts
+                                                   if p.get("device")})],
         "partitions": [{k: p.get(k) for k in ("partition", "rows", "errors", "batch_size", "seconds", "worker")}
                        for p in parts],
         "wall_seconds": round(wall, 3),
@@ -280,6 +288,7 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
         "stats": stats.to_dict(),
         "seconds": timer.laps,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "device": device_info(),
     }
     store.write_json(f"{prefix}/stats/{stats_name(partition)}", record)  # last: the partition is done
     return record

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from batchml import datasets
+from batchml.cluster import TRAIN_GPU_SHARE, gpu_resources
 from batchml.device import device_lock
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
@@ -100,7 +101,8 @@ def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
     # ties go to the lowest trial number, whatever order the trials finished in
     best = max(sorted(rows, key=lambda r: r["trial"]), key=lambda r: r["validation_accuracy"])
     trial_cfg = replace(base, **points[best["trial"]])
-    card = client.submit(register_trial_task, store.config, trial_cfg, sweep_id, best["trial"], pure=False).result()
+    card = client.submit(register_trial_task, store.config, trial_cfg, sweep_id, best["trial"], pure=False,
+                         resources=gpu_resources(client, TRAIN_GPU_SHARE)).result()
     mv = ModelVersion(card["name"], card["version"])
     for r in rows:  # the losers' models go; their rows stay
         if r["trial"] != best["trial"]:
@@ -117,13 +119,15 @@ def _run_trials(client, store: Store, base: TrainConfig, sweep_id: str, points: 
     """Yield trial rows as they finish, with at most one trial per worker in flight."""
     from distributed import as_completed
 
-    slots = max(1, len(client.scheduler_info()["workers"]))
+    slots = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+    resources = gpu_resources(client, TRAIN_GPU_SHARE)  # one trial per GPU: trials spread over the GPUs
     queue = list(todo)
     pending = as_completed()
 
     def submit_next() -> None:
         i = queue.pop(0)
-        pending.add(client.submit(trial_task, store.config, replace(base, **points[i]), sweep_id, i, pure=False))
+        pending.add(client.submit(trial_task, store.config, replace(base, **points[i]), sweep_id, i, pure=False,
+                                  resources=resources))
 
     for _ in range(min(slots, len(queue))):
         submit_next()

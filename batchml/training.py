@@ -7,14 +7,16 @@ The task sends progress events (topic ``batchml-train``) that the client prints.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 
 import numpy as np
 
 from batchml import datasets
+from batchml.backend import count_gpus
 from batchml.calibration import fit_temperature, nll
-from batchml.device import device_lock
+from batchml.device import cpu_fallback_warning, device_info, device_lock
 from batchml.diagnostics import fit_verdict
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing
@@ -62,7 +64,10 @@ def train(client, store: Store, cfg: TrainConfig, verbose: bool = True) -> tuple
     if verbose:
         client.subscribe_topic(TRAIN_TOPIC, _print_event)
     try:
-        future = client.submit(train_task, store.config, cfg, pure=False)
+        from batchml.cluster import TRAIN_GPU_SHARE, gpu_resources
+
+        future = client.submit(train_task, store.config, cfg, pure=False,
+                               resources=gpu_resources(client, TRAIN_GPU_SHARE))
         card = future.result()
     finally:
         if verbose:
@@ -148,11 +153,14 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
         metrics=["accuracy"],
     )
     started = time.perf_counter()
+    progress = _progress_callback(recipe.epochs)
     # validation in batches of the training size: one more compiled step shape, not two
     history = trunk.fit(batches, validation_data=(x[val], onehot[y[val]]), epochs=recipe.epochs, verbose=0,
-                        validation_batch_size=recipe.batch_size,
-                        callbacks=[_progress_callback(recipe.epochs), *callbacks])
+                        validation_batch_size=recipe.batch_size, callbacks=[progress, *callbacks])
     seconds = time.perf_counter() - started
+    problem = cpu_fallback_warning(device_info(), count_gpus())
+    if problem:
+        warnings.warn(f"training {cfg.name}: {problem}", stacklevel=2)
     model = with_tta(trunk, recipe.tta)
 
     val_probs = model.predict(x[val], batch_size=512, verbose=0)
@@ -174,7 +182,10 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
             "learning_rate_used": rate,
             "backend": keras.backend.backend(),
             "keras_version": keras.__version__,
+            "device": device_info(),  # backend, device kind and name (NVIDIA H200, cpu), framework versions
             "seconds": round(seconds, 2),
+            # per epoch, validation included; on JAX the first also compiles the training step
+            "epoch_seconds": [round(t, 3) for t in progress.epoch_seconds],
             "epochs_run": len(curves["loss"]),  # fewer than asked if a callback stopped it
             "images_per_second": round(len(curves["loss"]) * int((~val).sum()) / seconds, 1),
             "train_rows": int((~val).sum()),
@@ -271,6 +282,7 @@ def _progress_callback(epochs: int):
         def __init__(self, epochs: int) -> None:
             super().__init__()
             self.epochs = epochs
+            self.epoch_seconds: list[float] = []
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch, self.start = epoch + 1, time.perf_counter()
@@ -282,9 +294,10 @@ def _progress_callback(epochs: int):
                 _emit({"stage": "batch", "epoch": self.epoch, "epochs": self.epochs, "batch": batch + 1})
 
         def on_epoch_end(self, epoch, logs=None):
+            self.epoch_seconds.append(time.perf_counter() - self.start)
             _emit({
                 "stage": "epoch", "epoch": epoch + 1, "epochs": self.epochs,
-                "seconds": time.perf_counter() - self.start,
+                "seconds": self.epoch_seconds[-1],
                 "logs": {k: float(v) for k, v in (logs or {}).items()},
             })
 

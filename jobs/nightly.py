@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         store = open_store(args)
         cfg = ScoreConfig(dataset, args.model, run_id, batch_size=args.batch_size,
                           max_error_ratio=args.max_error_ratio, images=images)
-        with connect(cluster_config(args)) as client:
+        with connect(cluster_config(args), verbose=not args.quiet) as client:
             manifest = score(client, store, cfg, verbose=not args.quiet)
         report = monitor_run(store, manifest["run_id"])
     except BatchmlError as exc:
