@@ -3,6 +3,7 @@ real. ``pytest -k "gpu or cuda or pin"`` runs these."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -196,3 +197,20 @@ def test_gpu_extras_resolve_on_linux_x86_64(extra, python, tmp_path):
     lock = (tmp_path / "lock.txt").read_text()
     cuda = "cu12" if extra == "gpu-cu12" else "cu13"
     assert "dask-cuda==" in lock and f"jax-cuda{cuda[2:]}-plugin==" in lock and "cuda-core" in lock
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_in_its_reduced_cpu_mode(image_folders, tmp_path):
+    """benchmarks/gpu_check.py end to end on CPU workers and tiny data, so it never rots."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--small", "--source",
+                          str(image_folders), "--root", str(tmp_path / "store"), "--out", str(tmp_path / "f.json")],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures == json.loads((tmp_path / "f.json").read_text())
+    assert figures["worker_device"]["device"] == "cpu" and figures["manifest_device_names"] == ["cpu"]
+    assert figures["score_images"] == 600 and figures["bare_images_per_s"] > 0 and figures["score_images_per_s"] > 0
+    assert figures["framework_devices_per_worker"] == [1] and "airbench_skipped" in figures
+    assert set(figures["targets"]) == {"one_process_per_gpu", "accuracy_within_0.5_points_of_airbench94",
+                                       "train_time_at_most_3x_airbench94", "score_at_least_0.8x_bare",
+                                       "card_and_manifest_name_the_gpu"}
