@@ -19,10 +19,21 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 BACKENDS = ("auto", "tensorflow", "jax", "torch")
 DEFAULT_BACKEND = "auto"
+# what the frameworks' C++ start-up prints straight to stderr, below any Python logging setting
+STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
+    "This TensorFlow binary is optimized", "To enable the following instructions",
+    "Unable to register cuDNN factory", "Unable to register cuFFT factory", "Unable to register cuBLAS factory",
+    "computation placer already registered", "Could not find cuda drivers", "TF-TRT Warning",
+    "failed call to cuInit",
+)
 
 
 def visible_gpu_ids() -> list[str]:
@@ -125,3 +136,31 @@ def pin_framework(backend: str) -> None:
         if torch.cuda.is_available():
             torch.cuda.set_device(0)
     # JAX: JAX_CUDA_VISIBLE_DEVICES, set by own_gpu_only before JAX starts
+
+
+@contextmanager
+def filtered_stderr(noise: tuple[str, ...] = STARTUP_NOISE) -> Iterator[None]:
+    """Hold what is written to file descriptor 2 (C++ and Python alike) and pass on every
+    line but the start-up noise: real warnings still show, after the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
+                    if not any(n in line for n in noise)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+
+
+def import_keras():
+    """``import keras`` (and its framework) without the framework's start-up chatter."""
+    with filtered_stderr():
+        import keras
+    return keras

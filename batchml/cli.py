@@ -13,6 +13,7 @@ import os
 import sys
 
 from batchml.backend import BACKENDS, DEFAULT_BACKEND, configure_backend
+from batchml.demo import DemoConfig
 from batchml.errors import BatchmlError
 from batchml.recipes import ACTIVATIONS, TTA_MODES, TUNABLE
 from batchml.store import DEFAULT_ROOT, Store, StoreConfig
@@ -171,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("demo", parents=[store, cluster], help="the whole flow on real CIFAR-10")
     p.add_argument("--source", help="CIFAR-10 source (default ../shared/data/cifar10-jpeg.tar.gz if present)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--nights", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=DemoConfig.epochs,
+                   help="fast-net epochs (default %(default)s: about 0.87 test accuracy in 7 minutes on 2 cores)")
+    p.add_argument("--night-size", type=int, default=DemoConfig.night_size, help="images per simulated night")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -322,10 +324,10 @@ def cmd_dashboard(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from batchml.demo import DemoConfig, run_demo
+    from batchml.demo import run_demo
 
     run_demo(open_store(args), cluster_config(args),
-             DemoConfig(source=args.source, epochs=args.epochs, nights=args.nights))
+             DemoConfig(source=args.source, epochs=args.epochs, night_size=args.night_size))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,15 @@ import dask
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, WorkerPlugin
 from distributed.security import Security
 
-from batchml.backend import DEFAULT_BACKEND, configure_backend, own_gpu_only, pin_framework, visible_gpu_ids
+from batchml.backend import (
+    DEFAULT_BACKEND,
+    configure_backend,
+    filtered_stderr,
+    import_keras,
+    own_gpu_only,
+    pin_framework,
+    visible_gpu_ids,
+)
 from batchml.errors import BatchmlError
 
 
@@ -84,8 +92,9 @@ def setup_worker(backend: str) -> dict:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     own_gpu_only()
     active = configure_backend(backend, gpu_visible=bool(gpus))
-    pin_framework(active)
-    import keras  # noqa: F401  (seconds of framework import paid once at start-up, not by the first task)
+    with filtered_stderr():  # pinning imports the framework: its start-up chatter stays out of the job's log
+        pin_framework(active)
+    import_keras()  # seconds of framework import paid once at start-up, not by the first task
 
     from batchml.device import device_info
 

@@ -58,7 +58,7 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
         raise _conflict(store, dataset, old, f"classes {opened.classes}")
     old_parts = {p["name"]: p for p in old["partitions"]} if old else {}
 
-    progress = Progress(f"ingest {dataset}", unit="images", enabled=verbose)
+    progress = Progress(f"ingest {dataset}", total=opened.total, unit="images", enabled=verbose)
     parts, written = [], 0
     for index, chunk in enumerate(_chunks(opened.images, partition_size)):
         table = _partition_table(chunk)
@@ -79,6 +79,7 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
     if not parts:
         raise BatchmlError(f"{opened.description} holds no images")
     progress.say(f"{len(parts)} partitions, done")
+    progress.close()
     if old is not None and len(parts) != len(old["partitions"]):
         raise _conflict(store, dataset, old, f"{len(parts)} partitions")
 

@@ -152,9 +152,10 @@ def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int,
 
     from batchml.cluster import SCORE_GPU_SHARE, gpu_resources
 
-    progress = Progress(f"score {spec.run_id}", total=total, unit="partitions", enabled=verbose)
-    progress.done = total - len(todo)
+    progress = Progress(f"score {spec.run_id}", total=total, unit="partitions", enabled=verbose,
+                        done=total - len(todo))
     if not todo:
+        progress.close()
         return
     attempt = uuid.uuid4().hex[:8]  # task keys must not collide with a previous attempt's
     resources = gpu_resources(client, SCORE_GPU_SHARE)
@@ -169,6 +170,8 @@ def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int,
     except BaseException:
         client.cancel(futures)  # stop the rest: the run stays uncommitted, a rerun resumes it
         raise
+    finally:
+        progress.close()
 
 
 def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list[str],

@@ -46,6 +46,7 @@ class Source:
     description: str
     classes: list[str]
     images: Iterator[SourceImage]
+    total: int | None = None  # how many images, where known before reading them (for progress)
 
 
 def find_source() -> str:
@@ -137,7 +138,7 @@ def _class_folders(root: Path, split: str, classes: list[str] | None) -> Source:
                 raise BatchmlError(f"cannot read image {path}: {exc}") from exc
             yield _record(parts, split, data, names)
 
-    return Source(f"class folders in {root} (split {split})", names, images())
+    return Source(f"class folders in {root} (split {split})", names, images(), len(chosen))
 
 
 def _open_tar(path: Path, split: str, classes: list[str] | None) -> Source:
@@ -155,12 +156,13 @@ def _open_tar(path: Path, split: str, classes: list[str] | None) -> Source:
             for member, parts in chosen:  # archive order: one pass over the compressed stream
                 yield _record(parts, split, tar.extractfile(member).read(), names)
 
-    return Source(f"{path} (split {split})", names, images())
+    return Source(f"{path} (split {split})", names, images(), len(chosen))
 
 
 # -- official CIFAR-10 python batches --------------------------------------------------
 
 _BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CIFAR_BATCH_SIZE = 10_000  # images in each official batch
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -222,7 +224,8 @@ def _cifar_batches_from_dir(folder: Path, split: str) -> Source:
             batch = _unpickle((folder / name).read_bytes(), str(folder / name))
             yield from _batch_images(batch, name, split)
 
-    return Source(f"CIFAR-10 python batches in {folder} (split {split})", _cifar_classes(meta), images())
+    return Source(f"CIFAR-10 python batches in {folder} (split {split})", _cifar_classes(meta), images(),
+                  CIFAR_BATCH_SIZE * len(_BATCHES[split]))
 
 
 def _cifar_batches_from_tar(tar: tarfile.TarFile, members: list, split: str, where: str) -> Source:
@@ -241,7 +244,8 @@ def _cifar_batches_from_tar(tar: tarfile.TarFile, members: list, split: str, whe
             for name in _BATCHES[split]:
                 yield from _batch_images(read(name), name, split)
 
-    return Source(f"CIFAR-10 python batches in {where} (split {split})", classes, images())
+    return Source(f"CIFAR-10 python batches in {where} (split {split})", classes, images(),
+                  CIFAR_BATCH_SIZE * len(_BATCHES[split]))
 
 
 def _keras_cifar10(split: str) -> Source:
@@ -263,4 +267,5 @@ def _keras_cifar10(split: str) -> Source:
         f"Keras CIFAR-10 download (split {split})",
         list(CIFAR10_CLASSES),
         _batch_images(batch, "keras", split),
+        len(x),
     )

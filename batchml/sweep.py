@@ -90,13 +90,14 @@ def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
 
     rows = read_trials(store, sweep_id)
     todo = [i for i in range(len(points)) if i not in {r["trial"] for r in rows}]
-    progress = Progress(f"sweep {sweep_id}", total=len(points), unit="trials", enabled=verbose)
-    progress.done = len(points) - len(todo)
+    progress = Progress(f"sweep {sweep_id}", total=len(points), unit="trials", enabled=verbose,
+                        done=len(points) - len(todo))
     for row in _run_trials(client, store, base, sweep_id, points, todo):
         rows.append(row)
         store.write_parquet(f"{prefix}/trials.parquet", _table(rows))
         progress.update(1, f"trial {row['trial']}: validation accuracy {row['validation_accuracy']:.4f} "
                            f"in {row['seconds']:.0f}s {json.loads(row['params'])}")
+    progress.close()
 
     # ties go to the lowest trial number, whatever order the trials finished in
     best = max(sorted(rows, key=lambda r: r["trial"]), key=lambda r: r["validation_accuracy"])

@@ -20,6 +20,7 @@ from batchml.device import cpu_fallback_warning, device_info, device_lock
 from batchml.diagnostics import fit_verdict
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing
+from batchml.progress import Progress
 from batchml.recipes import TUNABLE, Recipe, recipe_for
 from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, load_model, model_bytes, read_card, register, resolve
 from batchml.stats import PartitionStats, scale_temperature
@@ -60,18 +61,20 @@ class TrainConfig:
 
 def train(client, store: Store, cfg: TrainConfig, verbose: bool = True) -> tuple[ModelVersion, dict]:
     """Run ``train_task`` on one worker of ``client``, printing its progress events."""
-    cfg = check(store, cfg)
-    if verbose:
-        client.subscribe_topic(TRAIN_TOPIC, _print_event)
-    try:
-        from batchml.cluster import TRAIN_GPU_SHARE, gpu_resources
+    from batchml.cluster import TRAIN_GPU_SHARE, gpu_resources
 
+    cfg = check(store, cfg)
+    progress = Progress(f"train {cfg.name}", total=cfg.recipe().epochs, unit="epochs", enabled=verbose)
+    if verbose:
+        client.subscribe_topic(TRAIN_TOPIC, lambda event: _show_event(event, progress))
+    try:
         future = client.submit(train_task, store.config, cfg, pure=False,
                                resources=gpu_resources(client, TRAIN_GPU_SHARE))
         card = future.result()
     finally:
         if verbose:
             client.unsubscribe_topic(TRAIN_TOPIC)
+        progress.close()
     return ModelVersion(card["name"], card["version"]), card
 
 
@@ -258,6 +261,17 @@ def _emit(msg: dict) -> None:
 
         get_worker().log_event(TRAIN_TOPIC, msg)
     except (ValueError, ImportError):
+        _print_event(msg)
+
+
+def _show_event(event, progress: Progress) -> None:
+    """Epochs advance the client's progress bar (or line); other events are printed."""
+    msg = event[1] if isinstance(event, tuple) else event
+    if msg.get("stage") == "epoch":
+        progress.update(1, "  ".join(f"{k} {v:.4f}" for k, v in msg["logs"].items()))
+    elif msg.get("stage") == "batch":
+        progress.say(f"epoch {msg['epoch']} batch {msg['batch']}")
+    else:
         _print_event(msg)
 
 

@@ -75,8 +75,10 @@ def test_every_verb_end_to_end(root, cifar_slice):
     assert '"version": "v1"' in batchml("models", "show", "production", *r, env=env).stdout
     assert "staging -> cifar10/v1" in batchml("models", "promote", "v1", "--alias", "staging", *r, env=env).stdout
 
-    out = batchml("score", "--dataset", "c-test", "--run-id", "night-1", "--workers", "2", *r, env=env).stdout
-    assert "run night-1 committed: 100 predictions" in out
+    scored = batchml("score", "--dataset", "c-test", "--run-id", "night-1", "--workers", "2", *r, env=env)
+    assert "run night-1 committed: 100 predictions" in scored.stdout and "on cpu (tensorflow)" in scored.stdout
+    assert "cluster: 2 worker(s): cpu (tensorflow) x 2; Dask dashboard http://" in scored.stderr
+    assert "oneDNN" not in scored.stderr and "absl::InitializeLog" not in scored.stderr  # quiet workers
     assert "already committed" in batchml("score", "--dataset", "c-test", "--run-id", "night-1", *r, env=env).stdout
 
     raw = f"{url}/incoming"  # raw files under a prefix, scored without an ingest
@@ -101,14 +103,15 @@ def test_every_verb_end_to_end(root, cifar_slice):
 
 def test_demo_commits_two_runs_that_duckdb_reads(tmp_path, cifar_slice):
     url = str(tmp_path / "store")
-    out = batchml("demo", "--source", str(cifar_slice), "--epochs", "1", "--nights", "2", "--root", url).stdout
-    runs = re.findall(r"demo: run (\S+): 100 rows", out)
-    assert len(runs) == 2
+    out = batchml("demo", "--source", str(cifar_slice), "--epochs", "1", "--root", url).stdout
+    runs = re.findall(r"demo: night \d \([^)]*\): run (\S+): (\d+) rows", out)
+    assert [int(n) for _, n in runs] == [100, 33]  # all 100 test images; cat 10 of 33 instead of 10 of 100
     con = duckdb.connect()
     files = f"'{url}/runs/*/predictions/*.parquet'"
-    assert con.execute(f"SELECT count(*), count(DISTINCT run_id) FROM {files}").fetchall() == [(200, 2)]
-    per_run = con.execute(f"SELECT count(DISTINCT image_id) FROM {files} GROUP BY run_id").fetchall()
-    assert per_run == [(100,), (100,)]
+    assert con.execute(f"SELECT count(*), count(DISTINCT run_id) FROM {files}").fetchall() == [(133, 2)]
+    per_run = con.execute(f"SELECT count(DISTINCT image_id) FROM {files} GROUP BY run_id ORDER BY 1").fetchall()
+    assert per_run == [(33,), (100,)]
+    assert f"batchml dashboard --root {url}" in out
 
 
 @pytest.mark.parametrize(
