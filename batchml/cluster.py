@@ -40,6 +40,8 @@ class ClusterConfig:
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    # a local cluster's Dask dashboard shows worker logs and task stacks without login: loopback only
+    dashboard_address: str = "127.0.0.1:0"
 
 
 class KerasBackendPlugin(WorkerPlugin):
@@ -116,10 +118,10 @@ def _local_cluster(cfg: ClusterConfig):
     with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(workers),
                           "distributed.worker.profile.enabled": False}):
         if cuda_cluster:  # one worker per GPU, each pinned to its device by CUDA_VISIBLE_DEVICES
-            return cuda_cluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, dashboard_address=":0",
-                                silence_logs=logging.WARNING)
+            return cuda_cluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker,
+                                dashboard_address=cfg.dashboard_address, silence_logs=logging.WARNING)
         return LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                            dashboard_address=":0", silence_logs=logging.WARNING)
+                            dashboard_address=cfg.dashboard_address, silence_logs=logging.WARNING)
 
 
 @contextmanager
