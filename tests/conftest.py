@@ -263,6 +263,7 @@ class FaultyS3Proxy:
         handler = type("Relay", (_Relay,), {"proxy": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
+        self._server.handle_error = lambda request, address: None  # a client killed mid-request is expected
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
