@@ -23,6 +23,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 BACKENDS = ("auto", "tensorflow", "jax", "torch")
 DEFAULT_BACKEND = "auto"
@@ -59,7 +60,16 @@ def count_gpus() -> int:
 
 
 def installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False
+
+
+def torch_has_cuda() -> bool:
+    """Whether the installed PyTorch is a CUDA build (its CUDA library ships beside it)."""
+    spec = importlib.util.find_spec("torch") if installed("torch") else None
+    return bool(spec and spec.origin) and any((Path(spec.origin).parent / "lib").glob("libtorch_cuda*"))
 
 
 def jax_has_cuda() -> bool:
@@ -74,11 +84,11 @@ def resolve_backend(requested: str, gpu_visible: bool) -> str:
         raise ValueError(f"unknown Keras backend {requested!r}: use one of {', '.join(BACKENDS)}")
     if requested != "auto":
         return requested
-    if gpu_visible:
+    if gpu_visible:  # without a GPU build of either, the device check warns and names the fix
         if jax_has_cuda():
             return "jax"
-        if installed("torch"):
-            return "torch"  # a CPU build of torch is caught by the device check, which names the fix
+        if torch_has_cuda():
+            return "torch"
     for backend in ("tensorflow", "jax", "torch"):
         if installed(backend):
             return backend

@@ -2,7 +2,8 @@
 
 Environment read here, and only here: ``BATCHML_ROOT`` (default store),
 ``BATCHML_STORAGE_OPTIONS`` (JSON fsspec options), ``AWS_ENDPOINT_URL`` (S3 endpoint)
-and ``KERAS_BACKEND``. Exit codes: 0 ok, 1 an alert of severity error, 2 an error.
+and ``KERAS_BACKEND``. Exit codes: 0 ok, 1 an alert of severity error, 2 an error (a
+clear message for a ``BatchmlError``, the traceback for anything unexpected), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import json
 import os
 import sys
+import traceback
+from datetime import date
 
 from batchml.backend import BACKENDS, DEFAULT_BACKEND, configure_backend
 from batchml.demo import DemoConfig
@@ -29,6 +32,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("batchml: interrupted; nothing partial was committed", file=sys.stderr)
         return 130
+    except Exception:  # a crash is a failure (2), never mistaken for an alert (1)
+        return unexpected("batchml")
+
+
+def unexpected(prog: str) -> int:
+    """Exit code 2 for an exception batchml did not foresee, with its traceback for the log."""
+    traceback.print_exc()
+    print(f"{prog}: unexpected error (the traceback above); nothing partial was committed. "
+          "Rerun to resume; report it if it repeats.", file=sys.stderr)
+    return 2
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def iso_date(flag: str, text: str | None) -> str | None:
+    """A ``YYYY-MM-DD`` flag value, or a clear error (a word like 'yesterday' would match nothing)."""
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise BatchmlError(f"{flag} {text!r} is not a date: use YYYY-MM-DD, e.g. {flag} 2026-11-01") from None
 
 
 # -- arguments ---------------------------------------------------------------------------------
@@ -49,7 +83,8 @@ def cluster_arguments() -> argparse.ArgumentParser:
     """Where the Dask work runs: an existing scheduler, or a local cluster."""
     cluster = argparse.ArgumentParser(add_help=False)
     cluster.add_argument("--scheduler", help="existing Dask scheduler, tcp://host:8786 or tls://...")
-    cluster.add_argument("--workers", type=int, help="local cluster: worker processes (default one per GPU, else 1)")
+    cluster.add_argument("--workers", type=positive,
+                         help="local cluster: worker processes (default one per GPU, else 1)")
     cluster.add_argument("--threads-per-worker", type=int, default=2,
                          help="local cluster: task threads per worker (one runs the model, one does I/O)")
     cluster.add_argument("--backend", choices=BACKENDS, default=os.environ.get("KERAS_BACKEND", DEFAULT_BACKEND),
@@ -60,14 +95,17 @@ def cluster_arguments() -> argparse.ArgumentParser:
                          help="fail (exit 2) unless every worker computes on a GPU, instead of warning")
     for flag in ("--tls-ca-file", "--tls-cert", "--tls-key"):
         cluster.add_argument(flag, help="TLS for a tls:// scheduler")
+    cluster.add_argument("--dask-dashboard-address", default="127.0.0.1:0", metavar="HOST:PORT",
+                         help="local cluster: where Dask's own dashboard listens (it shows worker logs and task "
+                         "stacks, without login): loopback by default; e.g. 0.0.0.0:8787 to open it")
     return cluster
 
 
 def training_arguments(p: argparse.ArgumentParser) -> None:
     """Architecture and hyperparameters; unset ones take the architecture's recipe."""
     p.add_argument("--arch", default="tutorial", help="tutorial (the baseline CNN) or fast")
-    p.add_argument("--epochs", type=int, help="default: the recipe's (tutorial 3, fast 20)")
-    p.add_argument("--batch-size", type=int, help="default: the recipe's (tutorial 64, fast 512)")
+    p.add_argument("--epochs", type=positive, help="default: the recipe's (tutorial 3, fast 20)")
+    p.add_argument("--batch-size", type=positive, help="default: the recipe's (tutorial 64, fast 512)")
     p.add_argument("--learning-rate", type=float, help="Adam's rate (tutorial 1e-3) or the one-cycle peak (fast 0.4)")
     p.add_argument("--momentum", type=float, help="SGD's (fast: 0.9)")
     p.add_argument("--width", type=int, help="fast: channels of the first group (default 32)")
@@ -106,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="folder or .tar(.gz) of class folders, CIFAR-10 python batches, or 'cifar10'")
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="train", choices=("train", "test"))
-    p.add_argument("--partition-size", type=int, default=2000, help="images per partition")
+    p.add_argument("--partition-size", type=positive, default=2000, help="images per partition")
     p.add_argument("--classes", help="comma-separated class names, in label order (default: sorted folders)")
     p.set_defaults(func=cmd_ingest)
 
@@ -145,10 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--dataset", help="an ingested dataset")
     what.add_argument("--images", help="or a prefix of raw .jpg/.png files: a folder or s3://bucket/prefix")
-    p.add_argument("--partition-size", type=int, default=2000, help="with --images: files per partition")
+    p.add_argument("--partition-size", type=positive, default=2000,
+                   help="with --images: files per partition (pinned by the run: a resume must repeat it)")
     p.add_argument("--model", default="production", help="[NAME/]VERSION or alias (default %(default)s)")
     p.add_argument("--run-id", help="run id; rerunning an id resumes it (default <dataset>-<UTC time>)")
-    p.add_argument("--batch-size", type=int, help="images per predict call (default: 512 on CPU; on a GPU the "
+    p.add_argument("--batch-size", type=positive, help="images per predict call (default: 512 on CPU; on a GPU the "
                    "largest that fits, halved on out-of-memory)")
     p.add_argument("--max-error-ratio", type=float, default=0.01)
     p.set_defaults(func=cmd_score)
@@ -167,14 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh", type=int, default=30, help="seconds between checks for new runs")
     p.add_argument("--basic-auth", default=os.environ.get("BATCHML_DASHBOARD_PASSWORD"),
                    help="a password (or a JSON file of user: password) required to log in")
-    p.add_argument("--cookie-secret", default=os.environ.get("BATCHML_COOKIE_SECRET"))
+    p.add_argument("--cookie-secret", default=os.environ.get("BATCHML_COOKIE_SECRET"),
+                   help="signs login cookies; required with --basic-auth (e.g. python -c 'import secrets; "
+                   "print(secrets.token_urlsafe(32))')")
+    p.add_argument("--allow-websocket-origin", action="append", default=[], metavar="HOST[:PORT]",
+                   help="a host name browsers use to reach the dashboard (repeatable): its DNS name, or the "
+                   "reverse proxy's; ADDRESS:PORT and localhost:PORT are always allowed")
     p.set_defaults(func=cmd_dashboard)
 
     p = verbs.add_parser("demo", parents=[store, cluster], help="the whole flow on real CIFAR-10")
     p.add_argument("--source", help="CIFAR-10 source (default ../shared/data/cifar10-jpeg.tar.gz if present)")
-    p.add_argument("--epochs", type=int, default=DemoConfig.epochs,
+    p.add_argument("--epochs", type=positive, default=DemoConfig.epochs,
                    help="fast-net epochs (default %(default)s: about 0.87 test accuracy in 7 minutes on 2 cores)")
-    p.add_argument("--night-size", type=int, default=DemoConfig.night_size, help="images per simulated night")
+    p.add_argument("--night-size", type=positive, default=DemoConfig.night_size, help="images per simulated night")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -193,11 +237,15 @@ def open_store(args) -> Store:
 def cluster_config(args):
     from batchml.cluster import ClusterConfig
 
-    configure_backend(args.backend)  # the client process too (on its CPU): it may load models
+    try:
+        configure_backend(args.backend)  # the client process too (on its CPU): it may load models
+    except ValueError as exc:  # $KERAS_BACKEND, which argparse does not check against the choices
+        raise BatchmlError(f"{exc} (from --backend or $KERAS_BACKEND)") from None
     return ClusterConfig(
         scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
         backend=args.backend, use_gpus=not args.cpu, require_gpu=args.require_gpu,
         tls_ca_file=args.tls_ca_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        dashboard_address=args.dask_dashboard_address,
     )
 
 
@@ -225,7 +273,7 @@ def cmd_sweep(args) -> None:
 def cmd_ingest(args) -> None:
     from batchml.ingest import ingest
 
-    classes = args.classes.split(",") if args.classes else None
+    classes = args.classes.split(",") if args.classes is not None else None
     r = ingest(open_store(args), args.source, args.dataset, args.split, args.partition_size, classes,
                verbose=not args.quiet)
     state = f"{r.written} written" if r.written else "already ingested, nothing changed"
@@ -307,7 +355,8 @@ def cmd_monitor(args) -> int:
     if not args.run_id:
         if not (args.since or args.until):
             raise BatchmlError("pass --run-id ID, or --since/--until dates to summarise a range of runs")
-        print(format_range(monitor_range(open_store(args), args.since, args.until, args.model)))
+        since, until = iso_date("--since", args.since), iso_date("--until", args.until)
+        print(format_range(monitor_range(open_store(args), since, until, args.model)))
         return 0
     report = monitor_run(open_store(args), args.run_id)
     print(format_report(report))
@@ -320,7 +369,7 @@ def cmd_dashboard(args) -> None:
     store = open_store(args)
     print(f"dashboard of {store.url()} on http://{args.address}:{args.port}/", flush=True)
     serve(store, port=args.port, address=args.address, refresh_seconds=args.refresh,
-          basic_auth=args.basic_auth, cookie_secret=args.cookie_secret)
+          basic_auth=args.basic_auth, cookie_secret=args.cookie_secret, allow_origins=args.allow_websocket_origin)
 
 
 def cmd_demo(args) -> None:

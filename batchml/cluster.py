@@ -14,8 +14,10 @@ on its CPU.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import socket
 import sys
 import warnings
 from collections import Counter
@@ -24,14 +26,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import dask
-from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, WorkerPlugin
+from distributed import Client, LocalCluster, WorkerPlugin
 from distributed.security import Security
+from distributed.system import MEMORY_LIMIT
 
 from batchml.backend import (
     DEFAULT_BACKEND,
     configure_backend,
     filtered_stderr,
     import_keras,
+    installed,
     own_gpu_only,
     pin_framework,
     visible_gpu_ids,
@@ -52,6 +56,8 @@ class ClusterConfig:
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    # a local cluster's Dask dashboard shows worker logs and task stacks without login: loopback only
+    dashboard_address: str = "127.0.0.1:0"
 
 
 # Dask resources: a GPU worker advertises GPU=1. Training takes the whole GPU; a scoring task
@@ -85,6 +91,9 @@ def setup_worker(backend: str) -> dict:
     tells the framework to use device 0 of the rotated list, the worker's own.
     """
     global _WORKER_DEVICE
+    if backend not in ("auto", "tensorflow") and not installed(backend):
+        raise RuntimeError(f"Keras backend {backend!r} is not installed on worker {socket.gethostname()} "
+                           f"({sys.executable}): install it there, or use --backend auto")
     gpus = visible_gpu_ids()
     if len(gpus) > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
         warnings.warn(f"this worker sees {len(gpus)} GPUs and no CUDA_VISIBLE_DEVICES: it takes the first. "
@@ -113,11 +122,17 @@ def check_devices(client: Client, require_gpu: bool = False) -> dict[str, dict]:
     from batchml.device import cpu_fallback_warning
 
     devices = {addr: info for addr, info in client.run(worker_device).items() if info}
+    if require_gpu and not devices:
+        raise BatchmlError("--require-gpu: the cluster has no workers to check yet; start its GPU workers first")
+    resources = {addr: w.get("resources") or {} for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()}
     for addr, info in sorted(devices.items()):
         problem = cpu_fallback_warning(info, info["gpus_visible"])
         if require_gpu and info["device"] != "gpu":
             raise BatchmlError(f"--require-gpu: worker {addr} computes on the CPU "
                                f"({problem or 'it sees no GPU: check nvidia-smi and CUDA_VISIBLE_DEVICES'})")
+        if not problem and info["device"] == "gpu" and "GPU" not in resources.get(addr, {}):
+            problem = ("it computes on a GPU but advertises no GPU resource, so training and sweep trials are not "
+                       "spread one per GPU: start it with --resources GPU=1")
         if problem:
             print(f"batchml: WARNING: worker {addr}: {problem}", file=sys.stderr, flush=True)
     return devices
@@ -170,6 +185,8 @@ def local_workers(cfg: ClusterConfig, gpu_ids: list[str]) -> int:
     worker owns its device), and at least one."""
     if cfg.workers is not None and cfg.workers < 1:
         raise BatchmlError(f"--workers {cfg.workers}: a cluster needs at least one worker")
+    if cfg.require_gpu and not cfg.use_gpus:
+        raise BatchmlError("--cpu and --require-gpu contradict each other: drop one")
     if cfg.require_gpu and not gpu_ids:
         raise BatchmlError("--require-gpu: no GPU is visible here (nvidia-smi lists none, or CUDA_VISIBLE_DEVICES "
                            "hides them); run on a GPU machine, or drop --require-gpu to use CPU workers")
@@ -179,36 +196,46 @@ def local_workers(cfg: ClusterConfig, gpu_ids: list[str]) -> int:
     return cfg.workers or len(gpu_ids) or 1
 
 
-def pinned_gpu_specs(gpu_ids: list[str], threads: int) -> dict[str, dict]:
-    """Worker specs without dask-cuda: worker i sees GPU i alone and advertises GPU=1."""
-    return {f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": threads, "resources": {"GPU": 1},
-                                                       "env": {"CUDA_VISIBLE_DEVICES": gpu}}}
-            for gpu in gpu_ids}
+class PinnedGPUCluster(LocalCluster):
+    """A local cluster without dask-cuda whose worker i sees GPU i alone (as ``LocalCluster``
+    otherwise: loopback only, quiet logs) and advertises GPU=1."""
+
+    def __init__(self, gpu_ids: list[str], **kwargs) -> None:
+        self.gpu_ids = list(gpu_ids)
+        super().__init__(n_workers=0, resources={"GPU": 1}, **kwargs)
+        self.scale(len(self.gpu_ids))
+        self.sync(self._correct_state)
+
+    def new_worker_spec(self) -> dict:
+        gpu = next(g for g in self.gpu_ids if f"gpu-{g}" not in self.worker_spec)
+        spec = copy.deepcopy(self.new_spec)
+        spec["options"]["env"] = {**spec["options"].get("env", {}), "CUDA_VISIBLE_DEVICES": gpu}
+        return {f"gpu-{gpu}": spec}
 
 
 def _local_cluster(cfg: ClusterConfig):
     gpu_ids = visible_gpu_ids() if cfg.use_gpus else []
     workers = local_workers(cfg, gpu_ids)
     gpu_ids = gpu_ids[:workers]
-    common = {"dashboard_address": ":0", "silence_logs": logging.WARNING}
+    common = {"threads_per_worker": cfg.threads_per_worker, "dashboard_address": cfg.dashboard_address,
+              "silence_logs": logging.WARNING}
     # The workers' statistical profiler samples every thread's stack many times a second:
     # on a couple of cores that is CPU and GIL time taken from the model.
     with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(workers, not cfg.use_gpus),
                           "distributed.worker.profile.enabled": False}):
         if not gpu_ids:
-            return LocalCluster(n_workers=workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                                **common)
+            return LocalCluster(n_workers=workers, processes=True, **common)
         try:
             import dask_cuda
         except ImportError:
-            warnings.warn(f"{len(gpu_ids)} GPU(s) visible but dask-cuda is not installed (pip install "
-                          "'batchml[gpu]'): workers are pinned one per GPU without its CPU affinity", stacklevel=3)
-            return SpecCluster(workers=pinned_gpu_specs(gpu_ids, cfg.threads_per_worker),
-                               scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
-                               silence_logs=logging.WARNING)
+            print(f"batchml: WARNING: {len(gpu_ids)} GPU(s) visible but dask-cuda is not installed (pip install "
+                  "'batchml[gpu]'): one worker per GPU, pinned, without dask-cuda's CPU affinity",
+                  file=sys.stderr, flush=True)
+            # the host's memory shared out between the GPU workers, as LocalCUDACluster does
+            return PinnedGPUCluster(gpu_ids, memory_limit=MEMORY_LIMIT // len(gpu_ids), **common)
         # dask-cuda gives worker i the rotated list (its own GPU first) and its CPU affinity
-        return dask_cuda.LocalCUDACluster(n_workers=workers, CUDA_VISIBLE_DEVICES=gpu_ids,
-                                          threads_per_worker=cfg.threads_per_worker, resources={"GPU": 1}, **common)
+        return dask_cuda.LocalCUDACluster(n_workers=workers, CUDA_VISIBLE_DEVICES=gpu_ids, resources={"GPU": 1},
+                                          **common)
 
 
 @contextmanager
@@ -231,7 +258,11 @@ def connect(cfg: ClusterConfig, verbose: bool = False) -> Iterator[Client]:
             "(tcp://host:8786, or tls:// with --tls-ca-file/--tls-cert/--tls-key)."
         ) from exc
     try:
-        client.register_plugin(KerasBackendPlugin(cfg.backend))
+        try:
+            client.register_plugin(KerasBackendPlugin(cfg.backend))
+        except Exception as exc:  # raised on a worker: its message says which and why
+            raise BatchmlError(f"setting up the workers for Keras backend {cfg.backend!r} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
         devices = check_devices(client, cfg.require_gpu)
         if verbose:
             print(f"cluster: {describe(devices)}; Dask dashboard {client.dashboard_link}", file=sys.stderr, flush=True)

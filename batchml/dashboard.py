@@ -9,9 +9,14 @@ Served by ``batchml dashboard`` or ``panel serve dashboards/monitor.py``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
+import json
+import time
 from datetime import date
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -19,7 +24,9 @@ import panel as pn
 from bokeh.models import ColumnDataSource, HoverTool
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
+from panel.auth import BasicAuthProvider, BasicLoginHandler
 
+from batchml.errors import BatchmlError
 from batchml.monitoring.classes import row_normalised
 from batchml.monitoring.run_monitor import summarise_rows
 from batchml.monitoring.tables import TableReader
@@ -345,10 +352,70 @@ def create_app(store: Store, refresh_seconds: int = REFRESH_SECONDS) -> pn.templ
     )
 
 
+# -- serving, with a throttled login -----------------------------------------------------------------
+
+LOGIN_DELAY_SECONDS = 0.25  # before a client's 2nd login attempt after a failure; doubles with each failure
+LOGIN_DELAY_MAX_SECONDS = 8.0  # so 50 guesses from one address take minutes, not a second
+LOGIN_FORGET_SECONDS = 900  # an address's failures are forgotten after this long without one
+
+
+class ThrottledLoginHandler(BasicLoginHandler):
+    """Panel's password form, with a growing wait per client address after each wrong
+    password; attempts from one address queue one behind the other, so parallel guesses
+    wait too. Waiting is asynchronous: other users are not held up."""
+
+    password: str | dict = ""
+    failures: ClassVar[dict[str, tuple[int, float]]] = {}  # address -> (failed attempts, time of the last)
+    locks: ClassVar[dict[str, asyncio.Lock]] = {}
+
+    async def post(self) -> None:
+        address = self.request.remote_ip or "?"
+        async with self.locks.setdefault(address, asyncio.Lock()):
+            count, last = self.failures.get(address, (0, 0.0))
+            if time.monotonic() - last > LOGIN_FORGET_SECONDS:
+                count = 0
+            if count:
+                await asyncio.sleep(min(LOGIN_DELAY_SECONDS * 2 ** (count - 1), LOGIN_DELAY_MAX_SECONDS))
+            ok = self._validate(self.get_argument("username", ""), self.get_argument("password", ""))
+            if ok:
+                self.failures.pop(address, None)
+            else:
+                self.failures[address] = (count + 1, time.monotonic())
+            super().post()
+
+    def _validate(self, username: str, password: str) -> bool:
+        known = self.password
+        return known.get(username) == password if isinstance(known, dict) else password == known
+
+
+class ThrottledAuthProvider(BasicAuthProvider):
+    @property
+    def login_handler(self):
+        super().login_handler  # noqa: B018 - sets the handler's endpoint and template
+        return ThrottledLoginHandler
+
+
+def _auth_provider(basic_auth: str | None, cookie_secret: str | None) -> ThrottledAuthProvider | None:
+    if not basic_auth:
+        return None
+    if not cookie_secret:  # without one Panel starts, then answers every request with HTTP 500
+        raise BatchmlError(
+            "--basic-auth needs --cookie-secret (or $BATCHML_COOKIE_SECRET) to sign login cookies: pass a random "
+            "string, e.g. --cookie-secret \"$(python -c 'import secrets; print(secrets.token_urlsafe(32))')\"")
+    users = Path(basic_auth)
+    ThrottledLoginHandler.password = json.loads(users.read_text("utf-8")) if users.is_file() else basic_auth
+    return ThrottledAuthProvider()
+
+
 def serve(store: Store, port: int = 5006, address: str = "127.0.0.1", refresh_seconds: int = REFRESH_SECONDS,
-          basic_auth: str | None = None, cookie_secret: str | None = None, show: bool = False) -> None:
-    """Serve the dashboard until interrupted (``batchml dashboard``)."""
+          basic_auth: str | None = None, cookie_secret: str | None = None, show: bool = False,
+          allow_origins: list[str] = ()) -> None:
+    """Serve the dashboard until interrupted (``batchml dashboard``). ``allow_origins``: more
+    host[:port] names browsers may reach it by (its DNS name, a reverse proxy)."""
+    provider = _auth_provider(basic_auth, cookie_secret)
     shared_data(store).refresh()  # read the history before the first visitor arrives
+    origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}", *allow_origins]
+    extra = {"auth_provider": provider} if provider else {}
     pn.serve(lambda: create_app(store, refresh_seconds), port=port, address=address, show=show,
-             title="batchml monitoring", websocket_origin=[f"{address}:{port}", f"localhost:{port}"],
-             basic_auth=basic_auth, cookie_secret=cookie_secret, threaded=False)
+             title="batchml monitoring", websocket_origin=origins, cookie_secret=cookie_secret,
+             threaded=False, **extra)

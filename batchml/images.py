@@ -31,6 +31,11 @@ class Preprocessing:
         return cls(**{k: d[k] for k in ("height", "width", "mode", "resample") if k in d})
 
 
+# Largest image decoded, in pixels (a 40-megapixel photo; about 120 MB of RGB). The size
+# is read from the header first: a 48 KB PNG can claim 20000 x 20000 pixels (1.2 GB).
+MAX_PIXELS = 40_000_000
+
+
 class ImageDecodeError(ValueError):
     """An image that cannot be decoded; scoring turns it into an error row."""
 
@@ -46,22 +51,38 @@ def decode_image(data: bytes, prep: Preprocessing) -> np.ndarray:
         raise ImageDecodeError("empty image bytes")
     if data[:2] == b"\xff\xd8" and prep.mode == "RGB":
         try:
-            pixels = simplejpeg.decode_jpeg(data, colorspace="RGB")  # strict: warnings are errors
-            if pixels.shape[:2] == (prep.height, prep.width):
-                return pixels
+            height, width, *_ = simplejpeg.decode_jpeg_header(data)
+            if (height, width) == (prep.height, prep.width):
+                return simplejpeg.decode_jpeg(data, colorspace="RGB")  # strict: warnings are errors
         except ValueError:
             pass  # Pillow decides, and says why
     try:
         with Image.open(io.BytesIO(data)) as img:
+            _check_size(img.size)
             img.load()  # decode now: a truncated file fails here, not later
-            if img.mode != prep.mode:
-                img = img.convert(prep.mode)
-            if img.size != (prep.width, prep.height):
-                resample = Image.Resampling[prep.resample.upper()]
-                img = img.resize((prep.width, prep.height), resample)
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            return _resized(_eight_bit(img).convert(prep.mode), prep)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+
+
+def _check_size(size: tuple[int, int]) -> None:
+    if size[0] * size[1] > MAX_PIXELS:
+        raise ImageDecodeError(f"image of {size[0]} x {size[1]} pixels is larger than {MAX_PIXELS:,} pixels: "
+                               "not decoded (a decompression bomb, or a photo to shrink before scoring)")
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit greyscale (PNG) as 8 bits: Pillow's own conversion clips it to white."""
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return img
+    pixels = np.asarray(img).astype(np.uint32) >> 8  # the high byte of each 16-bit sample
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+
+
+def _resized(img: Image.Image, prep: Preprocessing) -> np.ndarray:
+    if img.size != (prep.width, prep.height):
+        img = img.resize((prep.width, prep.height), Image.Resampling[prep.resample.upper()])
+    return np.asarray(img, dtype=np.uint8)
 
 
 def decode_images(blobs: list[bytes], prep: Preprocessing) -> tuple[np.ndarray, list[int], dict[int, str]]:

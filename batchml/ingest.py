@@ -18,7 +18,7 @@ import pyarrow as pa
 from batchml import datasets
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
-from batchml.sources import Source, SourceImage, open_source
+from batchml.sources import Source, SourceImage, check_classes, open_source
 from batchml.store import Store
 
 DEFAULT_PARTITION_SIZE = 2000
@@ -46,6 +46,8 @@ def ingest(
     datasets.check_name("dataset", dataset)  # before opening (perhaps downloading) the source
     if partition_size < 1:
         raise BatchmlError(f"--partition-size must be at least 1, not {partition_size}")
+    if classes is not None:
+        check_classes(classes)
     return write_dataset(store, open_source(source, split, classes), dataset, split, partition_size, verbose)
 
 
@@ -61,6 +63,7 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
     progress = Progress(f"ingest {dataset}", total=opened.total, unit="images", enabled=verbose)
     parts, written = [], 0
     for index, chunk in enumerate(_chunks(opened.images, partition_size)):
+        _check_labels(chunk, opened)
         table = _partition_table(chunk)
         entry = {
             "name": f"part-{index:05d}.parquet",
@@ -104,6 +107,13 @@ def _chunks(images: Iterable[SourceImage], size: int) -> Iterator[list[SourceIma
     it = iter(images)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
+
+
+def _check_labels(chunk: list[SourceImage], opened: Source) -> None:
+    bad = next((r for r in chunk if r.label is not None and not 0 <= r.label < len(opened.classes)), None)
+    if bad is not None:
+        raise BatchmlError(f"image {bad.image_id} of {opened.description} has label {bad.label}, outside its "
+                           f"{len(opened.classes)} classes {opened.classes}: fix the source's labels")
 
 
 def _partition_table(chunk: list[SourceImage]) -> pa.Table:

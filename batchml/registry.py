@@ -7,9 +7,12 @@ live in ``models/<name>/aliases.json`` and point at versions.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 import tempfile
+import uuid
 from dataclasses import dataclass
 
 from batchml.datasets import check_name
@@ -79,15 +82,24 @@ def read_card(store: Store, mv: ModelVersion) -> dict:
 def register(store: Store, name: str, model_file: str | bytes, card: dict) -> ModelVersion:
     """Store a saved ``.keras`` file (its path or its bytes) and its card as the next
     version of ``name``."""
-    existing = [int(_VERSION.match(v).group(1)) for v in store.list(f"models/{check_name('model', name)}")
-                if _VERSION.match(v)]
-    mv = ModelVersion(name, f"v{max(existing, default=0) + 1}")
+    mv = _claim_version(store, name)
     if isinstance(model_file, str):
         with open(model_file, "rb") as f:
             model_file = f.read()
     store.write_bytes(f"{mv.prefix}/model.keras", model_file)
     store.write_json(f"{mv.prefix}/card.json", {**card, "name": name, "version": mv.version})
     return mv
+
+
+def _claim_version(store: Store, name: str) -> ModelVersion:
+    """The next version number nobody has claimed, claimed atomically (``claim.json``): two
+    registrations at the same instant get two versions, never one."""
+    existing = [int(m.group(1)) for v in store.list(f"models/{check_name('model', name)}") if (m := _VERSION.match(v))]
+    number = max(existing, default=0) + 1
+    claim = json.dumps({"claimed_by": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"}).encode()
+    while not store.create(f"models/{name}/v{number}/claim.json", claim):
+        number += 1
+    return ModelVersion(name, f"v{number}")
 
 
 def promote(store: Store, mv: ModelVersion, alias: str = DEFAULT_ALIAS) -> None:

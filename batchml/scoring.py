@@ -68,8 +68,7 @@ def run_prefix(run_id: str) -> str:
 
 def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
     """Score every partition of the input not yet done in this run, then commit the run."""
-    if bool(cfg.dataset) == bool(cfg.images):
-        raise BatchmlError("score needs either --dataset NAME or --images PREFIX")
+    check_config(cfg)
     source = cfg.dataset or cfg.images
     run_id = cfg.run_id or f"{cfg.dataset or 'images'}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     prefix = run_prefix(run_id)
@@ -84,11 +83,6 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
     run = _start_run(store, cfg, run_id, plan, verbose)
     mv = ModelVersion(*run["model_version"].split("/"))
     card = read_card(store, mv)
-    if plan.classes and plan.classes != card["classes"]:
-        raise BatchmlError(
-            f"dataset {cfg.dataset!r} labels classes {plan.classes} but model {mv} predicts "
-            f"{card['classes']}: score with a model trained on these classes"
-        )
     spec = RunSpec(
         store.config, run_id, plan.name, mv, tuple(card["classes"]),
         Preprocessing.from_dict(card["preprocessing"]), card["calibration"]["temperature"],
@@ -104,6 +98,19 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
     return _commit(store, spec, run, names, todo, wall, cfg.max_error_ratio)
 
 
+def check_config(cfg: ScoreConfig) -> ScoreConfig:
+    """Refuse settings that cannot work before anything is written."""
+    if bool(cfg.dataset) == bool(cfg.images):
+        raise BatchmlError("score needs either --dataset NAME or --images PREFIX")
+    if cfg.partition_size < 1:
+        raise BatchmlError(f"--partition-size must be at least 1 file, not {cfg.partition_size}")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise BatchmlError(f"--batch-size must be at least 1 image, not {cfg.batch_size} (omit it for the device's)")
+    if not 0 <= cfg.max_error_ratio <= 1:
+        raise BatchmlError(f"--max-error-ratio is a share of the images, from 0 to 1, not {cfg.max_error_ratio}")
+    return cfg
+
+
 def _options_for(url: str, store: Store) -> dict:
     """A prefix on the store's kind of storage shares its options (endpoint, keys)."""
     same = url.split("://")[0] == store.config.root.split("://")[0] if "://" in url else store.is_local
@@ -115,11 +122,13 @@ def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPl
     rel = f"{run_prefix(run_id)}/run.json"
     mv = resolve(store, cfg.model)
     if not store.exists(rel):
+        _check_classes(plan, read_card(store, mv)["classes"], mv)  # before run.json ties the id to this model
         run = {
             "run_id": run_id,
             "dataset": plan.name,
             "input": "images" if plan.images else "dataset",
             "dataset_fingerprint": plan.fingerprint,
+            "partition_size": plan.partition_size,
             "model_version": str(mv),
             "model_ref": cfg.model,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -128,6 +137,11 @@ def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPl
         return run
     run = store.read_json(rel)
     _check_same_run(run, plan.name, run_id)
+    was = run.get("partition_size")
+    if plan.images and was != plan.partition_size:  # other cuts would skip or repeat files
+        how = f"resume it with --partition-size {was}" if was else "score the files under a new --run-id"
+        raise BatchmlError(f"run {run_id!r} cut {plan.name} into partitions of {was or 'another number of'} "
+                           f"files, not {plan.partition_size}: {how}")
     if run["dataset_fingerprint"] != plan.fingerprint:
         raise BatchmlError(
             f"the input {plan.name!r} changed since run {run_id!r} started; "
@@ -137,6 +151,14 @@ def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPl
         print(f"score: resuming run {run_id} with {run['model_version']}, the model it started "
               f"with ({cfg.model!r} is now {mv})")
     return run
+
+
+def _check_classes(plan: inputs.InputPlan, classes: list[str], mv: ModelVersion) -> None:
+    if plan.classes and plan.classes != classes:
+        raise BatchmlError(
+            f"dataset {plan.name!r} labels classes {plan.classes} but model {mv} predicts "
+            f"{classes}: score with a model trained on these classes"
+        )
 
 
 def _check_same_run(run: dict, dataset: str, run_id: str) -> None:
@@ -257,6 +279,7 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
             f"partition {partition} of dataset {spec.dataset!r} is empty: "
             f"delete it or ingest the dataset again"
         )
+    labels = _labels(table, spec, partition)
     timer.lap("read")
     pixels, good, bad = decode_images(table["image"].to_pylist(), spec.preprocessing)
     timer.lap("decode")
@@ -272,7 +295,6 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
             probs = np.empty((0, len(spec.classes)), np.float32)
         timer.lap("predict")
 
-    labels = table["label"].fill_null(-1).to_numpy().astype(np.int64)
     stats = PartitionStats.from_predictions(probs, labels[good], spec.temperature, errors=len(bad))
     prefix = run_prefix(spec.run_id)
     store.write_parquet(f"{prefix}/predictions/{partition}", _predictions(spec, partition, table, good, probs))
@@ -295,6 +317,18 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
     }
     store.write_json(f"{prefix}/stats/{stats_name(partition)}", record)  # last: the partition is done
     return record
+
+
+def _labels(table: pa.Table, spec: RunSpec, partition: str) -> np.ndarray:
+    """Label indices, -1 where unknown; a label outside the model's classes is a clear error."""
+    labels = table["label"].fill_null(-1).to_numpy().astype(np.int64)
+    bad = labels[(labels < -1) | (labels >= len(spec.classes))]
+    if bad.size:
+        raise BatchmlError(
+            f"partition {partition} of {spec.dataset!r} has labels {sorted(set(bad.tolist()))[:5]} outside the "
+            f"model's {len(spec.classes)} classes {list(spec.classes)}: fix its labels (null where unknown)"
+        )
+    return labels
 
 
 def _predictions(spec: RunSpec, partition: str, table: pa.Table, good: list[int], probs: np.ndarray) -> pa.Table:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -115,6 +116,27 @@ def _classes_of(rel: list[tuple[str, ...]], given: list[str] | None, where: str)
     return list(given)
 
 
+def check_utf8(names: list[str], where: str) -> list[str]:
+    """``names`` as given, or an error naming the first that is not valid UTF-8 (its bytes
+    cannot become an image id in Parquet)."""
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise BatchmlError(f"file name {shown!r} in {where} is not valid UTF-8: rename it "
+                               "(e.g. convmv -f latin1 -t utf8 --notest -r FOLDER) and run again") from None
+    return names
+
+
+def check_classes(classes: list[str]) -> list[str]:
+    """``--classes`` must name each class once, in label order."""
+    if any(not c.strip() for c in classes) or len(set(classes)) != len(classes):
+        raise BatchmlError(f"--classes {','.join(classes)!r} has an empty or repeated name: give each class once, "
+                           "comma-separated, in label order (e.g. --classes cat,dog,emu)")
+    return classes
+
+
 def _record(parts: tuple[str, ...], split: str, data: bytes, classes: list[str]) -> SourceImage:
     label = classes.index(parts[0]) if len(parts) == 2 else None
     return SourceImage(image_id="/".join((split, *parts)), data=data, label=label)
@@ -126,6 +148,7 @@ def _is_image(name: str) -> bool:
 
 def _class_folders(root: Path, split: str, classes: list[str] | None) -> Source:
     files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p.name))
+    check_utf8([str(f.relative_to(root)) for f in files], str(root))
     rel = _within_split([f.relative_to(root).parts for f in files], split, str(root))
     chosen = [(f, r) for f, r in zip(files, rel, strict=True) if r is not None]
     names = _classes_of([r for _, r in chosen], classes, f"{root} (split {split})")
@@ -141,12 +164,34 @@ def _class_folders(root: Path, split: str, classes: list[str] | None) -> Source:
     return Source(f"class folders in {root} (split {split})", names, images(), len(chosen))
 
 
+_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+
+
+def _read_tar(path: Path) -> tuple[tarfile.TarFile, list[tarfile.TarInfo]]:
+    """The archive and its members, or a clear error when it is cut short or corrupt: a
+    plain tar cut between two members reads as a shorter archive, so its end is checked."""
+    try:
+        tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by the image iterator
+        members = tar.getmembers()
+        ended = tar.fileobj.tell() - tar.offset >= tarfile.BLOCKSIZE  # the end-of-archive block was read
+    except _TAR_ERRORS as exc:
+        raise _broken_tar(path, f"{type(exc).__name__}: {exc}") from exc
+    if not ended:
+        raise _broken_tar(path, f"it stops after {len(members)} members without the end-of-archive marker")
+    return tar, members
+
+
+def _broken_tar(path: Path, why: str) -> BatchmlError:
+    return BatchmlError(f"archive {path} is truncated or corrupt ({why}); nothing was committed. "
+                        "Copy or download it again, then rerun the ingest.")
+
+
 def _open_tar(path: Path, split: str, classes: list[str] | None) -> Source:
-    tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by the image iterator
-    members = tar.getmembers()
+    tar, members = _read_tar(path)
     if any(m.name.rstrip("/").endswith("batches.meta") for m in members):
         return _cifar_batches_from_tar(tar, members, split, str(path))
     files = [m for m in members if m.isfile() and _is_image(m.name)]
+    check_utf8([m.name for m in files], str(path))
     rel = _within_split([PurePosixPath(m.name).parts for m in files], split, str(path))
     chosen = [(m, r) for m, r in zip(files, rel, strict=True) if r is not None]
     names = _classes_of([r for _, r in chosen], classes, f"{path} (split {split})")
@@ -154,7 +199,11 @@ def _open_tar(path: Path, split: str, classes: list[str] | None) -> Source:
     def images() -> Iterator[SourceImage]:
         with tar:
             for member, parts in chosen:  # archive order: one pass over the compressed stream
-                yield _record(parts, split, tar.extractfile(member).read(), names)
+                try:
+                    data = tar.extractfile(member).read()
+                except _TAR_ERRORS as exc:
+                    raise _broken_tar(path, f"{member.name}: {exc}") from exc
+                yield _record(parts, split, data, names)
 
     return Source(f"{path} (split {split})", names, images(), len(chosen))
 

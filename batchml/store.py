@@ -138,6 +138,30 @@ class Store:
             if os.path.exists(tmp):
                 os.remove(tmp)
 
+    def create(self, rel: str, data: bytes) -> bool:
+        """Write ``data`` at ``rel`` only if nothing is there yet; True if this call created it.
+
+        Atomic among concurrent writers (two processes never both get True): ``O_EXCL`` on a
+        local disk, a conditional PUT (``If-None-Match: *``) on S3.
+        """
+        path = self.path(rel)
+        if not self.is_local:
+            try:
+                self._call(self.fs.pipe_file, rel, data, IfNoneMatch="*")
+            except BatchmlError as exc:
+                if _precondition_failed(exc):
+                    return False
+                raise
+            return True
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n")
 
@@ -169,3 +193,12 @@ class Store:
                 f"store {self.config.root!r} failed on {rel or '/'}: {exc}. "
                 "Check that the endpoint is up and the bucket exists."
             ) from exc
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """True when S3 refused a conditional write because the object exists (HTTP 412)."""
+    while exc is not None:
+        if "PreconditionFailed" in str(exc) or "412" in str(getattr(exc, "response", {}).get("Error", {})):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from batchml import datasets
 from batchml.cluster import TRAIN_GPU_SHARE, gpu_resources
-from batchml.device import device_lock
+from batchml.device import device_label, device_lock
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
 from batchml.recipes import TUNABLE
@@ -162,6 +162,7 @@ def trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: i
         "fit": card["fit"]["verdict"],
         "seconds": card["training"]["seconds"],
         "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "device": device_label(card["training"]["device"]),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

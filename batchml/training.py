@@ -54,6 +54,9 @@ class TrainConfig:
     seed: int = 0
     warm_start: str | None = None  # [NAME/]VERSION_OR_ALIAS to fine-tune from (its arch and weights)
 
+    def __post_init__(self) -> None:
+        datasets.check_name("model", self.name)  # refused now, not after the whole training
+
     def recipe(self):
         """The architecture's ``batchml.recipes.Recipe`` with this configuration's values."""
         return recipe_for(self.arch, **{f.name: getattr(self, f.name) for f in fields(Recipe) if hasattr(self, f.name)})

@@ -48,6 +48,7 @@ import numpy as np
 
 from batchml import datasets
 from batchml.cluster import TRAIN_GPU_SHARE, ClusterConfig, connect, gpu_resources
+from batchml.errors import BatchmlError
 from batchml.images import Preprocessing, decode_images
 from batchml.ingest import ingest, write_dataset
 from batchml.scoring import ScoreConfig, score, worker_model
@@ -60,6 +61,7 @@ GPU_NET = {"epochs": 24, "width": 96, "batch_size": 1024, "learning_rate": 1.5, 
            "weight_decay": 0.009, "activation": "gelu", "tta": "flip-translate"}
 SMALL_NET = {"epochs": 1, "width": 8, "batch_size": 32}
 BARE_BATCHES = (1024, 4096, 8192)
+AIRBENCH_TIMEOUT = 600  # seconds for its warm-up and timed runs (about 5 s each on an A100)
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -129,8 +131,12 @@ def framework_devices() -> int:
 def nvidia_smi(query: str, kind: str) -> list[list[str]]:
     if shutil.which("nvidia-smi") is None:
         return []
-    out = subprocess.run(["nvidia-smi", f"--query-{kind}={query}", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, timeout=30)
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-{kind}={query}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"nvidia-smi --query-{kind} failed: {exc}", flush=True)
+        return []
     return [[c.strip() for c in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
 
 
@@ -160,12 +166,15 @@ def write_arrays(store: Store, folder: Path) -> None:
 
 def run_airbench(folder: Path, runs: int) -> dict:
     """airbench94 in a child process (PyTorch; our workers are gone by then)."""
-    out = subprocess.run([sys.executable, __file__, "--airbench-child", str(folder), "--airbench-runs", str(runs)],
-                         stdout=subprocess.PIPE, text=True, timeout=900)
+    try:
+        out = subprocess.run([sys.executable, __file__, "--airbench-child", str(folder), "--airbench-runs",
+                              str(runs)], stdout=subprocess.PIPE, text=True, timeout=AIRBENCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return {"airbench_error": f"airbench did not finish within {AIRBENCH_TIMEOUT}s"}
     *said, last = out.stdout.strip().splitlines() or ["{}"]
     print("\n".join(said), flush=True)
     if out.returncode:
-        return {"error": f"airbench exited {out.returncode}"}
+        return {"airbench_error": f"airbench exited {out.returncode}"}
     return json.loads(last)
 
 
@@ -318,7 +327,11 @@ def main() -> int:
     if args.small:
         args.bare_images = min(args.bare_images, 2048)
     args.source = args.source or find_source()
-    figures = check(args)
+    try:
+        figures = check(args)
+    except BatchmlError as exc:
+        print(f"gpu_check: error: {exc}", file=sys.stderr)
+        return 2
     line = json.dumps(figures)
     if args.out:
         Path(args.out).write_text(line + "\n")

@@ -19,7 +19,7 @@ import argparse
 import sys
 from datetime import UTC, date, datetime
 
-from batchml.cli import cluster_arguments, cluster_config, open_store, store_arguments
+from batchml.cli import cluster_arguments, cluster_config, open_store, positive, store_arguments, unexpected
 from batchml.cluster import connect
 from batchml.errors import BatchmlError
 from batchml.monitoring import format_report, monitor_run
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the night to score, YYYY-MM-DD (default today, UTC)")
     parser.add_argument("--model", default="production")
     parser.add_argument("--run-id", help="default nightly-<dataset>, or nightly-images-<date>")
-    parser.add_argument("--batch-size", type=int, help="images per predict call (default: the device's)")
+    parser.add_argument("--batch-size", type=positive, help="images per predict call (default: the device's)")
     parser.add_argument("--max-error-ratio", type=float, default=0.01)
     args = parser.parse_args(argv)
     dataset = args.dataset.replace("{date}", args.date) if args.dataset else None
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     except BatchmlError as exc:
         print(f"nightly: FAILED: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # a crash is a failure (2), never mistaken for an alert (1)
+        return unexpected("nightly: FAILED")
     print(format_report(report))
     return 1 if report.failed else 0
 

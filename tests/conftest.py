@@ -13,6 +13,7 @@ import sys
 import tarfile
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,19 @@ def s3_store(s3_endpoint) -> Store:
     return Store(StoreConfig(f"s3://{bucket}/store", s3_options(s3_endpoint)))
 
 
+def register_at_the_barrier(config: StoreConfig, barrier, tag: str, times: int, out) -> None:
+    """In a child process: wait for the other, then register ``times`` versions of model 'race'
+    (model bytes and card naming ``tag`` and the attempt); put the versions on ``out``."""
+    from batchml.registry import register
+
+    store, versions = Store(config), []
+    barrier.wait()
+    for i in range(times):
+        name = f"{tag}{i}"
+        versions.append(str(register(store, "race", name.encode(), {"arch": name})))
+    out.put(versions)
+
+
 # -- a real Dask cluster with two worker processes ----------------------------------------------
 
 
@@ -219,3 +233,107 @@ class TcpProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+
+class FaultyS3Proxy:
+    """An HTTP proxy in front of the S3 endpoint that fails requests as a flaky network
+    does: an HTTP 503 (SlowDown) or a connection dropped without an answer. ``fail(method,
+    path)`` returns "503", "drop" or None per request; by default a seeded share ``rate``
+    of requests fails, half each way. ``counts`` tallies what it did."""
+
+    def __init__(self, target: str, rate: float = 0.0, seed: int = 0, fail=None) -> None:
+        import collections
+        import random
+
+        self.target = target.removeprefix("http://")
+        self.rate, self._rng, self.fail = rate, random.Random(seed), fail or self._by_rate
+        self.counts: collections.Counter = collections.Counter()
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = None
+
+    def _by_rate(self, method: str, path: str) -> str | None:
+        draw = self._rng.random()
+        return None if draw >= self.rate else "503" if draw < self.rate / 2 else "drop"
+
+    def start(self) -> FaultyS3Proxy:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        handler = type("Relay", (_Relay,), {"proxy": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server.daemon_threads = True
+        self._server.handle_error = lambda request, address: None  # a client killed mid-request is expected
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class _Relay(BaseHTTPRequestHandler):
+    """One request through ``FaultyS3Proxy``: failed on purpose, or relayed to the endpoint."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as botocore expects
+    proxy: FaultyS3Proxy
+    _HOP = frozenset({"connection", "transfer-encoding", "expect", "keep-alive", "content-length"})
+    _SLOW_DOWN = b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>injected</Message></Error>"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        chunks = []
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+            pass
+        return b"".join(chunks)
+
+    def _relay(self) -> None:
+        import http.client
+
+        body = self._body()
+        fault = self.proxy.fail(self.command, self.path)
+        self.proxy.counts[fault or "ok"] += 1
+        if fault == "drop":
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if fault == "503":
+            return self._answer(503, [("Content-Type", "application/xml")], self._SLOW_DOWN)
+        upstream = http.client.HTTPConnection(self.proxy.target, timeout=120)
+        try:
+            upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+            for k, v in self.headers.items():
+                if k.lower() not in self._HOP:
+                    upstream.putheader(k, v)
+            upstream.putheader("Content-Length", str(len(body)))
+            upstream.endheaders(body)
+            resp = upstream.getresponse()
+            data = resp.read()
+            headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in self._HOP]
+            if self.command == "HEAD":
+                headers.append(("Content-Length", resp.getheader("Content-Length", "0")))
+            self._answer(resp.status, headers, data)
+        finally:
+            upstream.close()
+
+    def _answer(self, status: int, headers: list, data: bytes) -> None:
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        if self.command != "HEAD":
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay  # noqa: N815 - http.server's names

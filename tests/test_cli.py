@@ -123,6 +123,11 @@ def test_demo_commits_two_runs_that_duckdb_reads(tmp_path, cifar_slice):
         (["ingest", "/no/such/dir", "--dataset", "x"], "does not exist"),
         (["ingest", "cifar10", "--dataset", "bad name!"], "invalid dataset name"),
         (["score", "--dataset", "x", "--storage-options", "{oops"], "not valid JSON"),
+        (["score", "--images", "x", "--partition-size", "0"], "'0' is not a whole number of at least 1"),
+        (["score", "--dataset", "x", "--batch-size", "-1"], "'-1' is not a whole number of at least 1"),
+        (["monitor", "--since", "yesterday"], "--since 'yesterday' is not a date: use YYYY-MM-DD"),
+        (["train", "--dataset", "x", "--name", "../x"], "invalid model name '../x'"),
+        (["ingest", "cifar10", "--dataset", "x", "--classes", "a,a"], "has an empty or repeated name"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, args, message):
@@ -172,3 +177,25 @@ def test_every_training_setting_has_a_flag():
     assert train_config(train) == TrainConfig("d", momentum=0.8, warm_start="v1", ema=False)
     sweep = parser.parse_args(["sweep", "--dataset", "d", "--param", "width=4,8"])
     assert {f.name for f in fields(TrainConfig)} - set(vars(sweep)) == {"warm_start"}
+
+
+def test_an_unexpected_exception_exits_2_with_its_traceback(tmp_path, monkeypatch, capsys):
+    import batchml.registry
+    from batchml.cli import main
+
+    def broken(store):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(batchml.registry, "list_models", broken)
+    assert main(["models", "list", "--root", str(tmp_path / "store")]) == 2  # not 1, an error alert
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: a bug" in err and "unexpected error" in err
+
+
+def test_a_local_clusters_dask_dashboard_listens_on_loopback_only(client):
+    sockets = client.cluster.scheduler.http_server._sockets.values()
+    assert sockets and {s.getsockname()[0] for s in sockets} == {"127.0.0.1"}
+    from batchml.cli import build_parser, cluster_config
+
+    args = build_parser().parse_args(["score", "--dataset", "d", "--dask-dashboard-address", "0.0.0.0:8787"])
+    assert cluster_config(args).dashboard_address == "0.0.0.0:8787"

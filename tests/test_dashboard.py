@@ -202,3 +202,62 @@ def test_basic_auth_asks_for_the_password(store):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _dashboard(store, *args: str, env: dict | None = None, port: int | None = None) -> tuple[subprocess.Popen, int]:
+    port = port or free_port()
+    server = subprocess.Popen([sys.executable, "-m", "batchml", "dashboard", "--root", store.config.root,
+                               "--port", str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    return server, port
+
+
+def test_basic_auth_without_a_cookie_secret_refuses_to_start(store):
+    env = {k: v for k, v in os.environ.items() if k != "BATCHML_COOKIE_SECRET"}
+    server, _ = _dashboard(store, "--basic-auth", "s3cret", env=env)
+    _, err = server.communicate(timeout=120)
+    assert server.returncode == 2 and "--basic-auth needs --cookie-secret" in err
+
+
+def test_wrong_passwords_are_throttled(store):
+    import time
+
+    import requests
+
+    server, port = _dashboard(store, "--basic-auth", "s3cret", "--cookie-secret", "x" * 32)
+    try:
+        assert wait_for_port(port)
+        url = f"http://127.0.0.1:{port}/login"
+        with requests.Session() as session:
+            session.get(url, timeout=30)
+            started = time.monotonic()
+            for _ in range(5):
+                session.post(url, data={"username": "a", "password": "guess"}, timeout=60)
+            assert time.monotonic() - started >= 3  # 0.25 + 0.5 + 1 + 2 s of waits
+            ok = session.post(url, data={"username": "a", "password": "s3cret"}, timeout=60)
+            assert ok.status_code == 200 and "batchml monitoring" in ok.text
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_a_browser_reaching_the_dashboard_by_another_host_name_gets_the_page(store):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    origin = f"dash.example:{port}"  # as a DNS name or a reverse proxy would present it
+    server, _ = _dashboard(store, "--allow-websocket-origin", origin, port=port)
+    try:
+        assert wait_for_port(port), "the dashboard server did not start"
+        with sync_playwright() as p:  # the host name resolves to 127.0.0.1 inside this browser only
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP dash.example 127.0.0.1"])
+            pg = browser.new_page()
+            pg.goto(f"http://{origin}/")
+            pg.locator(".bm-accuracy").first.wait_for(timeout=60_000)  # drawn over the websocket
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -17,9 +17,12 @@ from batchml.ingest import ingest
 from batchml.scoring import ScoreConfig, score
 from batchml.store import Store, StoreConfig
 from tests.conftest import (
+    CLASSES,
+    FaultyS3Proxy,
     TcpProxy,
     copy_store,
     free_port,
+    make_image,
     s3_options,
     stop_processes,
     wait_for_port,
@@ -132,4 +135,34 @@ def test_a_store_outage_fails_loudly_and_commits_nothing(client, trained_store, 
     m = score(client, store, ScoreConfig("shapes-test", MODEL, "night"), verbose=False)
     preds = pd.read_parquet(store.url("runs/night/predictions"), storage_options=options)
     assert m["rows"] == len(preds) == 60 and preds.image_id.is_unique
+    proxy.stop()
+
+
+def test_a_file_that_cannot_be_read_now_fails_its_partition_and_a_rerun_scores_it(client, trained_store, s3_endpoint):
+    from urllib.parse import urlsplit
+
+    import boto3
+
+    broken = {"on": True}  # every GET of one image answers 503, until the storage recovers
+    proxy = FaultyS3Proxy(s3_endpoint, fail=lambda method, path: "503" if broken["on"] and method == "GET" and
+                          urlsplit(path).path.endswith("/in/square/001.png") else None).start()
+    bucket = f"flaky-{os.getpid()}-{int(time.time())}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    options = {**s3_options(proxy.endpoint), "config_kwargs": {"retries": {"max_attempts": 1}}}
+    store = Store(StoreConfig(f"s3://{bucket}/store", options))
+    store.fs.put(trained_store.config.root + "/", store.path(""), recursive=True)
+    for label, name in enumerate(CLASSES):
+        for i in range(3):
+            store.fs.pipe_file(f"{bucket}/in/{name}/{i:03d}.png", make_image(label, 100 * label + i))
+    cfg = ScoreConfig(None, MODEL, "flaky", images=f"s3://{bucket}/in", partition_size=3, max_error_ratio=1.0)
+
+    with pytest.raises(BatchmlError, match=r"could not read 1 file.*square/001.png.*rerun the same --run-id"):
+        score(client, store, cfg, verbose=False)
+    assert not store.exists("runs/flaky/manifest.json") and not store.list("runs/flaky/errors")
+
+    broken["on"] = False
+    m = score(client, store, cfg, verbose=False)
+    assert (m["rows"], m["errors"]) == (9, 0)
+    preds = pd.read_parquet(store.url("runs/flaky/predictions"), storage_options=options)
+    assert len(preds) == 9 and preds.image_id.is_unique
     proxy.stop()

@@ -91,13 +91,16 @@ def test_gpu_visible_but_cpu_compute_warns_naming_the_fix():
 
 
 class _Workers:
-    """A client stand-in whose workers report the given device records."""
+    """A client stand-in whose workers report the given device records and resources."""
 
-    def __init__(self, records: dict) -> None:
-        self.records = records
+    def __init__(self, records: dict, resources: dict | None = None) -> None:
+        self.records, self.resources = records, resources or {"GPU": 1}
 
     def run(self, function):
         return self.records
+
+    def scheduler_info(self, n_workers: int):
+        return {"workers": {addr: {"resources": self.resources} for addr in self.records}}
 
 
 def test_a_gpu_worker_computing_on_its_cpu_is_warned_about_or_refused(capsys):
@@ -109,11 +112,59 @@ def test_a_gpu_worker_computing_on_its_cpu_is_warned_about_or_refused(capsys):
     on_gpu = {"tcp://w1:1": {**records["tcp://w1:1"], "backend": "jax", "device": "gpu", "device_name": "NVIDIA H200"}}
     assert cluster.check_devices(_Workers(on_gpu), require_gpu=True) == on_gpu
     assert cluster.describe(on_gpu) == "1 worker(s): gpu NVIDIA H200 (jax) x 1"
+    with pytest.raises(BatchmlError, match="no workers to check"):
+        cluster.check_devices(_Workers({}), require_gpu=True)
+
+
+def test_a_gpu_worker_without_the_gpu_resource_is_warned_about(capsys):
+    on_gpu = {"tcp://w1:1": {"backend": "jax", "device": "gpu", "device_name": "NVIDIA H200", "gpus_visible": 1}}
+    cluster.check_devices(_Workers(on_gpu, resources={}))
+    err = capsys.readouterr().err
+    assert "advertises no GPU resource" in err and "--resources GPU=1" in err
+    cluster.check_devices(_Workers(on_gpu))
+    assert capsys.readouterr().err == ""
 
 
 def test_require_gpu_without_a_gpu_exits_2_before_anything_starts(tmp_path, capsys):
     rc = cli.main(["score", "--dataset", "d", "--root", str(tmp_path), "--require-gpu"])
     assert rc == 2 and "--require-gpu: no GPU is visible" in capsys.readouterr().err
+
+
+def test_cpu_and_require_gpu_together_exit_2_as_a_contradiction(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cluster, "visible_gpu_ids", lambda: ["0", "1"])
+    rc = cli.main(["score", "--dataset", "d", "--root", str(tmp_path), "--cpu", "--require-gpu"])
+    assert rc == 2 and "--cpu and --require-gpu contradict each other" in capsys.readouterr().err
+
+
+def test_an_unknown_keras_backend_in_the_environment_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "garbage")
+    rc = cli.main(["score", "--dataset", "d", "--root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown Keras backend 'garbage'" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_backend_missing_on_the_workers_is_a_clear_error():
+    if backend.installed("torch"):
+        pytest.skip("torch is installed here")
+    with pytest.raises(BatchmlError, match="Keras backend 'torch' is not installed on worker"), \
+            cluster.connect(ClusterConfig(backend="torch", workers=1)):
+        pass
+
+
+def test_a_dotted_module_under_a_missing_package_is_not_installed():
+    assert not backend.installed("jax_plugins_nowhere.xla_cuda12")  # find_spec raises here
+
+
+def test_auto_takes_torch_on_a_gpu_only_as_a_cuda_build(tmp_path, monkeypatch):
+    package = tmp_path / "torch"
+    (package / "lib").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(backend, "jax_has_cuda", lambda: False)
+    assert not backend.torch_has_cuda()  # a CPU build
+    (package / "lib" / "libtorch_cuda.so").write_bytes(b"")
+    assert backend.torch_has_cuda() and backend.resolve_backend("auto", gpu_visible=True) == "torch"
 
 
 def test_more_workers_than_gpus_exits_2_with_the_reason(tmp_path, capsys, monkeypatch):
@@ -149,13 +200,15 @@ def _pinned_task(seconds: float) -> tuple[str, float, float]:
 
 
 @pytest.mark.slow
-def test_without_dask_cuda_worker_i_is_pinned_to_gpu_i_and_gpu_tasks_spread(monkeypatch):
+def test_without_dask_cuda_worker_i_is_pinned_to_gpu_i_and_gpu_tasks_spread(monkeypatch, capsys):
     """Real worker processes; two fake GPUs (their ids reach the workers as CUDA_VISIBLE_DEVICES)."""
     monkeypatch.setattr(cluster, "visible_gpu_ids", lambda: ["0", "1"])
     monkeypatch.setitem(sys.modules, "dask_cuda", None)  # not installed
-    with pytest.warns(UserWarning, match="dask-cuda is not installed"), \
-            cluster.connect(ClusterConfig(backend="tensorflow")) as client:
+    with cluster.connect(ClusterConfig(backend="tensorflow")) as client:
+        assert "dask-cuda is not installed" in capsys.readouterr().err
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")  # loopback, as LocalCluster
         workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        assert all(w["host"] == "127.0.0.1" for w in workers)
         assert sorted(w["resources"].get("GPU") for w in workers) == [1, 1]
         assert sorted(client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"]).values()) == ["0", "1"]
         resources = cluster.gpu_resources(client, cluster.TRAIN_GPU_SHARE)

@@ -134,3 +134,51 @@ def test_a_missing_split_lists_the_splits_found(store, tmp_path):
     write_class_folders(tmp_path, {"train": 2})
     with pytest.raises(BatchmlError, match=r"no 'test' split .found: train"):
         ingest(store, str(tmp_path), "x", "test", verbose=False)
+
+
+def _tar_of(folder, archive, mode="w"):
+    with tarfile.open(archive, mode) as tar:
+        tar.add(folder, arcname="test")
+    return archive
+
+
+def test_a_plain_tar_cut_between_members_is_refused_and_commits_nothing(store, image_folders, tmp_path):
+    whole = _tar_of(image_folders / "test", tmp_path / "whole.tar").read_bytes()
+    with tarfile.open(tmp_path / "whole.tar") as tar:
+        cut_at = tar.getmembers()[len(tar.getmembers()) // 2].offset  # a member boundary
+    (tmp_path / "cut.tar").write_bytes(whole[:cut_at])
+    with pytest.raises(BatchmlError, match=r"cut.tar is truncated or corrupt .*end-of-archive"):
+        ingest(store, str(tmp_path / "cut.tar"), "cut", "test", verbose=False)
+    assert not store.exists("images/cut/dataset.json")
+
+
+def test_a_truncated_tar_gz_is_a_clear_error(store, image_folders, tmp_path):
+    whole = _tar_of(image_folders / "test", tmp_path / "whole.tar.gz", "w:gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(BatchmlError, match=r"cut.tar.gz is truncated or corrupt"):
+        ingest(store, str(tmp_path / "cut.tar.gz"), "cut", "test", verbose=False)
+
+
+def test_a_file_name_that_is_not_utf8_is_a_clear_error(store, tmp_path):
+    folder = tmp_path / "night" / "circle"
+    folder.mkdir(parents=True)
+    (folder / "ok.png").write_bytes(make_image(0, 1))
+    with open(os.fsencode(folder) + b"/caf\xe9.png", "wb") as f:  # Latin-1 bytes, as old cameras write
+        f.write(make_image(0, 2))
+    with pytest.raises(BatchmlError, match=r"caf\\\\xe9.png.* is not valid UTF-8: rename it"):
+        ingest(store, str(tmp_path / "night"), "latin", verbose=False)
+
+
+@pytest.mark.parametrize("classes", [["circle", "circle", "square"], ["circle", "", "square"]])
+def test_repeated_or_empty_class_names_are_refused(store, image_folders, classes):
+    with pytest.raises(BatchmlError, match=r"--classes .* has an empty or repeated name"):
+        ingest(store, str(image_folders), "x", "test", classes=classes, verbose=False)
+
+
+def test_a_label_outside_the_class_list_is_refused_at_ingest(store, tmp_path):
+    folder = write_cifar_batches(tmp_path / "cifar-10-batches-py")
+    batch = _cifar_batch(4, 5)
+    batch[b"labels"][2] = 12  # ten classes
+    (folder / "test_batch").write_bytes(pickle.dumps(batch))
+    with pytest.raises(BatchmlError, match=r"has label 12, outside its 10 classes"):
+        ingest(store, str(tmp_path), "cifar-bad", "test", verbose=False)

@@ -50,3 +50,19 @@ def test_nightly_job_scores_the_days_new_files_without_an_ingest(trained_store, 
     assert "run nightly-images-2026-11-25: 30 predictions" in proc.stdout
     missing = nightly(store, "--images", str(tmp_path / "incoming" / "{date}"), "--date", "2026-11-26")
     assert missing.returncode == 2 and "2026-11-26" in missing.stderr
+
+
+def test_nightly_exits_2_with_the_traceback_on_an_unexpected_exception(monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nightly", NIGHTLY)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(job, "open_store", broken)
+    assert job.main(["--dataset", "night"]) == 2  # a failure, not an error alert (1)
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: a bug" in err

@@ -70,3 +70,15 @@ def test_a_date_range_folds_runs_exactly(nights):
     assert summary["correct"] == sum(r.row["correct"] for r in reports)
     assert summary["confusion"] == (np.sum([r.row["confusion"] for r in reports], axis=0)).tolist()
     assert summary["accuracy"] == pytest.approx(reports[0].row["accuracy"])
+
+
+def test_a_run_where_every_image_fails_alerts(client, trained_store, tmp_path):
+    store = copy_store(trained_store, tmp_path / "store")
+    folder = tmp_path / "broken" / "test" / "circle"
+    folder.mkdir(parents=True)
+    for i in range(5):
+        (folder / f"{i}.png").write_bytes(make_image(0, i)[:50])  # truncated
+    ingest(store, str(tmp_path / "broken"), "broken", "test", classes=CLASSES, verbose=False)
+    score(client, store, ScoreConfig("broken", "shapes/production", "all-bad", max_error_ratio=1.0), verbose=False)
+    report = monitor_run(store, "all-bad")
+    assert report.failed and [a["kind"] for a in report.alerts] == ["no_rows"]

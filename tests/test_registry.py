@@ -53,3 +53,26 @@ def test_loaded_model_predicts_like_the_saved_one(store, model_file):
     x = np.ones((3, 4), np.float32)
     expected = keras.saving.load_model(model_file).predict(x, verbose=0)
     assert np.allclose(load_model(store, mv).predict(x, verbose=0), expected)
+
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_processes_registering_at_once_never_share_a_version(request, store, where):
+    import multiprocessing
+
+    from tests.conftest import register_at_the_barrier
+
+    target = request.getfixturevalue("s3_store") if where == "s3" else store
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=register_at_the_barrier, args=(target.config, barrier, tag, 5, out))
+             for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    got = [version for _ in procs for version in out.get(timeout=120)]
+    for p in procs:
+        p.join(30)
+    assert len(set(got)) == 10 and list_versions(target, "race") == [f"v{i}" for i in range(1, 11)]
+    for version in got:  # each card beside its own model
+        mv = ModelVersion(*version.split("/"))
+        assert target.read_bytes(f"{mv.prefix}/model.keras") == read_card(target, mv)["arch"].encode()

@@ -105,13 +105,63 @@ def test_a_run_id_cannot_be_reused_for_another_dataset(client, run_store):
         score(client, run_store, ScoreConfig("shapes-train", MODEL, "r4"), verbose=False)
 
 
-def test_labels_of_other_classes_are_refused(client, run_store, tmp_path):
+def test_labels_of_other_classes_are_refused_before_the_run_is_written(client, run_store, tmp_path):
     from tests.conftest import write_class_folders
 
     write_class_folders(tmp_path / "other", {"test": 2}, classes=["cat", "dog", "emu"])
     ingest(run_store, str(tmp_path / "other"), "animals", "test", verbose=False)
     with pytest.raises(BatchmlError, match=r"score with a model trained on these classes"):
         score(client, run_store, ScoreConfig("animals", MODEL, "r5"), verbose=False)
+    assert not run_store.exists("runs/r5/run.json")  # the run id is not tied to the wrong model
+
+
+def test_a_label_outside_the_models_classes_fails_the_run_with_a_clear_error(client, run_store):
+    table = datasets.read_partition(run_store, "shapes-test", "part-00001.parquet")
+    labels = table["label"].to_pylist()
+    labels[3] = 7  # the model knows 3 classes
+    run_store.write_parquet("images/shapes-test/part-00001.parquet",
+                            table.set_column(2, "label", pa.array(labels, pa.int16())))
+    with pytest.raises(BatchmlError, match=r"part-00001.parquet of 'shapes-test' has labels \[7\] outside"):
+        score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-label"), verbose=False)
+    assert not run_store.exists("runs/r-label/manifest.json")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"partition_size": 0}, "--partition-size must be at least 1"),
+    ({"batch_size": -1}, "--batch-size must be at least 1"),
+    ({"max_error_ratio": 1.5}, "--max-error-ratio is a share"),
+])
+def test_settings_that_cannot_work_are_refused_before_anything_is_written(run_store, tmp_path, change, message):
+    cfg = ScoreConfig(None, MODEL, "r-bad", images=str(tmp_path), **change)
+    with pytest.raises(BatchmlError, match=message):
+        score(None, run_store, cfg, verbose=False)
+    assert not run_store.exists("runs/r-bad")
+
+
+def test_a_prefix_holding_a_file_name_that_is_not_utf8_is_a_clear_error(tmp_path):
+    from batchml.inputs import plan_prefix
+
+    (tmp_path / "ok.png").write_bytes(make_image(0, 1))
+    with open(os.fsencode(tmp_path) + b"/na\xefve.png", "wb") as f:
+        f.write(make_image(0, 2))
+    with pytest.raises(BatchmlError, match=r"na\\\\xefve.png.* is not valid UTF-8"):
+        plan_prefix(str(tmp_path), {}, 10)
+
+
+def test_resuming_an_images_run_with_another_partition_size_is_refused(client, run_store, tmp_path):
+    from tests.conftest import write_class_folders
+
+    folder = write_class_folders(tmp_path / "raw", {"test": 7}) / "test"  # 21 files
+    cfg = ScoreConfig(None, MODEL, "resized", images=str(folder), partition_size=5)
+    score(client, run_store, cfg, verbose=False)
+    for rel in ("manifest.json", "stats/part-00004.json"):  # as if the job had died mid-run
+        run_store.delete(f"runs/resized/{rel}")
+    with pytest.raises(BatchmlError, match=r"partitions of 5 files, not 4: resume it with --partition-size 5"):
+        score(client, run_store, ScoreConfig(None, MODEL, "resized", images=str(folder), partition_size=4),
+              verbose=False)
+    m = score(client, run_store, cfg, verbose=False)
+    preds = pd.read_parquet(run_store.path("runs/resized/predictions"))
+    assert m["rows"] == len(preds) == 21 and preds.image_id.is_unique
 
 
 def test_a_prefix_of_raw_files_is_scored_without_ingest(client, run_store, tmp_path):

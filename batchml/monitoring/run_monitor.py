@@ -2,6 +2,8 @@
 failure-case snapshot.
 
 Alert rules, each with its reason:
+- ``no_rows`` (error): not one image was scored (all undecodable, even where the run
+  allowed that): there is nothing to monitor, and no news is not good news.
 - ``error_ratio`` (error): more undecodable images than the run allowed.
 - ``class_shift`` (warning): the predicted class mix differs from the model's reference
   (chi-square test at ``shift_p_value``, with a Jensen-Shannon distance of at least
@@ -196,6 +198,8 @@ def _label_shift(card: dict, stats: PartitionStats) -> dict:
 def alerts(row: dict, max_error_ratio: float, cfg: MonitorConfig) -> list[dict]:
     """The alert rules of this module's docstring, applied to one monitoring row."""
     out = []
+    if row["rows"] == 0:
+        out.append(_alert("no_rows", "error", 0, 1, f"no image was scored ({row['errors']} undecodable)"))
     if row["error_ratio"] > max_error_ratio:
         out.append(_alert("error_ratio", "error", row["error_ratio"], max_error_ratio,
                           f"{row['errors']} undecodable images ({row['error_ratio']:.2%})"))

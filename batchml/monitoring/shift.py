@@ -29,7 +29,7 @@ def class_shift(counts: np.ndarray, reference: np.ndarray) -> dict:
     counts, reference = np.asarray(counts, float), np.asarray(reference, float)
     share, ref_share = counts / counts.sum(), reference / reference.sum()
     used = (counts + reference) > 0  # a class neither predicted adds no information
-    if used.sum() < 2:
+    if used.sum() < 2 or not counts.sum():  # nothing predicted: no test (the no_rows alert says so)
         chi2, p_value = 0.0, 1.0
     else:
         chi2, p_value, _, _ = chi2_contingency(np.vstack([counts[used], reference[used]]), correction=False)

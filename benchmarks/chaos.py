@@ -1,0 +1,320 @@
+"""Chaos: nights that must not lose, duplicate or wedge, under the faults of issue 13.
+
+Each seeded round scores ``--images`` PNGs from a moto S3 prefix through a real
+``dask scheduler`` with 2 ``dask worker`` processes, with every S3 request passing a
+proxy that answers 503 or drops the connection on a share of requests, and:
+
+- kills a worker, then the client, at random points of the run;
+- tries to resume with another ``--partition-size`` (must be refused: exit 2), then
+  resumes with the original one until the run commits (a transient failure may exit 2);
+- registers two model versions at the same instant from two processes;
+- scores a batch of bombs, truncated, 16-bit, empty and oddly named files (each must be
+  a prediction or an error row) and ingests a truncated tar (must exit 2).
+
+It prints a line per round and, last, one JSON object: rows expected, committed, lost and
+duplicated, runs wedged (not done within ``--timeout``) and wrong exit codes. The bar:
+10 rounds of 20,000 images, all zero. The model is a tiny untrained net: correctness of
+the plumbing does not depend on its weights.
+
+    python benchmarks/chaos.py [--rounds 10] [--images 20000] [--fault-rate 0.03] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.conftest: moto, proxy, images
+
+from tests.conftest import (
+    CLASSES,
+    FaultyS3Proxy,
+    free_port,
+    make_image,
+    register_at_the_barrier,
+    stop_processes,
+    wait_for_port,
+)
+
+BUCKET = "chaos"
+PARTITION_SIZES = (400, 500, 800, 1000, 1250)  # drawn per round; a resume tries another
+ENV = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+       "AWS_DEFAULT_REGION": "us-east-1", "KERAS_BACKEND": "tensorflow"}
+
+
+# -- the world: moto, the faulty proxy, a Dask cluster, a tiny model ---------------------------
+
+
+def start_world(fault_rate: float, seed: int) -> dict:
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)]
+    assert wait_for_port(port), "moto did not start"
+    moto = f"http://127.0.0.1:{port}"
+    proxy = FaultyS3Proxy(moto, rate=fault_rate, seed=seed).start()
+    sport = free_port()
+    procs.append(subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
+                                   str(sport), "--no-dashboard"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, env=ENV))
+    assert wait_for_port(sport), "dask scheduler did not start"
+    address = f"tcp://127.0.0.1:{sport}"
+    procs += [subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nthreads", "2",
+                                "--no-dashboard", "--name", f"w{i}"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=ENV) for i in range(2)]
+    from distributed import Client
+
+    client = Client(address, timeout="60s")
+    client.wait_for_workers(2, timeout=120)
+    return {"moto": moto, "proxy": proxy, "address": address, "client": client, "procs": procs}
+
+
+def s3(endpoint: str):
+    import s3fs
+
+    return s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": endpoint},
+                             use_listings_cache=False)
+
+
+def store_config(endpoint: str):
+    from batchml.store import StoreConfig
+
+    return StoreConfig(f"s3://{BUCKET}/store", {"client_kwargs": {"endpoint_url": endpoint},
+                                                "key": "testing", "secret": "testing"})
+
+
+def register_tiny_model(endpoint: str) -> None:
+    import keras
+
+    from batchml.images import Preprocessing
+    from batchml.registry import model_bytes, promote, register
+    from batchml.store import Store
+
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(len(CLASSES), "softmax")])
+    store = Store(store_config(endpoint))
+    card = {"arch": "tiny", "classes": CLASSES, "preprocessing": Preprocessing().to_dict(),
+            "calibration": {"temperature": 1.0}}
+    promote(store, register(store, "chaos", model_bytes(model), card))
+
+
+def upload_images(fs, n: int) -> None:
+    """``n`` labelled PNGs under in/<class>/, written concurrently (s3fs pipes a dict at once)."""
+    batch = {}
+    for i in range(n):
+        batch[f"{BUCKET}/in/{CLASSES[i % 3]}/{i:06d}.png"] = make_image(i % 3, i)
+        if len(batch) == 1000 or i == n - 1:
+            fs.pipe(batch)
+            batch = {}
+
+
+def odd_files() -> dict[str, bytes]:
+    """A night's worst: bombs, cut files, 16-bit and empty images, names that are hard to read."""
+    from tests.test_images import _png_claiming
+
+    good = make_image(0, 1)
+    jpeg = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(jpeg, "JPEG")
+    small = jpeg.getvalue()
+    sof = small.index(b"\xff\xc0")
+    wide = io.BytesIO()
+    Image.fromarray(np.arange(1024, dtype=np.uint16).reshape(32, 32) * 64).save(wide, "PNG")
+    return {
+        "bomb.png": _png_claiming(20000, 20000),
+        "huge.jpg": small[:sof + 5] + (9000).to_bytes(2, "big") * 2 + small[sof + 9:],
+        "cut.png": good[: len(good) // 2],
+        "empty.png": b"",
+        "text.jpg": b"not an image at all",
+        "sixteen-bit.png": wide.getvalue(),
+        "brackets [1] *.png": good,
+        "caf\u00e9 \u5199\u771f.png": good,
+        "circle/good.png": good,
+    }
+
+
+# -- one round -----------------------------------------------------------------------------------
+
+
+def batchml(world: dict, *args: str, timeout: float) -> tuple[int | None, str]:
+    """Run the CLI against the store through the faulty proxy; (exit code or None if wedged, stderr)."""
+    env = {**ENV, "AWS_ENDPOINT_URL": world["proxy"].endpoint}
+    cmd = [sys.executable, "-m", "batchml", *args, "--root", f"s3://{BUCKET}/store", "-q"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return None, "wedged"
+    return proc.returncode, proc.stderr
+
+
+def interrupted_run(world: dict, fs, run_id: str, size: int, rng: random.Random, n_parts: int) -> int:
+    """Start a run, kill a worker and then the client at random points; the client's exit code."""
+    env = {**ENV, "AWS_ENDPOINT_URL": world["proxy"].endpoint}
+    job = subprocess.Popen([sys.executable, "-m", "batchml", "score", "--images", f"s3://{BUCKET}/in",
+                            "--scheduler", world["address"], "--run-id", run_id, "--partition-size", str(size),
+                            "--model", "chaos/production", "--root", f"s3://{BUCKET}/store", "-q"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    stats = f"{BUCKET}/store/runs/{run_id}/stats"
+    for stage, share in (("worker", rng.uniform(0, 0.4)), ("client", rng.uniform(0.4, 0.9))):
+        deadline = time.monotonic() + 600
+        while job.poll() is None and time.monotonic() < deadline and done(fs, stats) < share * n_parts:
+            time.sleep(0.2)
+        if job.poll() is not None:
+            break
+        if stage == "worker":
+            victim = rng.choice(list(world["client"].run(os.getpid).values()))
+            os.kill(victim, signal.SIGKILL)  # its nanny starts another
+        else:
+            job.kill()
+    return job.wait()
+
+
+def done(fs, prefix: str) -> int:
+    try:
+        return len(fs.ls(prefix, refresh=True))
+    except FileNotFoundError:
+        return 0
+
+
+def check_rows(fs, run_id: str, expected: set[str]) -> dict:
+    import pyarrow.parquet as pq
+
+    def ids(kind: str) -> list[str]:
+        files = fs.glob(f"{BUCKET}/store/runs/{run_id}/{kind}/*.parquet")
+        return [i for f in files for i in pq.read_table(fs.open(f), columns=["image_id"])["image_id"].to_pylist()]
+
+    got = ids("predictions") + ids("errors")
+    return {"expected": len(expected), "committed": len(got), "duplicated": len(got) - len(set(got)),
+            "lost": len(expected - set(got)), "unexpected": len(set(got) - expected)}
+
+
+def registrations(world: dict) -> int:
+    """Two registrations at once from two processes; 1 when they shared a version."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    cfg = store_config(world["proxy"].endpoint)
+    procs = [ctx.Process(target=register_at_the_barrier, args=(cfg, barrier, tag, 1, out)) for tag in "ab"]
+    for p in procs:
+        p.start()
+    got = [v for _ in procs for v in out.get(timeout=300)]
+    for p in procs:
+        p.join(60)
+    return int(len(set(got)) != 2)
+
+
+def run_round(world: dict, fs, r: int, n: int, rng: random.Random, timeout: float) -> dict:
+    run_id = f"chaos-{r}"
+    size = rng.choice(PARTITION_SIZES)
+    other = rng.choice([s for s in PARTITION_SIZES if s != size])
+    n_parts = -(-n // size)
+    wrong = wedged = 0
+    code = interrupted_run(world, fs, run_id, size, rng, n_parts)
+    wrong += code not in (0, 2, -signal.SIGKILL)
+    committed = fs.exists(f"{BUCKET}/store/runs/{run_id}/manifest.json")
+    code, err = batchml(world, "score", "--images", f"s3://{BUCKET}/in", "--scheduler", world["address"], "--run-id",
+                        run_id, "--partition-size", str(other), "--model", "chaos/production", timeout=timeout)
+    wedged += code is None
+    wrong += code != (0 if committed else 2) or (not committed and f"partitions of {size} files" not in err)
+    for _ in range(5):  # transient faults may fail a resume (exit 2, nothing committed): resume again
+        code, err = batchml(world, "score", "--images", f"s3://{BUCKET}/in", "--scheduler", world["address"],
+                            "--run-id", run_id, "--partition-size", str(size), "--model", "chaos/production",
+                            timeout=timeout)
+        wedged += code is None
+        if code == 0:
+            break
+        wrong += code != 2 or "Traceback" in err or fs.exists(f"{BUCKET}/store/runs/{run_id}/manifest.json")
+    expected = {f"{CLASSES[i % 3]}/{i:06d}.png" for i in range(n)}
+    rows = check_rows(fs, run_id, expected)
+    rows["lost"] += 0 if code == 0 else rows["expected"] - rows["committed"] + rows["duplicated"]
+    odd = odd_round(world, fs, r, timeout)
+    collisions = registrations(world)
+    return {"round": r, "partition_size": size, **rows, "odd_lost": odd["lost"], "odd_duplicated": odd["duplicated"],
+            "wedged": wedged + odd["wedged"], "wrong_exit_codes": wrong + odd["wrong"] + collisions,
+            "registration_collisions": collisions}
+
+
+def odd_round(world: dict, fs, r: int, timeout: float) -> dict:
+    """The odd batch must commit with every file a row; a truncated tar must be refused."""
+    files = odd_files()
+    fs.pipe({f"{BUCKET}/odd-{r}/{name}": data for name, data in files.items()})
+    code, _ = batchml(world, "score", "--images", f"s3://{BUCKET}/odd-{r}", "--scheduler", world["address"],
+                      "--run-id", f"odd-{r}", "--partition-size", "4", "--max-error-ratio", "1",
+                      "--model", "chaos/production", timeout=timeout)
+    for _ in range(3):
+        if code != 2:
+            break
+        code, _ = batchml(world, "score", "--images", f"s3://{BUCKET}/odd-{r}", "--scheduler", world["address"],
+                          "--run-id", f"odd-{r}", "--partition-size", "4", "--max-error-ratio", "1",
+                          "--model", "chaos/production", timeout=timeout)
+    rows = check_rows(fs, f"odd-{r}", set(files))
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "night.tar"
+        with tarfile.open(archive, "w") as tar:
+            for name, data in list(files.items())[-3:] * 2:
+                info = tarfile.TarInfo(f"test/circle/{len(tar.getmembers())}-{Path(name).name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            cut = tar.getmembers()[3].offset
+        archive.write_bytes(archive.read_bytes()[:cut])
+        tar_code, _ = batchml(world, "ingest", str(archive), "--dataset", f"cut-{r}", "--split", "test",
+                              timeout=timeout)
+    return {"lost": rows["lost"], "duplicated": rows["duplicated"],
+            "wedged": (code is None) + (tar_code is None), "wrong": (code != 0) + (tar_code != 2)}
+
+
+# -- main --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--fault-rate", type=float, default=0.03, help="share of S3 requests failed (503 or drop)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=900, help="seconds before a command counts as wedged")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    world = start_world(args.fault_rate, args.seed)
+    try:
+        fs = s3(world["moto"])
+        fs.mkdir(BUCKET)
+        register_tiny_model(world["moto"])
+        upload_images(fs, args.images)
+        rounds = []
+        for r in range(args.rounds):
+            rounds.append(run_round(world, fs, r, args.images, random.Random(args.seed * 1000 + r), args.timeout))
+            print(json.dumps(rounds[-1]), flush=True)
+    finally:
+        world["client"].close()
+        world["proxy"].stop()
+        stop_processes(world["procs"][1:])
+        world["procs"][0].kill()
+    total = {k: sum(r[k] for r in rounds) for k in ("expected", "committed", "duplicated", "lost",
+                                                     "odd_lost", "odd_duplicated", "wedged", "wrong_exit_codes")}
+    summary = {"rounds": len(rounds), "images_per_round": args.images, "rows_expected": total["expected"],
+               "rows_committed": total["committed"], "rows_lost": total["lost"] + total["odd_lost"],
+               "rows_duplicated": total["duplicated"] + total["odd_duplicated"], "runs_wedged": total["wedged"],
+               "wrong_exit_codes": total["wrong_exit_codes"], "s3_requests": dict(world["proxy"].counts),
+               "wall_seconds": round(time.monotonic() - started, 1)}
+    print(f"chaos: {summary['rounds']} rounds of {args.images:,} images; rows lost {summary['rows_lost']}, "
+          f"duplicated {summary['rows_duplicated']}; runs wedged {summary['runs_wedged']}; wrong exit codes "
+          f"{summary['wrong_exit_codes']}; S3 requests {summary['s3_requests']}")
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
