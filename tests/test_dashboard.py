@@ -241,23 +241,20 @@ def test_wrong_passwords_are_throttled(store):
         server.wait(10)
 
 
-def test_a_browser_reaching_the_dashboard_by_another_host_name_gets_the_page(store):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
+def test_a_browser_reaching_the_dashboard_by_another_host_name_gets_the_page(store, page):
     port = free_port()
     origin = f"dash.example:{port}"  # as a DNS name or a reverse proxy would present it
     server, _ = _dashboard(store, "--allow-websocket-origin", origin, port=port)
     try:
         assert wait_for_port(port), "the dashboard server did not start"
-        with sync_playwright() as p:  # the host name resolves to 127.0.0.1 inside this browser only
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP dash.example 127.0.0.1"])
-            pg = browser.new_page()
-            pg.goto(f"http://{origin}/")
-            pg.locator(".bm-accuracy").first.wait_for(timeout=60_000)  # drawn over the websocket
-            browser.close()
+        # a second browser from the module's Playwright (one sync Playwright per thread), in which
+        # the host name resolves to 127.0.0.1
+        browser = page.context.browser.browser_type.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP dash.example 127.0.0.1"])
+        pg = browser.new_page()
+        pg.goto(f"http://{origin}/")
+        pg.locator(".bm-accuracy").first.wait_for(timeout=60_000)  # drawn over the websocket
+        browser.close()
     finally:
         server.terminate()
         server.wait(10)

@@ -72,12 +72,14 @@ def test_torch_is_pinned_to_cuda_device_0(monkeypatch):
 @pytest.mark.parametrize(("installed", "gpu", "expected"), [
     ({"jax", "jax_cuda13_plugin", "tensorflow"}, True, "jax"),
     ({"jax", "jax_cuda13_plugin", "tensorflow"}, False, "tensorflow"),
-    ({"torch", "tensorflow"}, True, "torch"),
+    ({"torch", "torch-cuda-build", "tensorflow"}, True, "torch"),
+    ({"torch", "tensorflow"}, True, "tensorflow"),  # a CPU build of torch is no faster than TensorFlow
     ({"tensorflow"}, True, "tensorflow"),  # no GPU framework: the device check then warns
     ({"jax"}, False, "jax"),
 ])
 def test_auto_backend_uses_the_gpu_where_a_gpu_framework_is_installed(monkeypatch, installed, gpu, expected):
     monkeypatch.setattr(backend, "installed", lambda module: module in installed)
+    monkeypatch.setattr(backend, "torch_has_cuda", lambda: "torch-cuda-build" in installed)
     assert backend.resolve_backend("auto", gpu) == expected
     assert backend.resolve_backend("torch", gpu) == "torch"  # a named backend is kept
 
@@ -94,7 +96,7 @@ class _Workers:
     """A client stand-in whose workers report the given device records and resources."""
 
     def __init__(self, records: dict, resources: dict | None = None) -> None:
-        self.records, self.resources = records, resources or {"GPU": 1}
+        self.records, self.resources = records, {"GPU": 1} if resources is None else resources
 
     def run(self, function):
         return self.records
