@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="instead of --run-id: summarise runs committed from this date (YYYY-MM-DD)")
     p.add_argument("--until", help="... to this date, inclusive")
     p.add_argument("--model", help="only this model version's runs (NAME/vN)")
+    p.add_argument("--accept-baseline", metavar="RUN_ID",
+                   help="record that this monitored run's class mix is the new normal: sustained-shift "
+                        "alerts stop and the nightly baseline restarts from it")
+    p.add_argument("--note", default="", help="with --accept-baseline: why (kept in the record)")
     p.set_defaults(func=cmd_monitor)
 
     p = verbs.add_parser("dashboard", parents=[store], help="serve the monitoring dashboard (Panel)")
@@ -292,11 +296,17 @@ def cmd_score(args) -> None:
 
 
 def cmd_monitor(args) -> int:
-    from batchml.monitoring import format_range, format_report, monitor_range, monitor_run
+    from batchml.monitoring import accept_baseline, format_range, format_report, monitor_range, monitor_run
 
+    if args.accept_baseline:
+        r = accept_baseline(open_store(args), args.accept_baseline, args.note)
+        print(f"accepted the class mix of run {r['run_id']} as the baseline of {r['model_version']} "
+              f"(recorded at monitoring/accepted/{r['run_id']}.json)")
+        return 0
     if not args.run_id:
         if not (args.since or args.until):
-            raise BatchmlError("pass --run-id ID, or --since/--until dates to summarise a range of runs")
+            raise BatchmlError("pass --run-id ID, --since/--until dates to summarise a range of runs, "
+                               "or --accept-baseline ID")
         print(format_range(monitor_range(open_store(args), args.since, args.until, args.model)))
         return 0
     report = monitor_run(open_store(args), args.run_id)

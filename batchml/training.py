@@ -18,6 +18,7 @@ from batchml.device import device_lock
 from batchml.diagnostics import fit_verdict
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing
+from batchml.monitoring.label_free import atc_reference
 from batchml.recipes import TUNABLE, Recipe, recipe_for
 from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, load_model, model_bytes, read_card, register, resolve
 from batchml.stats import PartitionStats, scale_temperature
@@ -190,6 +191,8 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
             "validation_nll_before": nll(val_probs, y[val]),
             "validation_nll_after": nll(scale_temperature(val_probs, temperature), y[val]),
         },
+        # label-free monitoring: the ATC threshold and the validation output histograms
+        "atc": atc_reference(val_probs, y[val], temperature),
         "reference": {"split": "validation", "dataset": cfg.dataset, "rows": val_stats.rows,
                       "predicted_counts": val_stats.predicted_counts.tolist(),
                       "accuracy": val_stats.correct / val_stats.labelled},
