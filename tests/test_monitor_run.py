@@ -70,3 +70,15 @@ def test_a_date_range_folds_runs_exactly(nights):
     assert summary["correct"] == sum(r.row["correct"] for r in reports)
     assert summary["confusion"] == (np.sum([r.row["confusion"] for r in reports], axis=0)).tolist()
     assert summary["accuracy"] == pytest.approx(reports[0].row["accuracy"])
+
+
+def test_an_accepted_baseline_is_recorded_and_used_by_the_next_run(client, nights):
+    from batchml.monitoring import accept_baseline
+
+    store, _ = nights
+    record = accept_baseline(store, f"night-{MIN_NIGHTS}", note="new camera")
+    assert store.read_json(f"monitoring/accepted/night-{MIN_NIGHTS}.json")["note"] == "new camera"
+    score(client, store, ScoreConfig("shapes-test", "shapes/production", "after"), verbose=False)
+    row = monitor_run(store, "after").row
+    assert row["accepted_run"] == record["run_id"] and row["history_nights"] == 1
+    assert row["atc_accuracy"] is not None  # the card of a freshly trained model keeps the ATC threshold
