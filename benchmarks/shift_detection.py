@@ -70,20 +70,25 @@ def prepare(store: Store, epochs: int) -> tuple[dict, np.ndarray, np.ndarray]:
     return read_card(store, mv), np.stack(preds.probabilities.to_numpy()), preds.label.to_numpy().astype(int)
 
 
-def corrupted_probs(store: Store, out: Path, seed: int) -> dict[str, np.ndarray]:
-    """Probabilities (N, K) of the first CORRUPT_IMAGES test images under every corruption and
-    severity, cached beside the store (predicting them takes minutes on 2 CPU cores)."""
-    cache = out / f"corrupted-probs-{resolve(store, 'production').version}.npz"
+def corrupted_probs(store: Store, out: Path, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Probabilities (N, K) of CORRUPT_IMAGES random test images, clean ("clean") and under every
+    corruption and severity, with their labels, cached beside the store (predicting them takes
+    minutes on 2 CPU cores). Random, not the first: the test set is stored class by class."""
+    cache = out / f"corrupted-probs-{resolve(store, 'production').version}-{seed}.npz"
     if cache.exists():
-        return dict(np.load(cache))
+        probs = dict(np.load(cache))
+        return probs, probs.pop("labels")
     configure_backend()
     model = load_model(store, resolve(store, "production"))
-    x, _, _, _ = datasets.load_labelled(store, "cifar10-test", Preprocessing())
-    x, rng = x[:CORRUPT_IMAGES], np.random.default_rng(seed)
-    probs = {f"{name}-{s}": model.predict(fn(x, s, rng), batch_size=512, verbose=0)
-             for name, fn in CORRUPTIONS.items() for s in SEVERITIES}
-    np.savez(cache, **probs)
-    return probs
+    x, y, _, _ = datasets.load_labelled(store, "cifar10-test", Preprocessing())
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(y), CORRUPT_IMAGES, replace=False)
+    x, y = x[pick], y[pick]
+    probs = {"clean": model.predict(x, batch_size=512, verbose=0)}
+    probs |= {f"{name}-{s}": model.predict(fn(x, s, rng), batch_size=512, verbose=0)
+              for name, fn in CORRUPTIONS.items() for s in SEVERITIES}
+    np.savez(cache, labels=y, **probs)
+    return probs, y
 
 
 # -- monitoring a night, the new way and the old way ------------------------------------------------
@@ -157,11 +162,11 @@ def tilted(k: int, cls: int, factor: float) -> np.ndarray:
 # -- the suites -------------------------------------------------------------------------------------------
 
 
-def mixed_sequences(rng, card, probs, labels, corrupted) -> dict:
+def mixed_sequences(rng, card, probs, labels, corrupted, corrupted_labels) -> dict:
     """Clean, doubled-class, Dirichlet-mixed and corrupted nights in random order."""
     k, ref = probs.shape[1], card["reference"]["accuracy"]
     tally = {m: {"doubled": [], "clean": [], "corrupt_drop": []} for m in ("new", "old")}
-    names = sorted(corrupted)
+    names = sorted(set(corrupted) - {"clean"})
     for _ in range(MIXED_SEQUENCES):
         mon = Monitor(card)
         for _ in range(MIXED_NIGHTS):
@@ -174,7 +179,7 @@ def mixed_sequences(rng, card, probs, labels, corrupted) -> dict:
             elif kind == "dirichlet":
                 idx = draw_by_class(rng, labels, rng.multinomial(NIGHT, rng.dirichlet(np.ones(k))), True)
             else:
-                p_, lab = corrupted[names[rng.integers(len(names))]], labels[:CORRUPT_IMAGES]
+                p_, lab = corrupted[names[rng.integers(len(names))]], corrupted_labels
                 idx = rng.choice(len(lab), NIGHT, replace=False)
             new, old, _ = mon.night(night_stats(card, p_, idx))
             accuracy = float((p_[idx].argmax(axis=1) == lab[idx]).mean())
@@ -219,15 +224,15 @@ def persistent_shift(rng, card, probs, labels) -> dict:
                 "clean_nights": len(clean[m])} for m in delays}
 
 
-def corruption_suite(rng, card, probs, labels, corrupted) -> dict:
+def corruption_suite(rng, card, probs, labels, corrupted, corrupted_labels) -> dict:
     """Unlabelled nights of corrupted test images after a clean baseline: label-free error and alerts."""
     ref = card["reference"]["accuracy"]
     warm = Monitor(card)
     for _ in range(CFG.history_nights):
         warm.night(night_stats(card, probs, rng.choice(len(labels), NIGHT, replace=False)))
     out = {}
-    for name, p_ in {"clean": probs[:CORRUPT_IMAGES], **corrupted}.items():
-        lab = labels[:CORRUPT_IMAGES]
+    for name, p_ in corrupted.items():
+        lab = corrupted_labels
         nights = []
         for _ in range(CORRUPT_NIGHTS):
             mon = Monitor(card)
@@ -282,7 +287,7 @@ def main() -> int:
     started = time.perf_counter()
     store = Store(StoreConfig(args.root))
     card, probs, labels = prepare(store, args.epochs)
-    corrupted = corrupted_probs(store, Path(args.root).parent, args.seed)
+    corrupted, corrupted_labels = corrupted_probs(store, Path(args.root).parent, args.seed)
     if args.prepare_only:
         return 0
     if "atc" not in card:
@@ -292,9 +297,9 @@ def main() -> int:
           f"reference (validation) accuracy {card['reference']['accuracy']:.4f}, "
           f"temperature {card['calibration']['temperature']:.3f}, ATC threshold {card['atc']['threshold']:.4f}")
     figures = {
-        "mixed": mixed_sequences(rng, card, probs, labels, corrupted),
+        "mixed": mixed_sequences(rng, card, probs, labels, corrupted, corrupted_labels),
         "persistent": persistent_shift(rng, card, probs, labels),
-        "corruption": corruption_suite(rng, card, probs, labels, corrupted),
+        "corruption": corruption_suite(rng, card, probs, labels, corrupted, corrupted_labels),
         "bbse_l1": bbse_error(rng, card, probs, labels),
         "test_accuracy": card["metrics"]["test"]["accuracy"],
         "reference_accuracy": card["reference"]["accuracy"],
