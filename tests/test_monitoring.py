@@ -82,6 +82,63 @@ def test_bbse_flags_a_singular_confusion_matrix():
     assert not estimate_priors(joint, np.array([0.4, 0.3, 0.3]), 1000)["well_conditioned"]
 
 
+def _validation_rows(rng, n, conditional):
+    """``n`` validation rows of 3 classes: label uniform, probabilities one noisy row of ``conditional``."""
+    labels = rng.integers(0, 3, n)
+    draws = rng.gamma(20 * conditional[labels].clip(0.01))  # Dirichlet rows around P(predicted | true)
+    return draws / draws.sum(axis=1, keepdims=True), labels
+
+
+def test_validation_rows_round_trip_through_the_card():
+    from batchml.monitoring.label_shift import decode_rows, encode_rows
+
+    probs, labels = _validation_rows(np.random.default_rng(0), 50, np.eye(3) * 0.7 + 0.1)
+    back, y = decode_rows(json_round_trip(encode_rows(probs, labels)))
+    assert y.tolist() == labels.tolist() and np.abs(back - probs).max() < 1e-3  # float16
+
+
+def json_round_trip(value):
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def test_bbse_bootstrap_interval_covers_the_truth_and_narrows_with_more_validation_rows():
+    from batchml.monitoring.label_shift import bootstrap_priors, encode_rows
+
+    rng = np.random.default_rng(4)
+    conditional = np.array([[0.8, 0.15, 0.05], [0.15, 0.7, 0.15], [0.05, 0.25, 0.7]])
+    q = np.array([0.2, 0.3, 0.5])
+    mu = q @ conditional  # what a run of these priors predicts, on average
+    widths = []
+    for n_val in (300, 5000):
+        rows = encode_rows(*_validation_rows(rng, n_val, conditional))
+        low, high = bootstrap_priors(rows, mu, n=100_000)  # a large run: the validation error dominates
+        assert all(lo <= t <= hi for lo, t, hi in zip(low, q, high, strict=True))
+        widths.append(np.subtract(high, low).mean())
+    # the normal approximation ignores the validation matrix's error: the same width for both
+    assert widths[0] > 2 * widths[1]
+
+
+def test_cards_with_validation_rows_get_bootstrap_intervals():
+    from batchml.monitoring.label_shift import encode_rows
+    from batchml.monitoring.run_monitor import build_row
+    from batchml.stats import PartitionStats
+
+    probs, labels = _validation_rows(np.random.default_rng(5), 600, np.eye(3) * 0.6 + 0.1)
+    joint = np.zeros((3, 3))
+    np.add.at(joint, labels, probs)
+    card = {"reference": {"accuracy": 0.7, "predicted_counts": [200] * 3},
+            "metrics": {"validation": {"prob_confusion": joint.tolist()}}}
+    stats = PartitionStats.from_predictions(probs[:300], np.full(300, -1))
+    run = {"run_id": "r", "dataset": "d", "model_version": "m/v1", "committed_at": "", "classes": ["a", "b", "c"]}
+    old = build_row(run, stats, card)
+    new = build_row(run, stats, {**card, "validation_rows": encode_rows(probs, labels)})
+    assert (old["estimated_priors_interval"], new["estimated_priors_interval"]) == ("normal", "bootstrap")
+    assert new["estimated_priors"] == old["estimated_priors"]
+    assert new["estimated_priors_low"] != old["estimated_priors_low"]
+
+
 # -- the nightly baseline --------------------------------------------------------------------------
 
 

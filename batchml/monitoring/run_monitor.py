@@ -42,7 +42,7 @@ from batchml.monitoring import sequential
 from batchml.monitoring.classes import per_class_metrics
 from batchml.monitoring.history import MIN_NIGHTS, baseline_mix, dispersion, history_shift
 from batchml.monitoring.label_free import atc_accuracy, output_shift
-from batchml.monitoring.label_shift import estimate_priors
+from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors
 from batchml.monitoring.shift import class_shift, wilson_interval
 from batchml.monitoring.tables import read_table, write_alerts, write_run_row
 from batchml.registry import ModelVersion, read_card
@@ -311,11 +311,15 @@ def _label_shift(card: dict, stats: PartitionStats) -> dict:
     joint = card["metrics"]["validation"].get("prob_confusion")
     if joint is None or stats.rows == 0:
         return {"estimated_priors": None, "estimated_priors_low": None, "estimated_priors_high": None,
-                "bbse_condition_number": None, "bbse_well_conditioned": None}
-    est = estimate_priors(np.asarray(joint), stats.prob_sums / stats.rows, stats.rows)
-    return {"estimated_priors": est["priors"], "estimated_priors_low": est["priors_low"],
-            "estimated_priors_high": est["priors_high"], "bbse_condition_number": est["condition_number"],
-            "bbse_well_conditioned": est["well_conditioned"]}
+                "estimated_priors_interval": None, "bbse_condition_number": None, "bbse_well_conditioned": None}
+    mu = stats.prob_sums / stats.rows
+    est = estimate_priors(np.asarray(joint), mu, stats.rows)
+    rows = card.get("validation_rows")
+    # the bootstrap needs the validation rows; older cards keep the normal approximation
+    low, high = bootstrap_priors(rows, mu, stats.rows) if rows else (est["priors_low"], est["priors_high"])
+    return {"estimated_priors": est["priors"], "estimated_priors_low": low, "estimated_priors_high": high,
+            "estimated_priors_interval": "bootstrap" if rows else "normal",
+            "bbse_condition_number": est["condition_number"], "bbse_well_conditioned": est["well_conditioned"]}
 
 
 def alerts(row: dict, max_error_ratio: float, cfg: MonitorConfig) -> list[dict]:
