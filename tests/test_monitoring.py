@@ -300,6 +300,16 @@ def test_atc_threshold_makes_the_validation_share_above_it_its_accuracy():
     assert share_above(ref["score_hist"], ref["threshold"]) == pytest.approx(ref["validation_accuracy"], abs=0.002)
 
 
+def test_atc_of_a_flawless_certain_model_is_its_accuracy_not_zero():
+    """Every validation row right and certain: all scores sit at 1.0, in the top bin."""
+    from batchml.monitoring.label_free import atc_accuracy, atc_reference
+    from batchml.stats import PartitionStats
+
+    probs, labels = np.tile([1.0, 0.0], (50, 1)), np.zeros(50, int)
+    ref = atc_reference(probs, labels, temperature=1.0)
+    assert atc_accuracy(PartitionStats.from_predictions(probs, labels), ref["threshold"]) == pytest.approx(1.0)
+
+
 def test_atc_follows_accuracy_where_average_confidence_does_not():
     """A model as sure as ever on images it now gets wrong: average confidence stays put, while the
     share of confident rows (what ATC counts) falls with the accuracy."""
