@@ -397,6 +397,18 @@ def test_alert_rules(overrides, kinds):
     assert [a["kind"] for a in alerts(_row(**overrides), 0.01, MonitorConfig())] == kinds
 
 
+def test_the_report_names_each_alerts_kind_after_its_severity_prefix():
+    from batchml.monitoring.run_monitor import RunReport, build_row, format_report
+    from batchml.stats import PartitionStats
+
+    stats = PartitionStats.from_predictions(np.tile([0.7, 0.3], (4, 1)), np.full(4, -1))
+    run = {"run_id": "r", "dataset": "d", "model_version": "m/v1", "committed_at": "", "classes": ["a", "b"]}
+    row = build_row(run, stats, {"reference": {"accuracy": 0.7, "predicted_counts": [2, 2]},
+                                 "metrics": {"validation": {}}})
+    alert = {"kind": "new_shift", "severity": "warning", "message": "tonight differs"}
+    assert "\nWARNING: tonight differs [new_shift]" in format_report(RunReport(row, [alert]))
+
+
 # -- failure cases --------------------------------------------------------------------------------------
 
 

@@ -429,6 +429,7 @@ def format_report(report: RunReport) -> str:
         rec, prec = (f"{v:6.2f}" if v is not None else f"{'-':>6}" for v in (r["recall"][i], r["precision"][i]))
         lines.append(f"  {c:<{width}}  {r['share'][i]:6.1%}  {r['reference_share'][i]:6.1%}  {est}  {rec}  {prec}")
     for a in report.alerts or [{"severity": "ok", "kind": "", "message": "no alerts"}]:
+        # the kind goes last: nightly logs are searched for "ERROR: " and "WARNING: "
         kind = f" [{a['kind']}]" if a["kind"] else ""
-        lines.append(f"{a['severity'].upper()}{kind}: {a['message']}")
+        lines.append(f"{a['severity'].upper()}: {a['message']}{kind}")
     return "\n".join(lines)
