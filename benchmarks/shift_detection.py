@@ -3,8 +3,9 @@
     python benchmarks/shift_detection.py [--root benchmarks/out/shift-store] [--epochs 5]
 
 Trains the tutorial CNN on the 50,000 training images (or reuses the store's production
-model), scores the 10,000 test images through `batchml score`, predicts the first 5,000
-under 9 corruptions x 3 severities (cached beside the store), then monitors simulated
+model), scores the 10,000 test images through `batchml score`, predicts a random 5,000 of
+them under 9 corruptions x 3 severities and its validation split (both cached beside the
+store; the card's label-free and BBSE fields are recomputed from the latter), then monitors simulated
 unlabelled nights of 2,000 with the same `PartitionStats`, `build_row`, `baseline_from_rows`
 and `alerts` that `batchml monitor` runs, and with the previous release's rules (mean-based
 baseline, reference AND baseline, average confidence) for comparison. Prints, for both:
@@ -14,7 +15,10 @@ baseline, reference AND baseline, average confidence) for comparison. Prints, fo
   (target <= 5), false alarms per 100 clean nights (<= 1);
 - the corruption suite: label-free accuracy MAE of ATC and of average confidence (target
   <= 4 points; <= 1.5 on clean nights), alerts on nights >= 5 points below the reference;
-- the BBSE mean L1 error on Dirichlet(1) nights of 5,000.
+  and the MAE of every label-free candidate (ATC on entropy or top probability, raw or
+  temperature-scaled; DoC; average confidence) on the same nights;
+- the BBSE mean L1 error on Dirichlet(1) nights of 5,000, and the coverage of its 95%
+  intervals (bootstrap over validation rows vs the normal approximation).
 The last line is one JSON object with the figures.
 """
 
@@ -24,6 +28,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +48,7 @@ from batchml.monitoring.run_monitor import MonitorConfig, alerts, baseline_from_
 from batchml.registry import load_model, promote, read_card, resolve
 from batchml.scoring import ScoreConfig, score
 from batchml.sources import find_source
-from batchml.stats import PartitionStats
+from batchml.stats import PartitionStats, scale_temperature
 from batchml.store import Store, StoreConfig
 from batchml.training import TrainConfig, train
 
@@ -72,10 +77,8 @@ def prepare(store: Store, epochs: int) -> tuple[dict, np.ndarray, np.ndarray]:
     return read_card(store, mv), np.stack(preds.probabilities.to_numpy()), preds.label.to_numpy().astype(int)
 
 
-def with_monitoring_fields(store: Store, card: dict, out: Path) -> dict:
-    """The card as this branch's training writes it: the label-free and BBSE fields recomputed from
-    the validation split's predictions (cached beside the store), so a model trained by an earlier
-    release is benchmarked with the current rules."""
+def validation_predictions(store: Store, card: dict, out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The model's raw probabilities (N, K) and labels (N,) on its validation split, cached beside the store."""
     cache = out / f"validation-probs-{card['version']}.npz"
     if not cache.exists():
         configure_backend()
@@ -84,9 +87,46 @@ def with_monitoring_fields(store: Store, card: dict, out: Path) -> dict:
         model = load_model(store, resolve(store, "production"))
         np.savez(cache, probs=model.predict(x[val], batch_size=512, verbose=0), labels=y[val])
     saved = np.load(cache)
-    probs, labels = saved["probs"], saved["labels"]
+    return saved["probs"], saved["labels"]
+
+
+def with_monitoring_fields(card: dict, probs: np.ndarray, labels: np.ndarray) -> dict:
+    """The card as this branch's training writes it: the label-free and BBSE fields recomputed from
+    the validation predictions, so a model trained by an earlier release meets the current rules."""
     return {**card, "atc": atc_reference(probs, labels, card["calibration"]["temperature"]),
             "validation_rows": encode_rows(probs, labels)}
+
+
+# -- label-free accuracy: the candidates ----------------------------------------------------------------
+
+
+def _negative_entropy(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-12, 1.0)
+    return 1 + (q * np.log(q)).sum(axis=1) / np.log(p.shape[1])
+
+
+def _max_probability(p: np.ndarray) -> np.ndarray:
+    return p.max(axis=1)
+
+
+def label_free_candidates(temperature: float, val_probs: np.ndarray, val_labels: np.ndarray) -> dict:
+    """Label-free accuracy estimators fitted on the validation split, each a function of a night's raw
+    probabilities; each is a counter or a sum per partition, so all of them would fold exactly.
+    ATC (Garg et al. 2022) on negative entropy (NE) or the top probability (MC), on raw or
+    temperature-scaled probabilities; DoC (Guillory et al. 2021): validation accuracy plus the
+    night's change of average confidence; average confidence (AC) after temperature scaling."""
+    def atc(score, calibrated: bool):
+        scaled = (lambda p: scale_temperature(p, temperature)) if calibrated else (lambda p: p)
+        v = scaled(val_probs)
+        t = np.quantile(score(v), 1 - float((v.argmax(axis=1) == val_labels).mean()))
+        return lambda p: float((score(scaled(p)) > t).mean())
+
+    cal = scale_temperature(val_probs, temperature)
+    doc_offset = float((cal.argmax(axis=1) == val_labels).mean() - cal.max(axis=1).mean())
+    return {"atc_ne_cal": atc(_negative_entropy, True), "atc_ne_raw": atc(_negative_entropy, False),
+            "atc_mc_cal": atc(_max_probability, True), "atc_mc_raw": atc(_max_probability, False),
+            "doc_cal": lambda p: doc_offset + float(scale_temperature(p, temperature).max(axis=1).mean()),
+            "ac_cal": lambda p: float(scale_temperature(p, temperature).max(axis=1).mean())}
 
 
 def corrupted_probs(store: Store, out: Path, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -185,6 +225,7 @@ def mixed_sequences(rng, card, probs, labels, corrupted, corrupted_labels) -> di
     """Clean, doubled-class, Dirichlet-mixed and corrupted nights in random order."""
     k, ref = probs.shape[1], card["reference"]["accuracy"]
     tally = {m: {"doubled": [], "clean": [], "corrupt_drop": []} for m in ("new", "old")}
+    false_kinds = {"new": [], "old": []}  # the alert kinds raised on clean nights
     names = sorted(set(corrupted) - {"clean"})
     for _ in range(MIXED_SEQUENCES):
         mon = Monitor(card)
@@ -205,11 +246,14 @@ def mixed_sequences(rng, card, probs, labels, corrupted, corrupted_labels) -> di
             for m, fired in (("new", new), ("old", old)):
                 if kind in ("clean", "doubled"):
                     tally[m][kind].append(bool(fired))
+                if kind == "clean":
+                    false_kinds[m].extend(fired)
                 if kind == "corrupt" and accuracy <= ref - 0.05:
                     tally[m]["corrupt_drop"].append(bool(fired))
     return {m: {"doubled_detection": float(np.mean(t["doubled"])), "clean_false_alarm": float(np.mean(t["clean"])),
                 "corrupt_drop_detection": float(np.mean(t["corrupt_drop"])), "doubled_nights": len(t["doubled"]),
-                "clean_nights": len(t["clean"]), "corrupt_drop_nights": len(t["corrupt_drop"])}
+                "clean_nights": len(t["clean"]), "corrupt_drop_nights": len(t["corrupt_drop"]),
+                "clean_alert_kinds": dict(Counter(false_kinds[m]))}
             for m, t in tally.items()}
 
 
@@ -243,7 +287,7 @@ def persistent_shift(rng, card, probs, labels) -> dict:
                 "clean_nights": len(clean[m])} for m in delays}
 
 
-def corruption_suite(rng, card, probs, labels, corrupted, corrupted_labels) -> dict:
+def corruption_suite(rng, card, probs, labels, corrupted, corrupted_labels, candidates: dict) -> dict:
     """Unlabelled nights of corrupted test images after a clean baseline: label-free error and alerts."""
     ref = card["reference"]["accuracy"]
     warm = Monitor(card)
@@ -260,12 +304,13 @@ def corruption_suite(rng, card, probs, labels, corrupted, corrupted_labels) -> d
             new, old, row = mon.night(night_stats(card, p_, idx))
             nights.append({"accuracy": float((p_[idx].argmax(axis=1) == lab[idx]).mean()),
                            "atc": row["atc_accuracy"], "confidence": row["expected_accuracy"],
-                           "new": bool(new), "old": bool(old), "kinds": new})
+                           "new": bool(new), "old": bool(old), "kinds": new,
+                           **{name: f(p_[idx]) for name, f in candidates.items()}})
         out[name] = nights
-    return summarise_corruption(out, ref)
+    return summarise_corruption(out, ref, list(candidates))
 
 
-def summarise_corruption(out: dict, ref: float) -> dict:
+def summarise_corruption(out: dict, ref: float, candidates: list[str]) -> dict:
     corrupt = [n for name, ns in out.items() if name != "clean" for n in ns]
     drop = [n for n in corrupt if n["accuracy"] <= ref - 0.05]
 
@@ -275,6 +320,10 @@ def summarise_corruption(out: dict, ref: float) -> dict:
     return {
         "mae_points": {"atc": mae(corrupt, "atc"), "confidence": mae(corrupt, "confidence")},
         "clean_mae_points": {"atc": mae(out["clean"], "atc"), "confidence": mae(out["clean"], "confidence")},
+        # every candidate on the same nights, computed from the nights' probabilities
+        "candidates": {c: {"mae_points": mae(corrupt, c), "clean_mae_points": mae(out["clean"], c),
+                           "severity_3_mae_points": mae([n for name, ns in out.items() if name.endswith("-3")
+                                                         for n in ns], c)} for c in candidates},
         "drop_nights": len(drop),
         "drop_detection": {m: float(np.mean([n[m] for n in drop])) if drop else None for m in ("new", "old")},
         "clean_false_alarm": {m: float(np.mean([n[m] for n in out["clean"]])) for m in ("new", "old")},
@@ -316,7 +365,9 @@ def main() -> int:
     store = Store(StoreConfig(args.root))
     card, probs, labels = prepare(store, args.epochs)
     corrupted, corrupted_labels = corrupted_probs(store, Path(args.root).parent, args.seed)
-    card = with_monitoring_fields(store, card, Path(args.root).parent)
+    val_probs, val_labels = validation_predictions(store, card, Path(args.root).parent)
+    card = with_monitoring_fields(card, val_probs, val_labels)
+    candidates = label_free_candidates(card["calibration"]["temperature"], val_probs, val_labels)
     if args.prepare_only:
         return 0
     rng = np.random.default_rng(args.seed)
@@ -326,7 +377,7 @@ def main() -> int:
     figures = {
         "mixed": mixed_sequences(rng, card, probs, labels, corrupted, corrupted_labels),
         "persistent": persistent_shift(rng, card, probs, labels),
-        "corruption": corruption_suite(rng, card, probs, labels, corrupted, corrupted_labels),
+        "corruption": corruption_suite(rng, card, probs, labels, corrupted, corrupted_labels, candidates),
         "bbse": bbse_error(rng, card, probs, labels),
         "test_accuracy": card["metrics"]["test"]["accuracy"],
         "reference_accuracy": card["reference"]["accuracy"],
@@ -344,7 +395,7 @@ def report(f: dict) -> None:
               f"detected on {x['doubled_detection']:.1%} of {x['doubled_nights']} nights (target >= 95%), "
               f"false alarms on {x['clean_false_alarm']:.2%} of {x['clean_nights']} clean nights (target <= 1%), "
               f"corrupted nights >= 5 points below reference alerted {x['corrupt_drop_detection']:.1%} "
-              f"of {x['corrupt_drop_nights']}")
+              f"of {x['corrupt_drop_nights']}; alerts on clean nights by kind {x['clean_alert_kinds']}")
         print(f"[{name}] persistent 1.3x shift ({PERSIST_SEQUENCES} sequences): median nights to detection "
               f"{p['median_nights_to_detection']:.1f} (target <= 5), detected within 10 nights "
               f"{p['detected_within_10']:.0%}, {p['false_alarms_per_100_clean_nights']:.2f} false alarms per 100 "
@@ -356,6 +407,9 @@ def report(f: dict) -> None:
           f"{c['clean_mae_points']['confidence']:.2f} (target <= 1.5); nights >= 5 points below reference: "
           f"{c['drop_nights']}, alerted {c['drop_detection']['new']:.1%} (previous release "
           f"{c['drop_detection']['old']:.1%}; target 100%)")
+    print("label-free candidates (MAE points over the suite / on clean nights / at severity 3):")
+    for name, m in c["candidates"].items():
+        print(f"  {name:<11} {m['mae_points']:5.2f} / {m['clean_mae_points']:4.2f} / {m['severity_3_mae_points']:5.2f}")
     for name, b in c["by_corruption"].items():
         print(f"  {name:<18} accuracy {b['accuracy']:.3f}  ATC {b['atc']:.3f}  confidence {b['confidence']:.3f}  "
               f"alerted {b['alert_rate']:.0%} (previous {b['old_alert_rate']:.0%})")
