@@ -372,7 +372,8 @@ def main() -> int:
         return 0
     rng = np.random.default_rng(args.seed)
     print(f"model {card['name']}/{card['version']}: test accuracy {card['metrics']['test']['accuracy']:.4f}, "
-          f"reference (validation) accuracy {card['reference']['accuracy']:.4f}, "
+          f"reference ({card['reference']['split']} split) accuracy {card['reference']['accuracy']:.4f}, "
+          f"validation rows {card['validation_rows']['rows']:,}, "
           f"temperature {card['calibration']['temperature']:.3f}, ATC threshold {card['atc']['threshold']:.4f}")
     figures = {
         "mixed": mixed_sequences(rng, card, probs, labels, corrupted, corrupted_labels),
