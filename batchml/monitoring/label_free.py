@@ -6,7 +6,10 @@ validation accuracy; on a night, the share above ``t`` estimates its accuracy. T
 ``stats.confidence_score`` (negative entropy of the calibrated probabilities). Unlike average
 confidence it is not dragged up by a model that stays sure of itself on corrupted images.
 Published error over CIFAR-10-C: 3.9 points for ATC on negative entropy, 11.9 for average
-confidence after temperature scaling.
+confidence after temperature scaling. Measured here (benchmarks/shift_detection.py, the 5-epoch
+tutorial CNN, 9 corruptions x 3 severities): 4.27 points on scaled negative entropy, 4.19 raw,
+4.55 on the scaled top probability, 6.42 for average confidence; on clean nights 1.21, 1.31,
+1.53 and 1.33. Scaled negative entropy is kept: best on clean nights, 0.08 from best under shift.
 
 Output shift (Rabanser et al., 2019): two-sample Kolmogorov-Smirnov tests of tonight's
 histograms of the score and of each class's probability against the model's validation
