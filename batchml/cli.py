@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="instead of --run-id: summarise runs committed from this date (YYYY-MM-DD)")
     p.add_argument("--until", help="... to this date, inclusive")
     p.add_argument("--model", help="only this model version's runs (NAME/vN)")
+    p.add_argument("--accept-baseline", metavar="RUN_ID",
+                   help="record that this monitored run's class mix is the new normal: sustained-shift "
+                        "alerts stop and the nightly baseline restarts from it")
+    p.add_argument("--note", default="", help="with --accept-baseline: why (kept in the record)")
     p.set_defaults(func=cmd_monitor)
 
     p = verbs.add_parser("dashboard", parents=[store], help="serve the monitoring dashboard (Panel)")
@@ -321,7 +325,11 @@ def cmd_models_show(args) -> None:
     from batchml.registry import read_card, resolve
 
     store = open_store(args)
-    print(json.dumps(read_card(store, resolve(store, args.version)), indent=1))
+    card = read_card(store, resolve(store, args.version))
+    if isinstance(card.get("validation_rows"), dict):  # per-row data for monitoring, not for reading
+        card["validation_rows"] = {k: (f"<{len(v):,} characters>" if isinstance(v, str) and len(v) > 200 else v)
+                                   for k, v in card["validation_rows"].items()}
+    print(json.dumps(card, indent=1))
 
 
 def cmd_models_promote(args) -> None:
@@ -350,11 +358,17 @@ def cmd_score(args) -> None:
 
 
 def cmd_monitor(args) -> int:
-    from batchml.monitoring import format_range, format_report, monitor_range, monitor_run
+    from batchml.monitoring import accept_baseline, format_range, format_report, monitor_range, monitor_run
 
+    if args.accept_baseline:
+        r = accept_baseline(open_store(args), args.accept_baseline, args.note)
+        print(f"accepted the class mix of run {r['run_id']} as the baseline of {r['model_version']} "
+              f"(recorded at monitoring/accepted/{r['run_id']}.json)")
+        return 0
     if not args.run_id:
         if not (args.since or args.until):
-            raise BatchmlError("pass --run-id ID, or --since/--until dates to summarise a range of runs")
+            raise BatchmlError("pass --run-id ID, --since/--until dates to summarise a range of runs, "
+                               "or --accept-baseline ID")
         since, until = iso_date("--since", args.since), iso_date("--until", args.until)
         print(format_range(monitor_range(open_store(args), since, until, args.model)))
         return 0

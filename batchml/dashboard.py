@@ -21,8 +21,8 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import panel as pn
-from bokeh.models import ColumnDataSource, HoverTool
-from bokeh.palettes import Category10_10
+from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
+from bokeh.palettes import RdBu11
 from bokeh.plotting import figure
 from panel.auth import BasicAuthProvider, BasicLoginHandler
 
@@ -124,13 +124,37 @@ def overview(data: MonitoringData, runs: pd.DataFrame) -> pn.Column:
         _value("rows scored", f"{int(latest.rows):,}", "bm-rows"),
         _value("errors", f"{int(latest.errors):,}", "bm-errors"),
         _value("accuracy", _pct(latest.accuracy), "bm-accuracy"),
-        _value("label-free estimate", _pct(latest.expected_accuracy), "bm-expected"),
+        _value("label-free estimate", _pct(_label_free(runs).iloc[-1]), "bm-expected"),
         _value("open alerts", str(len(alerts)), "bm-open-alerts"),
     ])
     rows = "".join(f"<li class='bm-alert-{a.severity}'><b>{a.severity}</b> {html.escape(a.kind)}: "
                    f"{html.escape(a.message)}</li>" for a in alerts.itertuples())
     return pn.Column(_html(figures), _html(f"<h3>Alerts of {html.escape(latest.run_id)}</h3>"
-                                           f"<ul class='bm-alerts'>{rows or '<li>none</li>'}</ul>"))
+                                           f"<ul class='bm-alerts'>{rows or '<li>none</li>'}</ul>"),
+                     _html("<h3>Recent nights</h3>"), _table(recent_nights(data, runs), "bm-recent"))
+
+
+RECENT_NIGHTS = 14  # nights listed on the overview
+
+
+def recent_nights(data: MonitoringData, runs: pd.DataFrame) -> pd.DataFrame:
+    """The latest nights, newest first: status and the kinds of alert each raised."""
+    recent = runs.iloc[::-1].head(RECENT_NIGHTS)
+    by_run = data.alerts.groupby("run_id")
+    rows = []
+    for r in recent.itertuples():
+        alerts = by_run.get_group(r.run_id) if r.run_id in by_run.groups else data.alerts.iloc[:0]
+        status = "FAILED" if (alerts.severity == "error").any() else "WARNING" if len(alerts) else "OK"
+        rows.append({"run_id": r.run_id, "committed_at": r.committed_at, "status": status,
+                     "alerts": ", ".join(sorted(set(alerts.kind))) or "-"})
+    return pd.DataFrame(rows)
+
+
+def _label_free(runs: pd.DataFrame) -> pd.Series:
+    """The estimate the alerts use; runs monitored before ATC carry only calibrated confidence."""
+    if "label_free_accuracy" not in runs:
+        return runs.expected_accuracy
+    return runs.label_free_accuracy.fillna(runs.expected_accuracy)
 
 
 def accuracy_over_time(runs: pd.DataFrame) -> pn.Column:
@@ -143,8 +167,11 @@ def accuracy_over_time(runs: pd.DataFrame) -> pn.Column:
         fig.varea("t", "low", "high", source=src, alpha=0.2, color="#1f77b4")
         fig.line("t", "acc", source=src, line_width=2, legend_label="measured")
         fig.scatter("t", "acc", source=src, size=5)
-        est = ColumnDataSource(dict(t=pd.to_datetime(runs.committed_at), est=runs.expected_accuracy, run=runs.run_id))
+        est = ColumnDataSource(dict(t=pd.to_datetime(runs.committed_at), est=_label_free(runs), run=runs.run_id))
         fig.line("t", "est", source=est, line_dash="dashed", color="#ff7f0e", legend_label="label-free estimate")
+        unlabelled = runs[runs.labelled == 0]
+        fig.scatter(pd.to_datetime(unlabelled.committed_at), _label_free(unlabelled), size=6, marker="triangle",
+                    color="#ff7f0e", legend_label="unlabelled night (estimate)")
         fig.add_tools(HoverTool(tooltips=[("run", "@run"), ("accuracy", "@acc{0.000}")]))
         fig.legend.location = "bottom_left"
     cols = ["run_id", "committed_at", "labelled", "accuracy", "accuracy_low", "accuracy_high", "expected_accuracy"]
@@ -183,16 +210,7 @@ def class_mix(runs: pd.DataFrame) -> pn.Column:
     if runs.empty:
         return pn.Column(_html("<p>No runs selected.</p>"))
     classes = list(runs.classes.iloc[-1])
-    t = pd.to_datetime(runs.committed_at)
-    fig = figure(height=320, sizing_mode="stretch_width", x_axis_type="datetime",
-                 title="Predicted class shares over time (dotted: reference)", tools="pan,wheel_zoom,reset,save")
-    shares = np.stack(runs.share.to_numpy())
-    reference = np.asarray(runs.reference_share.iloc[-1])
-    for i, name in enumerate(classes):
-        color = Category10_10[i % 10]
-        fig.line(t, shares[:, i], color=color, line_width=2, legend_label=name)
-        fig.line(t, [reference[i]] * len(t), color=color, line_dash="dotted")
-    fig.legend.click_policy, fig.legend.label_text_font_size = "hide", "8pt"
+    fig = mix_heatmap(runs, classes)
     latest = runs.iloc[-1]
     est = latest.estimated_priors
     table = pd.DataFrame({
@@ -206,6 +224,23 @@ def class_mix(runs: pd.DataFrame) -> pn.Column:
              f"<b class='bm-js'>{latest.js_distance:.4f}</b>, chi-square {latest.chi2:.1f}, "
              f"p={latest.p_value:.3g}{history}</p>")
     return pn.Column(pn.pane.Bokeh(fig, sizing_mode="stretch_width"), _html(stats), _table(table, "bm-mix"))
+
+
+def mix_heatmap(runs: pd.DataFrame, classes: list[str]):
+    """Classes x nights, coloured by each class's share minus its reference share (red: more)."""
+    nights = list(runs.run_id)
+    deviation = np.stack(runs.share_deviation.to_numpy())  # (nights, K)
+    span = max(float(np.abs(deviation).max()), 0.01)
+    src = ColumnDataSource(dict(run=np.repeat(nights, len(classes)), cls=classes * len(nights),
+                                dev=deviation.ravel(), share=np.stack(runs.share.to_numpy()).ravel()))
+    mapper = LinearColorMapper(palette=list(RdBu11), low=-span, high=span)  # blue: fewer, red: more
+    fig = figure(height=320, sizing_mode="stretch_width", x_range=nights, y_range=list(reversed(classes)),
+                 title="Predicted class share minus reference, by night", tools="hover,save",
+                 tooltips=[("run", "@run"), ("class", "@cls"), ("share", "@share{0.0%}"), ("change", "@dev{+0.0%}")])
+    fig.rect("run", "cls", 1, 1, source=src, fill_color={"field": "dev", "transform": mapper}, line_color=None)
+    fig.add_layout(ColorBar(color_mapper=mapper, width=8), "right")
+    fig.xaxis.major_label_orientation = 0.9
+    return fig
 
 
 def gallery(data: MonitoringData, run_id: str | None) -> pn.Column:

@@ -11,6 +11,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 CONFIDENCE_BINS = 20  # histogram of the top probability over [0, 1]
+# histogram of the ATC score (see ``confidence_score``) over [0, 1]: fine enough that the share
+# above any threshold, interpolated inside one bin, is off by far less than a point
+SCORE_BINS = 1000
+# per-class probability bins, fine near 0 and 1 where calibrated probabilities crowd
+PROB_EDGES = np.array([0.0, 1e-4, 1e-3, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                       0.97, 0.99, 0.997, 0.999, 1.0])
+# fields added after the first release: a record without them reads as zeros, and a sum whose
+# histogram does not count every row is treated as lacking that histogram
+OPTIONAL = ("score_hist", "class_prob_hist")
 
 
 @dataclass
@@ -26,6 +35,8 @@ class PartitionStats:
     confidence_hist: np.ndarray = field(default=None)  # (CONFIDENCE_BINS,) of top probability
     confidence_sum: float = 0.0  # summed top probability
     calibrated_confidence_sum: float = 0.0  # summed top probability after temperature scaling
+    score_hist: np.ndarray = field(default=None)  # (SCORE_BINS,) of the calibrated ATC score
+    class_prob_hist: np.ndarray = field(default=None)  # (K, len(PROB_EDGES) - 1) calibrated probabilities
 
     def __post_init__(self) -> None:
         k = self.num_classes
@@ -33,6 +44,8 @@ class PartitionStats:
         self.confusion = _array(self.confusion, (k, k), np.int64)
         self.prob_sums = _array(self.prob_sums, (k,), np.float64)
         self.confidence_hist = _array(self.confidence_hist, (CONFIDENCE_BINS,), np.int64)
+        self.score_hist = _array(self.score_hist, (SCORE_BINS,), np.int64)
+        self.class_prob_hist = _array(self.class_prob_hist, (k, len(PROB_EDGES) - 1), np.int64)
 
     @classmethod
     def from_predictions(
@@ -43,6 +56,7 @@ class PartitionStats:
         predicted = probs.argmax(axis=1)
         top = probs.max(axis=1)
         known = labels >= 0
+        calibrated = scale_temperature(probs, temperature)
         confusion = np.zeros((k, k), np.int64)
         np.add.at(confusion, (labels[known], predicted[known]), 1)
         return cls(
@@ -56,10 +70,16 @@ class PartitionStats:
             prob_sums=probs.sum(axis=0, dtype=np.float64),
             confidence_hist=np.histogram(top, bins=CONFIDENCE_BINS, range=(0.0, 1.0))[0],
             confidence_sum=float(top.sum(dtype=np.float64)),
-            calibrated_confidence_sum=float(
-                scale_temperature(probs, temperature).max(axis=1).sum(dtype=np.float64)
-            ),
+            calibrated_confidence_sum=float(calibrated.max(axis=1).sum(dtype=np.float64)),
+            score_hist=score_histogram(confidence_score(calibrated)),
+            class_prob_hist=np.stack([np.histogram(np.clip(calibrated[:, c], 0, 1), PROB_EDGES)[0]
+                                      for c in range(k)]),
         )
+
+    def has(self, name: str) -> bool:
+        """Whether an optional histogram counts every row (False where some part predates it)."""
+        hist = getattr(self, name)
+        return self.rows > 0 and int(hist.sum()) == self.rows * (self.num_classes if hist.ndim == 2 else 1)
 
     def __add__(self, other: PartitionStats) -> PartitionStats:
         if other.num_classes != self.num_classes:
@@ -75,7 +95,7 @@ class PartitionStats:
 
     @classmethod
     def from_dict(cls, d: dict) -> PartitionStats:
-        return cls(d["num_classes"], *(_plain(d[f]) for f in _SUMMED))
+        return cls(d["num_classes"], *(_plain(d[f]) if f not in OPTIONAL else _present(d.get(f)) for f in _SUMMED))
 
     @classmethod
     def total(cls, parts: list[PartitionStats], num_classes: int) -> PartitionStats:
@@ -86,7 +106,19 @@ class PartitionStats:
 
 
 _SUMMED = ("rows", "errors", "labelled", "correct", "predicted_counts", "confusion",
-           "prob_sums", "confidence_hist", "confidence_sum", "calibrated_confidence_sum")
+           "prob_sums", "confidence_hist", "confidence_sum", "calibrated_confidence_sum", *OPTIONAL)
+
+
+def confidence_score(probs: np.ndarray) -> np.ndarray:
+    """Negative entropy scaled to [0, 1] (1: certain, 0: uniform): the ATC score of Garg et al. 2022,
+    who found it tracks accuracy under shift better than the top probability."""
+    k = probs.shape[1]
+    p = np.clip(probs.astype(np.float64), 1e-12, 1.0)
+    return np.clip(1.0 + (p * np.log(p)).sum(axis=1) / np.log(k), 0.0, 1.0)
+
+
+def score_histogram(scores: np.ndarray) -> np.ndarray:
+    return np.histogram(scores, bins=SCORE_BINS, range=(0.0, 1.0))[0]
 
 
 def scale_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -104,6 +136,13 @@ def _array(value, shape: tuple, dtype) -> np.ndarray:
     if out.shape != shape:
         raise ValueError(f"expected shape {shape}, got {out.shape}")
     return out
+
+
+def _present(value):
+    """An optional field as read back: missing, None, or the NaN pandas fills into old rows are absent."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return _plain(value)
 
 
 def _plain(value):

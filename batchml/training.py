@@ -20,6 +20,8 @@ from batchml.device import cpu_fallback_warning, device_info, device_lock
 from batchml.diagnostics import fit_verdict
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing
+from batchml.monitoring.label_free import atc_reference
+from batchml.monitoring.label_shift import encode_rows
 from batchml.progress import Progress
 from batchml.recipes import TUNABLE, Recipe, recipe_for
 from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, load_model, model_bytes, read_card, register, resolve
@@ -207,6 +209,9 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
             "validation_nll_before": nll(val_probs, y[val]),
             "validation_nll_after": nll(scale_temperature(val_probs, temperature), y[val]),
         },
+        # label-free monitoring: the ATC threshold and the validation output histograms
+        "atc": atc_reference(val_probs, y[val], temperature),
+        "validation_rows": encode_rows(val_probs, y[val]),  # BBSE's bootstrap intervals resample them
         "reference": {"split": "validation", "dataset": cfg.dataset, "rows": val_stats.rows,
                       "predicted_counts": val_stats.predicted_counts.tolist(),
                       "accuracy": val_stats.correct / val_stats.labelled},

@@ -92,6 +92,11 @@ def test_overview_shows_the_latest_run_and_its_accuracy(page, store):
     page.screenshot(path=SHOTS / "overview.png")
 
 
+def test_overview_lists_recent_nights_with_their_status(page, store):
+    recent = text(page, ".bm-recent")
+    assert "night-a" in recent and "night-b" in recent and ("OK" in recent or "WARNING" in recent)
+
+
 def test_accuracy_over_time_lists_every_run(page, store):
     open_tab(page, "Accuracy")
     table = text(page, ".bm-accuracy-table")

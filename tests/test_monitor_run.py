@@ -82,3 +82,15 @@ def test_a_run_where_every_image_fails_alerts(client, trained_store, tmp_path):
     score(client, store, ScoreConfig("broken", "shapes/production", "all-bad", max_error_ratio=1.0), verbose=False)
     report = monitor_run(store, "all-bad")
     assert report.failed and [a["kind"] for a in report.alerts] == ["no_rows"]
+
+
+def test_an_accepted_baseline_is_recorded_and_used_by_the_next_run(client, nights):
+    from batchml.monitoring import accept_baseline
+
+    store, _ = nights
+    record = accept_baseline(store, f"night-{MIN_NIGHTS}", note="new camera")
+    assert store.read_json(f"monitoring/accepted/night-{MIN_NIGHTS}.json")["note"] == "new camera"
+    score(client, store, ScoreConfig("shapes-test", "shapes/production", "after"), verbose=False)
+    row = monitor_run(store, "after").row
+    assert row["accepted_run"] == record["run_id"] and row["history_nights"] == 1
+    assert row["atc_accuracy"] is not None  # the card of a freshly trained model keeps the ATC threshold

@@ -82,6 +82,63 @@ def test_bbse_flags_a_singular_confusion_matrix():
     assert not estimate_priors(joint, np.array([0.4, 0.3, 0.3]), 1000)["well_conditioned"]
 
 
+def _validation_rows(rng, n, conditional):
+    """``n`` validation rows of 3 classes: label uniform, probabilities one noisy row of ``conditional``."""
+    labels = rng.integers(0, 3, n)
+    draws = rng.gamma(20 * conditional[labels].clip(0.01))  # Dirichlet rows around P(predicted | true)
+    return draws / draws.sum(axis=1, keepdims=True), labels
+
+
+def test_validation_rows_round_trip_through_the_card():
+    from batchml.monitoring.label_shift import decode_rows, encode_rows
+
+    probs, labels = _validation_rows(np.random.default_rng(0), 50, np.eye(3) * 0.7 + 0.1)
+    back, y = decode_rows(json_round_trip(encode_rows(probs, labels)))
+    assert y.tolist() == labels.tolist() and np.abs(back - probs).max() < 1e-3  # float16
+
+
+def json_round_trip(value):
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def test_bbse_bootstrap_interval_covers_the_truth_and_narrows_with_more_validation_rows():
+    from batchml.monitoring.label_shift import bootstrap_priors, encode_rows
+
+    rng = np.random.default_rng(4)
+    conditional = np.array([[0.8, 0.15, 0.05], [0.15, 0.7, 0.15], [0.05, 0.25, 0.7]])
+    q = np.array([0.2, 0.3, 0.5])
+    mu = q @ conditional  # what a run of these priors predicts, on average
+    widths = []
+    for n_val in (300, 5000):
+        rows = encode_rows(*_validation_rows(rng, n_val, conditional))
+        low, high = bootstrap_priors(rows, mu, n=100_000)  # a large run: the validation error dominates
+        assert all(lo <= t <= hi for lo, t, hi in zip(low, q, high, strict=True))
+        widths.append(np.subtract(high, low).mean())
+    # the normal approximation ignores the validation matrix's error: the same width for both
+    assert widths[0] > 2 * widths[1]
+
+
+def test_cards_with_validation_rows_get_bootstrap_intervals():
+    from batchml.monitoring.label_shift import encode_rows
+    from batchml.monitoring.run_monitor import build_row
+    from batchml.stats import PartitionStats
+
+    probs, labels = _validation_rows(np.random.default_rng(5), 600, np.eye(3) * 0.6 + 0.1)
+    joint = np.zeros((3, 3))
+    np.add.at(joint, labels, probs)
+    card = {"reference": {"accuracy": 0.7, "predicted_counts": [200] * 3},
+            "metrics": {"validation": {"prob_confusion": joint.tolist()}}}
+    stats = PartitionStats.from_predictions(probs[:300], np.full(300, -1))
+    run = {"run_id": "r", "dataset": "d", "model_version": "m/v1", "committed_at": "", "classes": ["a", "b", "c"]}
+    old = build_row(run, stats, card)
+    new = build_row(run, stats, {**card, "validation_rows": encode_rows(probs, labels)})
+    assert (old["estimated_priors_interval"], new["estimated_priors_interval"]) == ("normal", "bootstrap")
+    assert new["estimated_priors"] == old["estimated_priors"]
+    assert new["estimated_priors_low"] != old["estimated_priors_low"]
+
+
 # -- the nightly baseline --------------------------------------------------------------------------
 
 
@@ -104,14 +161,212 @@ def test_history_learns_ordinary_night_to_night_variation():
     assert strict["history_p_value"] < 1e-3 < lenient["history_p_value"]
 
 
+def test_one_wild_night_cannot_blind_the_baseline():
+    from batchml.monitoring.history import history_shift
+
+    rng = np.random.default_rng(1)
+    prior = np.full(10, 0.1)
+    history = [rng.multinomial(2000, prior) for _ in range(29)]
+    history.append(np.array([1500] + [55] * 9 + [5])[:10])  # a blurred night: nearly all one class
+    doubled = rng.multinomial(2000, np.r_[0.2, np.full(9, 0.8 / 9)])
+    s = history_shift(history, doubled)
+    assert s["history_dispersion"] < 1.5
+    assert s["history_p_value"] < 1e-6
+
+
+def test_dispersion_is_floored_and_capped():
+    from batchml.monitoring.history import MAX_DISPERSION, dispersion
+
+    rng = np.random.default_rng(2)
+    same = [np.array([500, 500])] * 10  # no variation at all
+    wild = [rng.multinomial(2000, rng.dirichlet([1, 1])) for _ in range(10)]
+    assert dispersion(same) == 1.0 and dispersion(wild) == MAX_DISPERSION
+
+
+def _night(counts, **fields):
+    return {"run_id": fields.pop("run_id", "n"), "committed_at": fields.pop("committed_at", "2026-01-01"),
+            "predicted_counts": counts, **fields}
+
+
+def test_alerted_nights_stay_out_of_the_baseline():
+    from batchml.monitoring.run_monitor import baseline_from_rows
+
+    rows = [_night([10, 10], alert_kinds=[]), _night([19, 1], alert_kinds=["sustained_shift"]),
+            _night([11, 9], alert_kinds=["error_ratio"]), _night([12, 8], alert_kinds=float("nan"))]
+    assert [h.tolist() for h in baseline_from_rows(rows).history] == [[10, 10], [11, 9], [12, 8]]
+
+
+def test_an_accepted_run_restarts_the_baseline_and_the_cusum():
+    from batchml.monitoring.run_monitor import baseline_from_rows
+
+    rows = [_night([10, 10], run_id="a", committed_at="1", alert_kinds=[], cusum_up=[5, 5], cusum_down=[0, 0]),
+            _night([19, 1], run_id="b", committed_at="2", alert_kinds=["sustained_shift"], cusum_up=[7, 7],
+                   cusum_down=[0, 0])]
+    accepted = {"run_id": "b", "committed_at": "2", "predicted_counts": [19, 1]}
+    base = baseline_from_rows(rows, accepted)
+    assert [h.tolist() for h in base.history] == [[19, 1]] and base.cusum is None
+    assert baseline_from_rows(rows).cusum.tolist() == [[7, 7], [0, 0]]
+
+
+# -- whole nights through build_row -------------------------------------------------------------------
+
+CARD = {"reference": {"accuracy": 0.7, "predicted_counts": [500] * 10}, "metrics": {"validation": {}}}
+
+
+def _monitor(counts_by_night, cfg=None):
+    """Each night's counts through build_row and alerts, the way monitor_run chains them."""
+    from batchml.monitoring.run_monitor import MonitorConfig, alerts, baseline_from_rows, build_row
+    from batchml.stats import PartitionStats
+
+    cfg, rows, kinds = cfg or MonitorConfig(), [], []
+    run = {"run_id": "n", "dataset": "d", "model_version": "m/v1", "classes": [str(c) for c in range(10)]}
+    for t, counts in enumerate(counts_by_night):
+        stats = PartitionStats(10, rows=int(counts.sum()), predicted_counts=counts,
+                               calibrated_confidence_sum=0.7 * counts.sum())  # as sure as the reference
+        row = build_row({**run, "run_id": f"n{t}", "committed_at": f"{t:05d}"}, stats, CARD,
+                        baseline_from_rows(rows, None, cfg.history_nights), cfg)
+        row["alert_kinds"] = [a["kind"] for a in alerts(row, 0.01, cfg)]
+        rows.append(row)
+        kinds.append(row["alert_kinds"])
+    return kinds
+
+
+def test_a_doubled_class_alerts_on_every_night_whatever_came_before():
+    rng = np.random.default_rng(3)
+    clean, doubled = np.full(10, 0.1), np.r_[0.2, np.full(9, 0.8 / 9)]
+    nights = [rng.multinomial(2000, clean) for _ in range(10)]
+    nights += [np.array([1900] + [11] * 9)]  # a wild night
+    nights += [rng.multinomial(2000, doubled if t % 3 == 0 else clean) for t in range(30)]
+    kinds = _monitor(nights)
+    shifted = [k for t, k in enumerate(kinds[11:]) if t % 3 == 0]
+    assert all("sustained_shift" in k for k in shifted)
+    assert sum(bool(k) for t, k in enumerate(kinds[11:]) if t % 3) <= 1
+
+
+def test_clean_nights_alarm_at_most_at_the_stated_rate():
+    from batchml.monitoring.run_monitor import MonitorConfig
+
+    # at p = 0.01 each of the two class-mix rules alarms on at most 1% of clean nights
+    cfg = MonitorConfig(shift_p_value=0.01, shift_min_js=0.0)
+    rng = np.random.default_rng(4)
+    kinds = _monitor([rng.multinomial(2000, np.full(10, 0.1)) for _ in range(400)], cfg)
+    single = [k for k in kinds if {"new_shift", "sustained_shift"} & set(k)]
+    assert len(single) / len(kinds) <= 2 * 0.01 + 0.01
+
+
+def test_a_subtle_persistent_shift_is_found_within_a_few_nights():
+    rng = np.random.default_rng(5)
+    subtle = np.r_[0.12, np.full(9, 0.88 / 9)]  # one predicted share 1.2x
+    kinds = _monitor([rng.multinomial(2000, np.full(10, 0.1)) for _ in range(30)]
+                     + [rng.multinomial(2000, subtle) for _ in range(10)])
+    assert not any(kinds[:30])
+    first = next(t for t, k in enumerate(kinds[30:]) if "persistent_shift" in k)
+    assert first < 6
+    assert not any({"new_shift", "sustained_shift"} & set(k) for k in kinds[30:30 + first])  # no night alone
+
+
+def test_cusum_false_alarms_over_a_year_of_clean_nights():
+    from batchml.monitoring import sequential
+    from batchml.monitoring.history import baseline_mix, dispersion
+
+    rng = np.random.default_rng(6)
+    prior = np.array([0.11, 0.1, 0.08, 0.12, 0.09, 0.1, 0.1, 0.09, 0.1, 0.11])
+    alarms, years = 0, 10
+    for _ in range(years):
+        history, state = [rng.multinomial(2000, prior) for _ in range(30)], None
+        for _ in range(365):
+            counts = rng.multinomial(2000, prior)
+            pool = baseline_mix(history[-30:])
+            state = sequential.cusum_step(state, sequential.night_evidence(counts, pool,
+                                                                           dispersion(history[-30:])))
+            if sequential.alarm(state):
+                alarms, state = alarms + 1, None
+            else:
+                history.append(counts)
+    assert alarms / years <= 0.5  # stated in sequential.py: about 0.2 a year
+
+
+# -- label-free accuracy and output shift ----------------------------------------------------------------
+
+
+def test_atc_threshold_makes_the_validation_share_above_it_its_accuracy():
+    from batchml.monitoring.label_free import atc_reference, share_above
+
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 2, (5000, 10))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.where(rng.random(5000) < 0.6, probs.argmax(axis=1), rng.integers(0, 10, 5000))
+    ref = atc_reference(probs, labels, temperature=1.0)
+    assert share_above(ref["score_hist"], ref["threshold"]) == pytest.approx(ref["validation_accuracy"], abs=0.002)
+
+
+def test_atc_of_a_flawless_certain_model_is_its_accuracy_not_zero():
+    """Every validation row right and certain: all scores sit at 1.0, in the top bin."""
+    from batchml.monitoring.label_free import atc_accuracy, atc_reference
+    from batchml.stats import PartitionStats
+
+    probs, labels = np.tile([1.0, 0.0], (50, 1)), np.zeros(50, int)
+    ref = atc_reference(probs, labels, temperature=1.0)
+    assert atc_accuracy(PartitionStats.from_predictions(probs, labels), ref["threshold"]) == pytest.approx(1.0)
+
+
+def test_atc_follows_accuracy_where_average_confidence_does_not():
+    """A model as sure as ever on images it now gets wrong: average confidence stays put, while the
+    share of confident rows (what ATC counts) falls with the accuracy."""
+    from batchml.monitoring.label_free import atc_accuracy, atc_reference
+    from batchml.stats import PartitionStats
+
+    rng = np.random.default_rng(8)
+
+    def night(n, sure_share):
+        sure = rng.random(n) < sure_share  # sure rows are right; unsure rows are right 30% of the time
+        top = np.where(sure, rng.uniform(0.85, 0.95, n), rng.uniform(0.35, 0.55, n))
+        probs = np.column_stack([top, *[(1 - top) / 9] * 9])
+        labels = np.where(sure | (rng.random(n) < 0.3), 0, 1)
+        return probs, labels
+
+    ref = atc_reference(*night(5000, 0.6), temperature=1.0)
+    probs, labels = night(2000, 0.4)
+    stats = PartitionStats.from_predictions(probs, labels)
+    accuracy = stats.correct / stats.rows
+    assert abs(atc_accuracy(stats, ref["threshold"]) - accuracy) < 0.03
+    assert stats.calibrated_confidence_sum / stats.rows - accuracy > 0.05  # average confidence lags
+    assert atc_accuracy(PartitionStats.from_dict({**stats.to_dict(), "score_hist": None}), 0.5) is None
+
+
+def test_ks_on_histograms_finds_a_moved_distribution_and_not_a_resample():
+    from batchml.monitoring.label_free import ks_binned
+
+    rng = np.random.default_rng(9)
+    bins = np.linspace(0, 1, 101)
+    a, b = (np.histogram(rng.beta(5, 2, 3000), bins)[0] for _ in range(2))
+    moved = np.histogram(rng.beta(4, 2, 3000), bins)[0]
+    assert ks_binned(a, b)[1] > 0.01 and ks_binned(a, moved)[1] < 1e-4
+
+
+def test_old_cards_without_atc_fall_back_to_calibrated_confidence():
+    from batchml.monitoring.run_monitor import build_row
+    from batchml.stats import PartitionStats
+
+    stats = PartitionStats.from_predictions(np.tile([0.7, 0.3], (4, 1)), np.full(4, -1))
+    run = {"run_id": "r", "dataset": "d", "model_version": "m/v1", "committed_at": "", "classes": ["a", "b"]}
+    row = build_row(run, stats, {"reference": {"accuracy": 0.7, "predicted_counts": [2, 2]},
+                                 "metrics": {"validation": {}}})
+    assert row["atc_accuracy"] is None and row["output_p_value"] is None
+    assert row["label_free_accuracy"] == row["expected_accuracy"] == pytest.approx(0.7)
+
+
 # -- alert rules ------------------------------------------------------------------------------------
 
 
 def _row(**overrides):
-    base = {"errors": 0, "error_ratio": 0.0, "labelled": 1000, "accuracy": 0.8, "accuracy_low": 0.775,
-            "accuracy_high": 0.823, "reference_accuracy": 0.8, "expected_accuracy": 0.8, "p_value": 0.5,
-            "js_distance": 0.01, "history_p_value": None, "history_nights": 0, "classes": ["a", "b"],
-            "share_deviation": [0.1, -0.1], "share": [0.6, 0.4], "reference_share": [0.5, 0.5]}
+    base = {"run_id": "r", "rows": 1000, "errors": 0, "error_ratio": 0.0, "labelled": 1000, "accuracy": 0.8,
+            "accuracy_low": 0.775, "accuracy_high": 0.823, "reference_accuracy": 0.8, "expected_accuracy": 0.8,
+            "label_free_accuracy": 0.8, "label_free_method": "atc", "p_value": 0.5, "sustained_p_value": 0.5,
+            "js_distance": 0.01, "history_p_value": None, "history_js_distance": None, "history_nights": 0,
+            "classes": ["a", "b"], "share_deviation": [0.1, -0.1], "share": [0.6, 0.4],
+            "reference_share": [0.5, 0.5], "output_p_value": 0.5, "output_ks": 0.01, "output_worst": "score",
+            "cusum_up": [0.0, 0.0], "cusum_down": [0.0, 0.0]}
     return {**base, **overrides}
 
 
@@ -120,18 +375,38 @@ def _row(**overrides):
     [
         ({}, []),
         ({"error_ratio": 0.05, "errors": 50}, ["error_ratio"]),
-        ({"p_value": 1e-6, "js_distance": 0.1}, ["class_shift"]),
-        ({"p_value": 1e-6, "js_distance": 0.005}, []),  # significant but negligible
-        ({"p_value": 1e-6, "js_distance": 0.1, "history_p_value": 0.2, "history_nights": 30}, []),  # usual nights
-        ({"accuracy": 0.6, "accuracy_low": 0.57, "accuracy_high": 0.63, "expected_accuracy": 0.6}, ["accuracy_drop"]),
-        ({"expected_accuracy": 0.9}, ["accuracy_divergence"]),
-        ({"labelled": 0, "expected_accuracy": 0.6}, ["expected_accuracy_drop"]),
+        ({"sustained_p_value": 1e-6, "js_distance": 0.1}, ["sustained_shift"]),
+        ({"sustained_p_value": 1e-6, "js_distance": 0.005}, []),  # significant but negligible
+        # a shift the usual nights share still differs from the reference: sustained, not new
+        ({"sustained_p_value": 1e-6, "js_distance": 0.1, "history_p_value": 0.2, "history_js_distance": 0.01,
+          "history_nights": 30}, ["sustained_shift"]),
+        ({"history_p_value": 1e-6, "history_js_distance": 0.1, "history_nights": 30}, ["new_shift"]),
+        ({"output_p_value": 1e-6, "output_ks": 0.1}, ["output_shift"]),
+        ({"output_p_value": 1e-6, "output_ks": 0.01}, []),  # significant but negligible
+        ({"cusum_up": [0.0, 20.0]}, ["persistent_shift"]),
+        ({"accuracy": 0.6, "accuracy_low": 0.57, "accuracy_high": 0.63, "label_free_accuracy": 0.6},
+         ["accuracy_drop"]),
+        ({"label_free_accuracy": 0.9}, ["accuracy_divergence"]),
+        ({"labelled": 0, "label_free_accuracy": 0.76}, ["expected_accuracy_drop"]),
+        ({"labelled": 0, "label_free_accuracy": 0.78}, []),
     ],
 )
 def test_alert_rules(overrides, kinds):
     from batchml.monitoring.run_monitor import MonitorConfig, alerts
 
     assert [a["kind"] for a in alerts(_row(**overrides), 0.01, MonitorConfig())] == kinds
+
+
+def test_the_report_names_each_alerts_kind_after_its_severity_prefix():
+    from batchml.monitoring.run_monitor import RunReport, build_row, format_report
+    from batchml.stats import PartitionStats
+
+    stats = PartitionStats.from_predictions(np.tile([0.7, 0.3], (4, 1)), np.full(4, -1))
+    run = {"run_id": "r", "dataset": "d", "model_version": "m/v1", "committed_at": "", "classes": ["a", "b"]}
+    row = build_row(run, stats, {"reference": {"accuracy": 0.7, "predicted_counts": [2, 2]},
+                                 "metrics": {"validation": {}}})
+    alert = {"kind": "new_shift", "severity": "warning", "message": "tonight differs"}
+    assert "\nWARNING: tonight differs [new_shift]" in format_report(RunReport(row, [alert]))
 
 
 # -- failure cases --------------------------------------------------------------------------------------

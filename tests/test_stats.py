@@ -52,3 +52,29 @@ def test_temperature_fit_softens_an_overconfident_model():
     calibrated = scale_temperature(probs, t)
     assert nll(calibrated, labels) < nll(probs, labels)
     assert calibrated.max(axis=1).mean() == pytest.approx(0.6, abs=0.03)  # confidence now matches accuracy
+
+
+def test_score_and_class_probability_histograms_add_up_exactly():
+    whole = PartitionStats.from_predictions(PROBS, LABELS, temperature=1.5)
+    parts = [PartitionStats.from_predictions(PROBS[i : i + 2], LABELS[i : i + 2], temperature=1.5) for i in (0, 2)]
+    total = PartitionStats.total(parts, 3)
+    assert total.score_hist.tolist() == whole.score_hist.tolist() and whole.score_hist.sum() == 4
+    assert total.class_prob_hist.tolist() == whole.class_prob_hist.tolist()
+    assert whole.class_prob_hist.sum(axis=1).tolist() == [4, 4, 4]
+    assert total.has("score_hist") and total.has("class_prob_hist")
+
+
+def test_old_stats_records_without_the_new_histograms_still_read():
+    new = PartitionStats.from_predictions(PROBS, LABELS)
+    old = {k: v for k, v in new.to_dict().items() if k not in ("score_hist", "class_prob_hist")}
+    read = PartitionStats.from_dict(old)
+    assert read.rows == 4 and not read.has("score_hist")
+    assert not (read + new).has("score_hist")  # a sum with an old part lacks the histogram
+    nan_row = {**old, "score_hist": float("nan"), "class_prob_hist": None}  # as pandas reads old rows
+    assert not PartitionStats.from_dict(nan_row).has("class_prob_hist")
+
+
+def test_confidence_score_is_one_when_certain_and_zero_when_uniform():
+    from batchml.stats import confidence_score
+
+    assert confidence_score(np.array([[1.0, 0, 0], [1 / 3, 1 / 3, 1 / 3]])) == pytest.approx([1, 0], abs=1e-6)

@@ -50,6 +50,17 @@ def test_training_task_registers_a_version_with_its_card(trained_store):
     assert card["preprocessing"] == Preprocessing().to_dict()
 
 
+def test_the_card_keeps_the_validation_rows_bbse_resamples(trained_store):
+    from batchml.monitoring.label_shift import decode_rows
+
+    card = read_card(trained_store, resolve(trained_store, "shapes/production"))
+    probs, labels = decode_rows(card["validation_rows"])
+    assert len(labels) == card["training"]["validation_rows"] == card["metrics"]["validation"]["rows"]
+    joint = np.zeros((probs.shape[1],) * 2)
+    np.add.at(joint, labels, probs)  # true class x summed probabilities, as the card's matrix
+    assert joint == pytest.approx(np.asarray(card["metrics"]["validation"]["prob_confusion"]), abs=0.01)
+
+
 def test_training_an_unknown_dataset_fails_before_any_task(client, store):
     from batchml.training import TrainConfig, train
 

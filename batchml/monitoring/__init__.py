@@ -3,6 +3,7 @@
 from batchml.monitoring.run_monitor import (
     MonitorConfig,
     RunReport,
+    accept_baseline,
     fold_run,
     format_range,
     format_report,
@@ -11,5 +12,14 @@ from batchml.monitoring.run_monitor import (
 )
 from batchml.monitoring.tables import read_table
 
-__all__ = ["MonitorConfig", "RunReport", "fold_run", "format_range", "format_report", "monitor_range",
-           "monitor_run", "read_table"]
+__all__ = [
+    "MonitorConfig",
+    "RunReport",
+    "accept_baseline",
+    "fold_run",
+    "format_range",
+    "format_report",
+    "monitor_range",
+    "monitor_run",
+    "read_table",
+]

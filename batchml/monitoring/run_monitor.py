@@ -1,23 +1,33 @@
 """Fold a committed run's partition statistics into one monitoring row, its alerts and its
 failure-case snapshot.
 
-Alert rules, each with its reason:
+Alert rules, each with its reason. Each shift rule alarms falsely on a clean night with
+probability at most ``shift_p_value`` (the tests are conservative on binned data), so over N
+clean nights the expected number of false alarms from the three single-night shift rules is
+at most 3 N x ``shift_p_value``; ``persistent_shift`` adds about 0.1 a year (sequential.py).
 - ``no_rows`` (error): not one image was scored (all undecodable, even where the run
   allowed that): there is nothing to monitor, and no news is not good news.
 - ``error_ratio`` (error): more undecodable images than the run allowed.
-- ``class_shift`` (warning): the predicted class mix differs from the model's reference
-  (chi-square test at ``shift_p_value``, with a Jensen-Shannon distance of at least
-  ``shift_min_js`` so that huge runs do not alarm on negligible changes) *and*, once
-  there are enough nights, from the recent nights' baseline at the same level. Both
-  must reject, so a night alarms falsely with probability at most ``shift_p_value``:
-  over N nights the expected number of false alarms is at most N x ``shift_p_value``.
+- ``new_shift`` (warning): tonight's predicted class mix differs from the recent clean nights'
+  (overdispersed chi-square at ``shift_p_value``, Jensen-Shannon distance >= ``shift_min_js``).
+- ``sustained_shift`` (warning): the mix differs from the model's reference (or from the mix
+  accepted with ``batchml monitor --accept-baseline RUN_ID``), at the same level: raised every
+  night the shift lasts, until someone accepts it.
+- ``persistent_shift`` (warning): evidence accumulated over nights (a CUSUM per class) says a
+  class's share moved by about ``sequential.RATIO``x, too little for any one night to show.
+- ``output_shift`` (warning): the model's output distribution (ATC score and per-class
+  probability histograms, KS tests with Bonferroni) differs from its validation split's:
+  covariate shift or corrupted images, seen without labels.
 - ``accuracy_drop`` (error): the 95% interval of labelled accuracy lies wholly more than
   ``accuracy_drop`` below the reference accuracy.
-- ``accuracy_divergence`` (warning): the label-free estimate (calibrated confidence)
-  falls outside the measured accuracy's interval widened by ``divergence_tolerance``:
-  the model's confidence no longer tracks its accuracy, a sign of concept drift.
-- ``expected_accuracy_drop`` (warning): on unlabelled runs, the label-free estimate is
-  ``accuracy_drop`` below the reference accuracy.
+- ``accuracy_divergence`` (warning): the label-free estimate falls outside the measured
+  accuracy's interval widened by ``divergence_tolerance``: the model's confidence no longer
+  tracks its accuracy, a sign of concept drift.
+- ``expected_accuracy_drop`` (warning): on unlabelled runs, the label-free estimate (ATC where
+  the card has a threshold, else calibrated confidence) is ``label_free_drop`` below the
+  reference accuracy.
+Nights that raise any alert but ``error_ratio`` are kept out of the baseline; nights that raise
+a single-night alert are kept out of the CUSUM, whose evidence they would swamp.
 """
 
 from __future__ import annotations
@@ -26,12 +36,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+from scipy.stats import chi2 as chi2_dist
 
 from batchml import failures
 from batchml.errors import BatchmlError
+from batchml.monitoring import sequential
 from batchml.monitoring.classes import per_class_metrics
-from batchml.monitoring.history import history_shift
-from batchml.monitoring.label_shift import estimate_priors
+from batchml.monitoring.history import MIN_NIGHTS, baseline_mix, dispersion, history_shift
+from batchml.monitoring.label_free import atc_accuracy, output_shift
+from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors
 from batchml.monitoring.shift import class_shift, wilson_interval
 from batchml.monitoring.tables import read_table, write_alerts, write_run_row
 from batchml.registry import ModelVersion, read_card
@@ -46,8 +59,23 @@ class MonitorConfig:
     shift_min_js: float = 0.02  # smallest Jensen-Shannon distance worth an alert
     history_nights: int = 30  # recent committed runs of the same model forming the baseline
     accuracy_drop: float = 0.05  # how far below the reference accuracy is an error
+    label_free_drop: float = 0.03  # unlabelled: how far below the reference the estimate may fall
+    output_min_ks: float = 0.03  # smallest KS distance of the output histograms worth an alert
     divergence_tolerance: float = 0.02  # label-free vs measured accuracy, beyond the interval
     min_labelled: int = 30  # fewer labelled rows: no accuracy verdicts
+
+
+# alert kinds raised by tonight alone; any of them keeps the night out of the CUSUM
+SINGLE_NIGHT = ("new_shift", "sustained_shift", "output_shift", "accuracy_drop", "expected_accuracy_drop")
+
+
+@dataclass
+class Baseline:
+    """What earlier nights tell tonight's monitoring (see ``baseline_from_rows``)."""
+
+    history: list[np.ndarray] = field(default_factory=list)  # predicted counts of clean nights, oldest first
+    cusum: np.ndarray | None = None  # (2, K) last night's sums; None: start from zero
+    accepted: dict | None = None  # the accepted-baseline record in force, if any
 
 
 @dataclass
@@ -76,9 +104,12 @@ def fold_run(store: Store, run_id: str) -> tuple[dict, PartitionStats]:
     return manifest, PartitionStats.total(parts, k)
 
 
-def summarise(stats: PartitionStats, classes: list[str]) -> dict:
-    """The labelled-sample statistics of any sum of partitions: a run or a date range."""
+def summarise(stats: PartitionStats, classes: list[str], atc_threshold: float | None = None) -> dict:
+    """The labelled-sample statistics of any sum of partitions: a run or a date range, with the
+    label-free estimates (ATC needs the card's threshold; calibrated confidence is kept beside it)."""
     labelled = stats.labelled
+    expected = stats.calibrated_confidence_sum / stats.rows if stats.rows else None
+    atc = atc_accuracy(stats, atc_threshold)
     low, high = wilson_interval(stats.correct, labelled)
     return {
         "rows": stats.rows,
@@ -90,17 +121,20 @@ def summarise(stats: PartitionStats, classes: list[str]) -> dict:
         "accuracy_low": low if labelled else None,
         "accuracy_high": high if labelled else None,
         "mean_confidence": stats.confidence_sum / stats.rows if stats.rows else None,
-        "expected_accuracy": stats.calibrated_confidence_sum / stats.rows if stats.rows else None,
+        "expected_accuracy": expected,
+        "atc_accuracy": atc,
+        "label_free_accuracy": atc if atc is not None else expected,
+        "label_free_method": "atc" if atc is not None else "confidence",
         "classes": classes,
         **{k: v for k, v in stats.to_dict().items() if k not in ("rows", "errors", "labelled", "correct")},
         **per_class_metrics(stats.confusion),
     }
 
 
-def summarise_rows(rows, classes: list[str]) -> dict:
+def summarise_rows(rows, classes: list[str], atc_threshold: float | None = None) -> dict:
     """Fold monitoring rows (runs over a date range, say) exactly, as their statistics add up."""
     parts = [PartitionStats.from_dict({"num_classes": len(classes), **r}) for r in rows.to_dict("records")]
-    return summarise(PartitionStats.total(parts, len(classes)), classes)
+    return summarise(PartitionStats.total(parts, len(classes)), classes, atc_threshold)
 
 
 def monitor_range(store: Store, since: str | None = None, until: str | None = None,
@@ -120,7 +154,15 @@ def monitor_range(store: Store, since: str | None = None, until: str | None = No
     if any(list(c) != classes for c in runs.classes):
         raise BatchmlError("these runs predict different classes: pass --model to compare one model's runs")
     return {"runs": len(runs), "first_run": runs.committed_at.min(), "last_run": runs.committed_at.max(),
-            **summarise_rows(runs, classes)}
+            **summarise_rows(runs, classes, _range_threshold(store, runs))}
+
+
+def _range_threshold(store: Store, runs) -> float | None:
+    """The ATC threshold when every run is one model's (thresholds of two models do not mix)."""
+    if runs.model_version.nunique() != 1:
+        return None
+    card = read_card(store, ModelVersion(*runs.model_version.iloc[0].split("/")))
+    return (card.get("atc") or {}).get("threshold")
 
 
 def format_range(summary: dict) -> str:
@@ -130,6 +172,8 @@ def format_range(summary: dict) -> str:
     if s["labelled"]:
         lines.append(f"accuracy {s['accuracy']:.4f} ({s['correct']}/{s['labelled']} labelled rows correct; "
                      f"95% CI {s['accuracy_low']:.4f}-{s['accuracy_high']:.4f})")
+    if s["atc_accuracy"] is not None:
+        lines.append(f"label-free accuracy (ATC) {s['atc_accuracy']:.4f}")
     lines.append(f"  {'class':<12} {'prec.':>6} {'recall':>6} {'f1':>6} {'fpr':>6} {'fnr':>6} {'support':>8}")
     for i, c in enumerate(s["classes"]):
         cells = " ".join(f"{v:6.3f}" if v is not None else f"{'-':>6}"
@@ -144,6 +188,7 @@ def monitor_run(store: Store, run_id: str, cfg: MonitorConfig = MonitorConfig())
     card = read_card(store, ModelVersion(*manifest["model_version"].split("/")))
     row = build_row(manifest, stats, card, _history(store, manifest, cfg.history_nights), cfg)
     report = RunReport(row, alerts(row, manifest["max_error_ratio"], cfg))
+    row["alert_kinds"] = [a["kind"] for a in report.alerts]  # the next nights' baseline leaves these out
     write_run_row(store, row)
     write_alerts(store, run_id, report.alerts)
     snapshot = failures.snapshot(store, run_prefix(run_id), [p["partition"] for p in manifest["partitions"]],
@@ -152,35 +197,115 @@ def monitor_run(store: Store, run_id: str, cfg: MonitorConfig = MonitorConfig())
     return report
 
 
-def build_row(run: dict, stats: PartitionStats, card: dict, history: list[np.ndarray],
+def build_row(run: dict, stats: PartitionStats, card: dict, baseline: Baseline | None = None,
               cfg: MonitorConfig = MonitorConfig()) -> dict:
-    """The monitoring row of one run from its summed statistics, its model's card and the
-    predicted class counts of recent nights (oldest first). Pure: benchmarks call it too."""
+    """The monitoring row of one run from its summed statistics, its model's card and what
+    earlier nights tell (``baseline_from_rows``). Pure: benchmarks call it too."""
+    baseline = baseline or Baseline()
     reference = card["reference"]
-    return {
+    accepted = baseline.accepted
+    ref_counts = np.asarray(accepted["predicted_counts"] if accepted else reference["predicted_counts"])
+    atc = card.get("atc") or {}
+    row = {
         "run_id": run["run_id"],
         "dataset": run["dataset"],
         "model_version": run["model_version"],
         "committed_at": run["committed_at"],
         "monitored_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "reference_accuracy": reference["accuracy"],
-        **summarise(stats, run["classes"]),
-        **class_shift(stats.predicted_counts, np.asarray(reference["predicted_counts"])),
-        **(history_shift(history, stats.predicted_counts) or {
-            "history_nights": len(history), "history_chi2": None, "history_dispersion": None,
-            "history_p_value": None}),
+        "accepted_run": accepted["run_id"] if accepted else None,
+        **summarise(stats, run["classes"], atc.get("threshold")),
+        **class_shift(stats.predicted_counts, ref_counts),
+        **(history_shift(baseline.history, stats.predicted_counts) or {
+            "history_nights": len(baseline.history), "history_chi2": None, "history_dispersion": None,
+            "history_p_value": None, "history_js_distance": None}),
+        **output_shift(stats, atc),
         **_label_shift(card, stats),
     }
+    row["sustained_p_value"] = _sustained_p(row)
+    return {**row, **_cusum(row, stats, baseline, cfg)}
 
 
-def _history(store: Store, manifest: dict, nights: int) -> list[np.ndarray]:
-    """Predicted class counts of the model's runs committed before this one, oldest first."""
-    runs = read_table(store, "runs")
-    if "model_version" not in runs:
+def _sustained_p(row: dict) -> float:
+    """The reference test with the baseline's overdispersion (1 without a baseline)."""
+    phi = row["history_dispersion"] or 1.0
+    df = max(int((np.asarray(row["share"]) + np.asarray(row["reference_share"]) > 0).sum()) - 1, 1)
+    return float(chi2_dist.sf(row["chi2"] / phi, df))
+
+
+def _cusum(row: dict, stats: PartitionStats, baseline: Baseline, cfg: MonitorConfig) -> dict:
+    """Tonight's CUSUM sums: last night's plus tonight's evidence against the clean baseline's mix,
+    unless tonight already alarmed on its own or there is no baseline yet."""
+    state = baseline.cusum
+    single = {a["kind"] for a in alerts(row, 1.0, cfg)} & set(SINGLE_NIGHT)
+    counted = not single and len(baseline.history) >= MIN_NIGHTS and stats.rows > 0
+    if counted:
+        evidence = sequential.night_evidence(stats.predicted_counts, baseline_mix(baseline.history),
+                                             dispersion(baseline.history))
+        state = sequential.cusum_step(state, evidence)
+    state = np.zeros((2, len(stats.predicted_counts))) if state is None else np.asarray(state)
+    return {"cusum_up": state[0].tolist(), "cusum_down": state[1].tolist(), "cusum_counted": counted}
+
+
+def baseline_from_rows(rows: list[dict], accepted: dict | None = None, nights: int = 30) -> Baseline:
+    """The baseline of tonight from the model's earlier monitoring rows (oldest first): the last
+    ``nights`` nights that raised no alert (the accepted run counts whatever it raised), and the
+    CUSUM sums of the last night, all since the accepted run if there is one."""
+    if accepted:
+        rows = [r for r in rows if r["committed_at"] >= accepted["committed_at"]]
+    clean = [r for r in rows if not _breaks_baseline(r) or (accepted and r["run_id"] == accepted["run_id"])]
+    history = [np.asarray(r["predicted_counts"]) for r in clean][-nights:]
+    last = [r for r in rows if not accepted or r["run_id"] != accepted["run_id"]][-1:]
+    return Baseline(history, _cusum_state(last[0]) if last else None, accepted)
+
+
+def _breaks_baseline(row: dict) -> bool:
+    return any(k != "error_ratio" for k in _listed(row.get("alert_kinds")))
+
+
+def _cusum_state(row: dict) -> np.ndarray | None:
+    up, down = _listed(row.get("cusum_up")), _listed(row.get("cusum_down"))
+    return np.asarray([up, down], dtype=np.float64) if len(up) and len(down) else None
+
+
+def _listed(value) -> list:
+    """A list column as read back; rows written before the column existed hold None or NaN."""
+    if value is None or isinstance(value, float):
         return []
+    return list(value)
+
+
+def _history(store: Store, manifest: dict, nights: int) -> Baseline:
+    """The baseline from the model's runs committed before this one."""
+    runs = read_table(store, "runs")
+    accepted = accepted_baseline(store, manifest["model_version"], manifest["committed_at"])
+    if "model_version" not in runs:
+        return Baseline(accepted=accepted)
     runs = runs[(runs.model_version == manifest["model_version"]) & (runs.run_id != manifest["run_id"])
                 & (runs.committed_at <= manifest["committed_at"])]
-    return [np.asarray(c) for c in runs.sort_values("committed_at").predicted_counts.tail(nights)]
+    return baseline_from_rows(runs.sort_values("committed_at").to_dict("records"), accepted, nights)
+
+
+def accept_baseline(store: Store, run_id: str, note: str = "") -> dict:
+    """Record that a monitored run's class mix is the new normal for its model: from it on,
+    ``sustained_shift`` compares with it, and the nightly baseline and CUSUM restart there."""
+    rows = read_table(store, "runs")
+    match = rows[rows.run_id == run_id] if "run_id" in rows else rows
+    if match.empty:
+        raise BatchmlError(f"run {run_id!r} is not monitored yet: run `batchml monitor --run-id {run_id}` first")
+    r = match.iloc[0]
+    record = {"run_id": run_id, "model_version": r.model_version, "committed_at": r.committed_at,
+              "predicted_counts": [int(c) for c in r.predicted_counts], "note": note,
+              "accepted_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    store.write_json(f"monitoring/accepted/{run_id}.json", record)
+    return record
+
+
+def accepted_baseline(store: Store, model_version: str, committed_at: str) -> dict | None:
+    """The latest accepted run of this model committed at or before ``committed_at``."""
+    records = [store.read_json(f"monitoring/accepted/{name}") for name in store.list("monitoring/accepted", ".json")]
+    records = [r for r in records if r["model_version"] == model_version and r["committed_at"] <= committed_at]
+    return max(records, key=lambda r: (r["committed_at"], r["accepted_at"]), default=None)
 
 
 def _label_shift(card: dict, stats: PartitionStats) -> dict:
@@ -188,11 +313,15 @@ def _label_shift(card: dict, stats: PartitionStats) -> dict:
     joint = card["metrics"]["validation"].get("prob_confusion")
     if joint is None or stats.rows == 0:
         return {"estimated_priors": None, "estimated_priors_low": None, "estimated_priors_high": None,
-                "bbse_condition_number": None, "bbse_well_conditioned": None}
-    est = estimate_priors(np.asarray(joint), stats.prob_sums / stats.rows, stats.rows)
-    return {"estimated_priors": est["priors"], "estimated_priors_low": est["priors_low"],
-            "estimated_priors_high": est["priors_high"], "bbse_condition_number": est["condition_number"],
-            "bbse_well_conditioned": est["well_conditioned"]}
+                "estimated_priors_interval": None, "bbse_condition_number": None, "bbse_well_conditioned": None}
+    mu = stats.prob_sums / stats.rows
+    est = estimate_priors(np.asarray(joint), mu, stats.rows)
+    rows = card.get("validation_rows")
+    # the bootstrap needs the validation rows; older cards keep the normal approximation
+    low, high = bootstrap_priors(rows, mu, stats.rows) if rows else (est["priors_low"], est["priors_high"])
+    return {"estimated_priors": est["priors"], "estimated_priors_low": low, "estimated_priors_high": high,
+            "estimated_priors_interval": "bootstrap" if rows else "normal",
+            "bbse_condition_number": est["condition_number"], "bbse_well_conditioned": est["well_conditioned"]}
 
 
 def alerts(row: dict, max_error_ratio: float, cfg: MonitorConfig) -> list[dict]:
@@ -203,37 +332,68 @@ def alerts(row: dict, max_error_ratio: float, cfg: MonitorConfig) -> list[dict]:
     if row["error_ratio"] > max_error_ratio:
         out.append(_alert("error_ratio", "error", row["error_ratio"], max_error_ratio,
                           f"{row['errors']} undecodable images ({row['error_ratio']:.2%})"))
-    history_rejects = row["history_p_value"] is None or row["history_p_value"] < cfg.shift_p_value
-    if row["p_value"] < cfg.shift_p_value and row["js_distance"] >= cfg.shift_min_js and history_rejects:
-        worst = int(np.argmax(np.abs(row["share_deviation"])))
-        out.append(_alert(
-            "class_shift", "warning", row["p_value"], cfg.shift_p_value,
-            f"predicted class mix differs from the reference (JS distance {row['js_distance']:.3f}, "
-            f"p={row['p_value']:.1e}) and from the last {row['history_nights']} nights; largest change: "
-            f"{row['classes'][worst]} {row['reference_share'][worst]:.1%} -> {row['share'][worst]:.1%}",
-        ))
+    out += _shift_alerts(row, cfg)
     if row["labelled"] >= cfg.min_labelled:
-        floor = row["reference_accuracy"] - cfg.accuracy_drop
-        if row["accuracy_high"] < floor:
-            out.append(_alert(
-                "accuracy_drop", "error", row["accuracy"], floor,
-                f"accuracy {row['accuracy']:.1%} (95% CI {row['accuracy_low']:.1%}-"
-                f"{row['accuracy_high']:.1%}) is below the reference {row['reference_accuracy']:.1%}",
-            ))
-        expected, tol = row["expected_accuracy"], cfg.divergence_tolerance
-        if not row["accuracy_low"] - tol <= expected <= row["accuracy_high"] + tol:
-            out.append(_alert(
-                "accuracy_divergence", "warning", expected - row["accuracy"], tol,
-                f"label-free estimate {expected:.1%} disagrees with measured accuracy {row['accuracy']:.1%}: "
-                "the model's confidence no longer tracks its accuracy (concept drift?)",
-            ))
-    elif row["expected_accuracy"] is not None and row["expected_accuracy"] < (
-        floor := row["reference_accuracy"] - cfg.accuracy_drop
+        out += _labelled_alerts(row, cfg)
+    elif row["label_free_accuracy"] is not None and row["label_free_accuracy"] < (
+        floor := row["reference_accuracy"] - cfg.label_free_drop
     ):
         out.append(_alert(
-            "expected_accuracy_drop", "warning", row["expected_accuracy"], floor,
-            f"label-free accuracy estimate {row['expected_accuracy']:.1%} is below the reference "
-            f"{row['reference_accuracy']:.1%}",
+            "expected_accuracy_drop", "warning", row["label_free_accuracy"], floor,
+            f"label-free accuracy estimate ({row['label_free_method']}) {row['label_free_accuracy']:.1%} is "
+            f"below the reference {row['reference_accuracy']:.1%}",
+        ))
+    return out
+
+
+def _largest_change(row: dict) -> str:
+    worst = int(np.argmax(np.abs(row["share_deviation"])))
+    return f"{row['classes'][worst]} {row['reference_share'][worst]:.1%} -> {row['share'][worst]:.1%}"
+
+
+def _shift_alerts(row: dict, cfg: MonitorConfig) -> list[dict]:
+    out, p = [], cfg.shift_p_value
+    if row["history_p_value"] is not None and row["history_p_value"] < p \
+            and row["history_js_distance"] >= cfg.shift_min_js:
+        out.append(_alert("new_shift", "warning", row["history_p_value"], p,
+                          f"tonight's class mix differs from the last {row['history_nights']} clean nights "
+                          f"(JS distance {row['history_js_distance']:.3f}, p={row['history_p_value']:.1e})"))
+    if row["sustained_p_value"] < p and row["js_distance"] >= cfg.shift_min_js:
+        against = f"the mix accepted at run {row['accepted_run']}" if row.get("accepted_run") else "the reference"
+        out.append(_alert("sustained_shift", "warning", row["sustained_p_value"], p,
+                          f"class mix differs from {against} (JS distance {row['js_distance']:.3f}, "
+                          f"p={row['sustained_p_value']:.1e}; largest change: {_largest_change(row)}); "
+                          f"if this is the new normal: batchml monitor --accept-baseline {row['run_id']}"))
+    if row.get("output_p_value") is not None and row["output_p_value"] < p and row["output_ks"] >= cfg.output_min_ks:
+        out.append(_alert("output_shift", "warning", row["output_p_value"], p,
+                          f"the model's outputs differ from its validation split ({row['output_worst']} "
+                          f"probabilities, KS {row['output_ks']:.3f}, p={row['output_p_value']:.1e} after "
+                          "Bonferroni): covariate shift or corrupted images?"))
+    if "cusum_up" in row and (hit := sequential.alarm([row["cusum_up"], row["cusum_down"]])):
+        direction, k = hit
+        state = (row["cusum_up"], row["cusum_down"])[direction][k]
+        out.append(_alert("persistent_shift", "warning", state, sequential.THRESHOLD,
+                          f"evidence accumulated over nights ({state:.1f} nats): {row['classes'][k]}'s share "
+                          f"has moved {('up', 'down')[direction]} by about {sequential.RATIO}x from the "
+                          "recent clean nights'"))
+    return out
+
+
+def _labelled_alerts(row: dict, cfg: MonitorConfig) -> list[dict]:
+    out = []
+    floor = row["reference_accuracy"] - cfg.accuracy_drop
+    if row["accuracy_high"] < floor:
+        out.append(_alert(
+            "accuracy_drop", "error", row["accuracy"], floor,
+            f"accuracy {row['accuracy']:.1%} (95% CI {row['accuracy_low']:.1%}-"
+            f"{row['accuracy_high']:.1%}) is below the reference {row['reference_accuracy']:.1%}",
+        ))
+    expected, tol = row["label_free_accuracy"], cfg.divergence_tolerance
+    if not row["accuracy_low"] - tol <= expected <= row["accuracy_high"] + tol:
+        out.append(_alert(
+            "accuracy_divergence", "warning", expected - row["accuracy"], tol,
+            f"label-free estimate {expected:.1%} disagrees with measured accuracy {row['accuracy']:.1%}: "
+            "the model's confidence no longer tracks its accuracy (concept drift?)",
         ))
     return out
 
@@ -253,17 +413,27 @@ def format_report(report: RunReport) -> str:
             f"95% CI {r['accuracy_low']:.4f}-{r['accuracy_high']:.4f}; reference {r['reference_accuracy']:.4f})"
         )
     if r["rows"]:
-        lines.append(f"expected accuracy from calibrated confidence: {r['expected_accuracy']:.4f}")
-    history = (f"; vs last {r['history_nights']} nights: p-value {r['history_p_value']:.3g}"
+        atc = f"ATC {r['atc_accuracy']:.4f}, " if r.get("atc_accuracy") is not None else ""
+        lines.append(f"label-free accuracy estimates: {atc}calibrated confidence {r['expected_accuracy']:.4f}")
+    history = (f"; vs last {r['history_nights']} clean nights: p-value {r['history_p_value']:.3g}"
                if r["history_p_value"] is not None else "")
-    lines.append(f"class mix vs reference: JS distance {r['js_distance']:.4f}, "
-                 f"chi2 {r['chi2']:.1f}, p-value {r['p_value']:.3g}{history}")
+    against = f"accepted run {r['accepted_run']}" if r.get("accepted_run") else "reference"
+    lines.append(f"class mix vs {against}: JS distance {r['js_distance']:.4f}, "
+                 f"chi2 {r['chi2']:.1f}, p-value {r['sustained_p_value']:.3g}{history}")
+    if r.get("output_p_value") is not None:
+        lines.append(f"outputs vs validation: KS {r['output_ks']:.3f} ({r['output_worst']}), "
+                     f"p-value {r['output_p_value']:.3g} (Bonferroni)")
+    if r.get("cusum_up"):
+        lines.append(f"accumulated evidence (CUSUM): {max(max(r['cusum_up']), max(r['cusum_down'])):.1f} "
+                     f"of {sequential.THRESHOLD:.0f} nats")
     width = max(len(c) for c in r["classes"])
     lines.append(f"  {'class':<{width}}  {'share':>6}  {'ref':>6}  {'est.true':>8}  {'recall':>6}  {'prec.':>6}")
     for i, c in enumerate(r["classes"]):
         est = f"{r['estimated_priors'][i]:8.1%}" if r["estimated_priors"] else f"{'-':>8}"
         rec, prec = (f"{v:6.2f}" if v is not None else f"{'-':>6}" for v in (r["recall"][i], r["precision"][i]))
         lines.append(f"  {c:<{width}}  {r['share'][i]:6.1%}  {r['reference_share'][i]:6.1%}  {est}  {rec}  {prec}")
-    for a in report.alerts or [{"severity": "ok", "message": "no alerts"}]:
-        lines.append(f"{a['severity'].upper()}: {a['message']}")
+    for a in report.alerts or [{"severity": "ok", "kind": "", "message": "no alerts"}]:
+        # the kind goes last: nightly logs are searched for "ERROR: " and "WARNING: "
+        kind = f" [{a['kind']}]" if a["kind"] else ""
+        lines.append(f"{a['severity'].upper()}: {a['message']}{kind}")
     return "\n".join(lines)
