@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("demo", parents=[store, cluster], help="the whole flow on real CIFAR-10")
     p.add_argument("--source", help="CIFAR-10 source (default ../shared/data/cifar10-jpeg.tar.gz if present)")
     p.add_argument("--epochs", type=positive, default=DemoConfig.epochs,
-                   help="fast-net epochs (default %(default)s: about 0.87 test accuracy in 7 minutes on 2 cores)")
+                   help="fast-net epochs (default %(default)s: about 6 minutes of training on 2 cores)")
     p.add_argument("--night-size", type=positive, default=DemoConfig.night_size, help="images per simulated night")
     p.set_defaults(func=cmd_demo)
     return parser
