@@ -15,13 +15,12 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from batchml import datasets
+from batchml import datasets, layout
+from batchml.datasets import DEFAULT_PARTITION_SIZE
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
 from batchml.sources import Source, SourceImage, check_classes, open_source
 from batchml.store import Store
-
-DEFAULT_PARTITION_SIZE = 2000
 
 
 @dataclass
@@ -43,7 +42,7 @@ def ingest(
     verbose: bool = True,
 ) -> IngestResult:
     """Write ``images/<dataset>/part-NNNNN.parquet`` from SOURCE, then ``dataset.json``."""
-    datasets.check_name("dataset", dataset)  # before opening (perhaps downloading) the source
+    layout.check_name("dataset", dataset)  # before opening (perhaps downloading) the source
     if partition_size < 1:
         raise BatchmlError(f"--partition-size must be at least 1, not {partition_size}")
     if classes is not None:
@@ -54,8 +53,8 @@ def ingest(
 def write_dataset(store: Store, opened: Source, dataset: str, split: str = "train",
                   partition_size: int = DEFAULT_PARTITION_SIZE, verbose: bool = True) -> IngestResult:
     """Cut an opened source's images into partitions and commit them as ``dataset``."""
-    prefix = datasets.prefix(dataset)
-    old = store.read_json(f"{prefix}/dataset.json") if store.exists(f"{prefix}/dataset.json") else None
+    manifest = layout.dataset_manifest(dataset)
+    old = store.read_json(manifest) if store.exists(manifest) else None
     if old is not None and old["classes"] != opened.classes:
         raise _conflict(store, dataset, old, f"classes {opened.classes}")
     old_parts = {p["name"]: p for p in old["partitions"]} if old else {}
@@ -66,7 +65,7 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
         _check_labels(chunk, opened)
         table = _partition_table(chunk)
         entry = {
-            "name": f"part-{index:05d}.parquet",
+            "name": layout.partition_name(index),
             "rows": table.num_rows,
             "labelled": table.num_rows - table["label"].null_count,
             "sha256": datasets.content_hash(table),
@@ -74,8 +73,8 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
         previous = old_parts.get(entry["name"])
         if old is not None and previous != entry:
             raise _conflict(store, dataset, old, f"different images in {entry['name']}")
-        if previous is None or not store.exists(f"{prefix}/{entry['name']}"):
-            store.write_parquet(f"{prefix}/{entry['name']}", table)
+        if previous is None or not store.exists(layout.dataset_partition(dataset, entry["name"])):
+            store.write_parquet(layout.dataset_partition(dataset, entry["name"]), table)
             written += 1
         parts.append(entry)
         progress.update(table.num_rows, f"{index + 1} partitions")
@@ -88,7 +87,7 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
 
     rows = sum(p["rows"] for p in parts)
     if old is None:
-        store.write_json(f"{prefix}/dataset.json", {
+        store.write_json(manifest, {
             "name": dataset,
             "source": opened.description,
             "split": split,
@@ -100,7 +99,7 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
             "fingerprint": _fingerprint(parts),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         })
-    return IngestResult(dataset, rows, len(parts), written, store.url(prefix))
+    return IngestResult(dataset, rows, len(parts), written, store.url(layout.dataset_prefix(dataset)))
 
 
 def _chunks(images: Iterable[SourceImage], size: int) -> Iterator[list[SourceImage]]:
@@ -117,14 +116,10 @@ def _check_labels(chunk: list[SourceImage], opened: Source) -> None:
 
 
 def _partition_table(chunk: list[SourceImage]) -> pa.Table:
-    columns = {
-        "image_id": pa.array([r.image_id for r in chunk], pa.string()),
-        "image": pa.array([r.data for r in chunk], pa.binary()),
-        "label": pa.array([r.label for r in chunk], pa.int16()),
-    }
+    table = datasets.partition_table([r.image_id for r in chunk], [r.data for r in chunk], [r.label for r in chunk])
     for key in sorted({k for r in chunk for k in r.extra}):
-        columns[key] = pa.array([r.extra.get(key) for r in chunk])
-    return pa.table(columns)
+        table = table.append_column(key, pa.array([r.extra.get(key) for r in chunk]))
+    return table
 
 
 def _fingerprint(parts: list[dict]) -> str:
@@ -134,5 +129,5 @@ def _fingerprint(parts: list[dict]) -> str:
 def _conflict(store: Store, dataset: str, old: dict, what: str) -> BatchmlError:
     return BatchmlError(
         f"dataset {dataset!r} already exists from {old['source']} and this source has {what}. "
-        f"Ingest it under another --dataset name, or delete {store.url(datasets.prefix(dataset))} first."
+        f"Ingest it under another --dataset name, or delete {store.url(layout.dataset_prefix(dataset))} first."
     )

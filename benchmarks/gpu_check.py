@@ -46,13 +46,14 @@ from pathlib import Path
 
 import numpy as np
 
-from batchml import datasets
+from batchml import datasets, layout
+from batchml.cli import cifar10_source
 from batchml.cluster import TRAIN_GPU_SHARE, ClusterConfig, connect, gpu_resources
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing, decode_images
 from batchml.ingest import ingest, write_dataset
 from batchml.scoring import ScoreConfig, score, worker_model
-from batchml.sources import Source, SourceImage, find_source
+from batchml.sources import Source, SourceImage
 from batchml.store import Store, StoreConfig
 from batchml.training import TrainConfig, train
 
@@ -76,7 +77,7 @@ def prepare(store: Store, source: str, images: int, partition_size: int) -> tupl
             for row in datasets.read_partition(store, "cifar10-test", p["name"]).to_pylist()]
     copies = max(1, -(-images // len(test)))
     name = f"bulk-{copies}x-{partition_size}"
-    if not store.exists(f"images/{name}/dataset.json"):
+    if not store.exists(layout.dataset_manifest(name)):
         rows = (SourceImage(f"{t['image_id']}#{c}", t["image"], t["label"]) for c in range(copies) for t in test)
         write_dataset(store, Source(f"CIFAR-10 test x{copies}", manifest["classes"], rows), name, "test",
                       partition_size, verbose=False)
@@ -326,7 +327,7 @@ def main() -> int:
             setattr(args, name, value)
     if args.small:
         args.bare_images = min(args.bare_images, 2048)
-    args.source = args.source or find_source()
+    args.source = args.source or cifar10_source()
     try:
         figures = check(args)
     except BatchmlError as exc:

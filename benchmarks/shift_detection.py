@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter
 
-from batchml import datasets
+from batchml import datasets, layout
 from batchml.backend import configure_backend
+from batchml.cli import cifar10_source
 from batchml.cluster import ClusterConfig, connect
 from batchml.errors import BatchmlError
 from batchml.images import Preprocessing
@@ -37,7 +38,6 @@ from batchml.ingest import ingest
 from batchml.monitoring.run_monitor import MonitorConfig, alerts, build_row
 from batchml.registry import load_model, promote, read_card, resolve
 from batchml.scoring import ScoreConfig, score
-from batchml.sources import find_source
 from batchml.stats import PartitionStats
 from batchml.store import Store, StoreConfig
 from batchml.training import TrainConfig, train
@@ -49,7 +49,7 @@ CFG = MonitorConfig()
 
 def prepare(store: Store, epochs: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """The model's card and its test-set probabilities (N, K) and labels (N,), via batchml score."""
-    source = find_source()
+    source = cifar10_source()
     for split in ("train", "test"):
         ingest(store, source, f"cifar10-{split}", split)
     with connect(ClusterConfig()) as client:
@@ -60,7 +60,7 @@ def prepare(store: Store, epochs: int) -> tuple[dict, np.ndarray, np.ndarray]:
             mv, _ = train(client, store, TrainConfig("cifar10-train", "cifar10-test", epochs=epochs))
             promote(store, mv)
         score(client, store, ScoreConfig("cifar10-test", str(mv), run_id=f"shift-bench-{mv.version}"))
-    preds = pd.read_parquet(store.path(f"runs/shift-bench-{mv.version}/predictions"))
+    preds = pd.read_parquet(store.path(layout.run_folder(f"shift-bench-{mv.version}", "predictions")))
     return read_card(store, mv), np.stack(preds.probabilities.to_numpy()), preds.label.to_numpy().astype(int)
 
 

@@ -5,14 +5,14 @@ import tarfile
 import numpy as np
 import pytest
 
-from batchml import datasets
+from batchml import datasets, layout
 from batchml.errors import BatchmlError
 from batchml.ingest import ingest
 from tests.conftest import CLASSES, make_image, write_class_folders
 
 
 def mtimes(store, dataset):
-    folder = store.path(datasets.prefix(dataset))
+    folder = store.path(layout.dataset_prefix(dataset))
     return {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder)}
 
 

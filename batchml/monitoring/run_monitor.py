@@ -27,15 +27,15 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from batchml import failures
+from batchml import failures, layout
 from batchml.errors import BatchmlError
+from batchml.layout import ModelVersion
 from batchml.monitoring.classes import per_class_metrics
 from batchml.monitoring.history import history_shift
 from batchml.monitoring.label_shift import estimate_priors
 from batchml.monitoring.shift import class_shift, wilson_interval
 from batchml.monitoring.tables import read_table, write_alerts, write_run_row
-from batchml.registry import ModelVersion, read_card
-from batchml.scoring import run_prefix, stats_name
+from batchml.registry import read_card
 from batchml.stats import PartitionStats
 from batchml.store import Store
 
@@ -62,15 +62,14 @@ class RunReport:
 
 def fold_run(store: Store, run_id: str) -> tuple[dict, PartitionStats]:
     """A committed run's manifest and the sum of its partition statistics."""
-    prefix = run_prefix(run_id)
-    if not store.exists(f"{prefix}/manifest.json"):
+    if not store.exists(layout.run_manifest(run_id)):
         hint = ("it is not committed yet: rerun `batchml score --run-id " + run_id + "` to finish it"
-                if store.exists(f"{prefix}/run.json") else "no such run")
+                if store.exists(layout.run_spec_path(run_id)) else "no such run")
         raise BatchmlError(f"run {run_id!r} in {store.url()}: {hint}")
-    manifest = store.read_json(f"{prefix}/manifest.json")
+    manifest = store.read_json(layout.run_manifest(run_id))
     k = len(manifest["classes"])
     parts = [
-        PartitionStats.from_dict(store.read_json(f"{prefix}/stats/{stats_name(p['partition'])}")["stats"])
+        PartitionStats.from_dict(store.read_json(layout.run_stats(run_id, p["partition"]))["stats"])
         for p in manifest["partitions"]
     ]
     return manifest, PartitionStats.total(parts, k)
@@ -141,14 +140,14 @@ def format_range(summary: dict) -> str:
 def monitor_run(store: Store, run_id: str, cfg: MonitorConfig = MonitorConfig()) -> RunReport:
     """Monitor a committed run: write its row, alerts and failure-case snapshot."""
     manifest, stats = fold_run(store, run_id)
-    card = read_card(store, ModelVersion(*manifest["model_version"].split("/")))
+    card = read_card(store, ModelVersion.parse(manifest["model_version"]))
     row = build_row(manifest, stats, card, _history(store, manifest, cfg.history_nights), cfg)
     report = RunReport(row, alerts(row, manifest["max_error_ratio"], cfg))
     write_run_row(store, row)
     write_alerts(store, run_id, report.alerts)
-    snapshot = failures.snapshot(store, run_prefix(run_id), [p["partition"] for p in manifest["partitions"]],
+    snapshot = failures.snapshot(store, run_id, [p["partition"] for p in manifest["partitions"]],
                                  manifest["classes"])
-    store.write_parquet(f"monitoring/failures/{run_id}.parquet", snapshot)
+    store.write_parquet(layout.monitoring_path("failures", run_id), snapshot)
     return report
 
 
