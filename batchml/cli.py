@@ -18,12 +18,12 @@ from pathlib import Path
 
 from batchml import layout
 from batchml.backend import BACKENDS, DEFAULT_BACKEND, configure_backend
-from batchml.datasets import DEFAULT_PARTITION_SIZE
+from batchml.data.datasets import DEFAULT_PARTITION_SIZE
 from batchml.demo import DemoConfig
 from batchml.errors import BatchmlError
-from batchml.recipes import RECIPES, SETTINGS, TUNABLE, recipe_defaults, setting_type
 from batchml.registry import DEFAULT_ALIAS
 from batchml.store import DEFAULT_ROOT, Store, StoreConfig
+from batchml.train.recipes import RECIPES, SETTINGS, TUNABLE, recipe_defaults, setting_type
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +62,7 @@ def positive(text: str) -> int:
 def cifar10_source() -> str:
     """CIFAR-10 for the demo and the benchmarks: ``../shared/data/cifar10-jpeg.tar.gz`` beside the
     working folder or the checkout (this project's copy), else Keras's download."""
-    from batchml.sources import find_source
+    from batchml.data.sources import find_source
 
     checkout = Path(__file__).resolve().parents[1]
     return find_source(base.parent / "shared" / "data" for base in (Path.cwd(), checkout))
@@ -126,7 +126,7 @@ def training_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def setting_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """A flag per ``batchml.recipes`` setting, made from its declaration; unset: the recipe's."""
+    """A flag per ``batchml.train.recipes`` setting, made from its declaration; unset: the recipe's."""
     for s in SETTINGS:
         if s.name in skip:
             continue
@@ -145,7 +145,7 @@ def train_config(args):
     (``--warm-start`` exists on ``train`` only)."""
     from dataclasses import fields
 
-    from batchml.training import TrainConfig
+    from batchml.train.training import TrainConfig
 
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
 
@@ -270,7 +270,7 @@ def cluster_config(args):
 def cmd_sweep(args) -> None:
     from batchml.cluster import connect
     from batchml.registry import ModelVersion, promote
-    from batchml.sweep import SweepConfig, parse_space, sweep
+    from batchml.train.sweep import SweepConfig, parse_space, sweep
 
     store = open_store(args)
     cfg = SweepConfig(train_config(args), parse_space(args.param), args.trials, args.sweep_id, args.seed)
@@ -286,7 +286,7 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_ingest(args) -> None:
-    from batchml.ingest import ingest
+    from batchml.data.ingest import ingest
 
     classes = args.classes.split(",") if args.classes is not None else None
     r = ingest(open_store(args), args.source, args.dataset, args.split, args.partition_size, classes,
@@ -299,7 +299,7 @@ def cmd_train(args) -> None:
     from batchml.cluster import connect
     from batchml.device import device_label
     from batchml.registry import promote
-    from batchml.training import train
+    from batchml.train.training import train
 
     store, cfg = open_store(args), train_config(args)
     with connect(cluster_config(args), verbose=not args.quiet) as client:
@@ -351,7 +351,7 @@ def cmd_models_promote(args) -> None:
 def cmd_score(args) -> None:
     from batchml.cluster import connect
     from batchml.device import device_label
-    from batchml.scoring import ScoreConfig, score
+    from batchml.score.scoring import ScoreConfig, score
 
     store = open_store(args)
     cfg = ScoreConfig(dataset=args.dataset, model=args.model, run_id=args.run_id, batch_size=args.batch_size,
@@ -379,7 +379,7 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_dashboard(args) -> None:
-    from batchml.dashboard import serve
+    from batchml.serve.dashboard import serve
 
     store = open_store(args)
     print(f"dashboard of {store.url()} on http://{args.address}:{args.port}/", flush=True)

@@ -15,20 +15,21 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from batchml import datasets, layout
+from batchml import layout
 from batchml.cluster import ClusterConfig, connect
-from batchml.ingest import ingest, write_dataset
+from batchml.data import datasets
+from batchml.data.ingest import ingest, write_dataset
+from batchml.data.sources import Source, SourceImage
 from batchml.monitoring import format_report, monitor_run
 from batchml.registry import DEFAULT_ALIAS, promote
-from batchml.scoring import ScoreConfig, score
-from batchml.sources import Source, SourceImage
+from batchml.score.scoring import ScoreConfig, score
 from batchml.store import Store
-from batchml.training import TrainConfig, train
+from batchml.train.training import TrainConfig, train
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    source: str = "cifar10"  # a CIFAR-10 source (see ``batchml.sources``); the CLI looks for a local copy first
+    source: str = "cifar10"  # a CIFAR-10 source (see ``batchml.data.sources``); the CLI looks for a local copy first
     # measured on 2 cores (README): 10 epochs of the fast net reach about 0.87 test accuracy in
     # about 7 minutes; flip test-time augmentation scores 3x faster than flip-translate for
     # 0.4 points less

@@ -126,7 +126,7 @@ def load_model_file(path: str):
     batchml's own layers and schedules are registered by importing their modules."""
     import keras
 
-    import batchml.architectures
-    import batchml.learning  # noqa: F401  (HorizontalFlip, OneCycle)
+    import batchml.train.architectures
+    import batchml.train.learning  # noqa: F401  (HorizontalFlip, OneCycle)
 
     return keras.saving.load_model(path, safe_mode=True)

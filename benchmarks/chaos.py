@@ -99,7 +99,7 @@ def store_config(endpoint: str):
 def register_tiny_model(endpoint: str) -> None:
     import keras
 
-    from batchml.images import Preprocessing
+    from batchml.data.images import Preprocessing
     from batchml.registry import model_bytes, promote, register
     from batchml.store import Store
 

@@ -10,7 +10,7 @@ In one process tree it:
    ``--partition-size``;
 2. starts the cluster exactly as ``batchml`` does (``batchml.cluster.connect``: dask-cuda,
    one worker per GPU, ``--require-gpu`` unless ``--small``);
-3. trains the fast net as a Dask task on a GPU worker (``batchml.training.train``; 49,000
+3. trains the fast net as a Dask task on a GPU worker (``batchml.train.training.train``; 49,000
    training images, 1,000 held out) and reads its card: test accuracy, training seconds,
    the compile share (first epoch less the median other epoch), the device;
 4. scores the test set once (warm-up: model load and compile, as on a running cluster),
@@ -46,16 +46,17 @@ from pathlib import Path
 
 import numpy as np
 
-from batchml import datasets, layout
+from batchml import layout
 from batchml.cli import cifar10_source
 from batchml.cluster import TRAIN_GPU_SHARE, ClusterConfig, connect, gpu_resources
+from batchml.data import datasets
+from batchml.data.images import Preprocessing, decode_images
+from batchml.data.ingest import ingest, write_dataset
+from batchml.data.sources import Source, SourceImage
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing, decode_images
-from batchml.ingest import ingest, write_dataset
-from batchml.scoring import ScoreConfig, score, worker_model
-from batchml.sources import Source, SourceImage
+from batchml.score.scoring import ScoreConfig, score, worker_model
 from batchml.store import Store, StoreConfig
-from batchml.training import TrainConfig, train
+from batchml.train.training import TrainConfig, train
 
 # the fast net's GPU settings measured best on an H100 (0.9211 test accuracy, 22.5 s)
 GPU_NET = {"epochs": 24, "width": 96, "batch_size": 1024, "learning_rate": 1.5, "momentum": 0.85,

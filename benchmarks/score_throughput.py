@@ -33,18 +33,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from batchml import datasets, layout
+from batchml import layout
 from batchml.backend import configure_backend
 from batchml.cli import cifar10_source
 from batchml.cluster import ClusterConfig, connect
+from batchml.data import datasets
+from batchml.data.images import Preprocessing, decode_images
+from batchml.data.ingest import ingest, write_dataset
+from batchml.data.sources import Source, SourceImage
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing, decode_images
-from batchml.ingest import ingest, write_dataset
 from batchml.registry import DEFAULT_ALIAS, load_model, promote, resolve
-from batchml.scoring import ScoreConfig, score
-from batchml.sources import Source, SourceImage
+from batchml.score.scoring import ScoreConfig, score
 from batchml.store import Store, StoreConfig
-from batchml.training import TrainConfig, train
+from batchml.train.training import TrainConfig, train
 
 BATCH_SIZES = (128, 256, 512, 1024)
 

@@ -28,19 +28,20 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter
 
-from batchml import datasets, layout
+from batchml import layout
 from batchml.backend import configure_backend
 from batchml.cli import cifar10_source
 from batchml.cluster import ClusterConfig, connect
+from batchml.data import datasets
+from batchml.data.images import Preprocessing
+from batchml.data.ingest import ingest
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing
-from batchml.ingest import ingest
 from batchml.monitoring.run_monitor import MonitorConfig, alerts, build_row
 from batchml.registry import load_model, promote, read_card, resolve
-from batchml.scoring import ScoreConfig, score
+from batchml.score.scoring import ScoreConfig, score
 from batchml.stats import PartitionStats
 from batchml.store import Store, StoreConfig
-from batchml.training import TrainConfig, train
+from batchml.train.training import TrainConfig, train
 
 NULL_NIGHTS, SHIFT_NIGHTS, BBSE_NIGHTS, CORRUPT_NIGHTS = 300, 200, 100, 50
 NIGHT, BBSE_NIGHT = 2000, 5000

@@ -5,7 +5,7 @@
         [--weight-decay WD] [--activation relu|gelu] [--[no-]ema] [--tutorial-limit 1800] [--source PATH]
 
 Ingests ``../shared/data/cifar10-jpeg.tar.gz`` (50,000 training and 10,000 test images)
-and trains through batchml's own training path (``batchml.training.fit``: the recipe,
+and trains through batchml's own training path (``batchml.train.training.fit``: the recipe,
 augmentation, schedule and validation split of ``batchml train``), in this process, on
 49,000 training images (1,000 held out for validation and calibration):
 
@@ -34,14 +34,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from batchml import datasets
-from batchml.architectures import with_tta
 from batchml.cli import cifar10_source, setting_arguments
-from batchml.images import Preprocessing
-from batchml.ingest import ingest
-from batchml.recipes import SETTINGS
+from batchml.data import datasets
+from batchml.data.images import Preprocessing
+from batchml.data.ingest import ingest
 from batchml.store import Store, StoreConfig
-from batchml.training import TrainConfig, fit
+from batchml.train.architectures import with_tta
+from batchml.train.recipes import SETTINGS
+from batchml.train.training import TrainConfig, fit
 
 TARGET = 0.75
 VALIDATION = 0.02  # 1,000 of the 50,000: for early diagnostics and the calibration temperature

@@ -24,7 +24,7 @@ from batchml.cluster import connect
 from batchml.errors import BatchmlError
 from batchml.monitoring import format_report, monitor_run
 from batchml.registry import DEFAULT_ALIAS
-from batchml.scoring import ScoreConfig, score
+from batchml.score.scoring import ScoreConfig, score
 
 
 def night(text: str) -> str:

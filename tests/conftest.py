@@ -163,9 +163,9 @@ def client():
 @pytest.fixture(scope="session")
 def trained_store(tmp_path_factory, image_folders, client) -> Store:
     """A store holding the synthetic train/test datasets and a promoted model (1 epoch)."""
-    from batchml.ingest import ingest
+    from batchml.data.ingest import ingest
     from batchml.registry import promote
-    from batchml.training import TrainConfig, train
+    from batchml.train.training import TrainConfig, train
 
     s = Store(StoreConfig(str(tmp_path_factory.mktemp("trained") / "store")))
     ingest(s, str(image_folders), "shapes-train", "train", partition_size=50, verbose=False)

@@ -138,7 +138,7 @@ def test_alert_rules(overrides, kinds):
 
 
 def test_failure_candidates_are_the_confidently_wrong_and_the_unsure_unlabelled():
-    from batchml import failures
+    from batchml.score import failures
 
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45], [0.95, 0.05]])
     labels = np.array([1, 1, 1, -1, -1])

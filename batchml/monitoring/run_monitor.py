@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from batchml import failures, layout
+from batchml import layout
 from batchml.errors import BatchmlError
 from batchml.layout import ModelVersion
 from batchml.monitoring.classes import per_class_metrics
@@ -36,6 +36,7 @@ from batchml.monitoring.label_shift import estimate_priors
 from batchml.monitoring.shift import class_shift, wilson_interval
 from batchml.monitoring.tables import read_table, write_alerts, write_run_row
 from batchml.registry import read_card
+from batchml.score import failures
 from batchml.stats import PartitionStats
 from batchml.store import Store
 

@@ -28,10 +28,10 @@ from batchml.cluster import TRAIN_GPU_SHARE, gpu_resources
 from batchml.device import device_label, device_lock
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
-from batchml.recipes import SETTINGS, TUNABLE, setting_type
 from batchml.registry import ModelVersion, load_model_bytes, model_bytes
 from batchml.store import Store, StoreConfig
-from batchml.training import TrainConfig, check, fit, register_trained
+from batchml.train.recipes import SETTINGS, TUNABLE, setting_type
+from batchml.train.training import TrainConfig, check, fit, register_trained
 
 _TYPES = {s.name: setting_type(s) for s in SETTINGS if s.name in TUNABLE}
 

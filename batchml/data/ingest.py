@@ -15,11 +15,13 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from batchml import datasets, layout
-from batchml.datasets import DEFAULT_PARTITION_SIZE
+from batchml import layout
+from batchml.data import datasets
+from batchml.data.datasets import DEFAULT_PARTITION_SIZE
+from batchml.data.sources import Source, SourceImage, check_classes, open_source
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
-from batchml.sources import Source, SourceImage, check_classes, open_source
+from batchml.records import DatasetManifest
 from batchml.store import Store
 
 
@@ -54,10 +56,10 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
                   partition_size: int = DEFAULT_PARTITION_SIZE, verbose: bool = True) -> IngestResult:
     """Cut an opened source's images into partitions and commit them as ``dataset``."""
     manifest = layout.dataset_manifest(dataset)
-    old = store.read_json(manifest) if store.exists(manifest) else None
-    if old is not None and old["classes"] != opened.classes:
+    old = DatasetManifest.from_dict(store.read_json(manifest)) if store.exists(manifest) else None
+    if old is not None and old.classes != opened.classes:
         raise _conflict(store, dataset, old, f"classes {opened.classes}")
-    old_parts = {p["name"]: p for p in old["partitions"]} if old else {}
+    old_parts = {p["name"]: p for p in old.partitions} if old else {}
 
     progress = Progress(f"ingest {dataset}", total=opened.total, unit="images", enabled=verbose)
     parts, written = [], 0
@@ -82,23 +84,17 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
         raise BatchmlError(f"{opened.description} holds no images")
     progress.say(f"{len(parts)} partitions, done")
     progress.close()
-    if old is not None and len(parts) != len(old["partitions"]):
+    if old is not None and len(parts) != len(old.partitions):
         raise _conflict(store, dataset, old, f"{len(parts)} partitions")
 
     rows = sum(p["rows"] for p in parts)
     if old is None:
-        store.write_json(manifest, {
-            "name": dataset,
-            "source": opened.description,
-            "split": split,
-            "classes": opened.classes,
-            "partition_size": partition_size,
-            "partitions": parts,
-            "rows": rows,
-            "labelled": sum(p["labelled"] for p in parts),
-            "fingerprint": _fingerprint(parts),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        })
+        store.write_json(manifest, DatasetManifest(
+            name=dataset, source=opened.description, split=split, classes=opened.classes,
+            partition_size=partition_size, partitions=parts, rows=rows,
+            labelled=sum(p["labelled"] for p in parts), fingerprint=_fingerprint(parts),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        ).to_dict())
     return IngestResult(dataset, rows, len(parts), written, store.url(layout.dataset_prefix(dataset)))
 
 
@@ -126,8 +122,8 @@ def _fingerprint(parts: list[dict]) -> str:
     return hashlib.sha256("".join(p["sha256"] for p in parts).encode()).hexdigest()
 
 
-def _conflict(store: Store, dataset: str, old: dict, what: str) -> BatchmlError:
+def _conflict(store: Store, dataset: str, old: DatasetManifest, what: str) -> BatchmlError:
     return BatchmlError(
-        f"dataset {dataset!r} already exists from {old['source']} and this source has {what}. "
+        f"dataset {dataset!r} already exists from {old.source} and this source has {what}. "
         f"Ingest it under another --dataset name, or delete {store.url(layout.dataset_prefix(dataset))} first."
     )

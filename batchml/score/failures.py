@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchml import layout
-from batchml.images import encode_png
+from batchml.data.images import encode_png
 from batchml.store import Store
 
 KEEP = 24  # images of each kind per run (and per partition)

@@ -14,8 +14,9 @@ import numpy as np
 import pyarrow as pa
 
 from batchml import layout
+from batchml.data.images import Preprocessing, decode_images
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing, decode_images
+from batchml.records import DatasetManifest
 from batchml.store import Store
 
 DEFAULT_PARTITION_SIZE = 2000  # images per partition: ingest's cut, and a prefix's when scoring raw files
@@ -34,7 +35,7 @@ def list_datasets(store: Store) -> list[str]:
     return [d for d in store.list(layout.DATASETS) if store.exists(layout.dataset_manifest(d))]
 
 
-def read_manifest(store: Store, dataset: str) -> dict:
+def read_manifest(store: Store, dataset: str) -> DatasetManifest:
     """The committed manifest of a dataset; a clear error if there is none."""
     rel = layout.dataset_manifest(dataset)
     if not store.exists(rel):
@@ -43,7 +44,7 @@ def read_manifest(store: Store, dataset: str) -> dict:
             f"unknown dataset {dataset!r} in {store.url()} (known: {known}). "
             f"Create it with: batchml ingest SOURCE --dataset {dataset}"
         )
-    return store.read_json(rel)
+    return DatasetManifest.from_dict(store.read_json(rel))
 
 
 def read_partition(store: Store, dataset: str, partition: str) -> pa.Table:
@@ -75,7 +76,7 @@ def load_labelled(store: Store, dataset: str, prep: Preprocessing) -> tuple[np.n
     """All labelled, decodable images of a dataset: (pixels uint8 NHWC, labels, ids, skipped)."""
     manifest = read_manifest(store, dataset)
     xs, ys, ids, skipped = [], [], [], 0
-    for part in manifest["partitions"]:
+    for part in manifest.partitions:
         table = read_partition(store, dataset, part["name"])
         labels = table["label"].to_numpy(zero_copy_only=False)
         keep = ~np.isnan(labels.astype(float))

@@ -13,18 +13,19 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from batchml import datasets, layout
+from batchml import layout
 from batchml.backend import count_gpus
-from batchml.calibration import fit_temperature, nll
+from batchml.data import datasets
+from batchml.data.images import Preprocessing
 from batchml.device import cpu_fallback_warning, device_info, device_lock
-from batchml.diagnostics import fit_verdict
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing
 from batchml.progress import Progress
-from batchml.recipes import SETTINGS, TUNABLE, Recipe, recipe_for, setting_type
 from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, load_model, model_bytes, read_card, register, resolve
 from batchml.stats import PartitionStats, scale_temperature
 from batchml.store import Store, StoreConfig
+from batchml.train.calibration import fit_temperature, nll
+from batchml.train.diagnostics import fit_verdict
+from batchml.train.recipes import SETTINGS, TUNABLE, Recipe, recipe_for, setting_type
 
 TRAIN_TOPIC = "batchml-train"
 WHITENING_SAMPLE = 2000  # training images whose 2x2 patches (1.9 million) set the fast net's whitening
@@ -35,7 +36,7 @@ def _check_name(self) -> None:
 
 
 def _recipe(self) -> Recipe:
-    """The architecture's ``batchml.recipes.Recipe`` with this configuration's values."""
+    """The architecture's ``batchml.train.recipes.Recipe`` with this configuration's values."""
     return recipe_for(self.arch, **{f.name: getattr(self, f.name) for f in fields(Recipe) if hasattr(self, f.name)})
 
 
@@ -51,7 +52,7 @@ TrainConfig = make_dataclass("TrainConfig", [
     ("warm_start", str | None, field(default=None)),  # [NAME/]VERSION_OR_ALIAS to fine-tune (its arch, weights)
 ], frozen=True, namespace={
     "__module__": __name__, "__post_init__": _check_name, "recipe": _recipe,
-    "__doc__": "What to train. Hyperparameters (the settings of ``batchml.recipes.Recipe``) left as None "
+    "__doc__": "What to train. Hyperparameters (the settings of ``batchml.train.recipes.Recipe``) left as None "
                "take the architecture's recipe; the card records the values used.",
 })
 
@@ -120,14 +121,14 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
     """
     import keras
 
-    from batchml.architectures import build, with_tta
-    from batchml.learning import Batches, optimizer
+    from batchml.train.architectures import build, with_tta
+    from batchml.train.learning import Batches, optimizer
 
     prep = Preprocessing()
     recipe = cfg.recipe()
     manifest = datasets.read_manifest(store, cfg.dataset)
-    classes = manifest["classes"]
-    _emit({"stage": "loading", "dataset": cfg.dataset, "rows": manifest["rows"]})
+    classes = manifest.classes
+    _emit({"stage": "loading", "dataset": cfg.dataset, "rows": manifest.rows})
     x, y, ids, skipped = datasets.load_labelled(store, cfg.dataset, prep)
     val = datasets.in_validation(ids, cfg.validation_fraction)
     if val.all() or not val.any():
@@ -192,7 +193,7 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
             "validation_rows": int(val.sum()),
             "skipped_undecodable": skipped,
         },
-        "data": {"dataset": cfg.dataset, "fingerprint": manifest["fingerprint"], "test_dataset": cfg.test_dataset},
+        "data": {"dataset": cfg.dataset, "fingerprint": manifest.fingerprint, "test_dataset": cfg.test_dataset},
         "metrics": {"validation": _metrics(val_probs, y[val], val_stats), "test": None},
         "learning_curves": curves,
         "fit": fit_verdict(curves),
@@ -224,15 +225,15 @@ def _parent_trunk(store: Store, cfg: TrainConfig, classes: list[str], prep: Prep
 
 def _evaluate_test(store: Store, cfg: TrainConfig, classes: list[str], model) -> dict:
     manifest = datasets.read_manifest(store, cfg.test_dataset)
-    if manifest["classes"] != classes:
+    if manifest.classes != classes:
         raise BatchmlError(
-            f"test dataset {cfg.test_dataset!r} has classes {manifest['classes']}, "
+            f"test dataset {cfg.test_dataset!r} has classes {manifest.classes}, "
             f"but {cfg.dataset!r} has {classes}: ingest both with the same --classes"
         )
     x, y, _, _ = datasets.load_labelled(store, cfg.test_dataset, Preprocessing())
     probs = model.predict(x, batch_size=512, verbose=0)
     stats = PartitionStats.from_predictions(probs, y)
-    return {**_metrics(probs, y, stats), "stats": stats, "fingerprint": manifest["fingerprint"]}
+    return {**_metrics(probs, y, stats), "stats": stats, "fingerprint": manifest.fingerprint}
 
 
 def _metrics(probs: np.ndarray, labels: np.ndarray, stats: PartitionStats) -> dict:

@@ -19,9 +19,9 @@ import keras
 import numpy as np
 from keras import layers
 
+from batchml.data.images import Preprocessing
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing
-from batchml.recipes import check_arch, check_setting
+from batchml.train.recipes import check_arch, check_setting
 
 WHITEN_PATCH = 2  # 2x2x3 patches: 12 directions, each kept with both signs
 WHITEN_EPSILON = 5e-4  # added to the patch covariance's eigenvalues (pixels in [0, 1])
@@ -167,7 +167,7 @@ def fast(num_classes: int, prep: Preprocessing, sample: np.ndarray | None = None
     """The fast net's trunk (no test-time augmentation: see ``with_tta``).
 
     ``width``: channels of the first group; the next two have 4x (airbench94: 64).
-    ``activation``: one of ``batchml.recipes.ACTIVATIONS``.
+    ``activation``: one of ``batchml.train.recipes.ACTIVATIONS``.
     ``sample``: uint8 training images for the whitening layer; without it the layer is
     left at its random initialisation (tests of shape only).
     ``precision``: a Keras dtype policy; ``mixed_bfloat16`` computes in bfloat16 with

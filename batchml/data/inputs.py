@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from batchml import datasets, layout
+from batchml import layout
+from batchml.data import datasets
+from batchml.data.sources import IMAGE_SUFFIXES, check_utf8
 from batchml.errors import BatchmlError
-from batchml.sources import IMAGE_SUFFIXES, check_utf8
 from batchml.store import Store, StoreConfig
 
 # A file that cannot be read *now* (a timeout, a 5xx, a dropped connection) is not a bad
@@ -37,8 +38,8 @@ class InputPlan:
 
 def plan_dataset(store: Store, dataset: str) -> InputPlan:
     m = datasets.read_manifest(store, dataset)
-    return InputPlan(dataset, m["fingerprint"], m["classes"] if m["labelled"] else None,
-                     {p["name"]: None for p in m["partitions"]})
+    return InputPlan(dataset, m.fingerprint, m.classes if m.labelled else None,
+                     {p["name"]: None for p in m.partitions})
 
 
 def plan_prefix(url: str, storage_options: dict, partition_size: int) -> InputPlan:

@@ -16,8 +16,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from batchml.data.images import encode_png
 from batchml.errors import BatchmlError
-from batchml.images import encode_png
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "test")

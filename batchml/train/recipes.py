@@ -1,5 +1,5 @@
 """How each architecture is trained: its default hyperparameters, optimizer, learning-rate
-schedule and augmentation (their implementation: ``batchml.learning``). No Keras import
+schedule and augmentation (their implementation: ``batchml.train.learning``). No Keras import
 here, so clients can check a configuration without loading a framework.
 
 Each setting is declared once, as a field of ``Recipe`` with its metadata (help, whether it

@@ -26,12 +26,15 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from batchml import datasets, failures, inputs, layout
+from batchml import layout
+from batchml.data import datasets, inputs
+from batchml.data.images import Preprocessing, decode_images
 from batchml.device import device_info, device_lock, predict_fitting, start_batch
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing, decode_images
 from batchml.progress import Progress
+from batchml.records import RunManifest
 from batchml.registry import DEFAULT_ALIAS, ModelVersion, load_model, read_card, resolve
+from batchml.score import failures
 from batchml.stats import PartitionStats
 from batchml.store import Store, StoreConfig
 
@@ -204,7 +207,7 @@ def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list
             "or rerun with the same --run-id and a higher --max-error-ratio."
         )
     scored_now = sum(p["rows"] + p["errors"] for p in parts if p["partition"] in todo)
-    manifest = {
+    manifest = RunManifest.from_dict({
         **run,
         "classes": list(spec.classes),
         "batch_size": spec.batch_size or "auto",  # as asked; per partition: the size that fitted
@@ -221,7 +224,8 @@ def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list
         "wall_seconds": round(wall, 3),
         "images_per_second": round(scored_now / wall, 1) if todo else None,
         "committed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-    }
+        "schema_version": RunManifest.SCHEMA_VERSION,
+    }).to_dict()
     store.write_json(layout.run_manifest(spec.run_id), manifest)
     return manifest
 
