@@ -279,7 +279,8 @@ def cmd_sweep(args) -> None:
     test = f", test accuracy {result['test_accuracy']:.4f}" if result.get("test_accuracy") is not None else ""
     print(f"sweep {result['sweep_id']}: {len(result['trials'])} trials; best trial {result['best_trial']} "
           f"{result['best_params']} validation accuracy {result['best_validation_accuracy']:.4f}{test}; "
-          f"registered {result['registered']}; trials at {store.url(layout.sweep_trials(result['sweep_id']))}")
+          f"registered {result['registered']}; "
+          f"trials at {store.url(layout.sweep_path(result['sweep_id'], layout.SWEEP_TRIALS))}")
     if args.promote:
         promote(store, ModelVersion.parse(result["registered"]), args.promote)
         print(f"{args.promote} -> {result['registered']}")
@@ -361,7 +362,7 @@ def cmd_score(args) -> None:
     rate = f" at {m['images_per_second']:,.0f} images/s" if m.get("images_per_second") else ""
     rate += f" on {', '.join(device_label(d) for d in m['devices'])}" if m.get("devices") else ""
     print(f"run {m['run_id']} committed: {m['rows']:,} predictions, {m['errors']} errors, "
-          f"model {m['model_version']}{rate}; {store.url(layout.run_prefix(m['run_id']))}")
+          f"model {m['model_version']}{rate}; {store.url(layout.run_path(m['run_id']))}")
 
 
 def cmd_monitor(args) -> int:

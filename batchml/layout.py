@@ -49,16 +49,9 @@ def partition_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-def dataset_prefix(dataset: str) -> str:
-    return f"{DATASETS}/{check_name('dataset', dataset)}"
-
-
-def dataset_manifest(dataset: str) -> str:
-    return f"{dataset_prefix(dataset)}/{DATASET_MANIFEST}"
-
-
-def dataset_partition(dataset: str, partition: str) -> str:
-    return f"{dataset_prefix(dataset)}/{partition}"
+def dataset_path(dataset: str, name: str = "") -> str:
+    """A dataset's folder, or ``name`` in it (a partition, or ``DATASET_MANIFEST``)."""
+    return "/".join(p for p in (DATASETS, check_name("dataset", dataset), name) if p)
 
 
 # -- model versions ----------------------------------------------------------------------------
@@ -121,23 +114,18 @@ class ModelVersion:
 # -- runs --------------------------------------------------------------------------------------
 
 
-def run_prefix(run_id: str) -> str:
-    return f"{RUNS}/{check_name('run', run_id)}"
+RUN_SPEC = "run.json"  # what the run scores, written when it starts
+RUN_MANIFEST = "manifest.json"  # written last: it commits the run
 
 
-def run_spec_path(run_id: str) -> str:
-    """``run.json``: what the run scores, written when it starts."""
-    return f"{run_prefix(run_id)}/run.json"
-
-
-def run_manifest(run_id: str) -> str:
-    """``manifest.json``: written last, it commits the run."""
-    return f"{run_prefix(run_id)}/manifest.json"
+def run_path(run_id: str, name: str = "") -> str:
+    """A run's folder, or ``name`` in it (``RUN_SPEC``, ``RUN_MANIFEST``)."""
+    return "/".join(p for p in (RUNS, check_name("run", run_id), name) if p)
 
 
 def run_folder(run_id: str, kind: str) -> str:
     """A run's per-partition outputs: ``predictions``, ``failures``, ``errors`` or ``stats``."""
-    return f"{run_prefix(run_id)}/{kind}"
+    return run_path(run_id, kind)
 
 
 def run_output(run_id: str, kind: str, partition: str) -> str:
@@ -157,20 +145,17 @@ def run_stats(run_id: str, partition: str) -> str:
 # -- sweeps ------------------------------------------------------------------------------------
 
 
-def sweep_prefix(sweep_id: str) -> str:
-    return f"{SWEEPS}/{check_name('sweep', sweep_id)}"
+SWEEP_PLAN, SWEEP_TRIALS = "sweep.json", "trials.parquet"  # the plan, then the result; one row per trial
 
 
-def sweep_plan(sweep_id: str) -> str:
-    return f"{sweep_prefix(sweep_id)}/sweep.json"
+def sweep_path(sweep_id: str, name: str = "") -> str:
+    """A sweep's folder, or ``name`` in it (``SWEEP_PLAN``, ``SWEEP_TRIALS``, ``trial_name(i)``)."""
+    return "/".join(p for p in (SWEEPS, check_name("sweep", sweep_id), name) if p)
 
 
-def sweep_trials(sweep_id: str) -> str:
-    return f"{sweep_prefix(sweep_id)}/trials.parquet"
-
-
-def trial_prefix(sweep_id: str, trial: int) -> str:
-    return f"{sweep_prefix(sweep_id)}/trial-{trial:03d}"
+def trial_name(trial: int) -> str:
+    """A trial's folder (its model and card) in its sweep's, until the sweep registers its best."""
+    return f"trial-{trial:03d}"
 
 
 # -- monitoring --------------------------------------------------------------------------------

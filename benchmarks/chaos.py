@@ -224,7 +224,7 @@ def run_round(world: dict, fs, r: int, n: int, rng: random.Random, timeout: floa
     wrong = wedged = 0
     code = interrupted_run(world, fs, run_id, size, rng, n_parts)
     wrong += code not in (0, 2, -signal.SIGKILL)
-    committed = fs.exists(f"{BUCKET}/store/{layout.run_manifest(run_id)}")
+    committed = fs.exists(f"{BUCKET}/store/{layout.run_path(run_id, layout.RUN_MANIFEST)}")
     code, err = batchml(world, "score", "--images", f"s3://{BUCKET}/in", "--scheduler", world["address"], "--run-id",
                         run_id, "--partition-size", str(other), "--model", "chaos/production", timeout=timeout)
     wedged += code is None
@@ -236,7 +236,8 @@ def run_round(world: dict, fs, r: int, n: int, rng: random.Random, timeout: floa
         wedged += code is None
         if code == 0:
             break
-        wrong += code != 2 or "Traceback" in err or fs.exists(f"{BUCKET}/store/{layout.run_manifest(run_id)}")
+        manifest = f"{BUCKET}/store/{layout.run_path(run_id, layout.RUN_MANIFEST)}"
+        wrong += code != 2 or "Traceback" in err or fs.exists(manifest)
     expected = {f"{CLASSES[i % 3]}/{i:06d}.png" for i in range(n)}
     rows = check_rows(fs, run_id, expected)
     rows["lost"] += 0 if code == 0 else rows["expected"] - rows["committed"] + rows["duplicated"]

@@ -78,7 +78,7 @@ def prepare(store: Store, source: str, images: int, partition_size: int) -> tupl
             for row in datasets.read_partition(store, "cifar10-test", p["name"]).to_pylist()]
     copies = max(1, -(-images // len(test)))
     name = f"bulk-{copies}x-{partition_size}"
-    if not store.exists(layout.dataset_manifest(name)):
+    if not store.exists(layout.dataset_path(name, layout.DATASET_MANIFEST)):
         rows = (SourceImage(f"{t['image_id']}#{c}", t["image"], t["label"]) for c in range(copies) for t in test)
         write_dataset(store, Source(f"CIFAR-10 test x{copies}", manifest["classes"], rows), name, "test",
                       partition_size, verbose=False)

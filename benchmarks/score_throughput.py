@@ -57,7 +57,7 @@ def flipped(jpeg: bytes) -> bytes:
 
 
 def build(store: Store, name: str, test: list, classes: list[str], copies: int) -> None:
-    if store.exists(layout.dataset_manifest(name)):
+    if store.exists(layout.dataset_path(name, layout.DATASET_MANIFEST)):
         return
     mirrored = [flipped(t["image"]) for t in test]
 
@@ -122,7 +122,7 @@ def bare_speed(store: Store, mv, test: list, copies: int, batch: int | None) -> 
 
 def scored(store: Store, dataset: str, batch_size: int, run_id: str) -> tuple[float, float, dict]:
     """End-to-end images/s and the worker's peak RSS (MB), on a fresh one-worker cluster."""
-    store.delete(layout.run_prefix(run_id), recursive=True)
+    store.delete(layout.run_path(run_id), recursive=True)
     with connect(ClusterConfig()) as client:
         started = time.perf_counter()
         manifest = score(client, store, ScoreConfig(dataset, run_id=run_id, batch_size=batch_size), verbose=False)

@@ -13,7 +13,7 @@ from tests.conftest import CLASSES, make_image, write_class_folders
 
 
 def mtimes(store, dataset):
-    folder = store.path(layout.dataset_prefix(dataset))
+    folder = store.path(layout.dataset_path(dataset))
     return {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder)}
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from batchml.data import datasets
 from batchml.errors import BatchmlError
-from batchml.layout import ModelVersion, dataset_manifest
+from batchml.layout import DATASET_MANIFEST, ModelVersion, dataset_path
 from batchml.records import DatasetManifest, RunManifest
 
 # dataset.json as ingest wrote it before DatasetManifest (no schema_version)
@@ -28,7 +28,7 @@ OLD_RUN = {
 
 
 def test_an_old_dataset_manifest_reads_with_attributes(store):
-    store.write_json(dataset_manifest("night"), OLD_DATASET)
+    store.write_json(dataset_path("night", DATASET_MANIFEST), OLD_DATASET)
     m = datasets.read_manifest(store, "night")
     assert (m.classes, m.rows, m.fingerprint, m.schema_version) == (["a", "b"], 3, "cd", 0)
     assert m["partitions"][0]["name"] == "part-00000.parquet"  # subscripting still works

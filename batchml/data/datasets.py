@@ -32,12 +32,12 @@ def partition_table(image_ids: list[str], images: list[bytes], labels: list[int 
 
 
 def list_datasets(store: Store) -> list[str]:
-    return [d for d in store.list(layout.DATASETS) if store.exists(layout.dataset_manifest(d))]
+    return [d for d in store.list(layout.DATASETS) if store.exists(layout.dataset_path(d, layout.DATASET_MANIFEST))]
 
 
 def read_manifest(store: Store, dataset: str) -> DatasetManifest:
     """The committed manifest of a dataset; a clear error if there is none."""
-    rel = layout.dataset_manifest(dataset)
+    rel = layout.dataset_path(dataset, layout.DATASET_MANIFEST)
     if not store.exists(rel):
         known = ", ".join(list_datasets(store)) or "none yet"
         raise BatchmlError(
@@ -48,7 +48,7 @@ def read_manifest(store: Store, dataset: str) -> DatasetManifest:
 
 
 def read_partition(store: Store, dataset: str, partition: str) -> pa.Table:
-    return store.read_parquet(layout.dataset_partition(dataset, partition))
+    return store.read_parquet(layout.dataset_path(dataset, partition))
 
 
 def content_hash(table: pa.Table) -> str:

@@ -55,7 +55,7 @@ def ingest(
 def write_dataset(store: Store, opened: Source, dataset: str, split: str = "train",
                   partition_size: int = DEFAULT_PARTITION_SIZE, verbose: bool = True) -> IngestResult:
     """Cut an opened source's images into partitions and commit them as ``dataset``."""
-    manifest = layout.dataset_manifest(dataset)
+    manifest = layout.dataset_path(dataset, layout.DATASET_MANIFEST)
     old = DatasetManifest.from_dict(store.read_json(manifest)) if store.exists(manifest) else None
     if old is not None and old.classes != opened.classes:
         raise _conflict(store, dataset, old, f"classes {opened.classes}")
@@ -75,8 +75,8 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
         previous = old_parts.get(entry["name"])
         if old is not None and previous != entry:
             raise _conflict(store, dataset, old, f"different images in {entry['name']}")
-        if previous is None or not store.exists(layout.dataset_partition(dataset, entry["name"])):
-            store.write_parquet(layout.dataset_partition(dataset, entry["name"]), table)
+        if previous is None or not store.exists(layout.dataset_path(dataset, entry["name"])):
+            store.write_parquet(layout.dataset_path(dataset, entry["name"]), table)
             written += 1
         parts.append(entry)
         progress.update(table.num_rows, f"{index + 1} partitions")
@@ -95,7 +95,7 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
             labelled=sum(p["labelled"] for p in parts), fingerprint=_fingerprint(parts),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         ).to_dict())
-    return IngestResult(dataset, rows, len(parts), written, store.url(layout.dataset_prefix(dataset)))
+    return IngestResult(dataset, rows, len(parts), written, store.url(layout.dataset_path(dataset)))
 
 
 def _chunks(images: Iterable[SourceImage], size: int) -> Iterator[list[SourceImage]]:
@@ -125,5 +125,5 @@ def _fingerprint(parts: list[dict]) -> str:
 def _conflict(store: Store, dataset: str, old: DatasetManifest, what: str) -> BatchmlError:
     return BatchmlError(
         f"dataset {dataset!r} already exists from {old.source} and this source has {what}. "
-        f"Ingest it under another --dataset name, or delete {store.url(layout.dataset_prefix(dataset))} first."
+        f"Ingest it under another --dataset name, or delete {store.url(layout.dataset_path(dataset))} first."
     )

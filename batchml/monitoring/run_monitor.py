@@ -63,11 +63,11 @@ class RunReport:
 
 def fold_run(store: Store, run_id: str) -> tuple[dict, PartitionStats]:
     """A committed run's manifest and the sum of its partition statistics."""
-    if not store.exists(layout.run_manifest(run_id)):
+    if not store.exists(layout.run_path(run_id, layout.RUN_MANIFEST)):
         hint = ("it is not committed yet: rerun `batchml score --run-id " + run_id + "` to finish it"
-                if store.exists(layout.run_spec_path(run_id)) else "no such run")
+                if store.exists(layout.run_path(run_id, layout.RUN_SPEC)) else "no such run")
         raise BatchmlError(f"run {run_id!r} in {store.url()}: {hint}")
-    manifest = store.read_json(layout.run_manifest(run_id))
+    manifest = store.read_json(layout.run_path(run_id, layout.RUN_MANIFEST))
     k = len(manifest["classes"])
     parts = [
         PartitionStats.from_dict(store.read_json(layout.run_stats(run_id, p["partition"]))["stats"])

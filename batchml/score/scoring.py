@@ -70,8 +70,8 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
     check_config(cfg)
     source = cfg.dataset or cfg.images
     run_id = cfg.run_id or f"{cfg.dataset or 'images'}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    if store.exists(layout.run_manifest(run_id)):
-        manifest = store.read_json(layout.run_manifest(run_id))
+    if store.exists(layout.run_path(run_id, layout.RUN_MANIFEST)):
+        manifest = store.read_json(layout.run_path(run_id, layout.RUN_MANIFEST))
         _check_same_run(manifest, source, run_id)
         if verbose:
             print(f"score: run {run_id} is already committed; nothing to do")
@@ -117,7 +117,7 @@ def _options_for(url: str, store: Store) -> dict:
 
 def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPlan, verbose: bool) -> dict:
     """Write run.json, or check that an unfinished run is resumed with the same inputs."""
-    rel = layout.run_spec_path(run_id)
+    rel = layout.run_path(run_id, layout.RUN_SPEC)
     mv = resolve(store, cfg.model)
     if not store.exists(rel):
         _check_classes(plan, read_card(store, mv)["classes"], mv)  # before run.json ties the id to this model
@@ -226,7 +226,7 @@ def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list
         "committed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "schema_version": RunManifest.SCHEMA_VERSION,
     }).to_dict()
-    store.write_json(layout.run_manifest(spec.run_id), manifest)
+    store.write_json(layout.run_path(spec.run_id, layout.RUN_MANIFEST), manifest)
     return manifest
 
 

@@ -65,7 +65,7 @@ class MonitoringData:
         return self.store.read_parquet(rel).to_pandas() if self.store.exists(rel) else pd.DataFrame()
 
     def manifest(self, run_id: str) -> dict:
-        return self.store.read_json(layout.run_manifest(run_id))
+        return self.store.read_json(layout.run_path(run_id, layout.RUN_MANIFEST))
 
     def errors(self, run_id: str) -> pd.DataFrame:
         folder = layout.run_folder(run_id, "errors")

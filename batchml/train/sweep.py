@@ -76,8 +76,8 @@ def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
     sweep_id = layout.check_name("sweep", cfg.sweep_id or f"sweep-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
     points = trial_configs(cfg)
     plan = {"sweep_id": sweep_id, "base": asdict(base), "space": cfg.space, "trials": points}
-    if store.exists(layout.sweep_plan(sweep_id)):
-        before = store.read_json(layout.sweep_plan(sweep_id))
+    if store.exists(layout.sweep_path(sweep_id, layout.SWEEP_PLAN)):
+        before = store.read_json(layout.sweep_path(sweep_id, layout.SWEEP_PLAN))
         if before["trials"] != points or before["base"] != plan["base"]:
             raise BatchmlError(f"sweep {sweep_id!r} was started with other settings: choose another --sweep-id")
         if "registered" in before:
@@ -85,7 +85,7 @@ def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
                 print(f"sweep: {sweep_id} is finished; best trial {before['best_trial']} is {before['registered']}")
             return before
     else:
-        store.write_json(layout.sweep_plan(sweep_id), plan)
+        store.write_json(layout.sweep_path(sweep_id, layout.SWEEP_PLAN), plan)
 
     rows = read_trials(store, sweep_id)
     todo = [i for i in range(len(points)) if i not in {r["trial"] for r in rows}]
@@ -93,7 +93,7 @@ def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
                         done=len(points) - len(todo))
     for row in _run_trials(client, store, base, sweep_id, points, todo):
         rows.append(row)
-        store.write_parquet(layout.sweep_trials(sweep_id), _table(rows))
+        store.write_parquet(layout.sweep_path(sweep_id, layout.SWEEP_TRIALS), _table(rows))
         progress.update(1, f"trial {row['trial']}: validation accuracy {row['validation_accuracy']:.4f} "
                            f"in {row['seconds']:.0f}s {json.loads(row['params'])}")
     progress.close()
@@ -106,12 +106,12 @@ def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
     mv = ModelVersion(card["name"], card["version"])
     for r in rows:  # the losers' models go; their rows stay
         if r["trial"] != best["trial"]:
-            store.delete(layout.trial_prefix(sweep_id, r["trial"]), recursive=True)
+            store.delete(layout.sweep_path(sweep_id, layout.trial_name(r["trial"])), recursive=True)
     result = {**plan, "best_trial": best["trial"], "best_params": points[best["trial"]],
               "best_validation_accuracy": best["validation_accuracy"], "registered": str(mv),
               "test_accuracy": (card["metrics"]["test"] or {}).get("accuracy"),
               "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    store.write_json(layout.sweep_plan(sweep_id), result)
+    store.write_json(layout.sweep_path(sweep_id, layout.SWEEP_PLAN), result)
     return result
 
 
@@ -146,7 +146,7 @@ def trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: i
     store = Store(store_cfg)
     with device_lock():
         model, card = fit(store, cfg)
-    prefix = layout.trial_prefix(sweep_id, trial)
+    prefix = layout.sweep_path(sweep_id, layout.trial_name(trial))
     store.write_bytes(f"{prefix}/{layout.MODEL_FILE}", model_bytes(model))
     store.write_json(f"{prefix}/{layout.CARD_FILE}", card)
     curves = card["learning_curves"]
@@ -169,7 +169,7 @@ def trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: i
 def register_trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: int) -> dict:
     """Test the chosen trial's model once and register it with its card."""
     store = Store(store_cfg)
-    prefix = layout.trial_prefix(sweep_id, trial)
+    prefix = layout.sweep_path(sweep_id, layout.trial_name(trial))
     card = store.read_json(f"{prefix}/{layout.CARD_FILE}")
     card["training"]["sweep"] = {"sweep_id": sweep_id, "trial": trial}
     with device_lock():
@@ -178,7 +178,7 @@ def register_trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str,
 
 
 def read_trials(store: Store, sweep_id: str) -> list[dict]:
-    rel = layout.sweep_trials(sweep_id)
+    rel = layout.sweep_path(sweep_id, layout.SWEEP_TRIALS)
     return store.read_parquet(rel).to_pylist() if store.exists(rel) else []
 
 
