@@ -14,12 +14,16 @@ import os
 import sys
 import traceback
 from datetime import date
+from pathlib import Path
 
+from batchml import layout
 from batchml.backend import BACKENDS, DEFAULT_BACKEND, configure_backend
+from batchml.data.datasets import DEFAULT_PARTITION_SIZE
 from batchml.demo import DemoConfig
 from batchml.errors import BatchmlError
-from batchml.recipes import ACTIVATIONS, TTA_MODES, TUNABLE
+from batchml.registry import DEFAULT_ALIAS
 from batchml.store import DEFAULT_ROOT, Store, StoreConfig
+from batchml.train.recipes import RECIPES, SETTINGS, TUNABLE, recipe_defaults, setting_type
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +57,15 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return value
+
+
+def cifar10_source() -> str:
+    """CIFAR-10 for the demo and the benchmarks: ``../shared/data/cifar10-jpeg.tar.gz`` beside the
+    working folder or the checkout (this project's copy), else Keras's download."""
+    from batchml.data.sources import find_source
+
+    checkout = Path(__file__).resolve().parents[1]
+    return find_source(base.parent / "shared" / "data" for base in (Path.cwd(), checkout))
 
 
 def iso_date(flag: str, text: str | None) -> str | None:
@@ -103,26 +116,28 @@ def cluster_arguments() -> argparse.ArgumentParser:
 
 def training_arguments(p: argparse.ArgumentParser) -> None:
     """Architecture and hyperparameters; unset ones take the architecture's recipe."""
-    p.add_argument("--arch", default="tutorial", help="tutorial (the baseline CNN) or fast")
-    p.add_argument("--epochs", type=positive, help="default: the recipe's (tutorial 3, fast 20)")
-    p.add_argument("--batch-size", type=positive, help="default: the recipe's (tutorial 64, fast 512)")
-    p.add_argument("--learning-rate", type=float, help="Adam's rate (tutorial 1e-3) or the one-cycle peak (fast 0.4)")
-    p.add_argument("--momentum", type=float, help="SGD's (fast: 0.9)")
-    p.add_argument("--width", type=int, help="fast: channels of the first group (default 32)")
-    p.add_argument("--activation", choices=ACTIVATIONS, help="fast: default relu (gelu: slower on CPUs)")
-    p.add_argument("--dropout", type=float, help="fast: dropout before the head (default 0)")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--tta", choices=TTA_MODES,
-                   help="test-time augmentation built into the saved model (fast: flip-translate, 6 passes per "
-                   "image; flip: 2 passes, faster scoring)")
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction,
-                   help="end on a moving average of the weights (default: the recipe's)")
+    p.add_argument("--arch", default="tutorial", help=f"one of {', '.join(RECIPES)} (default %(default)s)")
+    setting_arguments(p)
     p.add_argument("--validation-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="cifar10", help="model name in the registry")
-    p.add_argument("--promote", nargs="?", const="production", metavar="ALIAS",
-                   help="point ALIAS (default production) at the new version")
+    p.add_argument("--promote", nargs="?", const=DEFAULT_ALIAS, metavar="ALIAS",
+                   help="point ALIAS (default %(const)s) at the new version")
+
+
+def setting_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """A flag per ``batchml.train.recipes`` setting, made from its declaration; unset: the recipe's."""
+    for s in SETTINGS:
+        if s.name in skip:
+            continue
+        flag, kind = "--" + s.name.replace("_", "-"), setting_type(s)
+        help = f"{s.metadata['help']} (default per --arch: {recipe_defaults(s.name)})"
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help)
+        elif s.metadata["choices"]:
+            p.add_argument(flag, choices=s.metadata["choices"], help=help)
+        else:
+            p.add_argument(flag, type=positive if s.metadata["minimum"] == 1 else kind, help=help)
 
 
 def train_config(args):
@@ -130,7 +145,7 @@ def train_config(args):
     (``--warm-start`` exists on ``train`` only)."""
     from dataclasses import fields
 
-    from batchml.training import TrainConfig
+    from batchml.train.training import TrainConfig
 
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
 
@@ -144,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="folder or .tar(.gz) of class folders, CIFAR-10 python batches, or 'cifar10'")
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="train", choices=("train", "test"))
-    p.add_argument("--partition-size", type=positive, default=2000, help="images per partition")
+    p.add_argument("--partition-size", type=positive, default=DEFAULT_PARTITION_SIZE, help="images per partition")
     p.add_argument("--classes", help="comma-separated class names, in label order (default: sorted folders)")
     p.set_defaults(func=cmd_ingest)
 
@@ -176,16 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_models_show)
     q = mverbs.add_parser("promote", parents=[store])
     q.add_argument("version")
-    q.add_argument("--alias", default="production")
+    q.add_argument("--alias", default=DEFAULT_ALIAS)
     q.set_defaults(func=cmd_models_promote)
 
     p = verbs.add_parser("score", parents=[store, cluster], help="score a dataset: one task per partition")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--dataset", help="an ingested dataset")
     what.add_argument("--images", help="or a prefix of raw .jpg/.png files: a folder or s3://bucket/prefix")
-    p.add_argument("--partition-size", type=positive, default=2000,
+    p.add_argument("--partition-size", type=positive, default=DEFAULT_PARTITION_SIZE,
                    help="with --images: files per partition (pinned by the run: a resume must repeat it)")
-    p.add_argument("--model", default="production", help="[NAME/]VERSION or alias (default %(default)s)")
+    p.add_argument("--model", default=DEFAULT_ALIAS, help="[NAME/]VERSION or alias (default %(default)s)")
     p.add_argument("--run-id", help="run id; rerunning an id resumes it (default <dataset>-<UTC time>)")
     p.add_argument("--batch-size", type=positive, help="images per predict call (default: 512 on CPU; on a GPU the "
                    "largest that fits, halved on out-of-memory)")
@@ -259,7 +274,7 @@ def cluster_config(args):
 def cmd_sweep(args) -> None:
     from batchml.cluster import connect
     from batchml.registry import ModelVersion, promote
-    from batchml.sweep import SweepConfig, parse_space, sweep
+    from batchml.train.sweep import SweepConfig, parse_space, sweep
 
     store = open_store(args)
     cfg = SweepConfig(train_config(args), parse_space(args.param), args.trials, args.sweep_id, args.seed)
@@ -268,14 +283,15 @@ def cmd_sweep(args) -> None:
     test = f", test accuracy {result['test_accuracy']:.4f}" if result.get("test_accuracy") is not None else ""
     print(f"sweep {result['sweep_id']}: {len(result['trials'])} trials; best trial {result['best_trial']} "
           f"{result['best_params']} validation accuracy {result['best_validation_accuracy']:.4f}{test}; "
-          f"registered {result['registered']}; trials at {store.url('sweeps/' + result['sweep_id'])}/trials.parquet")
+          f"registered {result['registered']}; "
+          f"trials at {store.url(layout.sweep_path(result['sweep_id'], layout.SWEEP_TRIALS))}")
     if args.promote:
-        promote(store, ModelVersion(*result["registered"].split("/")), args.promote)
+        promote(store, ModelVersion.parse(result["registered"]), args.promote)
         print(f"{args.promote} -> {result['registered']}")
 
 
 def cmd_ingest(args) -> None:
-    from batchml.ingest import ingest
+    from batchml.data.ingest import ingest
 
     classes = args.classes.split(",") if args.classes is not None else None
     r = ingest(open_store(args), args.source, args.dataset, args.split, args.partition_size, classes,
@@ -288,7 +304,7 @@ def cmd_train(args) -> None:
     from batchml.cluster import connect
     from batchml.device import device_label
     from batchml.registry import promote
-    from batchml.training import train
+    from batchml.train.training import train
 
     store, cfg = open_store(args), train_config(args)
     with connect(cluster_config(args), verbose=not args.quiet) as client:
@@ -344,7 +360,7 @@ def cmd_models_promote(args) -> None:
 def cmd_score(args) -> None:
     from batchml.cluster import connect
     from batchml.device import device_label
-    from batchml.scoring import ScoreConfig, score
+    from batchml.score.scoring import ScoreConfig, score
 
     store = open_store(args)
     cfg = ScoreConfig(dataset=args.dataset, model=args.model, run_id=args.run_id, batch_size=args.batch_size,
@@ -354,7 +370,7 @@ def cmd_score(args) -> None:
     rate = f" at {m['images_per_second']:,.0f} images/s" if m.get("images_per_second") else ""
     rate += f" on {', '.join(device_label(d) for d in m['devices'])}" if m.get("devices") else ""
     print(f"run {m['run_id']} committed: {m['rows']:,} predictions, {m['errors']} errors, "
-          f"model {m['model_version']}{rate}; {store.url('runs/' + m['run_id'])}")
+          f"model {m['model_version']}{rate}; {store.url(layout.run_path(m['run_id']))}")
 
 
 def cmd_monitor(args) -> int:
@@ -363,7 +379,7 @@ def cmd_monitor(args) -> int:
     if args.accept_baseline:
         r = accept_baseline(open_store(args), args.accept_baseline, args.note)
         print(f"accepted the class mix of run {r['run_id']} as the baseline of {r['model_version']} "
-              f"(recorded at monitoring/accepted/{r['run_id']}.json)")
+              f"(recorded at {layout.accepted_path(r['run_id'])})")
         return 0
     if not args.run_id:
         if not (args.since or args.until):
@@ -378,7 +394,7 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_dashboard(args) -> None:
-    from batchml.dashboard import serve
+    from batchml.serve.dashboard import serve
 
     store = open_store(args)
     print(f"dashboard of {store.url()} on http://{args.address}:{args.port}/", flush=True)
@@ -390,7 +406,7 @@ def cmd_demo(args) -> None:
     from batchml.demo import run_demo
 
     run_demo(open_store(args), cluster_config(args),
-             DemoConfig(source=args.source, epochs=args.epochs, night_size=args.night_size))
+             DemoConfig(source=args.source or cifar10_source(), epochs=args.epochs, night_size=args.night_size))
 
 
 if __name__ == "__main__":

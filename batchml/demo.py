@@ -15,20 +15,21 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from batchml import datasets
+from batchml import layout
 from batchml.cluster import ClusterConfig, connect
-from batchml.ingest import ingest, write_dataset
+from batchml.data import datasets
+from batchml.data.ingest import ingest, write_dataset
+from batchml.data.sources import Source, SourceImage
 from batchml.monitoring import format_report, monitor_run
-from batchml.registry import promote
-from batchml.scoring import ScoreConfig, score
-from batchml.sources import Source, SourceImage, find_source
+from batchml.registry import DEFAULT_ALIAS, promote
+from batchml.score.scoring import ScoreConfig, score
 from batchml.store import Store
-from batchml.training import TrainConfig, train
+from batchml.train.training import TrainConfig, train
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    source: str | None = None  # default: ../shared/data/cifar10-jpeg.tar.gz, else Keras's download
+    source: str = "cifar10"  # a CIFAR-10 source (see ``batchml.data.sources``); the CLI looks for a local copy first
     # the budget that fits the demo in 12 minutes with set-up on 2 cores (README, "Measured
     # here"): 8 epochs of the fast net, about 6 minutes; flip test-time augmentation scores 3x
     # faster than flip-translate for about 0.4 points less
@@ -38,13 +39,13 @@ class DemoConfig:
     night_size: int = 3000  # images per night, drawn from the 10,000 test images
     shifted_class: str = "cat"  # over-represented on night 2 (the first class if absent)
     boost: float = 3.0  # ... at this many times its share
-    partition_size: int = 2000
+    partition_size: int = datasets.DEFAULT_PARTITION_SIZE
     seed: int = 0
 
 
 def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[dict]:
     started = time.perf_counter()
-    source = cfg.source or find_source()
+    source = cfg.source
     print(f"demo: store {store.url()}, source {source}")
     for split in ("train", "test"):
         result = ingest(store, source, f"cifar10-{split}", split, cfg.partition_size)
@@ -58,9 +59,9 @@ def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[dict
         tcfg = TrainConfig(dataset="cifar10-train", test_dataset="cifar10-test", arch=cfg.arch, epochs=cfg.epochs,
                            tta=cfg.tta)
         mv, card = train(client, store, tcfg)
-        promote(store, mv, "production")
+        promote(store, mv, DEFAULT_ALIAS)
         print(f"demo: trained {mv} ({cfg.arch} net, {cfg.epochs} epochs) in {card['training']['seconds']:.0f}s, "
-              f"test accuracy {card['metrics']['test']['accuracy']:.4f}; promoted to production")
+              f"test accuracy {card['metrics']['test']['accuracy']:.4f}; promoted to {DEFAULT_ALIAS}")
         for night, (dataset, what) in enumerate(nights, start=1):
             run_id = f"demo-{stamp}-night-{night}"
             manifest = score(client, store, ScoreConfig(dataset=dataset, run_id=run_id))
@@ -71,12 +72,14 @@ def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[dict
             reports.append({**report.row, "alerts": report.alerts})
 
     print(f"\ndemo: done in {time.perf_counter() - started:.0f}s. Everything is under {store.url()}:")
-    for what, rel in [("input partitions", "images/"), ("model versions", f"models/{mv.name}/"),
-                      ("runs (predictions, stats, manifest)", "runs/"), ("monitoring tables", "monitoring/")]:
+    for what, rel in [("input partitions", f"{layout.DATASETS}/"),
+                      ("model versions", f"{layout.model_prefix(mv.name)}/"),
+                      ("runs (predictions, stats, manifest)", f"{layout.RUNS}/"),
+                      ("monitoring tables", f"{layout.MONITORING}/")]:
         print(f"  {what:38} {store.url(rel)}")
-    last = store.url(f"runs/{reports[-1]['run_id']}/predictions")
+    last = store.url(layout.run_folder(reports[-1]["run_id"], "predictions"))
     print(f"  read them with: pandas.read_parquet('{last}')")
-    print(f"  or DuckDB: SELECT count(*) FROM '{store.url('runs')}/*/predictions/*.parquet'")
+    print(f"  or DuckDB: SELECT count(*) FROM '{store.url(layout.RUNS)}/*/predictions/*.parquet'")
     print(f"\nOpen the monitoring dashboard on it (then http://127.0.0.1:5006/):\n"
           f"  batchml dashboard --root {shlex.quote(store.config.root)}")
     return reports

@@ -9,47 +9,35 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import tempfile
 import uuid
-from dataclasses import dataclass
 
-from batchml.datasets import check_name
+from batchml import layout
 from batchml.errors import BatchmlError
+from batchml.layout import ModelVersion, check_name
 from batchml.store import Store
 
 DEFAULT_MODEL_NAME = "cifar10"
 DEFAULT_ALIAS = "production"
-_VERSION = re.compile(r"^v(\d+)$")
 
-
-@dataclass(frozen=True)
-class ModelVersion:
-    name: str
-    version: str
-
-    def __str__(self) -> str:
-        return f"{self.name}/{self.version}"
-
-    @property
-    def prefix(self) -> str:
-        return f"models/{self.name}/{self.version}"
+__all__ = ["DEFAULT_ALIAS", "DEFAULT_MODEL_NAME", "ModelVersion", "list_models", "list_versions", "load_model",
+           "promote", "read_aliases", "read_card", "register", "resolve"]
 
 
 def list_models(store: Store) -> list[str]:
-    return store.list("models")
+    return store.list(layout.MODELS)
 
 
 def list_versions(store: Store, name: str) -> list[str]:
     """Committed versions of a model, oldest first."""
-    found = [v for v in store.list(f"models/{check_name('model', name)}") if _VERSION.match(v)]
-    found = [v for v in found if store.exists(f"models/{name}/{v}/card.json")]
-    return sorted(found, key=lambda v: int(_VERSION.match(v).group(1)))
+    found = [v for v in store.list(layout.model_prefix(name)) if layout.is_version(v)]
+    found = [v for v in found if store.exists(ModelVersion(name, v).card_path)]
+    return sorted(found, key=layout.version_number)
 
 
 def read_aliases(store: Store, name: str) -> dict[str, str]:
-    rel = f"models/{name}/aliases.json"
+    rel = layout.aliases_path(name)
     return store.read_json(rel) if store.exists(rel) else {}
 
 
@@ -76,7 +64,7 @@ def resolve(store: Store, ref: str, default_name: str = DEFAULT_MODEL_NAME) -> M
 
 
 def read_card(store: Store, mv: ModelVersion) -> dict:
-    return store.read_json(f"{mv.prefix}/card.json")
+    return store.read_json(mv.card_path)
 
 
 def register(store: Store, name: str, model_file: str | bytes, card: dict) -> ModelVersion:
@@ -86,33 +74,33 @@ def register(store: Store, name: str, model_file: str | bytes, card: dict) -> Mo
     if isinstance(model_file, str):
         with open(model_file, "rb") as f:
             model_file = f.read()
-    store.write_bytes(f"{mv.prefix}/model.keras", model_file)
-    store.write_json(f"{mv.prefix}/card.json", {**card, "name": name, "version": mv.version})
+    store.write_bytes(mv.model_path, model_file)
+    store.write_json(mv.card_path, {**card, "name": name, "version": mv.version})
     return mv
 
 
 def _claim_version(store: Store, name: str) -> ModelVersion:
     """The next version number nobody has claimed, claimed atomically (``claim.json``): two
     registrations at the same instant get two versions, never one."""
-    existing = [int(m.group(1)) for v in store.list(f"models/{check_name('model', name)}") if (m := _VERSION.match(v))]
+    existing = [layout.version_number(v) for v in store.list(layout.model_prefix(name)) if layout.is_version(v)]
     number = max(existing, default=0) + 1
     claim = json.dumps({"claimed_by": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"}).encode()
-    while not store.create(f"models/{name}/v{number}/claim.json", claim):
+    while not store.create(ModelVersion(name, layout.version_tag(number)).claim_path, claim):
         number += 1
-    return ModelVersion(name, f"v{number}")
+    return ModelVersion(name, layout.version_tag(number))
 
 
 def promote(store: Store, mv: ModelVersion, alias: str = DEFAULT_ALIAS) -> None:
     check_name("alias", alias)
-    if _VERSION.match(alias):
-        raise BatchmlError(f"alias {alias!r} looks like a version: choose a name like 'production'")
+    if layout.is_version(alias):
+        raise BatchmlError(f"alias {alias!r} looks like a version: choose a name like {DEFAULT_ALIAS!r}")
     aliases = read_aliases(store, mv.name)
-    store.write_json(f"models/{mv.name}/aliases.json", {**aliases, alias: mv.version})
+    store.write_json(layout.aliases_path(mv.name), {**aliases, alias: mv.version})
 
 
 def load_model(store: Store, mv: ModelVersion):
     """Load a registered version (see ``load_model_file``)."""
-    return load_model_bytes(store.read_bytes(f"{mv.prefix}/model.keras"))
+    return load_model_bytes(store.read_bytes(mv.model_path))
 
 
 def model_bytes(model) -> bytes:
@@ -138,7 +126,7 @@ def load_model_file(path: str):
     batchml's own layers and schedules are registered by importing their modules."""
     import keras
 
-    import batchml.architectures
-    import batchml.learning  # noqa: F401  (HorizontalFlip, OneCycle)
+    import batchml.train.architectures
+    import batchml.train.learning  # noqa: F401  (HorizontalFlip, OneCycle)
 
     return keras.saving.load_model(path, safe_mode=True)

@@ -39,6 +39,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.conftest: moto, proxy, images
 
+from batchml import layout
 from tests.conftest import (
     CLASSES,
     FaultyS3Proxy,
@@ -98,7 +99,7 @@ def store_config(endpoint: str):
 def register_tiny_model(endpoint: str) -> None:
     import keras
 
-    from batchml.images import Preprocessing
+    from batchml.data.images import Preprocessing
     from batchml.registry import model_bytes, promote, register
     from batchml.store import Store
 
@@ -165,7 +166,7 @@ def interrupted_run(world: dict, fs, run_id: str, size: int, rng: random.Random,
                             "--scheduler", world["address"], "--run-id", run_id, "--partition-size", str(size),
                             "--model", "chaos/production", "--root", f"s3://{BUCKET}/store", "-q"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    stats = f"{BUCKET}/store/runs/{run_id}/stats"
+    stats = f"{BUCKET}/store/{layout.run_folder(run_id, 'stats')}"
     for stage, share in (("worker", rng.uniform(0, 0.4)), ("client", rng.uniform(0.4, 0.9))):
         deadline = time.monotonic() + 600
         while job.poll() is None and time.monotonic() < deadline and done(fs, stats) < share * n_parts:
@@ -191,7 +192,7 @@ def check_rows(fs, run_id: str, expected: set[str]) -> dict:
     import pyarrow.parquet as pq
 
     def ids(kind: str) -> list[str]:
-        files = fs.glob(f"{BUCKET}/store/runs/{run_id}/{kind}/*.parquet")
+        files = fs.glob(f"{BUCKET}/store/{layout.run_folder(run_id, kind)}/*.parquet")
         return [i for f in files for i in pq.read_table(fs.open(f), columns=["image_id"])["image_id"].to_pylist()]
 
     got = ids("predictions") + ids("errors")
@@ -223,7 +224,7 @@ def run_round(world: dict, fs, r: int, n: int, rng: random.Random, timeout: floa
     wrong = wedged = 0
     code = interrupted_run(world, fs, run_id, size, rng, n_parts)
     wrong += code not in (0, 2, -signal.SIGKILL)
-    committed = fs.exists(f"{BUCKET}/store/runs/{run_id}/manifest.json")
+    committed = fs.exists(f"{BUCKET}/store/{layout.run_path(run_id, layout.RUN_MANIFEST)}")
     code, err = batchml(world, "score", "--images", f"s3://{BUCKET}/in", "--scheduler", world["address"], "--run-id",
                         run_id, "--partition-size", str(other), "--model", "chaos/production", timeout=timeout)
     wedged += code is None
@@ -235,7 +236,8 @@ def run_round(world: dict, fs, r: int, n: int, rng: random.Random, timeout: floa
         wedged += code is None
         if code == 0:
             break
-        wrong += code != 2 or "Traceback" in err or fs.exists(f"{BUCKET}/store/runs/{run_id}/manifest.json")
+        manifest = f"{BUCKET}/store/{layout.run_path(run_id, layout.RUN_MANIFEST)}"
+        wrong += code != 2 or "Traceback" in err or fs.exists(manifest)
     expected = {f"{CLASSES[i % 3]}/{i:06d}.png" for i in range(n)}
     rows = check_rows(fs, run_id, expected)
     rows["lost"] += 0 if code == 0 else rows["expected"] - rows["committed"] + rows["duplicated"]

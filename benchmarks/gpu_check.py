@@ -10,7 +10,7 @@ In one process tree it:
    ``--partition-size``;
 2. starts the cluster exactly as ``batchml`` does (``batchml.cluster.connect``: dask-cuda,
    one worker per GPU, ``--require-gpu`` unless ``--small``);
-3. trains the fast net as a Dask task on a GPU worker (``batchml.training.train``; 49,000
+3. trains the fast net as a Dask task on a GPU worker (``batchml.train.training.train``; 49,000
    training images, 1,000 held out) and reads its card: test accuracy, training seconds,
    the compile share (first epoch less the median other epoch), the device;
 4. scores the test set once (warm-up: model load and compile, as on a running cluster),
@@ -46,15 +46,17 @@ from pathlib import Path
 
 import numpy as np
 
-from batchml import datasets
+from batchml import layout
+from batchml.cli import cifar10_source
 from batchml.cluster import TRAIN_GPU_SHARE, ClusterConfig, connect, gpu_resources
+from batchml.data import datasets
+from batchml.data.images import Preprocessing, decode_images
+from batchml.data.ingest import ingest, write_dataset
+from batchml.data.sources import Source, SourceImage
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing, decode_images
-from batchml.ingest import ingest, write_dataset
-from batchml.scoring import ScoreConfig, score, worker_model
-from batchml.sources import Source, SourceImage, find_source
+from batchml.score.scoring import ScoreConfig, score, worker_model
 from batchml.store import Store, StoreConfig
-from batchml.training import TrainConfig, train
+from batchml.train.training import TrainConfig, train
 
 # the fast net's GPU settings measured best on an H100 (0.9211 test accuracy, 22.5 s)
 GPU_NET = {"epochs": 24, "width": 96, "batch_size": 1024, "learning_rate": 1.5, "momentum": 0.85,
@@ -76,7 +78,7 @@ def prepare(store: Store, source: str, images: int, partition_size: int) -> tupl
             for row in datasets.read_partition(store, "cifar10-test", p["name"]).to_pylist()]
     copies = max(1, -(-images // len(test)))
     name = f"bulk-{copies}x-{partition_size}"
-    if not store.exists(f"images/{name}/dataset.json"):
+    if not store.exists(layout.dataset_path(name, layout.DATASET_MANIFEST)):
         rows = (SourceImage(f"{t['image_id']}#{c}", t["image"], t["label"]) for c in range(copies) for t in test)
         write_dataset(store, Source(f"CIFAR-10 test x{copies}", manifest["classes"], rows), name, "test",
                       partition_size, verbose=False)
@@ -326,7 +328,7 @@ def main() -> int:
             setattr(args, name, value)
     if args.small:
         args.bare_images = min(args.bare_images, 2048)
-    args.source = args.source or find_source()
+    args.source = args.source or cifar10_source()
     try:
         figures = check(args)
     except BatchmlError as exc:

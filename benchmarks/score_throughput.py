@@ -33,17 +33,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from batchml import datasets
+from batchml import layout
 from batchml.backend import configure_backend
+from batchml.cli import cifar10_source
 from batchml.cluster import ClusterConfig, connect
+from batchml.data import datasets
+from batchml.data.images import Preprocessing, decode_images
+from batchml.data.ingest import ingest, write_dataset
+from batchml.data.sources import Source, SourceImage
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing, decode_images
-from batchml.ingest import ingest, write_dataset
-from batchml.registry import load_model, promote, resolve
-from batchml.scoring import ScoreConfig, score
-from batchml.sources import Source, SourceImage, find_source
+from batchml.registry import DEFAULT_ALIAS, load_model, promote, resolve
+from batchml.score.scoring import ScoreConfig, score
 from batchml.store import Store, StoreConfig
-from batchml.training import TrainConfig, train
+from batchml.train.training import TrainConfig, train
 
 BATCH_SIZES = (128, 256, 512, 1024)
 
@@ -55,7 +57,7 @@ def flipped(jpeg: bytes) -> bytes:
 
 
 def build(store: Store, name: str, test: list, classes: list[str], copies: int) -> None:
-    if store.exists(f"images/{name}/dataset.json"):
+    if store.exists(layout.dataset_path(name, layout.DATASET_MANIFEST)):
         return
     mirrored = [flipped(t["image"]) for t in test]
 
@@ -64,15 +66,16 @@ def build(store: Store, name: str, test: list, classes: list[str], copies: int) 
             for t, m in zip(test, mirrored, strict=True):
                 yield SourceImage(f"{t['image_id']}#{c}", m if c % 2 else t["image"], t["label"])
 
-    write_dataset(store, Source(f"CIFAR-10 test x{copies}", classes, images()), name, "test", 2000, verbose=False)
+    write_dataset(store, Source(f"CIFAR-10 test x{copies}", classes, images()), name, "test",
+                  datasets.DEFAULT_PARTITION_SIZE, verbose=False)
 
 
 def prepare(store: Store, n_images: int):
-    source = find_source()
+    source = cifar10_source()
     for split in ("train", "test"):
         ingest(store, source, f"cifar10-{split}", split, verbose=False)
     try:
-        mv = resolve(store, "production")
+        mv = resolve(store, DEFAULT_ALIAS)
     except BatchmlError:
         with connect(ClusterConfig()) as client:
             mv, _ = train(client, store, TrainConfig("cifar10-train", epochs=1), verbose=False)
@@ -119,7 +122,7 @@ def bare_speed(store: Store, mv, test: list, copies: int, batch: int | None) -> 
 
 def scored(store: Store, dataset: str, batch_size: int, run_id: str) -> tuple[float, float, dict]:
     """End-to-end images/s and the worker's peak RSS (MB), on a fresh one-worker cluster."""
-    store.delete(f"runs/{run_id}", recursive=True)
+    store.delete(layout.run_path(run_id), recursive=True)
     with connect(ClusterConfig()) as client:
         started = time.perf_counter()
         manifest = score(client, store, ScoreConfig(dataset, run_id=run_id, batch_size=batch_size), verbose=False)

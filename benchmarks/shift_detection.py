@@ -36,21 +36,22 @@ import pandas as pd
 from corruptions import CORRUPTIONS, SEVERITIES
 from scipy.stats import chi2
 
-from batchml import datasets
+from batchml import layout
 from batchml.backend import configure_backend
+from batchml.cli import cifar10_source
 from batchml.cluster import ClusterConfig, connect
+from batchml.data import datasets
+from batchml.data.images import Preprocessing
+from batchml.data.ingest import ingest
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing
-from batchml.ingest import ingest
 from batchml.monitoring.label_free import atc_reference
 from batchml.monitoring.label_shift import encode_rows, estimate_priors
 from batchml.monitoring.run_monitor import MonitorConfig, alerts, baseline_from_rows, build_row
 from batchml.registry import load_model, promote, read_card, resolve
-from batchml.scoring import ScoreConfig, score
-from batchml.sources import find_source
+from batchml.score.scoring import ScoreConfig, score
 from batchml.stats import PartitionStats, scale_temperature
 from batchml.store import Store, StoreConfig
-from batchml.training import TrainConfig, train
+from batchml.train.training import TrainConfig, train
 
 NIGHT, BBSE_NIGHT, BBSE_NIGHTS = 2000, 5000, 50
 MIXED_SEQUENCES, MIXED_NIGHTS = 20, 60
@@ -62,7 +63,7 @@ CFG = MonitorConfig()
 
 def prepare(store: Store, epochs: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """The model's card and its test-set probabilities (N, K) and labels (N,), via batchml score."""
-    source = find_source()
+    source = cifar10_source()
     for split in ("train", "test"):
         ingest(store, source, f"cifar10-{split}", split)
     with connect(ClusterConfig()) as client:
@@ -73,7 +74,7 @@ def prepare(store: Store, epochs: int) -> tuple[dict, np.ndarray, np.ndarray]:
             mv, _ = train(client, store, TrainConfig("cifar10-train", "cifar10-test", epochs=epochs))
             promote(store, mv)
         score(client, store, ScoreConfig("cifar10-test", str(mv), run_id=f"shift-bench-{mv.version}"))
-    preds = pd.read_parquet(store.path(f"runs/shift-bench-{mv.version}/predictions"))
+    preds = pd.read_parquet(store.path(layout.run_folder(f"shift-bench-{mv.version}", "predictions")))
     return read_card(store, mv), np.stack(preds.probabilities.to_numpy()), preds.label.to_numpy().astype(int)
 
 

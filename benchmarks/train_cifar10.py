@@ -5,7 +5,7 @@
         [--weight-decay WD] [--activation relu|gelu] [--[no-]ema] [--tutorial-limit 1800] [--source PATH]
 
 Ingests ``../shared/data/cifar10-jpeg.tar.gz`` (50,000 training and 10,000 test images)
-and trains through batchml's own training path (``batchml.training.fit``: the recipe,
+and trains through batchml's own training path (``batchml.train.training.fit``: the recipe,
 augmentation, schedule and validation split of ``batchml train``), in this process, on
 49,000 training images (1,000 held out for validation and calibration):
 
@@ -34,19 +34,19 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from batchml import datasets
-from batchml.architectures import with_tta
-from batchml.images import Preprocessing
-from batchml.ingest import ingest
-from batchml.recipes import ACTIVATIONS
-from batchml.sources import find_source
+from batchml.cli import cifar10_source, setting_arguments
+from batchml.data import datasets
+from batchml.data.images import Preprocessing
+from batchml.data.ingest import ingest
 from batchml.store import Store, StoreConfig
-from batchml.training import TrainConfig, fit
+from batchml.train.architectures import with_tta
+from batchml.train.recipes import SETTINGS
+from batchml.train.training import TrainConfig, fit
 
 TARGET = 0.75
 VALIDATION = 0.02  # 1,000 of the 50,000: for early diagnostics and the calibration temperature
-# the fast net's flags, as argparse names them (all TrainConfig fields, fast_epochs its epochs)
-FAST_FLAGS = ("fast_epochs", "width", "batch_size", "learning_rate", "momentum", "weight_decay", "activation", "ema")
+# the fast net's flags, as argparse names them: every recipe setting, fast_epochs its epochs
+FAST_FLAGS = ("fast_epochs", *(s.name for s in SETTINGS if s.name != "epochs"))
 
 
 class TestAccuracy(keras.callbacks.Callback):
@@ -91,7 +91,7 @@ class EpochTimes(keras.callbacks.Callback):
 
 def prepare(root: str, source: str | None = None) -> tuple[Store, np.ndarray, np.ndarray]:
     store = Store(StoreConfig(root))
-    source = source or find_source()
+    source = source or cifar10_source()
     for split in ("train", "test"):
         ingest(store, source, f"cifar10-{split}", split, verbose=False)
     x, y, _, _ = datasets.load_labelled(store, "cifar10-test", Preprocessing())
@@ -163,14 +163,7 @@ def main() -> int:
     parser.add_argument("--root", default=str(Path(__file__).parent / "out" / "train-store"))
     parser.add_argument("--only", choices=("tutorial", "fast"))
     parser.add_argument("--fast-epochs", type=int)
-    parser.add_argument("--width", type=int)
-    parser.add_argument("--batch-size", type=int, help="fast net's batch (default: its recipe's)")
-    parser.add_argument("--learning-rate", type=float, help="fast net's one-cycle peak (default: its recipe's)")
-    parser.add_argument("--momentum", type=float, help="fast net's SGD momentum (default: its recipe's)")
-    parser.add_argument("--weight-decay", type=float, help="fast net's decoupled weight decay (default: its recipe's)")
-    parser.add_argument("--activation", choices=ACTIVATIONS, help="fast net's (default: its recipe's)")
-    parser.add_argument("--ema", action=argparse.BooleanOptionalAction,
-                        help="fast net: end on the weights' moving average (default: its recipe's)")
+    setting_arguments(parser, skip=("epochs",))  # the fast net's
     parser.add_argument("--source", help="CIFAR-10 archive (default: ../shared/data/cifar10-jpeg.tar.gz)")
     parser.add_argument("--tutorial-limit", type=float, default=1800.0)
     parser.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)

@@ -8,7 +8,7 @@
 import sys
 
 from batchml.cli import open_store, store_arguments
-from batchml.dashboard import create_app
+from batchml.serve.dashboard import create_app
 
 args, _ = store_arguments().parse_known_args(sys.argv[1:])
 create_app(open_store(args)).servable()

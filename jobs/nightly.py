@@ -23,7 +23,8 @@ from batchml.cli import cluster_arguments, cluster_config, open_store, positive,
 from batchml.cluster import connect
 from batchml.errors import BatchmlError
 from batchml.monitoring import format_report, monitor_run
-from batchml.scoring import ScoreConfig, score
+from batchml.registry import DEFAULT_ALIAS
+from batchml.score.scoring import ScoreConfig, score
 
 
 def night(text: str) -> str:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                         "{date} is replaced")
     parser.add_argument("--date", type=night, default=datetime.now(UTC).date().isoformat(),
                         help="the night to score, YYYY-MM-DD (default today, UTC)")
-    parser.add_argument("--model", default="production")
+    parser.add_argument("--model", default=DEFAULT_ALIAS)
     parser.add_argument("--run-id", help="default nightly-<dataset>, or nightly-images-<date>")
     parser.add_argument("--batch-size", type=positive, help="images per predict call (default: the device's)")
     parser.add_argument("--max-error-ratio", type=float, default=0.01)

@@ -13,6 +13,7 @@ import sys
 import tarfile
 import time
 import uuid
+import zlib
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def write_class_folders(root: Path, per_class: dict[str, int], classes=CLASSES) 
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                (folder / f"{i:03d}.png").write_bytes(make_image(label, hash((split, label, i)) % 2**32))
+                (folder / f"{i:03d}.png").write_bytes(make_image(label, zlib.crc32(f"{split}/{label}/{i}".encode())))
     return root
 
 
@@ -162,9 +163,9 @@ def client():
 @pytest.fixture(scope="session")
 def trained_store(tmp_path_factory, image_folders, client) -> Store:
     """A store holding the synthetic train/test datasets and a promoted model (1 epoch)."""
-    from batchml.ingest import ingest
+    from batchml.data.ingest import ingest
     from batchml.registry import promote
-    from batchml.training import TrainConfig, train
+    from batchml.train.training import TrainConfig, train
 
     s = Store(StoreConfig(str(tmp_path_factory.mktemp("trained") / "store")))
     ingest(s, str(image_folders), "shapes-train", "train", partition_size=50, verbose=False)

@@ -169,7 +169,7 @@ def test_every_training_setting_has_a_flag():
     from dataclasses import fields
 
     from batchml.cli import build_parser, train_config
-    from batchml.training import TrainConfig
+    from batchml.train.training import TrainConfig
 
     parser = build_parser()
     train = parser.parse_args(["train", "--dataset", "d", "--momentum", "0.8", "--warm-start", "v1", "--no-ema"])

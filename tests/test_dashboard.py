@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from batchml.ingest import ingest
+from batchml.data.ingest import ingest
 from batchml.monitoring import monitor_run, read_table
-from batchml.scoring import ScoreConfig, score
+from batchml.score.scoring import ScoreConfig, score
 from tests.conftest import CLASSES, copy_store, free_port, make_image, wait_for_port
 
 pytestmark = pytest.mark.slow
@@ -148,8 +148,8 @@ def test_models_view_lists_versions_and_aliases(page):
 
 
 def test_refresh_stamp_changes_only_with_news(store, tmp_path):
-    from batchml.dashboard import MonitoringData
     from batchml.registry import ModelVersion, promote
+    from batchml.serve.dashboard import MonitoringData
 
     s = copy_store(store, tmp_path / "store")
     data = MonitoringData(s)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from batchml import datasets
+from batchml.data import datasets
+from batchml.data.ingest import ingest
 from batchml.demo import DemoConfig, make_nights
-from batchml.ingest import ingest
 from batchml.monitoring import monitor_run
-from batchml.scoring import ScoreConfig, score
+from batchml.score.scoring import ScoreConfig, score
 from tests.conftest import copy_store, write_class_folders
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ import time
 import pandas as pd
 import pytest
 
+from batchml.data.ingest import ingest
 from batchml.errors import BatchmlError
-from batchml.ingest import ingest
-from batchml.scoring import ScoreConfig, score
+from batchml.score.scoring import ScoreConfig, score
 from batchml.store import Store, StoreConfig
 from tests.conftest import (
     CLASSES,

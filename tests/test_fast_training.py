@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batchml.diagnostics import fit_verdict
+from batchml.data.images import Preprocessing
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing
 from batchml.registry import read_card, resolve
+from batchml.train.diagnostics import fit_verdict
 from tests.conftest import copy_store
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ def correlated_images(n=300, seed=0):
 
 
 def test_fast_architecture_shapes():
-    from batchml.architectures import build
+    from batchml.train.architectures import build
 
     model = build("fast", 10, Preprocessing(), width=32)
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
@@ -36,7 +36,7 @@ def test_fast_architecture_shapes():
 
 
 def test_whitening_layer_decorrelates_the_patches_it_was_fitted_on():
-    from batchml.architectures import whitening_weights
+    from batchml.train.architectures import whitening_weights
 
     pixels = correlated_images()
     kernel, bias = whitening_weights(pixels, epsilon=0.0)
@@ -52,7 +52,7 @@ def test_whitening_layer_decorrelates_the_patches_it_was_fitted_on():
 def test_dirac_kernels_start_as_identities_on_their_first_channels():
     import keras
 
-    from batchml.architectures import Dirac
+    from batchml.train.architectures import Dirac
 
     kernel = keras.ops.convert_to_numpy(Dirac()((3, 3, 4, 6), "float32"))
     x = np.random.default_rng(0).normal(size=(2, 5, 5, 4)).astype(np.float32)
@@ -65,7 +65,7 @@ def test_dirac_kernels_start_as_identities_on_their_first_channels():
 def test_batch_norm_shifts_learn_64_times_faster_than_a_plain_bias():
     import keras
 
-    from batchml.architectures import Shift
+    from batchml.train.architectures import Shift
 
     def one_step(layer):
         model = keras.Sequential([keras.Input((3,)), layer])
@@ -78,8 +78,8 @@ def test_batch_norm_shifts_learn_64_times_faster_than_a_plain_bias():
 
 
 def test_test_time_augmentation_averages_its_views_and_survives_the_registry(store):
-    from batchml.architectures import build, with_tta
     from batchml.registry import load_model, register
+    from batchml.train.architectures import build, with_tta
 
     trunk = build("fast", 3, Preprocessing(), sample=correlated_images(50), width=4)
     x = correlated_images(8, seed=1)
@@ -101,7 +101,7 @@ def test_test_time_augmentation_averages_its_views_and_survives_the_registry(sto
 
 
 def test_one_cycle_schedule_warms_up_then_decays_to_zero():
-    from batchml.learning import OneCycle
+    from batchml.train.learning import OneCycle
 
     lr = OneCycle(peak=1.0, total_steps=100, warmup=0.2, start=0.1)
     at = {s: float(lr(s)) for s in (0, 10, 20, 60, 100, 120)}
@@ -109,7 +109,7 @@ def test_one_cycle_schedule_warms_up_then_decays_to_zero():
 
 
 def test_augmentation_only_flips_and_translates():
-    from batchml.learning import augment
+    from batchml.train.learning import augment
 
     x = np.random.default_rng(0).integers(0, 255, (64, 32, 32, 3), dtype=np.uint8)
     flip = np.random.default_rng(2).random(len(x)) < 0.5
@@ -124,7 +124,7 @@ def test_augmentation_only_flips_and_translates():
 
 def test_augmentation_copies_each_image_from_its_drawn_crop():
     """The grouped slices equal a plain per-image crop of the reflect-padded image."""
-    from batchml.learning import augment
+    from batchml.train.learning import augment
 
     x = np.random.default_rng(0).integers(0, 255, (200, 32, 32, 3), dtype=np.uint8)
     rng = np.random.default_rng(3)
@@ -137,7 +137,7 @@ def test_augmentation_copies_each_image_from_its_drawn_crop():
 
 
 def test_batches_are_full_and_flip_each_image_every_other_epoch():
-    from batchml.learning import Batches
+    from batchml.train.learning import Batches
 
     x = np.random.default_rng(0).integers(0, 255, (70, 8, 8, 3), dtype=np.uint8)
     x[:, :, 4:] = 0  # left half bright, right half dark: a flip shows
@@ -159,9 +159,9 @@ def test_batches_are_full_and_flip_each_image_every_other_epoch():
 
 
 def test_the_moving_average_of_weights_momentum_and_activation_are_recipe_options():
-    from batchml.architectures import build
-    from batchml.learning import optimizer
-    from batchml.training import TrainConfig
+    from batchml.train.architectures import build
+    from batchml.train.learning import optimizer
+    from batchml.train.training import TrainConfig
 
     on, off = (TrainConfig("d", arch="fast", ema=ema, momentum=0.85).recipe() for ema in (True, False))
     assert optimizer(on, 10, on.learning_rate).use_ema and not optimizer(off, 10, off.learning_rate).use_ema
@@ -187,7 +187,7 @@ def test_fit_verdict_reads_the_learning_curves(curves, verdict):
 
 
 def test_the_same_seed_trains_the_same_model(trained_store):
-    from batchml.training import TrainConfig, fit
+    from batchml.train.training import TrainConfig, fit
 
     cfg = TrainConfig("shapes-train", arch="fast", epochs=1, batch_size=32, width=4, seed=7)
     (m1, c1), (m2, c2) = fit(trained_store, cfg), fit(trained_store, cfg)
@@ -198,7 +198,7 @@ def test_the_same_seed_trains_the_same_model(trained_store):
 
 
 def test_warm_start_fine_tunes_a_registered_version(client, trained_store, tmp_path):
-    from batchml.training import TrainConfig, train
+    from batchml.train.training import TrainConfig, train
 
     store = copy_store(trained_store, tmp_path / "store")
     mv, card = train(client, store, TrainConfig("shapes-train", "shapes-test", name="shapes", epochs=1,
@@ -213,8 +213,8 @@ def test_warm_start_fine_tunes_a_registered_version(client, trained_store, tmp_p
 
 
 def test_a_sweep_runs_its_trials_across_two_workers_and_registers_the_best(client, trained_store, tmp_path):
-    from batchml.sweep import SweepConfig, read_trials, sweep
-    from batchml.training import TrainConfig
+    from batchml.train.sweep import SweepConfig, read_trials, sweep
+    from batchml.train.training import TrainConfig
 
     store = copy_store(trained_store, tmp_path / "store")
     cfg = SweepConfig(TrainConfig("shapes-train", "shapes-test", name="swept", arch="fast", epochs=1, width=4),
@@ -235,7 +235,7 @@ def test_a_sweep_runs_its_trials_across_two_workers_and_registers_the_best(clien
 
 
 def test_sweep_parameters_are_checked():
-    from batchml.sweep import parse_space
+    from batchml.train.sweep import parse_space
 
     assert parse_space(["learning_rate=0.1,0.2", "width=8,16"]) == {"learning_rate": [0.1, 0.2], "width": [8, 16]}
     with pytest.raises(BatchmlError, match="NAME one of"):

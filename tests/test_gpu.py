@@ -16,7 +16,7 @@ import pytest
 from batchml import backend, cli, cluster, device
 from batchml.cluster import ClusterConfig
 from batchml.errors import BatchmlError
-from batchml.scoring import ScoreConfig, score
+from batchml.score.scoring import ScoreConfig, score
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batchml.images import ImageDecodeError, Preprocessing, decode_image, decode_images, encode_png
+from batchml.data.images import ImageDecodeError, Preprocessing, decode_image, decode_images, encode_png
 
 PREP = Preprocessing()
 

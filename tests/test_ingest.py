@@ -5,14 +5,15 @@ import tarfile
 import numpy as np
 import pytest
 
-from batchml import datasets
+from batchml import layout
+from batchml.data import datasets
+from batchml.data.ingest import ingest
 from batchml.errors import BatchmlError
-from batchml.ingest import ingest
 from tests.conftest import CLASSES, make_image, write_class_folders
 
 
 def mtimes(store, dataset):
-    folder = store.path(datasets.prefix(dataset))
+    folder = store.path(layout.dataset_path(dataset))
     return {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder)}
 
 
@@ -81,7 +82,7 @@ def write_cifar_batches(folder):
 
 
 def test_official_cifar_batches_keep_exact_pixels(store, tmp_path):
-    from batchml.images import Preprocessing, decode_image
+    from batchml.data.images import Preprocessing, decode_image
 
     folder = write_cifar_batches(tmp_path / "cifar-10-batches-py")
     r = ingest(store, str(tmp_path), "cifar-train", "train", verbose=False)

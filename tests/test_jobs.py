@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from batchml.ingest import ingest
+from batchml.data.ingest import ingest
 from tests.conftest import CLASSES, copy_store, make_image
 
 pytestmark = pytest.mark.slow

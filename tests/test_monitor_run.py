@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from batchml.ingest import ingest
+from batchml.data.ingest import ingest
 from batchml.monitoring import monitor_range, monitor_run, read_table
 from batchml.monitoring.history import MIN_NIGHTS
-from batchml.scoring import ScoreConfig, score
+from batchml.score.scoring import ScoreConfig, score
 from tests.conftest import CLASSES, copy_store, make_image
 
 pytestmark = pytest.mark.slow

@@ -413,7 +413,7 @@ def test_the_report_names_each_alerts_kind_after_its_severity_prefix():
 
 
 def test_failure_candidates_are_the_confidently_wrong_and_the_unsure_unlabelled():
-    from batchml import failures
+    from batchml.score import failures
 
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45], [0.95, 0.05]])
     labels = np.array([1, 1, 1, -1, -1])

@@ -5,10 +5,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from batchml import datasets
+from batchml.data import datasets
+from batchml.data.ingest import ingest
 from batchml.errors import BatchmlError
-from batchml.ingest import ingest
-from batchml.scoring import ScoreConfig, model_loads, score
+from batchml.score.scoring import ScoreConfig, model_loads, score
 from tests.conftest import CLASSES, copy_store, make_image
 
 pytestmark = pytest.mark.slow
@@ -139,7 +139,7 @@ def test_settings_that_cannot_work_are_refused_before_anything_is_written(run_st
 
 
 def test_a_prefix_holding_a_file_name_that_is_not_utf8_is_a_clear_error(tmp_path):
-    from batchml.inputs import plan_prefix
+    from batchml.data.inputs import plan_prefix
 
     (tmp_path / "ok.png").write_bytes(make_image(0, 1))
     with open(os.fsencode(tmp_path) + b"/na\xefve.png", "wb") as f:

@@ -39,7 +39,7 @@ def test_temperature_above_one_softens_probabilities():
 
 
 def test_temperature_fit_softens_an_overconfident_model():
-    from batchml.calibration import fit_temperature, nll
+    from batchml.train.calibration import fit_temperature, nll
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 3000)

@@ -1,16 +1,16 @@
 import numpy as np
 import pytest
 
-from batchml import datasets
+from batchml.data import datasets
+from batchml.data.images import Preprocessing
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing
 from batchml.registry import read_card, resolve
 
 pytestmark = pytest.mark.slow
 
 
 def test_tutorial_architecture_shapes():
-    from batchml.architectures import build
+    from batchml.train.architectures import build
 
     model = build("tutorial", 10, Preprocessing())
     assert model.input_shape == (None, 32, 32, 3)
@@ -21,7 +21,7 @@ def test_tutorial_architecture_shapes():
 
 
 def test_unknown_architecture_lists_the_known_ones():
-    from batchml.architectures import build
+    from batchml.train.architectures import build
 
     with pytest.raises(BatchmlError, match=r"use one of tutorial"):
         build("resnet9000", 10, Preprocessing())
@@ -62,7 +62,7 @@ def test_the_card_keeps_the_validation_rows_bbse_resamples(trained_store):
 
 
 def test_training_an_unknown_dataset_fails_before_any_task(client, store):
-    from batchml.training import TrainConfig, train
+    from batchml.train.training import TrainConfig, train
 
     with pytest.raises(BatchmlError, match=r"unknown dataset 'nope'.*batchml ingest"):
         train(client, store, TrainConfig("nope"), verbose=False)
@@ -73,7 +73,7 @@ def test_training_needs_no_dask_outside_a_worker(monkeypatch, capsys):
     progress events are printed instead of sent to a scheduler."""
     import sys
 
-    from batchml.training import _emit
+    from batchml.train.training import _emit
 
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
     _emit({"stage": "loading", "dataset": "d", "rows": 3})

@@ -1,4 +1,5 @@
-"""Monitoring, fed only by the mergeable partition statistics of committed runs."""
+"""Committed runs in: monitoring is fed only by their mergeable partition statistics and manifests.
+Monitoring tables out: one row per run, its alerts and failure-case snapshot (``batchml.layout``)."""
 
 from batchml.monitoring.run_monitor import (
     MonitorConfig,

@@ -38,8 +38,9 @@ from datetime import UTC, datetime
 import numpy as np
 from scipy.stats import chi2 as chi2_dist
 
-from batchml import failures
+from batchml import layout
 from batchml.errors import BatchmlError
+from batchml.layout import ModelVersion
 from batchml.monitoring import sequential
 from batchml.monitoring.classes import per_class_metrics
 from batchml.monitoring.history import MIN_NIGHTS, baseline_mix, dispersion, history_shift
@@ -47,8 +48,8 @@ from batchml.monitoring.label_free import atc_accuracy, output_shift
 from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors
 from batchml.monitoring.shift import class_shift, wilson_interval
 from batchml.monitoring.tables import read_table, write_alerts, write_run_row
-from batchml.registry import ModelVersion, read_card
-from batchml.scoring import run_prefix, stats_name
+from batchml.registry import read_card
+from batchml.score import failures
 from batchml.stats import PartitionStats
 from batchml.store import Store
 
@@ -90,15 +91,14 @@ class RunReport:
 
 def fold_run(store: Store, run_id: str) -> tuple[dict, PartitionStats]:
     """A committed run's manifest and the sum of its partition statistics."""
-    prefix = run_prefix(run_id)
-    if not store.exists(f"{prefix}/manifest.json"):
+    if not store.exists(layout.run_path(run_id, layout.RUN_MANIFEST)):
         hint = ("it is not committed yet: rerun `batchml score --run-id " + run_id + "` to finish it"
-                if store.exists(f"{prefix}/run.json") else "no such run")
+                if store.exists(layout.run_path(run_id, layout.RUN_SPEC)) else "no such run")
         raise BatchmlError(f"run {run_id!r} in {store.url()}: {hint}")
-    manifest = store.read_json(f"{prefix}/manifest.json")
+    manifest = store.read_json(layout.run_path(run_id, layout.RUN_MANIFEST))
     k = len(manifest["classes"])
     parts = [
-        PartitionStats.from_dict(store.read_json(f"{prefix}/stats/{stats_name(p['partition'])}")["stats"])
+        PartitionStats.from_dict(store.read_json(layout.run_stats(run_id, p["partition"]))["stats"])
         for p in manifest["partitions"]
     ]
     return manifest, PartitionStats.total(parts, k)
@@ -185,15 +185,15 @@ def format_range(summary: dict) -> str:
 def monitor_run(store: Store, run_id: str, cfg: MonitorConfig = MonitorConfig()) -> RunReport:
     """Monitor a committed run: write its row, alerts and failure-case snapshot."""
     manifest, stats = fold_run(store, run_id)
-    card = read_card(store, ModelVersion(*manifest["model_version"].split("/")))
+    card = read_card(store, ModelVersion.parse(manifest["model_version"]))
     row = build_row(manifest, stats, card, _history(store, manifest, cfg.history_nights), cfg)
     report = RunReport(row, alerts(row, manifest["max_error_ratio"], cfg))
     row["alert_kinds"] = [a["kind"] for a in report.alerts]  # the next nights' baseline leaves these out
     write_run_row(store, row)
     write_alerts(store, run_id, report.alerts)
-    snapshot = failures.snapshot(store, run_prefix(run_id), [p["partition"] for p in manifest["partitions"]],
+    snapshot = failures.snapshot(store, run_id, [p["partition"] for p in manifest["partitions"]],
                                  manifest["classes"])
-    store.write_parquet(f"monitoring/failures/{run_id}.parquet", snapshot)
+    store.write_parquet(layout.monitoring_path("failures", run_id), snapshot)
     return report
 
 
@@ -297,13 +297,14 @@ def accept_baseline(store: Store, run_id: str, note: str = "") -> dict:
     record = {"run_id": run_id, "model_version": r.model_version, "committed_at": r.committed_at,
               "predicted_counts": [int(c) for c in r.predicted_counts], "note": note,
               "accepted_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    store.write_json(f"monitoring/accepted/{run_id}.json", record)
+    store.write_json(layout.accepted_path(run_id), record)
     return record
 
 
 def accepted_baseline(store: Store, model_version: str, committed_at: str) -> dict | None:
     """The latest accepted run of this model committed at or before ``committed_at``."""
-    records = [store.read_json(f"monitoring/accepted/{name}") for name in store.list("monitoring/accepted", ".json")]
+    folder = layout.accepted_folder()
+    records = [store.read_json(f"{folder}/{name}") for name in store.list(folder, ".json")]
     records = [r for r in records if r["model_version"] == model_version and r["committed_at"] <= committed_at]
     return max(records, key=lambda r: (r["committed_at"], r["accepted_at"]), default=None)
 

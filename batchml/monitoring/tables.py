@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 
+from batchml import layout
 from batchml.store import Store
 
 ALERT_SCHEMA = pa.schema([
@@ -16,12 +17,12 @@ ALERT_SCHEMA = pa.schema([
 
 
 def write_run_row(store: Store, row: dict) -> None:
-    store.write_parquet(f"monitoring/runs/{row['run_id']}.parquet", pa.Table.from_pylist([row]))
+    store.write_parquet(layout.monitoring_path("runs", row["run_id"]), pa.Table.from_pylist([row]))
 
 
 def write_alerts(store: Store, run_id: str, alerts: list[dict]) -> None:
     rows = [{"run_id": run_id, **a} for a in alerts]
-    store.write_parquet(f"monitoring/alerts/{run_id}.parquet", pa.Table.from_pylist(rows, ALERT_SCHEMA))
+    store.write_parquet(layout.monitoring_path("alerts", run_id), pa.Table.from_pylist(rows, ALERT_SCHEMA))
 
 
 class TableReader:
@@ -33,7 +34,7 @@ class TableReader:
         self._files: dict[str, tuple[str, pa.Table]] = {}
 
     def read(self) -> pd.DataFrame:
-        folder = f"monitoring/{self.table}"
+        folder = layout.monitoring_folder(self.table)
         current = self.store.list_versions(folder, ".parquet")
         self._files = {
             name: self._files[name] if name in self._files and self._files[name][0] == tag

@@ -23,17 +23,17 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from batchml import datasets
+from batchml import layout
 from batchml.cluster import TRAIN_GPU_SHARE, gpu_resources
 from batchml.device import device_label, device_lock
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
-from batchml.recipes import TUNABLE
 from batchml.registry import ModelVersion, load_model_bytes, model_bytes
 from batchml.store import Store, StoreConfig
-from batchml.training import TrainConfig, check, fit, register_trained
+from batchml.train.recipes import SETTINGS, TUNABLE, setting_type
+from batchml.train.training import TrainConfig, check, fit, register_trained
 
-_TYPES = {"epochs": int, "batch_size": int, "width": int}
+_TYPES = {s.name: setting_type(s) for s in SETTINGS if s.name in TUNABLE}
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def parse_space(specs: list[str]) -> dict[str, list]:
         if name not in TUNABLE or not values:
             raise BatchmlError(f"sweep parameter {spec!r}: write NAME=V1,V2,... with NAME one of {', '.join(TUNABLE)}")
         try:
-            space[name] = [_TYPES.get(name, float)(v) for v in values.split(",")]
+            space[name] = [_TYPES[name](v) for v in values.split(",")]
         except ValueError:
             raise BatchmlError(f"sweep parameter {spec!r}: {values!r} are not numbers") from None
     if not space:
@@ -73,12 +73,11 @@ def trial_configs(cfg: SweepConfig) -> list[dict]:
 def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
     """Run the trials not yet in the table, then test and register the best. Returns sweep.json."""
     base = check(store, cfg.base)
-    sweep_id = datasets.check_name("sweep", cfg.sweep_id or f"sweep-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
-    prefix = f"sweeps/{sweep_id}"
+    sweep_id = layout.check_name("sweep", cfg.sweep_id or f"sweep-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
     points = trial_configs(cfg)
     plan = {"sweep_id": sweep_id, "base": asdict(base), "space": cfg.space, "trials": points}
-    if store.exists(f"{prefix}/sweep.json"):
-        before = store.read_json(f"{prefix}/sweep.json")
+    if store.exists(layout.sweep_path(sweep_id, layout.SWEEP_PLAN)):
+        before = store.read_json(layout.sweep_path(sweep_id, layout.SWEEP_PLAN))
         if before["trials"] != points or before["base"] != plan["base"]:
             raise BatchmlError(f"sweep {sweep_id!r} was started with other settings: choose another --sweep-id")
         if "registered" in before:
@@ -86,7 +85,7 @@ def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
                 print(f"sweep: {sweep_id} is finished; best trial {before['best_trial']} is {before['registered']}")
             return before
     else:
-        store.write_json(f"{prefix}/sweep.json", plan)
+        store.write_json(layout.sweep_path(sweep_id, layout.SWEEP_PLAN), plan)
 
     rows = read_trials(store, sweep_id)
     todo = [i for i in range(len(points)) if i not in {r["trial"] for r in rows}]
@@ -94,7 +93,7 @@ def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
                         done=len(points) - len(todo))
     for row in _run_trials(client, store, base, sweep_id, points, todo):
         rows.append(row)
-        store.write_parquet(f"{prefix}/trials.parquet", _table(rows))
+        store.write_parquet(layout.sweep_path(sweep_id, layout.SWEEP_TRIALS), _table(rows))
         progress.update(1, f"trial {row['trial']}: validation accuracy {row['validation_accuracy']:.4f} "
                            f"in {row['seconds']:.0f}s {json.loads(row['params'])}")
     progress.close()
@@ -107,12 +106,12 @@ def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
     mv = ModelVersion(card["name"], card["version"])
     for r in rows:  # the losers' models go; their rows stay
         if r["trial"] != best["trial"]:
-            store.delete(f"{prefix}/trial-{r['trial']:03d}", recursive=True)
+            store.delete(layout.sweep_path(sweep_id, layout.trial_name(r["trial"])), recursive=True)
     result = {**plan, "best_trial": best["trial"], "best_params": points[best["trial"]],
               "best_validation_accuracy": best["validation_accuracy"], "registered": str(mv),
               "test_accuracy": (card["metrics"]["test"] or {}).get("accuracy"),
               "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    store.write_json(f"{prefix}/sweep.json", result)
+    store.write_json(layout.sweep_path(sweep_id, layout.SWEEP_PLAN), result)
     return result
 
 
@@ -147,9 +146,9 @@ def trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: i
     store = Store(store_cfg)
     with device_lock():
         model, card = fit(store, cfg)
-    prefix = f"sweeps/{sweep_id}/trial-{trial:03d}"
-    store.write_bytes(f"{prefix}/model.keras", model_bytes(model))
-    store.write_json(f"{prefix}/card.json", card)
+    prefix = layout.sweep_path(sweep_id, layout.trial_name(trial))
+    store.write_bytes(f"{prefix}/{layout.MODEL_FILE}", model_bytes(model))
+    store.write_json(f"{prefix}/{layout.CARD_FILE}", card)
     curves = card["learning_curves"]
     return {
         "trial": trial,
@@ -170,16 +169,16 @@ def trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: i
 def register_trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: int) -> dict:
     """Test the chosen trial's model once and register it with its card."""
     store = Store(store_cfg)
-    prefix = f"sweeps/{sweep_id}/trial-{trial:03d}"
-    card = store.read_json(f"{prefix}/card.json")
+    prefix = layout.sweep_path(sweep_id, layout.trial_name(trial))
+    card = store.read_json(f"{prefix}/{layout.CARD_FILE}")
     card["training"]["sweep"] = {"sweep_id": sweep_id, "trial": trial}
     with device_lock():
-        model = load_model_bytes(store.read_bytes(f"{prefix}/model.keras"))
+        model = load_model_bytes(store.read_bytes(f"{prefix}/{layout.MODEL_FILE}"))
         return register_trained(store, cfg, model, card)
 
 
 def read_trials(store: Store, sweep_id: str) -> list[dict]:
-    rel = f"sweeps/{sweep_id}/trials.parquet"
+    rel = layout.sweep_path(sweep_id, layout.SWEEP_TRIALS)
     return store.read_parquet(rel).to_pylist() if store.exists(rel) else []
 
 

@@ -8,60 +8,55 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, field, fields, make_dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
 
-from batchml import datasets
+from batchml import layout
 from batchml.backend import count_gpus
-from batchml.calibration import fit_temperature, nll
+from batchml.data import datasets
+from batchml.data.images import Preprocessing
 from batchml.device import cpu_fallback_warning, device_info, device_lock
-from batchml.diagnostics import fit_verdict
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing
 from batchml.monitoring.label_free import atc_reference
 from batchml.monitoring.label_shift import encode_rows
 from batchml.progress import Progress
-from batchml.recipes import TUNABLE, Recipe, recipe_for
 from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, load_model, model_bytes, read_card, register, resolve
 from batchml.stats import PartitionStats, scale_temperature
 from batchml.store import Store, StoreConfig
+from batchml.train.calibration import fit_temperature, nll
+from batchml.train.diagnostics import fit_verdict
+from batchml.train.recipes import SETTINGS, TUNABLE, Recipe, recipe_for, setting_type
 
 TRAIN_TOPIC = "batchml-train"
 WHITENING_SAMPLE = 2000  # training images whose 2x2 patches (1.9 million) set the fast net's whitening
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """What to train. Hyperparameters (the fields named as in ``batchml.recipes.Recipe``)
-    left as None take the architecture's recipe; the card records the values used."""
+def _check_name(self) -> None:
+    layout.check_name("model", self.name)  # refused now, not after the whole training
 
-    dataset: str  # labelled training partitions; a validation split is held out of them
-    test_dataset: str | None = None  # touched once, after training, for the card's metrics
-    name: str = DEFAULT_MODEL_NAME  # registered model name
-    arch: str = "tutorial"
-    epochs: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None  # Adam's rate, or the one-cycle peak
-    momentum: float | None = None  # SGD's
-    width: int | None = None  # fast net: channels of its first group
-    dropout: float | None = None  # fast net: before the head
-    activation: str | None = None  # fast net: relu or gelu
-    label_smoothing: float | None = None
-    weight_decay: float | None = None
-    tta: str | None = None  # test-time augmentation of the saved model: none, flip, flip-translate
-    ema: bool | None = None  # end on the weights' moving average rather than the last weights
-    validation_fraction: float = 0.1  # share of training ids held out, by hash of image_id
-    seed: int = 0
-    warm_start: str | None = None  # [NAME/]VERSION_OR_ALIAS to fine-tune from (its arch and weights)
 
-    def __post_init__(self) -> None:
-        datasets.check_name("model", self.name)  # refused now, not after the whole training
+def _recipe(self) -> Recipe:
+    """The architecture's ``batchml.train.recipes.Recipe`` with this configuration's values."""
+    return recipe_for(self.arch, **{f.name: getattr(self, f.name) for f in fields(Recipe) if hasattr(self, f.name)})
 
-    def recipe(self):
-        """The architecture's ``batchml.recipes.Recipe`` with this configuration's values."""
-        return recipe_for(self.arch, **{f.name: getattr(self, f.name) for f in fields(Recipe) if hasattr(self, f.name)})
+
+# Made, not written out: the hyperparameter overrides are the recipe's settings, declared there once.
+TrainConfig = make_dataclass("TrainConfig", [
+    ("dataset", str),  # labelled training partitions; a validation split is held out of them
+    ("test_dataset", str | None, field(default=None)),  # touched once, after training, for the card's metrics
+    ("name", str, field(default=DEFAULT_MODEL_NAME)),  # registered model name
+    ("arch", str, field(default="tutorial")),
+    *[(s.name, setting_type(s) | None, field(default=None)) for s in SETTINGS],  # None: the recipe's
+    ("validation_fraction", float, field(default=0.1)),  # share of training ids held out, by hash of image_id
+    ("seed", int, field(default=0)),
+    ("warm_start", str | None, field(default=None)),  # [NAME/]VERSION_OR_ALIAS to fine-tune (its arch, weights)
+], frozen=True, namespace={
+    "__module__": __name__, "__post_init__": _check_name, "recipe": _recipe,
+    "__doc__": "What to train. Hyperparameters (the settings of ``batchml.train.recipes.Recipe``) left as None "
+               "take the architecture's recipe; the card records the values used.",
+})
 
 
 def train(client, store: Store, cfg: TrainConfig, verbose: bool = True) -> tuple[ModelVersion, dict]:
@@ -128,14 +123,14 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
     """
     import keras
 
-    from batchml.architectures import build, with_tta
-    from batchml.learning import Batches, optimizer
+    from batchml.train.architectures import build, with_tta
+    from batchml.train.learning import Batches, optimizer
 
     prep = Preprocessing()
     recipe = cfg.recipe()
     manifest = datasets.read_manifest(store, cfg.dataset)
-    classes = manifest["classes"]
-    _emit({"stage": "loading", "dataset": cfg.dataset, "rows": manifest["rows"]})
+    classes = manifest.classes
+    _emit({"stage": "loading", "dataset": cfg.dataset, "rows": manifest.rows})
     x, y, ids, skipped = datasets.load_labelled(store, cfg.dataset, prep)
     val = datasets.in_validation(ids, cfg.validation_fraction)
     if val.all() or not val.any():
@@ -200,7 +195,7 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
             "validation_rows": int(val.sum()),
             "skipped_undecodable": skipped,
         },
-        "data": {"dataset": cfg.dataset, "fingerprint": manifest["fingerprint"], "test_dataset": cfg.test_dataset},
+        "data": {"dataset": cfg.dataset, "fingerprint": manifest.fingerprint, "test_dataset": cfg.test_dataset},
         "metrics": {"validation": _metrics(val_probs, y[val], val_stats), "test": None},
         "learning_curves": curves,
         "fit": fit_verdict(curves),
@@ -221,7 +216,7 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
 
 def _parent_trunk(store: Store, cfg: TrainConfig, classes: list[str], prep: Preprocessing):
     """The registered model to fine-tune, as a trainable net (without its test-time wrapper)."""
-    mv = ModelVersion(*cfg.warm_start.split("/"))
+    mv = ModelVersion.parse(cfg.warm_start)
     card = read_card(store, mv)
     if card["classes"] != classes or Preprocessing.from_dict(card["preprocessing"]) != prep:
         raise BatchmlError(
@@ -235,15 +230,15 @@ def _parent_trunk(store: Store, cfg: TrainConfig, classes: list[str], prep: Prep
 
 def _evaluate_test(store: Store, cfg: TrainConfig, classes: list[str], model) -> dict:
     manifest = datasets.read_manifest(store, cfg.test_dataset)
-    if manifest["classes"] != classes:
+    if manifest.classes != classes:
         raise BatchmlError(
-            f"test dataset {cfg.test_dataset!r} has classes {manifest['classes']}, "
+            f"test dataset {cfg.test_dataset!r} has classes {manifest.classes}, "
             f"but {cfg.dataset!r} has {classes}: ingest both with the same --classes"
         )
     x, y, _, _ = datasets.load_labelled(store, cfg.test_dataset, Preprocessing())
     probs = model.predict(x, batch_size=512, verbose=0)
     stats = PartitionStats.from_predictions(probs, y)
-    return {**_metrics(probs, y, stats), "stats": stats, "fingerprint": manifest["fingerprint"]}
+    return {**_metrics(probs, y, stats), "stats": stats, "fingerprint": manifest.fingerprint}
 
 
 def _metrics(probs: np.ndarray, labels: np.ndarray, stats: PartitionStats) -> dict:

@@ -15,13 +15,14 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from batchml import datasets
+from batchml import layout
+from batchml.data import datasets
+from batchml.data.datasets import DEFAULT_PARTITION_SIZE
+from batchml.data.sources import Source, SourceImage, check_classes, open_source
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
-from batchml.sources import Source, SourceImage, check_classes, open_source
+from batchml.records import DatasetManifest
 from batchml.store import Store
-
-DEFAULT_PARTITION_SIZE = 2000
 
 
 @dataclass
@@ -43,7 +44,7 @@ def ingest(
     verbose: bool = True,
 ) -> IngestResult:
     """Write ``images/<dataset>/part-NNNNN.parquet`` from SOURCE, then ``dataset.json``."""
-    datasets.check_name("dataset", dataset)  # before opening (perhaps downloading) the source
+    layout.check_name("dataset", dataset)  # before opening (perhaps downloading) the source
     if partition_size < 1:
         raise BatchmlError(f"--partition-size must be at least 1, not {partition_size}")
     if classes is not None:
@@ -54,11 +55,11 @@ def ingest(
 def write_dataset(store: Store, opened: Source, dataset: str, split: str = "train",
                   partition_size: int = DEFAULT_PARTITION_SIZE, verbose: bool = True) -> IngestResult:
     """Cut an opened source's images into partitions and commit them as ``dataset``."""
-    prefix = datasets.prefix(dataset)
-    old = store.read_json(f"{prefix}/dataset.json") if store.exists(f"{prefix}/dataset.json") else None
-    if old is not None and old["classes"] != opened.classes:
+    manifest = layout.dataset_path(dataset, layout.DATASET_MANIFEST)
+    old = DatasetManifest.from_dict(store.read_json(manifest)) if store.exists(manifest) else None
+    if old is not None and old.classes != opened.classes:
         raise _conflict(store, dataset, old, f"classes {opened.classes}")
-    old_parts = {p["name"]: p for p in old["partitions"]} if old else {}
+    old_parts = {p["name"]: p for p in old.partitions} if old else {}
 
     progress = Progress(f"ingest {dataset}", total=opened.total, unit="images", enabled=verbose)
     parts, written = [], 0
@@ -66,7 +67,7 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
         _check_labels(chunk, opened)
         table = _partition_table(chunk)
         entry = {
-            "name": f"part-{index:05d}.parquet",
+            "name": layout.partition_name(index),
             "rows": table.num_rows,
             "labelled": table.num_rows - table["label"].null_count,
             "sha256": datasets.content_hash(table),
@@ -74,8 +75,8 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
         previous = old_parts.get(entry["name"])
         if old is not None and previous != entry:
             raise _conflict(store, dataset, old, f"different images in {entry['name']}")
-        if previous is None or not store.exists(f"{prefix}/{entry['name']}"):
-            store.write_parquet(f"{prefix}/{entry['name']}", table)
+        if previous is None or not store.exists(layout.dataset_path(dataset, entry["name"])):
+            store.write_parquet(layout.dataset_path(dataset, entry["name"]), table)
             written += 1
         parts.append(entry)
         progress.update(table.num_rows, f"{index + 1} partitions")
@@ -83,24 +84,18 @@ def write_dataset(store: Store, opened: Source, dataset: str, split: str = "trai
         raise BatchmlError(f"{opened.description} holds no images")
     progress.say(f"{len(parts)} partitions, done")
     progress.close()
-    if old is not None and len(parts) != len(old["partitions"]):
+    if old is not None and len(parts) != len(old.partitions):
         raise _conflict(store, dataset, old, f"{len(parts)} partitions")
 
     rows = sum(p["rows"] for p in parts)
     if old is None:
-        store.write_json(f"{prefix}/dataset.json", {
-            "name": dataset,
-            "source": opened.description,
-            "split": split,
-            "classes": opened.classes,
-            "partition_size": partition_size,
-            "partitions": parts,
-            "rows": rows,
-            "labelled": sum(p["labelled"] for p in parts),
-            "fingerprint": _fingerprint(parts),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        })
-    return IngestResult(dataset, rows, len(parts), written, store.url(prefix))
+        store.write_json(manifest, DatasetManifest(
+            name=dataset, source=opened.description, split=split, classes=opened.classes,
+            partition_size=partition_size, partitions=parts, rows=rows,
+            labelled=sum(p["labelled"] for p in parts), fingerprint=_fingerprint(parts),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        ).to_dict())
+    return IngestResult(dataset, rows, len(parts), written, store.url(layout.dataset_path(dataset)))
 
 
 def _chunks(images: Iterable[SourceImage], size: int) -> Iterator[list[SourceImage]]:
@@ -117,22 +112,18 @@ def _check_labels(chunk: list[SourceImage], opened: Source) -> None:
 
 
 def _partition_table(chunk: list[SourceImage]) -> pa.Table:
-    columns = {
-        "image_id": pa.array([r.image_id for r in chunk], pa.string()),
-        "image": pa.array([r.data for r in chunk], pa.binary()),
-        "label": pa.array([r.label for r in chunk], pa.int16()),
-    }
+    table = datasets.partition_table([r.image_id for r in chunk], [r.data for r in chunk], [r.label for r in chunk])
     for key in sorted({k for r in chunk for k in r.extra}):
-        columns[key] = pa.array([r.extra.get(key) for r in chunk])
-    return pa.table(columns)
+        table = table.append_column(key, pa.array([r.extra.get(key) for r in chunk]))
+    return table
 
 
 def _fingerprint(parts: list[dict]) -> str:
     return hashlib.sha256("".join(p["sha256"] for p in parts).encode()).hexdigest()
 
 
-def _conflict(store: Store, dataset: str, old: dict, what: str) -> BatchmlError:
+def _conflict(store: Store, dataset: str, old: DatasetManifest, what: str) -> BatchmlError:
     return BatchmlError(
-        f"dataset {dataset!r} already exists from {old['source']} and this source has {what}. "
-        f"Ingest it under another --dataset name, or delete {store.url(datasets.prefix(dataset))} first."
+        f"dataset {dataset!r} already exists from {old.source} and this source has {what}. "
+        f"Ingest it under another --dataset name, or delete {store.url(layout.dataset_path(dataset))} first."
     )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from batchml.images import encode_png
+from batchml import layout
+from batchml.data.images import encode_png
 from batchml.store import Store
 
 KEEP = 24  # images of each kind per run (and per partition)
@@ -36,10 +37,10 @@ def select(ids: list[str], partition: str, pixels: np.ndarray, probs: np.ndarray
     ], SCHEMA)
 
 
-def snapshot(store: Store, run_prefix: str, partitions: list[str], classes: list[str]) -> pa.Table:
+def snapshot(store: Store, run_id: str, partitions: list[str], classes: list[str]) -> pa.Table:
     """Merge a run's per-partition candidates into its snapshot (the top ``KEEP`` of each kind)."""
-    done = set(store.list(f"{run_prefix}/failures", ".parquet"))
-    parts = [store.read_parquet(f"{run_prefix}/failures/{p}") for p in partitions if p in done]
+    done = set(store.list(layout.run_folder(run_id, "failures"), ".parquet"))
+    parts = [store.read_parquet(layout.run_output(run_id, "failures", p)) for p in partitions if p in done]
     df = pa.concat_tables(parts).to_pandas() if parts else SCHEMA.empty_table().to_pandas()
     wrong = df[df.kind == "misclassified"].sort_values("confidence", ascending=False).head(KEEP)
     unsure = df[df.kind == "uncertain"].sort_values("confidence").head(KEEP)

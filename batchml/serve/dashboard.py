@@ -26,12 +26,13 @@ from bokeh.palettes import RdBu11
 from bokeh.plotting import figure
 from panel.auth import BasicAuthProvider, BasicLoginHandler
 
+from batchml import layout
 from batchml.errors import BatchmlError
+from batchml.layout import ModelVersion
 from batchml.monitoring.classes import row_normalised
 from batchml.monitoring.run_monitor import summarise_rows
 from batchml.monitoring.tables import TableReader
-from batchml.registry import ModelVersion, list_models, list_versions, read_aliases, read_card
-from batchml.scoring import run_prefix
+from batchml.registry import list_models, list_versions, read_aliases, read_card
 from batchml.store import Store
 
 REFRESH_SECONDS = 30
@@ -53,21 +54,23 @@ class MonitoringData:
         self.runs = runs.sort_values("committed_at").reset_index(drop=True) if "committed_at" in runs else runs
         self.alerts = self._alerts.read()
         registry = tuple((name, tuple(list_versions(self.store, name)),
-                          tuple(self.store.list_versions(f"models/{name}", ".json").items()))
+                          tuple(self.store.list_versions(layout.model_prefix(name), ".json").items()))
                          for name in list_models(self.store))
-        snapshots = tuple(self.store.list_versions("monitoring/failures", ".parquet").items())  # written after the row
+        failures = layout.monitoring_folder("failures")
+        snapshots = tuple(self.store.list_versions(failures, ".parquet").items())  # written after the row
         self.stamp = (self._runs.stamp, self._alerts.stamp, snapshots, registry)
 
     def failures(self, run_id: str) -> pd.DataFrame:
-        rel = f"monitoring/failures/{run_id}.parquet"
+        rel = layout.monitoring_path("failures", run_id)
         return self.store.read_parquet(rel).to_pandas() if self.store.exists(rel) else pd.DataFrame()
 
     def manifest(self, run_id: str) -> dict:
-        return self.store.read_json(f"{run_prefix(run_id)}/manifest.json")
+        return self.store.read_json(layout.run_path(run_id, layout.RUN_MANIFEST))
 
     def errors(self, run_id: str) -> pd.DataFrame:
-        prefix = f"{run_prefix(run_id)}/errors"
-        parts = [self.store.read_parquet(f"{prefix}/{n}").to_pandas() for n in self.store.list(prefix, ".parquet")]
+        folder = layout.run_folder(run_id, "errors")
+        parts = [self.store.read_parquet(layout.run_output(run_id, "errors", n)).to_pandas()
+                 for n in self.store.list(folder, ".parquet")]
         return pd.concat(parts) if parts else pd.DataFrame(columns=["image_id", "partition", "reason"])
 
 

@@ -9,53 +9,46 @@ it lists the partitions with their content hashes and the class names.
 from __future__ import annotations
 
 import hashlib
-import re
 
 import numpy as np
 import pyarrow as pa
 
+from batchml import layout
+from batchml.data.images import Preprocessing, decode_images
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing, decode_images
+from batchml.records import DatasetManifest
 from batchml.store import Store
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DEFAULT_PARTITION_SIZE = 2000  # images per partition: ingest's cut, and a prefix's when scoring raw files
+# the columns every partition has, whether ingested or read from a prefix of files
 PARTITION_SCHEMA = pa.schema(
     [("image_id", pa.string()), ("image", pa.binary()), ("label", pa.int16())]
 )
 
 
-def check_name(kind: str, name: str) -> str:
-    """Dataset, model and run names become paths: keep them to safe characters."""
-    if not _NAME.match(name or ""):
-        raise BatchmlError(
-            f"invalid {kind} name {name!r}: use letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
-def prefix(dataset: str) -> str:
-    return f"images/{check_name('dataset', dataset)}"
+def partition_table(image_ids: list[str], images: list[bytes], labels: list[int | None]) -> pa.Table:
+    """A partition's required columns, typed by ``PARTITION_SCHEMA``."""
+    return pa.table([image_ids, images, labels], schema=PARTITION_SCHEMA)
 
 
 def list_datasets(store: Store) -> list[str]:
-    return [d for d in store.list("images") if store.exists(f"images/{d}/dataset.json")]
+    return [d for d in store.list(layout.DATASETS) if store.exists(layout.dataset_path(d, layout.DATASET_MANIFEST))]
 
 
-def read_manifest(store: Store, dataset: str) -> dict:
+def read_manifest(store: Store, dataset: str) -> DatasetManifest:
     """The committed manifest of a dataset; a clear error if there is none."""
-    rel = f"{prefix(dataset)}/dataset.json"
+    rel = layout.dataset_path(dataset, layout.DATASET_MANIFEST)
     if not store.exists(rel):
         known = ", ".join(list_datasets(store)) or "none yet"
         raise BatchmlError(
             f"unknown dataset {dataset!r} in {store.url()} (known: {known}). "
             f"Create it with: batchml ingest SOURCE --dataset {dataset}"
         )
-    return store.read_json(rel)
+    return DatasetManifest.from_dict(store.read_json(rel))
 
 
 def read_partition(store: Store, dataset: str, partition: str) -> pa.Table:
-    return store.read_parquet(f"{prefix(dataset)}/{partition}")
+    return store.read_parquet(layout.dataset_path(dataset, partition))
 
 
 def content_hash(table: pa.Table) -> str:
@@ -83,7 +76,7 @@ def load_labelled(store: Store, dataset: str, prep: Preprocessing) -> tuple[np.n
     """All labelled, decodable images of a dataset: (pixels uint8 NHWC, labels, ids, skipped)."""
     manifest = read_manifest(store, dataset)
     xs, ys, ids, skipped = [], [], [], 0
-    for part in manifest["partitions"]:
+    for part in manifest.partitions:
         table = read_partition(store, dataset, part["name"])
         labels = table["label"].to_numpy(zero_copy_only=False)
         keep = ~np.isnan(labels.astype(float))

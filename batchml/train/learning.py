@@ -7,7 +7,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from batchml.recipes import Recipe
+from batchml.train.recipes import Recipe
 
 
 @keras.saving.register_keras_serializable(package="batchml")

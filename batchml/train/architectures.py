@@ -19,9 +19,9 @@ import keras
 import numpy as np
 from keras import layers
 
+from batchml.data.images import Preprocessing
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing
-from batchml.recipes import ACTIVATIONS, TTA_MODES
+from batchml.train.recipes import check_arch, check_setting
 
 WHITEN_PATCH = 2  # 2x2x3 patches: 12 directions, each kept with both signs
 WHITEN_EPSILON = 5e-4  # added to the patch covariance's eigenvalues (pixels in [0, 1])
@@ -167,14 +167,13 @@ def fast(num_classes: int, prep: Preprocessing, sample: np.ndarray | None = None
     """The fast net's trunk (no test-time augmentation: see ``with_tta``).
 
     ``width``: channels of the first group; the next two have 4x (airbench94: 64).
-    ``activation``: one of ``ACTIVATIONS``.
+    ``activation``: one of ``batchml.train.recipes.ACTIVATIONS``.
     ``sample``: uint8 training images for the whitening layer; without it the layer is
     left at its random initialisation (tests of shape only).
     ``precision``: a Keras dtype policy; ``mixed_bfloat16`` computes in bfloat16 with
     float32 weights (the probabilities stay float32).
     """
-    if activation not in ACTIVATIONS:
-        raise BatchmlError(f"unknown activation {activation!r}: use one of {', '.join(ACTIVATIONS)}")
+    check_setting("activation", activation)
     p = {"dtype": precision}
     inputs = keras.Input((prep.height, prep.width, 3), dtype="uint8")
     # whitening in float32 whatever the precision: its large coefficients of opposite signs
@@ -206,8 +205,7 @@ def with_tta(trunk: keras.Model, mode: str) -> keras.Model:
     """
     if mode == "none":
         return trunk
-    if mode not in TTA_MODES:
-        raise BatchmlError(f"unknown test-time augmentation {mode!r}: use one of {', '.join(TTA_MODES)}")
+    check_setting("tta", mode)
     inputs = keras.Input(trunk.input_shape[1:], dtype="uint8")
 
     def both(x):
@@ -224,8 +222,7 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {"tutorial": tutorial, "f
 
 def build(arch: str, num_classes: int, prep: Preprocessing, **options) -> keras.Model:
     """``options``: ``sample`` (training images, for nets initialised from data), ``width``, ``dropout``."""
-    if arch not in ARCHITECTURES:
-        raise BatchmlError(f"unknown --arch {arch!r}: use one of {', '.join(ARCHITECTURES)}")
+    check_arch(arch)  # the architectures are the recipes' keys
     try:
         return ARCHITECTURES[arch](num_classes, prep, **{k: v for k, v in options.items() if v is not None})
     except TypeError as exc:  # an option this architecture does not have

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from batchml import datasets
+from batchml import layout
+from batchml.data import datasets
+from batchml.data.sources import IMAGE_SUFFIXES, check_utf8
 from batchml.errors import BatchmlError
-from batchml.sources import IMAGE_SUFFIXES, check_utf8
 from batchml.store import Store, StoreConfig
 
 # A file that cannot be read *now* (a timeout, a 5xx, a dropped connection) is not a bad
@@ -37,8 +38,8 @@ class InputPlan:
 
 def plan_dataset(store: Store, dataset: str) -> InputPlan:
     m = datasets.read_manifest(store, dataset)
-    return InputPlan(dataset, m["fingerprint"], m["classes"] if m["labelled"] else None,
-                     {p["name"]: None for p in m["partitions"]})
+    return InputPlan(dataset, m.fingerprint, m.classes if m.labelled else None,
+                     {p["name"]: None for p in m.partitions})
 
 
 def plan_prefix(url: str, storage_options: dict, partition_size: int) -> InputPlan:
@@ -59,7 +60,7 @@ def plan_prefix(url: str, storage_options: dict, partition_size: int) -> InputPl
     names = check_utf8([p for p, _ in files], url)
     listing = "\n".join(f"{p} {s}" for p, s in files)
     fingerprint = hashlib.sha256(f"partition_size {partition_size}\n{listing}".encode()).hexdigest()
-    parts = {f"part-{i // partition_size:05d}.parquet": tuple(names[i:i + partition_size])
+    parts = {layout.partition_name(i // partition_size): tuple(names[i:i + partition_size])
              for i in range(0, len(names), partition_size)}
     return InputPlan(url, fingerprint, None, parts, images.config, partition_size)
 
@@ -71,11 +72,7 @@ def read_files(images: StoreConfig, files: tuple[str, ...], classes: tuple[str, 
     blobs = _read_with_retries(store, [store.path(f) for f in files])
     labels = [classes.index(parts[-2]) if len(parts := f.split("/")) > 1 and parts[-2] in classes else None
               for f in files]
-    return pa.table({
-        "image_id": pa.array(list(files), pa.string()),
-        "image": pa.array([blobs[store.path(f)] for f in files], pa.binary()),
-        "label": pa.array(labels, pa.int16()),
-    })
+    return datasets.partition_table(list(files), [blobs[store.path(f)] for f in files], labels)
 
 
 def _read_with_retries(store: Store, paths: list[str]) -> dict[str, bytes]:

@@ -7,22 +7,21 @@ names known up front so that label indices are stable across splits and reruns.
 
 from __future__ import annotations
 
-import os
 import pickle
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from batchml.data.images import encode_png
 from batchml.errors import BatchmlError
-from batchml.images import encode_png
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "test")
-CIFAR10_ARCHIVE = "cifar10-jpeg.tar.gz"  # the JPEG archive in ../shared/data
+CIFAR10_ARCHIVE = "cifar10-jpeg.tar.gz"  # the JPEG archive of CIFAR-10, as this project keeps it
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 _HELP = (
@@ -50,11 +49,11 @@ class Source:
     total: int | None = None  # how many images, where known before reading them (for progress)
 
 
-def find_source() -> str:
-    """The CIFAR-10 archive beside the checkout or the working folder, else Keras's download."""
-    repo = Path(__file__).resolve().parents[1]
-    for base in (Path.cwd(), repo):
-        candidate = base.parent / "shared" / "data" / CIFAR10_ARCHIVE
+def find_source(folders: Iterable[Path]) -> str:
+    """The CIFAR-10 archive in the first of ``folders`` that holds it, else Keras's download
+    (the caller, not the library, decides where to look)."""
+    for folder in folders:
+        candidate = Path(folder) / CIFAR10_ARCHIVE
         if candidate.is_file():
             return str(candidate)
     return "cifar10"
@@ -299,7 +298,6 @@ def _cifar_batches_from_tar(tar: tarfile.TarFile, members: list, split: str, whe
 
 def _keras_cifar10(split: str) -> Source:
     try:
-        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
         from keras.datasets import cifar10
 
         (x_train, y_train), (x_test, y_test) = cifar10.load_data()
@@ -307,7 +305,7 @@ def _keras_cifar10(split: str) -> Source:
         raise BatchmlError(
             f"could not get CIFAR-10 through Keras's download ({type(exc).__name__}: {exc}). "
             "Without internet, pass the data instead: a folder or .tar.gz of class folders "
-            "(e.g. ../shared/data/cifar10-jpeg.tar.gz), or the official "
+            f"(e.g. {CIFAR10_ARCHIVE}), or the official "
             "cifar-10-python.tar.gz (or its extracted folder)."
         ) from exc
     x, y = (x_train, y_train) if split == "train" else (x_test, y_test)

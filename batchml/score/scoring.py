@@ -1,6 +1,6 @@
 """Scoring: one Dask task per input partition, writing predictions and statistics.
 
-The run commit protocol (DESIGN.md):
+The run commit protocol (paths: ``batchml.layout``):
 - ``runs/<id>/run.json`` pins what the run scores: dataset, its fingerprint, model version;
 - per partition, under deterministic names: ``predictions/part-N.parquet``, then
   ``failures/part-N.parquet`` (failure-case candidates) and ``errors/part-N.parquet``
@@ -26,12 +26,15 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from batchml import datasets, failures, inputs
+from batchml import layout
+from batchml.data import datasets, inputs
+from batchml.data.images import Preprocessing, decode_images
 from batchml.device import device_info, device_lock, predict_fitting, start_batch
 from batchml.errors import BatchmlError
-from batchml.images import Preprocessing, decode_images
 from batchml.progress import Progress
+from batchml.records import RunManifest
 from batchml.registry import DEFAULT_ALIAS, ModelVersion, load_model, read_card, resolve
+from batchml.score import failures
 from batchml.stats import PartitionStats
 from batchml.store import Store, StoreConfig
 
@@ -44,7 +47,7 @@ class ScoreConfig:
     batch_size: int | None = None  # images per predict call; None: the device's (GPU: largest that fits)
     max_error_ratio: float = 0.01  # undecodable images above this share fail the run
     images: str | None = None  # instead of a dataset: a prefix of raw JPEG/PNG files (folder or s3://)
-    partition_size: int = 2000  # images per partition of such a prefix
+    partition_size: int = datasets.DEFAULT_PARTITION_SIZE  # images per partition of such a prefix
 
 
 @dataclass(frozen=True)
@@ -62,18 +65,13 @@ class RunSpec:
     images: StoreConfig | None = None  # where a prefix's raw files live
 
 
-def run_prefix(run_id: str) -> str:
-    return f"runs/{datasets.check_name('run', run_id)}"
-
-
 def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
     """Score every partition of the input not yet done in this run, then commit the run."""
     check_config(cfg)
     source = cfg.dataset or cfg.images
     run_id = cfg.run_id or f"{cfg.dataset or 'images'}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    prefix = run_prefix(run_id)
-    if store.exists(f"{prefix}/manifest.json"):
-        manifest = store.read_json(f"{prefix}/manifest.json")
+    if store.exists(layout.run_path(run_id, layout.RUN_MANIFEST)):
+        manifest = store.read_json(layout.run_path(run_id, layout.RUN_MANIFEST))
         _check_same_run(manifest, source, run_id)
         if verbose:
             print(f"score: run {run_id} is already committed; nothing to do")
@@ -81,7 +79,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
     plan = (inputs.plan_prefix(cfg.images, _options_for(cfg.images, store), cfg.partition_size) if cfg.images
             else inputs.plan_dataset(store, cfg.dataset))
     run = _start_run(store, cfg, run_id, plan, verbose)
-    mv = ModelVersion(*run["model_version"].split("/"))
+    mv = ModelVersion.parse(run["model_version"])
     card = read_card(store, mv)
     spec = RunSpec(
         store.config, run_id, plan.name, mv, tuple(card["classes"]),
@@ -90,8 +88,8 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
     )
 
     names = list(plan.partitions)
-    done = set(store.list(f"{prefix}/stats", ".json"))
-    todo = [n for n in names if stats_name(n) not in done]
+    done = set(store.list(layout.run_folder(run_id, "stats"), ".json"))
+    todo = [n for n in names if layout.stats_name(n) not in done]
     started = time.perf_counter()
     _run_tasks(client, spec, {n: plan.partitions[n] for n in todo}, len(names), verbose)
     wall = time.perf_counter() - started
@@ -119,7 +117,7 @@ def _options_for(url: str, store: Store) -> dict:
 
 def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPlan, verbose: bool) -> dict:
     """Write run.json, or check that an unfinished run is resumed with the same inputs."""
-    rel = f"{run_prefix(run_id)}/run.json"
+    rel = layout.run_path(run_id, layout.RUN_SPEC)
     mv = resolve(store, cfg.model)
     if not store.exists(rel):
         _check_classes(plan, read_card(store, mv)["classes"], mv)  # before run.json ties the id to this model
@@ -198,19 +196,18 @@ def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int,
 
 def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list[str],
             wall: float, max_error_ratio: float) -> dict:
-    prefix = run_prefix(spec.run_id)
-    parts = [store.read_json(f"{prefix}/stats/{stats_name(n)}") for n in names]
+    parts = [store.read_json(layout.run_stats(spec.run_id, n)) for n in names]
     rows = sum(p["rows"] for p in parts)
     errors = sum(p["errors"] for p in parts)
     if errors > max_error_ratio * (rows + errors):
         raise BatchmlError(
             f"run {spec.run_id!r}: {errors} of {rows + errors} images could not be decoded "
             f"({errors / (rows + errors):.1%}, above --max-error-ratio {max_error_ratio:.1%}); "
-            f"see {store.url(prefix + '/errors')}. The run is not committed: fix the images, "
+            f"see {store.url(layout.run_folder(spec.run_id, 'errors'))}. The run is not committed: fix the images, "
             "or rerun with the same --run-id and a higher --max-error-ratio."
         )
     scored_now = sum(p["rows"] + p["errors"] for p in parts if p["partition"] in todo)
-    manifest = {
+    manifest = RunManifest.from_dict({
         **run,
         "classes": list(spec.classes),
         "batch_size": spec.batch_size or "auto",  # as asked; per partition: the size that fitted
@@ -227,14 +224,10 @@ def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list
         "wall_seconds": round(wall, 3),
         "images_per_second": round(scored_now / wall, 1) if todo else None,
         "committed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-    }
-    store.write_json(f"{prefix}/manifest.json", manifest)
+        "schema_version": RunManifest.SCHEMA_VERSION,
+    }).to_dict()
+    store.write_json(layout.run_path(spec.run_id, layout.RUN_MANIFEST), manifest)
     return manifest
-
-
-def stats_name(partition: str) -> str:
-    """The statistics file of a partition: ``part-N.parquet`` -> ``part-N.json``."""
-    return partition.removesuffix(".parquet") + ".json"
 
 
 # -- on the workers --------------------------------------------------------------------------
@@ -296,14 +289,14 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
         timer.lap("predict")
 
     stats = PartitionStats.from_predictions(probs, labels[good], spec.temperature, errors=len(bad))
-    prefix = run_prefix(spec.run_id)
-    store.write_parquet(f"{prefix}/predictions/{partition}", _predictions(spec, partition, table, good, probs))
+    predictions = _predictions(spec, partition, table, good, probs)
+    store.write_parquet(layout.run_output(spec.run_id, "predictions", partition), predictions)
     cases = failures.select(table["image_id"].take(good).to_pylist() if good else [], partition, pixels, probs,
                             labels[good])
     if cases.num_rows:
-        store.write_parquet(f"{prefix}/failures/{partition}", cases)
+        store.write_parquet(layout.run_output(spec.run_id, "failures", partition), cases)
     if bad:
-        store.write_parquet(f"{prefix}/errors/{partition}", _errors(table, partition, bad))
+        store.write_parquet(layout.run_output(spec.run_id, "errors", partition), _errors(table, partition, bad))
     timer.lap("write")
     record = {
         "partition": partition,
@@ -315,7 +308,7 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "device": device_info(),
     }
-    store.write_json(f"{prefix}/stats/{stats_name(partition)}", record)  # last: the partition is done
+    store.write_json(layout.run_stats(spec.run_id, partition), record)  # last: the partition is done
     return record
 
 

@@ -1,0 +1,181 @@
+"""Every name and path under a store root, in one place: no other module formats a store path.
+
+::
+
+    images/<dataset>/part-NNNNN.parquet         input partitions
+    images/<dataset>/dataset.json               the dataset's manifest, written last by ingest
+    models/<name>/vN/model.keras, card.json     a model version (committed when its card exists)
+    models/<name>/vN/claim.json                 who claimed the version number
+    models/<name>/aliases.json                  alias -> version
+    runs/<run_id>/run.json                      what the run scores, written first
+    runs/<run_id>/predictions|failures|errors/part-NNNNN.parquet
+    runs/<run_id>/stats/part-NNNNN.json         a partition's statistics: the partition is done
+    runs/<run_id>/manifest.json                 written last: the run is committed
+    sweeps/<id>/sweep.json, trials.parquet      a sweep's plan and result, one row per trial
+    sweeps/<id>/trial-NNN/model.keras, card.json
+    monitoring/<table>/<run_id>.parquet         tables runs, alerts, failures: one file per run
+    monitoring/accepted/<run_id>.json           a run whose class mix was accepted as the baseline
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from batchml.errors import BatchmlError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_VERSION = re.compile(r"^v(\d+)$")
+
+DATASETS, MODELS, RUNS, SWEEPS, MONITORING = "images", "models", "runs", "sweeps", "monitoring"
+DATASET_MANIFEST = "dataset.json"
+MODEL_FILE, CARD_FILE, CLAIM_FILE = "model.keras", "card.json", "claim.json"
+
+
+def check_name(kind: str, name: str) -> str:
+    """Dataset, model and run names become paths: keep them to safe characters."""
+    if not _NAME.match(name or ""):
+        raise BatchmlError(
+            f"invalid {kind} name {name!r}: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+# -- datasets ----------------------------------------------------------------------------------
+
+
+def partition_name(index: int) -> str:
+    """The ``index``-th partition of a dataset or of a prefix of files."""
+    return f"part-{index:05d}.parquet"
+
+
+def dataset_path(dataset: str, name: str = "") -> str:
+    """A dataset's folder, or ``name`` in it (a partition, or ``DATASET_MANIFEST``)."""
+    return "/".join(p for p in (DATASETS, check_name("dataset", dataset), name) if p)
+
+
+# -- model versions ----------------------------------------------------------------------------
+
+
+def is_version(tag: str) -> bool:
+    return bool(_VERSION.match(tag))
+
+
+def version_number(tag: str) -> int:
+    """``v12`` -> 12."""
+    return int(_VERSION.match(tag).group(1))
+
+
+def version_tag(number: int) -> str:
+    return f"v{number}"
+
+
+def model_prefix(name: str) -> str:
+    return f"{MODELS}/{check_name('model', name)}"
+
+
+def aliases_path(name: str) -> str:
+    return f"{model_prefix(name)}/aliases.json"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @classmethod
+    def parse(cls, text: str) -> ModelVersion:
+        """``NAME/vN`` (as ``str`` writes it) -> a ModelVersion."""
+        name, sep, version = text.rpartition("/")
+        if not sep or not name:
+            raise BatchmlError(f"model version {text!r} is not NAME/vN, e.g. cifar10/v2")
+        return cls(name, version)
+
+    @property
+    def prefix(self) -> str:
+        return f"{MODELS}/{self.name}/{self.version}"
+
+    @property
+    def model_path(self) -> str:
+        return f"{self.prefix}/{MODEL_FILE}"
+
+    @property
+    def card_path(self) -> str:
+        return f"{self.prefix}/{CARD_FILE}"
+
+    @property
+    def claim_path(self) -> str:
+        return f"{self.prefix}/{CLAIM_FILE}"
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+RUN_SPEC = "run.json"  # what the run scores, written when it starts
+RUN_MANIFEST = "manifest.json"  # written last: it commits the run
+
+
+def run_path(run_id: str, name: str = "") -> str:
+    """A run's folder, or ``name`` in it (``RUN_SPEC``, ``RUN_MANIFEST``)."""
+    return "/".join(p for p in (RUNS, check_name("run", run_id), name) if p)
+
+
+def run_folder(run_id: str, kind: str) -> str:
+    """A run's per-partition outputs: ``predictions``, ``failures``, ``errors`` or ``stats``."""
+    return run_path(run_id, kind)
+
+
+def run_output(run_id: str, kind: str, partition: str) -> str:
+    """A partition's Parquet output of ``kind`` (``predictions``, ``failures``, ``errors``)."""
+    return f"{run_folder(run_id, kind)}/{partition}"
+
+
+def stats_name(partition: str) -> str:
+    """The statistics file of a partition: ``part-N.parquet`` -> ``part-N.json``."""
+    return partition.removesuffix(".parquet") + ".json"
+
+
+def run_stats(run_id: str, partition: str) -> str:
+    return f"{run_folder(run_id, 'stats')}/{stats_name(partition)}"
+
+
+# -- sweeps ------------------------------------------------------------------------------------
+
+
+SWEEP_PLAN, SWEEP_TRIALS = "sweep.json", "trials.parquet"  # the plan, then the result; one row per trial
+
+
+def sweep_path(sweep_id: str, name: str = "") -> str:
+    """A sweep's folder, or ``name`` in it (``SWEEP_PLAN``, ``SWEEP_TRIALS``, ``trial_name(i)``)."""
+    return "/".join(p for p in (SWEEPS, check_name("sweep", sweep_id), name) if p)
+
+
+def trial_name(trial: int) -> str:
+    """A trial's folder (its model and card) in its sweep's, until the sweep registers its best."""
+    return f"trial-{trial:03d}"
+
+
+# -- monitoring --------------------------------------------------------------------------------
+
+
+def monitoring_folder(table: str) -> str:
+    """A monitoring table's folder: ``runs``, ``alerts`` or ``failures``."""
+    return f"{MONITORING}/{table}"
+
+
+def monitoring_path(table: str, run_id: str) -> str:
+    """A run's file in a monitoring table."""
+    return f"{monitoring_folder(table)}/{run_id}.parquet"
+
+
+def accepted_folder() -> str:
+    """Runs accepted as a model's baseline (``batchml monitor --accept-baseline``)."""
+    return f"{MONITORING}/accepted"
+
+
+def accepted_path(run_id: str) -> str:
+    return f"{accepted_folder()}/{check_name('run', run_id)}.json"
