@@ -383,6 +383,9 @@ def _row(**overrides):
         ({"history_p_value": 1e-6, "history_js_distance": 0.1, "history_nights": 30}, ["new_shift"]),
         ({"output_p_value": 1e-6, "output_ks": 0.1}, ["output_shift"]),
         ({"output_p_value": 1e-6, "output_ks": 0.01}, []),  # significant but negligible
+        # the outputs moved because the class mix did: one alert, the mix's
+        ({"sustained_p_value": 1e-6, "js_distance": 0.1, "output_p_value": 1e-6, "output_ks": 0.1},
+         ["sustained_shift"]),
         ({"cusum_up": [0.0, 20.0]}, ["persistent_shift"]),
         ({"accuracy": 0.6, "accuracy_low": 0.57, "accuracy_high": 0.63, "label_free_accuracy": 0.6},
          ["accuracy_drop"]),
