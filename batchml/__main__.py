@@ -1,5 +1,3 @@
-import sys
+from batchml.cli import run
 
-from batchml.cli import main
-
-sys.exit(main())
+run()

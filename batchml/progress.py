@@ -4,6 +4,7 @@ nothing when silenced (``-q``)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -27,8 +28,10 @@ class Progress:
         if enabled and _is_terminal(self.stream):
             from tqdm import tqdm
 
+            # a terminal that reports no width (some pseudo-terminals) would get an empty bar
+            wide = _columns(self.stream) >= 40
             self._bar = tqdm(total=total, initial=done, desc=label, unit=f" {unit}" if unit else "it",
-                             file=self.stream, dynamic_ncols=True, smoothing=0.1)
+                             file=self.stream, dynamic_ncols=wide, ncols=None if wide else 100, smoothing=0.1)
 
     def update(self, n: int = 1, note: str = "") -> None:
         self.done += n
@@ -77,6 +80,13 @@ def _is_terminal(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def _duration(seconds: float) -> str:

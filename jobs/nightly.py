@@ -19,7 +19,7 @@ import argparse
 import sys
 from datetime import UTC, date, datetime
 
-from batchml.cli import cluster_arguments, cluster_config, open_store, positive, store_arguments, unexpected
+from batchml.cli import cluster_arguments, cluster_config, exit_now, open_store, positive, store_arguments, unexpected
 from batchml.cluster import connect
 from batchml.errors import BatchmlError
 from batchml.monitoring import format_report, monitor_run
@@ -68,4 +68,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

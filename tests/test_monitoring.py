@@ -386,6 +386,9 @@ def _row(**overrides):
         # the outputs moved because the class mix did: one alert, the mix's
         ({"sustained_p_value": 1e-6, "js_distance": 0.1, "output_p_value": 1e-6, "output_ks": 0.1},
          ["sustained_shift"]),
+        # an accepted new mix: no longer a sustained shift, and the outputs moved with it (not corruption)
+        ({"model_reference_p_value": 1e-6, "model_reference_js_distance": 0.1, "output_p_value": 1e-6,
+          "output_ks": 0.1}, []),
         ({"cusum_up": [0.0, 20.0]}, ["persistent_shift"]),
         ({"accuracy": 0.6, "accuracy_low": 0.57, "accuracy_high": 0.63, "label_free_accuracy": 0.6},
          ["accuracy_drop"]),
@@ -425,3 +428,18 @@ def test_failure_candidates_are_the_confidently_wrong_and_the_unsure_unlabelled(
     assert t[t.kind == "misclassified"].image_id.tolist() == ["i0", "i1"]  # most confident first
     assert t[t.kind == "uncertain"].image_id.tolist() == ["i3", "i4"]  # least confident first
     assert t.thumbnail.map(len).gt(0).all()
+
+
+def test_old_rows_without_alert_kinds_take_their_alerts_from_the_alerts_table(store):
+    """Rows monitored by an earlier release have no alert_kinds column: a night that alerted then
+    must still stay out of the baseline."""
+    from batchml.monitoring.run_monitor import _history
+    from batchml.monitoring.tables import write_alerts, write_run_row
+
+    for i in range(7):
+        write_run_row(store, {"run_id": f"old-{i}", "model_version": "m/v1", "committed_at": f"2026-11-0{i + 1}",
+                              "predicted_counts": [900, 100] if i == 3 else [500, 500]})
+        write_alerts(store, f"old-{i}", [{"kind": "class_shift", "severity": "warning", "statistic": 1e-9,
+                                          "threshold": 1e-3, "message": "shift"}] if i == 3 else [])
+    baseline = _history(store, {"run_id": "new", "model_version": "m/v1", "committed_at": "2026-11-09"}, 30)
+    assert len(baseline.history) == 6 and all(h.tolist() == [500, 500] for h in baseline.history)

@@ -224,6 +224,10 @@ def build_row(run: dict, stats: PartitionStats, card: dict, baseline: Baseline |
         **_label_shift(card, stats),
     }
     row["sustained_p_value"] = _sustained_p(row)
+    # the mix against the model's own reference, whatever was accepted since: the output test
+    # compares with the validation split, whose mix that is
+    own = class_shift(stats.predicted_counts, np.asarray(reference["predicted_counts"])) if accepted else row
+    row["model_reference_p_value"], row["model_reference_js_distance"] = own["p_value"], own["js_distance"]
     return {**row, **_cusum(row, stats, baseline, cfg)}
 
 
@@ -284,7 +288,14 @@ def _history(store: Store, manifest: dict, nights: int) -> Baseline:
         return Baseline(accepted=accepted)
     runs = runs[(runs.model_version == manifest["model_version"]) & (runs.run_id != manifest["run_id"])
                 & (runs.committed_at <= manifest["committed_at"])]
-    return baseline_from_rows(runs.sort_values("committed_at").to_dict("records"), accepted, nights)
+    rows = runs.sort_values("committed_at").to_dict("records")
+    if any(r.get("alert_kinds") is None or isinstance(r.get("alert_kinds"), float) for r in rows):
+        # rows written before alert_kinds was a column: their alerts are in the alerts table
+        alerted = read_table(store, "alerts")
+        kinds = alerted.groupby("run_id")["kind"].apply(list).to_dict() if "run_id" in alerted else {}
+        rows = [r if isinstance(r.get("alert_kinds"), list | np.ndarray) else {**r, "alert_kinds": kinds.get(
+            r["run_id"], [])} for r in rows]
+    return baseline_from_rows(rows, accepted, nights)
 
 
 def accept_baseline(store: Store, run_id: str, note: str = "") -> dict:
@@ -366,8 +377,12 @@ def _shift_alerts(row: dict, cfg: MonitorConfig) -> list[dict]:
                           f"class mix differs from {against} (JS distance {row['js_distance']:.3f}, "
                           f"p={row['sustained_p_value']:.1e}; largest change: {_largest_change(row)}); "
                           f"if this is the new normal: batchml monitor --accept-baseline {row['run_id']}"))
-    # a changed class mix moves the per-class probabilities by itself: outputs alert only where it does not
-    if not out and row.get("output_p_value") is not None and row["output_p_value"] < p \
+    # a changed class mix moves the per-class probabilities by itself: the outputs, compared with
+    # the validation split's, alert only where the mix is the validation's (the reference's), so
+    # neither tonight's shift nor an accepted new mix raises this alert too
+    mix_as_reference = (row.get("model_reference_p_value", row["p_value"]) >= p
+                        or row.get("model_reference_js_distance", row["js_distance"]) < cfg.shift_min_js)
+    if not out and mix_as_reference and row.get("output_p_value") is not None and row["output_p_value"] < p \
             and row["output_ks"] >= cfg.output_min_ks:
         out.append(_alert("output_shift", "warning", row["output_p_value"], p,
                           f"the model's outputs differ from its validation split ({row['output_worst']} "
@@ -419,6 +434,8 @@ def format_report(report: RunReport) -> str:
     if r["rows"]:
         atc = f"ATC {r['atc_accuracy']:.4f}, " if r.get("atc_accuracy") is not None else ""
         lines.append(f"label-free accuracy estimates: {atc}calibrated confidence {r['expected_accuracy']:.4f}")
+    if not r["rows"]:  # nothing scored: no mix, outputs or shares to show
+        return "\n".join(lines + [_alert_line(a) for a in report.alerts])
     history = (f"; vs last {r['history_nights']} clean nights: p-value {r['history_p_value']:.3g}"
                if r["history_p_value"] is not None else "")
     against = f"accepted run {r['accepted_run']}" if r.get("accepted_run") else "reference"
@@ -436,8 +453,11 @@ def format_report(report: RunReport) -> str:
         est = f"{r['estimated_priors'][i]:8.1%}" if r["estimated_priors"] else f"{'-':>8}"
         rec, prec = (f"{v:6.2f}" if v is not None else f"{'-':>6}" for v in (r["recall"][i], r["precision"][i]))
         lines.append(f"  {c:<{width}}  {r['share'][i]:6.1%}  {r['reference_share'][i]:6.1%}  {est}  {rec}  {prec}")
-    for a in report.alerts or [{"severity": "ok", "kind": "", "message": "no alerts"}]:
-        # the kind goes last: nightly logs are searched for "ERROR: " and "WARNING: "
-        kind = f" [{a['kind']}]" if a["kind"] else ""
-        lines.append(f"{a['severity'].upper()}: {a['message']}{kind}")
+    lines += [_alert_line(a) for a in report.alerts or [{"severity": "ok", "kind": "", "message": "no alerts"}]]
     return "\n".join(lines)
+
+
+def _alert_line(a: dict) -> str:
+    # the kind goes last: nightly logs are searched for "ERROR: " and "WARNING: "
+    kind = f" [{a['kind']}]" if a["kind"] else ""
+    return f"{a['severity'].upper()}: {a['message']}{kind}"
