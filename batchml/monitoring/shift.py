@@ -27,9 +27,13 @@ def class_shift(counts: np.ndarray, reference: np.ndarray) -> dict:
     [0, 1]) as the effect size, and each class's share minus its reference share.
     """
     counts, reference = np.asarray(counts, float), np.asarray(reference, float)
-    share, ref_share = counts / counts.sum(), reference / reference.sum()
+    ref_share = reference / reference.sum()
+    if not counts.sum():  # nothing predicted: no mix and no test (the no_rows alert says so)
+        return {"chi2": 0.0, "p_value": 1.0, "js_distance": 0.0, "share": [0.0] * len(counts),
+                "reference_share": ref_share.tolist(), "share_deviation": (-ref_share).tolist()}
+    share = counts / counts.sum()
     used = (counts + reference) > 0  # a class neither predicted adds no information
-    if used.sum() < 2 or not counts.sum():  # nothing predicted: no test (the no_rows alert says so)
+    if used.sum() < 2:
         chi2, p_value = 0.0, 1.0
     else:
         chi2, p_value, _, _ = chi2_contingency(np.vstack([counts[used], reference[used]]), correction=False)
