@@ -19,7 +19,7 @@ PROB_EDGES = np.array([0.0, 1e-4, 1e-3, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.4, 0
                        0.97, 0.99, 0.997, 0.999, 1.0])
 # fields added after the first release: a record without them reads as zeros, and a sum whose
 # histogram does not count every row is treated as lacking that histogram
-OPTIONAL = ("score_hist", "class_prob_hist")
+OPTIONAL = ("score_hist", "class_prob_hist", "cell_counts", "cell_prob_sums")
 
 
 @dataclass
@@ -37,6 +37,11 @@ class PartitionStats:
     calibrated_confidence_sum: float = 0.0  # summed top probability after temperature scaling
     score_hist: np.ndarray = field(default=None)  # (SCORE_BINS,) of the calibrated ATC score
     class_prob_hist: np.ndarray = field(default=None)  # (K, len(PROB_EDGES) - 1) calibrated probabilities
+    # rows grouped into cells by (predicted class, CONFIDENCE_BINS bin of the top probability), after
+    # temperature and class bias: each cell's row count and summed probability vector, from which
+    # MLLS/EM estimates class priors (monitoring/label_shift.py) without the rows
+    cell_counts: np.ndarray = field(default=None)  # (K, CONFIDENCE_BINS)
+    cell_prob_sums: np.ndarray = field(default=None)  # (K, CONFIDENCE_BINS, K)
 
     def __post_init__(self) -> None:
         k = self.num_classes
@@ -46,12 +51,16 @@ class PartitionStats:
         self.confidence_hist = _array(self.confidence_hist, (CONFIDENCE_BINS,), np.int64)
         self.score_hist = _array(self.score_hist, (SCORE_BINS,), np.int64)
         self.class_prob_hist = _array(self.class_prob_hist, (k, len(PROB_EDGES) - 1), np.int64)
+        self.cell_counts = _array(self.cell_counts, (k, CONFIDENCE_BINS), np.int64)
+        self.cell_prob_sums = _array(self.cell_prob_sums, (k, CONFIDENCE_BINS, k), np.float64)
 
     @classmethod
     def from_predictions(
-        cls, probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0, errors: int = 0
+        cls, probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0, errors: int = 0,
+        class_bias: np.ndarray | None = None,
     ) -> PartitionStats:
-        """``probs`` (N, K) class probabilities; ``labels`` (N,) with -1 where unknown."""
+        """``probs`` (N, K) class probabilities; ``labels`` (N,) with -1 where unknown; ``temperature``
+        and ``class_bias`` (K,) the card's calibration (the bias is for the cells alone)."""
         n, k = probs.shape
         predicted = probs.argmax(axis=1)
         top = probs.max(axis=1)
@@ -59,6 +68,12 @@ class PartitionStats:
         calibrated = scale_temperature(probs, temperature)
         confusion = np.zeros((k, k), np.int64)
         np.add.at(confusion, (labels[known], predicted[known]), 1)
+        corrected = add_class_bias(calibrated, class_bias)
+        cell = (corrected.argmax(axis=1), _bin(corrected.max(axis=1), CONFIDENCE_BINS))
+        cell_counts = np.zeros((k, CONFIDENCE_BINS), np.int64)
+        np.add.at(cell_counts, cell, 1)
+        cell_prob_sums = np.zeros((k, CONFIDENCE_BINS, k))
+        np.add.at(cell_prob_sums, cell, corrected)
         return cls(
             num_classes=k,
             rows=n,
@@ -74,12 +89,16 @@ class PartitionStats:
             score_hist=score_histogram(confidence_score(calibrated)),
             class_prob_hist=np.stack([np.histogram(np.clip(calibrated[:, c], 0, 1), PROB_EDGES)[0]
                                       for c in range(k)]),
+            cell_counts=cell_counts,
+            cell_prob_sums=cell_prob_sums,
         )
 
     def has(self, name: str) -> bool:
         """Whether an optional histogram counts every row (False where some part predates it)."""
+        if name == "cell_prob_sums":  # summed probabilities: complete where the counts are
+            name = "cell_counts"
         hist = getattr(self, name)
-        return self.rows > 0 and int(hist.sum()) == self.rows * (self.num_classes if hist.ndim == 2 else 1)
+        return self.rows > 0 and int(hist.sum()) == self.rows * (self.num_classes if name == "class_prob_hist" else 1)
 
     def __add__(self, other: PartitionStats) -> PartitionStats:
         if other.num_classes != self.num_classes:
@@ -117,6 +136,11 @@ def confidence_score(probs: np.ndarray) -> np.ndarray:
     return np.clip(1.0 + (p * np.log(p)).sum(axis=1) / np.log(k), 0.0, 1.0)
 
 
+def _bin(values: np.ndarray, bins: int) -> np.ndarray:
+    """The bin of each value in [0, 1] among ``bins`` equal bins (1.0 falls in the last)."""
+    return np.clip((values * bins).astype(np.int64), 0, bins - 1)
+
+
 def score_histogram(scores: np.ndarray) -> np.ndarray:
     return np.histogram(scores, bins=SCORE_BINS, range=(0.0, 1.0))[0]
 
@@ -129,6 +153,14 @@ def scale_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     logits -= logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def add_class_bias(probs: np.ndarray, class_bias: np.ndarray | None) -> np.ndarray:
+    """Softmax(log p + b): bias-corrected calibration's per-class bias on calibrated probabilities."""
+    if class_bias is None:
+        return probs
+    weighted = probs * np.exp(np.asarray(class_bias, dtype=np.float64))
+    return weighted / weighted.sum(axis=1, keepdims=True)
 
 
 def _array(value, shape: tuple, dtype) -> np.ndarray:

@@ -139,6 +139,68 @@ def test_cards_with_validation_rows_get_bootstrap_intervals():
     assert new["estimated_priors_low"] != old["estimated_priors_low"]
 
 
+def _calibrated_rows(rng, priors, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a perfectly calibrated classifier under uniform training priors: x ~ N(mean_y, 1) in
+    2-D, probabilities the Bayes posterior, labels drawn from ``priors``."""
+    means = np.array([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5]])
+    y = rng.choice(3, n, p=priors)
+    x = means[y] + rng.normal(size=(n, 2))
+    logits = -0.5 * ((x[:, None, :] - means[None]) ** 2).sum(axis=2)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True), y
+
+
+def test_mlls_from_mergeable_cells_recovers_shifted_priors():
+    from batchml.monitoring.label_shift import mlls_priors
+    from batchml.stats import PartitionStats
+
+    rng = np.random.default_rng(7)
+    q = np.array([0.6, 0.3, 0.1])
+    parts = [PartitionStats.from_predictions(*_calibrated_rows(rng, q, 10_000)) for _ in range(3)]
+    stats = PartitionStats.total(parts, 3)
+    estimate = mlls_priors(stats.cell_counts, stats.cell_prob_sums, np.full(3, 1 / 3))
+    assert np.abs(estimate - q).sum() < 0.03
+    shares = stats.predicted_counts / stats.rows  # the raw mix is far off: the model confuses classes
+    assert np.abs(shares - q).sum() > 0.1
+
+
+def test_bias_corrected_calibration_undoes_a_class_bias_before_the_cells_are_summed():
+    from batchml.monitoring.label_shift import mlls_priors
+    from batchml.stats import PartitionStats, add_class_bias
+    from batchml.train.calibration import fit_class_bias
+
+    rng = np.random.default_rng(8)
+    skew = np.array([1.0, 0.0, -1.0])  # a model that favours class 0 over class 2
+    probs, y = _calibrated_rows(rng, np.full(3, 1 / 3), 20_000)
+    bias = fit_class_bias(add_class_bias(probs, skew), y)
+    np.testing.assert_allclose(bias, -skew, atol=0.08)
+    q = np.array([0.2, 0.2, 0.6])
+    night = add_class_bias(_calibrated_rows(rng, q, 20_000)[0], skew)
+    unknown = np.full(len(night), -1)
+    for class_bias, close in ((bias, True), (None, False)):
+        stats = PartitionStats.from_predictions(night, unknown, class_bias=class_bias)
+        estimate = mlls_priors(stats.cell_counts, stats.cell_prob_sums, np.full(3, 1 / 3))
+        assert (np.abs(estimate - q).sum() < 0.05) == close
+
+
+def test_stats_written_before_cells_give_no_mlls_estimate():
+    from batchml.monitoring.label_shift import encode_rows
+    from batchml.monitoring.run_monitor import build_row
+    from batchml.stats import PartitionStats
+
+    probs, labels = _calibrated_rows(np.random.default_rng(9), np.full(3, 1 / 3), 600)
+    joint = np.zeros((3, 3))
+    np.add.at(joint, labels, probs)
+    card = {"reference": {"accuracy": 0.7, "predicted_counts": [200] * 3}, "calibration": {"temperature": 1.0},
+            "metrics": {"validation": {"prob_confusion": joint.tolist()}},
+            "validation_rows": encode_rows(probs, labels)}
+    run = {"run_id": "r", "dataset": "d", "model_version": "m/v1", "committed_at": "", "classes": ["a", "b", "c"]}
+    new = PartitionStats.from_predictions(probs, np.full(600, -1))
+    old = PartitionStats.from_dict({k: v for k, v in new.to_dict().items() if not k.startswith("cell_")})
+    assert len(build_row(run, new, card)["mlls_priors"]) == 3
+    assert build_row(run, old, card)["mlls_priors"] is None
+
+
 # -- the nightly baseline --------------------------------------------------------------------------
 
 
@@ -332,6 +394,57 @@ def test_atc_follows_accuracy_where_average_confidence_does_not():
     assert abs(atc_accuracy(stats, ref["threshold"]) - accuracy) < 0.03
     assert stats.calibrated_confidence_sum / stats.rows - accuracy > 0.05  # average confidence lags
     assert atc_accuracy(PartitionStats.from_dict({**stats.to_dict(), "score_hist": None}), 0.5) is None
+
+
+def test_cot_reads_a_calibrated_models_accuracy_from_its_cells():
+    from batchml.monitoring.label_free import cot_accuracy
+    from batchml.stats import PartitionStats
+
+    probs, labels = _calibrated_rows(np.random.default_rng(10), np.full(3, 1 / 3), 6000)
+    stats = PartitionStats.from_predictions(probs, labels)
+    assert cot_accuracy(stats, np.full(3, 1 / 3)) == pytest.approx(stats.correct / stats.rows, abs=0.02)
+    old = PartitionStats.from_dict({k: v for k, v in stats.to_dict().items() if not k.startswith("cell_")})
+    assert cot_accuracy(old, np.full(3, 1 / 3)) is None and cot_accuracy(stats, None) is None
+
+
+def test_cot_charges_a_sure_model_that_piles_its_predictions_onto_one_class():
+    """Corrupted images a model calls "class 0" with confidence 0.9 whatever they are: average
+    confidence says 0.9; COT must move two thirds of the rows off class 0 and says about a third."""
+    from batchml.monitoring.label_free import cot_accuracy
+    from batchml.stats import PartitionStats
+
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 3, 3000)
+    probs = np.tile([0.9, 0.05, 0.05], (3000, 1))
+    stats = PartitionStats.from_predictions(probs, labels)
+    accuracy = stats.correct / stats.rows
+    assert stats.calibrated_confidence_sum / stats.rows - accuracy > 0.5
+    assert cot_accuracy(stats, np.full(3, 1 / 3)) == pytest.approx(accuracy, abs=0.05)
+
+
+def test_label_free_accuracy_is_cot_against_the_mix_in_force():
+    """COT assumes the expected class mix: the validation split's, until a run's mix is accepted;
+    then the accepted run's estimated true mix, so an accepted new normal reads at its accuracy."""
+    from batchml.monitoring.run_monitor import Baseline, build_row
+    from batchml.stats import PartitionStats
+
+    rng = np.random.default_rng(12)
+    val_probs, val_labels = _calibrated_rows(rng, np.full(3, 1 / 3), 3000)
+    confusion = np.zeros((3, 3), int)
+    np.add.at(confusion, (val_labels, val_probs.argmax(axis=1)), 1)
+    card = {"reference": {"accuracy": 0.8, "predicted_counts": confusion.sum(axis=0).tolist()},
+            "metrics": {"validation": {"confusion": confusion.tolist()}}}
+    run = {"run_id": "r", "dataset": "d", "model_version": "m/v1", "committed_at": "", "classes": ["a", "b", "c"]}
+    probs, labels = _calibrated_rows(rng, np.array([0.1, 0.1, 0.8]), 3000)
+    stats = PartitionStats.from_predictions(probs, np.full(3000, -1))
+    accuracy = float((probs.argmax(axis=1) == labels).mean())
+    before = build_row(run, stats, card)
+    assert before["label_free_method"] == "cot"
+    assert before["label_free_accuracy"] < accuracy - 0.1  # the moved mix reads as errors
+    accepted = {"run_id": "a", "predicted_counts": stats.predicted_counts.tolist(),
+                "estimated_mix": [0.1, 0.1, 0.8]}
+    after = build_row(run, stats, card, Baseline(accepted=accepted))
+    assert after["label_free_accuracy"] == pytest.approx(accuracy, abs=0.03)
 
 
 def test_ks_on_histograms_finds_a_moved_distribution_and_not_a_resample():

@@ -45,8 +45,8 @@ from batchml.layout import ModelVersion
 from batchml.monitoring import sequential
 from batchml.monitoring.classes import per_class_metrics
 from batchml.monitoring.history import MIN_NIGHTS, baseline_mix, dispersion, history_shift
-from batchml.monitoring.label_free import atc_accuracy, output_shift
-from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors
+from batchml.monitoring.label_free import atc_accuracy, cot_accuracy, output_shift
+from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors, mlls_priors
 from batchml.monitoring.shift import class_shift, wilson_interval
 from batchml.monitoring.tables import read_table, write_alerts, write_run_row
 from batchml.registry import read_card
@@ -105,12 +105,16 @@ def fold_run(store: Store, run_id: str) -> tuple[dict, PartitionStats]:
     return manifest, PartitionStats.total(parts, k)
 
 
-def summarise(stats: PartitionStats, classes: list[str], atc_threshold: float | None = None) -> dict:
+def summarise(stats: PartitionStats, classes: list[str], atc_threshold: float | None = None,
+              expected_mix: np.ndarray | None = None) -> dict:
     """The labelled-sample statistics of any sum of partitions: a run or a date range, with the
-    label-free estimates (ATC needs the card's threshold; calibrated confidence is kept beside it)."""
+    label-free estimates: COT (needs the class mix to expect), ATC (the card's threshold) and
+    calibrated confidence; the first of them present is ``label_free_accuracy``."""
     labelled = stats.labelled
     expected = stats.calibrated_confidence_sum / stats.rows if stats.rows else None
-    atc = atc_accuracy(stats, atc_threshold)
+    estimates = {"cot": cot_accuracy(stats, expected_mix), "atc": atc_accuracy(stats, atc_threshold),
+                 "confidence": expected}
+    method = next((m for m, v in estimates.items() if v is not None), "confidence")
     low, high = wilson_interval(stats.correct, labelled)
     return {
         "rows": stats.rows,
@@ -123,19 +127,21 @@ def summarise(stats: PartitionStats, classes: list[str], atc_threshold: float | 
         "accuracy_high": high if labelled else None,
         "mean_confidence": stats.confidence_sum / stats.rows if stats.rows else None,
         "expected_accuracy": expected,
-        "atc_accuracy": atc,
-        "label_free_accuracy": atc if atc is not None else expected,
-        "label_free_method": "atc" if atc is not None else "confidence",
+        "atc_accuracy": estimates["atc"],
+        "cot_accuracy": estimates["cot"],
+        "label_free_accuracy": estimates[method],
+        "label_free_method": method,
         "classes": classes,
         **{k: v for k, v in stats.to_dict().items() if k not in ("rows", "errors", "labelled", "correct")},
         **per_class_metrics(stats.confusion),
     }
 
 
-def summarise_rows(rows, classes: list[str], atc_threshold: float | None = None) -> dict:
+def summarise_rows(rows, classes: list[str], atc_threshold: float | None = None,
+                   expected_mix: np.ndarray | None = None) -> dict:
     """Fold monitoring rows (runs over a date range, say) exactly, as their statistics add up."""
     parts = [PartitionStats.from_dict({"num_classes": len(classes), **r}) for r in rows.to_dict("records")]
-    return summarise(PartitionStats.total(parts, len(classes)), classes, atc_threshold)
+    return summarise(PartitionStats.total(parts, len(classes)), classes, atc_threshold, expected_mix)
 
 
 def monitor_range(store: Store, since: str | None = None, until: str | None = None,
@@ -155,15 +161,38 @@ def monitor_range(store: Store, since: str | None = None, until: str | None = No
     if any(list(c) != classes for c in runs.classes):
         raise BatchmlError("these runs predict different classes: pass --model to compare one model's runs")
     return {"runs": len(runs), "first_run": runs.committed_at.min(), "last_run": runs.committed_at.max(),
-            **summarise_rows(runs, classes, _range_threshold(store, runs))}
+            **summarise_rows(runs, classes, *_range_label_free(store, runs))}
 
 
-def _range_threshold(store: Store, runs) -> float | None:
-    """The ATC threshold when every run is one model's (thresholds of two models do not mix)."""
+def _range_label_free(store: Store, runs) -> tuple[float | None, np.ndarray | None]:
+    """The ATC threshold and the validation class mix for COT, when every run is one model's (two
+    models' thresholds and calibrations do not mix)."""
     if runs.model_version.nunique() != 1:
-        return None
+        return None, None
     card = read_card(store, ModelVersion(*runs.model_version.iloc[0].split("/")))
-    return (card.get("atc") or {}).get("threshold")
+    return (card.get("atc") or {}).get("threshold"), validation_mix(card)
+
+
+def validation_mix(card: dict) -> np.ndarray | None:
+    """The true class mix of the model's validation split: what the model expects to see."""
+    confusion = card["metrics"]["validation"].get("confusion")
+    if confusion is None:
+        return None
+    counts = np.asarray(confusion, dtype=np.float64).sum(axis=1)
+    return counts / counts.sum()
+
+
+def _expected_mix(card: dict, stats: PartitionStats, accepted: dict | None, cfg: MonitorConfig) -> np.ndarray | None:
+    """The class mix COT measures a night against: its labelled rows' own where enough are labelled
+    (then the label-free estimate is checked against the measured accuracy), else the accepted
+    run's estimated true mix, else the validation split's."""
+    if stats.labelled >= cfg.min_labelled:
+        return stats.confusion.sum(axis=1) / stats.labelled
+    if accepted and accepted.get("estimated_mix") is not None:
+        return np.asarray(accepted["estimated_mix"], dtype=np.float64)
+    if accepted:  # accepted before the record kept the estimated mix: its predicted mix stands in
+        return np.asarray(accepted["predicted_counts"], dtype=np.float64) / np.sum(accepted["predicted_counts"])
+    return validation_mix(card)
 
 
 def format_range(summary: dict) -> str:
@@ -215,7 +244,7 @@ def build_row(run: dict, stats: PartitionStats, card: dict, baseline: Baseline |
         "monitored_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "reference_accuracy": reference["accuracy"],
         "accepted_run": accepted["run_id"] if accepted else None,
-        **summarise(stats, run["classes"], atc.get("threshold")),
+        **summarise(stats, run["classes"], atc.get("threshold"), _expected_mix(card, stats, accepted, cfg)),
         **class_shift(stats.predicted_counts, ref_counts),
         **(history_shift(baseline.history, stats.predicted_counts) or {
             "history_nights": len(baseline.history), "history_chi2": None, "history_dispersion": None,
@@ -306,8 +335,11 @@ def accept_baseline(store: Store, run_id: str, note: str = "") -> dict:
     if match.empty:
         raise BatchmlError(f"run {run_id!r} is not monitored yet: run `batchml monitor --run-id {run_id}` first")
     r = match.iloc[0]
+    mix = _listed(r.get("mlls_priors"))  # the run's estimated true mix: what COT expects from now on
     record = {"run_id": run_id, "model_version": r.model_version, "committed_at": r.committed_at,
-              "predicted_counts": [int(c) for c in r.predicted_counts], "note": note,
+              "predicted_counts": [int(c) for c in r.predicted_counts],
+              "estimated_mix": [float(v) for v in mix] or None,
+              "note": note,
               "accepted_at": datetime.now(UTC).isoformat(timespec="seconds")}
     store.write_json(layout.accepted_path(run_id), record)
     return record
@@ -322,11 +354,14 @@ def accepted_baseline(store: Store, model_version: str, committed_at: str) -> di
 
 
 def _label_shift(card: dict, stats: PartitionStats) -> dict:
-    """Estimated true class mix (soft BBSE); absent for cards without validation matrices."""
-    joint = card["metrics"]["validation"].get("prob_confusion")
+    """Estimated true class mix: soft BBSE with its interval, and MLLS/EM beside it; each absent where
+    the card or the statistics predate what it needs."""
+    validation = card["metrics"]["validation"]
+    joint = validation.get("prob_confusion")
     if joint is None or stats.rows == 0:
         return {"estimated_priors": None, "estimated_priors_low": None, "estimated_priors_high": None,
-                "estimated_priors_interval": None, "bbse_condition_number": None, "bbse_well_conditioned": None}
+                "estimated_priors_interval": None, "bbse_condition_number": None, "bbse_well_conditioned": None,
+                "mlls_priors": None}
     mu = stats.prob_sums / stats.rows
     est = estimate_priors(np.asarray(joint), mu, stats.rows)
     rows = card.get("validation_rows")
@@ -334,7 +369,11 @@ def _label_shift(card: dict, stats: PartitionStats) -> dict:
     low, high = bootstrap_priors(rows, mu, stats.rows) if rows else (est["priors_low"], est["priors_high"])
     return {"estimated_priors": est["priors"], "estimated_priors_low": low, "estimated_priors_high": high,
             "estimated_priors_interval": "bootstrap" if rows else "normal",
-            "bbse_condition_number": est["condition_number"], "bbse_well_conditioned": est["well_conditioned"]}
+            "bbse_condition_number": est["condition_number"], "bbse_well_conditioned": est["well_conditioned"],
+            # EM against the validation split's true class mix, from cells of bias-corrected probabilities
+            # (a card without ``class_bias``: temperature-scaled alone); absent for stats without cells
+            "mlls_priors": mlls_priors(stats.cell_counts, stats.cell_prob_sums, np.asarray(joint).sum(axis=1)).tolist()
+            if stats.has("cell_counts") else None}
 
 
 def alerts(row: dict, max_error_ratio: float, cfg: MonitorConfig) -> list[dict]:
@@ -448,11 +487,15 @@ def format_report(report: RunReport) -> str:
         lines.append(f"accumulated evidence (CUSUM): {max(max(r['cusum_up']), max(r['cusum_down'])):.1f} "
                      f"of {sequential.THRESHOLD:.0f} nats")
     width = max(len(c) for c in r["classes"])
-    lines.append(f"  {'class':<{width}}  {'share':>6}  {'ref':>6}  {'est.true':>8}  {'recall':>6}  {'prec.':>6}")
+    # the class's estimated true share by BBSE and by MLLS/EM (each absent where the card or stats predate it)
+    heads = ("share", "ref", "BBSE", "MLLS", "recall", "prec.")
+    lines.append(f"  {'class':<{width}}  " + "  ".join(f"{h:>6}" for h in heads))
     for i, c in enumerate(r["classes"]):
-        est = f"{r['estimated_priors'][i]:8.1%}" if r["estimated_priors"] else f"{'-':>8}"
+        est = (f"{r[key][i]:6.1%}" if r.get(key) is not None else f"{'-':>6}"
+               for key in ("estimated_priors", "mlls_priors"))
         rec, prec = (f"{v:6.2f}" if v is not None else f"{'-':>6}" for v in (r["recall"][i], r["precision"][i]))
-        lines.append(f"  {c:<{width}}  {r['share'][i]:6.1%}  {r['reference_share'][i]:6.1%}  {est}  {rec}  {prec}")
+        lines.append(f"  {c:<{width}}  {r['share'][i]:6.1%}  {r['reference_share'][i]:6.1%}  {'  '.join(est)}  "
+                     f"{rec}  {prec}")
     lines += [_alert_line(a) for a in report.alerts or [{"severity": "ok", "kind": "", "message": "no alerts"}]]
     return "\n".join(lines)
 

@@ -63,6 +63,7 @@ class RunSpec:
     temperature: float
     batch_size: int | None
     images: StoreConfig | None = None  # where a prefix's raw files live
+    class_bias: tuple[float, ...] | None = None  # the card's, for the MLLS cells; None on older cards
 
 
 def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
@@ -84,7 +85,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
     spec = RunSpec(
         store.config, run_id, plan.name, mv, tuple(card["classes"]),
         Preprocessing.from_dict(card["preprocessing"]), card["calibration"]["temperature"],
-        cfg.batch_size, plan.images,
+        cfg.batch_size, plan.images, _class_bias(card),
     )
 
     names = list(plan.partitions)
@@ -94,6 +95,11 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
     _run_tasks(client, spec, {n: plan.partitions[n] for n in todo}, len(names), verbose)
     wall = time.perf_counter() - started
     return _commit(store, spec, run, names, todo, wall, cfg.max_error_ratio)
+
+
+def _class_bias(card: dict) -> tuple[float, ...] | None:
+    bias = card["calibration"].get("class_bias")
+    return tuple(bias) if bias is not None else None
 
 
 def check_config(cfg: ScoreConfig) -> ScoreConfig:
@@ -288,7 +294,8 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
             probs = np.empty((0, len(spec.classes)), np.float32)
         timer.lap("predict")
 
-    stats = PartitionStats.from_predictions(probs, labels[good], spec.temperature, errors=len(bad))
+    stats = PartitionStats.from_predictions(probs, labels[good], spec.temperature, errors=len(bad),
+                                            class_bias=spec.class_bias)
     predictions = _predictions(spec, partition, table, good, probs)
     store.write_parquet(layout.run_output(spec.run_id, "predictions", partition), predictions)
     cases = failures.select(table["image_id"].take(good).to_pylist() if good else [], partition, pixels, probs,
