@@ -22,6 +22,31 @@ PROB_EDGES = np.array([0.0, 1e-4, 1e-3, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.4, 0
 OPTIONAL = ("score_hist", "class_prob_hist", "cell_counts", "cell_prob_sums")
 
 
+@dataclass(frozen=True)
+class BiasCorrection:
+    """Bias-corrected temperature scaling (BCTS; Alexandari et al. 2020): softmax(log p / T + b),
+    fitted on the validation split (``train.calibration.fit_bcts``); the card keeps it as
+    ``calibration.bcts``. MLLS/EM needs probabilities calibrated class by class, which one
+    temperature alone does not give."""
+
+    temperature: float
+    bias: tuple[float, ...]  # (K,) added to the scaled log-probabilities
+
+    def apply(self, probs: np.ndarray) -> np.ndarray:
+        logits = np.log(np.clip(probs, 1e-12, None)) / self.temperature + np.asarray(self.bias)
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def to_dict(self) -> dict:
+        return {"temperature": self.temperature, "bias": list(self.bias)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> BiasCorrection | None:
+        """None for cards trained before it."""
+        return cls(float(d["temperature"]), tuple(float(b) for b in d["bias"])) if d else None
+
+
 @dataclass
 class PartitionStats:
     num_classes: int
@@ -57,10 +82,11 @@ class PartitionStats:
     @classmethod
     def from_predictions(
         cls, probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0, errors: int = 0,
-        class_bias: np.ndarray | None = None,
+        bcts: BiasCorrection | None = None,
     ) -> PartitionStats:
         """``probs`` (N, K) class probabilities; ``labels`` (N,) with -1 where unknown; ``temperature``
-        and ``class_bias`` (K,) the card's calibration (the bias is for the cells alone)."""
+        the card's calibration, and ``bcts`` its bias-corrected one, for the cells alone (without it the
+        cells hold the temperature-scaled probabilities)."""
         n, k = probs.shape
         predicted = probs.argmax(axis=1)
         top = probs.max(axis=1)
@@ -68,7 +94,7 @@ class PartitionStats:
         calibrated = scale_temperature(probs, temperature)
         confusion = np.zeros((k, k), np.int64)
         np.add.at(confusion, (labels[known], predicted[known]), 1)
-        corrected = add_class_bias(calibrated, class_bias)
+        corrected = bcts.apply(probs) if bcts else calibrated
         cell = (corrected.argmax(axis=1), _bin(corrected.max(axis=1), CONFIDENCE_BINS))
         cell_counts = np.zeros((k, CONFIDENCE_BINS), np.int64)
         np.add.at(cell_counts, cell, 1)
@@ -153,14 +179,6 @@ def scale_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     logits -= logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def add_class_bias(probs: np.ndarray, class_bias: np.ndarray | None) -> np.ndarray:
-    """Softmax(log p + b): bias-corrected calibration's per-class bias on calibrated probabilities."""
-    if class_bias is None:
-        return probs
-    weighted = probs * np.exp(np.asarray(class_bias, dtype=np.float64))
-    return weighted / weighted.sum(axis=1, keepdims=True)
 
 
 def _array(value, shape: tuple, dtype) -> np.ndarray:

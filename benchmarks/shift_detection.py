@@ -51,9 +51,9 @@ from batchml.monitoring.label_shift import encode_rows, estimate_priors
 from batchml.monitoring.run_monitor import MonitorConfig, alerts, baseline_from_rows, build_row
 from batchml.registry import load_model, promote, read_card, resolve
 from batchml.score.scoring import ScoreConfig, score
-from batchml.stats import PartitionStats, scale_temperature
+from batchml.stats import BiasCorrection, PartitionStats, scale_temperature
 from batchml.store import Store, StoreConfig
-from batchml.train.calibration import fit_class_bias
+from batchml.train.calibration import fit_bcts
 from batchml.train.training import TrainConfig, train
 
 NIGHT, BBSE_NIGHT, BBSE_NIGHTS = 2000, 5000, 50
@@ -98,9 +98,8 @@ def with_monitoring_fields(card: dict, probs: np.ndarray, labels: np.ndarray) ->
     """The card as this branch's training writes it: the label-free, BBSE and MLLS fields recomputed
     from the validation predictions, so a model trained by an earlier release meets the current rules."""
     temperature = card["calibration"]["temperature"]
-    bias = fit_class_bias(scale_temperature(probs, temperature), labels).tolist()
     return {**card, "atc": atc_reference(probs, labels, temperature), "validation_rows": encode_rows(probs, labels),
-            "calibration": {**card["calibration"], "class_bias": bias}}
+            "calibration": {**card["calibration"], "bcts": fit_bcts(probs, labels).to_dict()}}
 
 
 # -- label-free accuracy: the candidates ----------------------------------------------------------------
@@ -163,7 +162,7 @@ def night_stats(card: dict, probs: np.ndarray, idx: np.ndarray) -> PartitionStat
     """An unlabelled night's statistics, as scoring writes them."""
     calibration = card["calibration"]
     return PartitionStats.from_predictions(probs[idx], np.full(len(idx), -1), calibration["temperature"],
-                                           class_bias=calibration["class_bias"])
+                                           bcts=BiasCorrection.from_dict(calibration["bcts"]))
 
 
 class Monitor:

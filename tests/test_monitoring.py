@@ -166,21 +166,23 @@ def test_mlls_from_mergeable_cells_recovers_shifted_priors():
 
 def test_bias_corrected_calibration_undoes_a_class_bias_before_the_cells_are_summed():
     from batchml.monitoring.label_shift import mlls_priors
-    from batchml.stats import PartitionStats, add_class_bias
-    from batchml.train.calibration import fit_class_bias
+    from batchml.stats import BiasCorrection, PartitionStats
+    from batchml.train.calibration import fit_bcts
 
     rng = np.random.default_rng(8)
-    skew = np.array([1.0, 0.0, -1.0])  # a model that favours class 0 over class 2
+    skew = BiasCorrection(0.5, (1.0, 0.0, -1.0))  # over-confident, and favours class 0 over class 2
     probs, y = _calibrated_rows(rng, np.full(3, 1 / 3), 20_000)
-    bias = fit_class_bias(add_class_bias(probs, skew), y)
-    np.testing.assert_allclose(bias, -skew, atol=0.08)
+    fitted = fit_bcts(skew.apply(probs), y)
+    assert fitted.temperature == pytest.approx(2.0, rel=0.05)  # undoes T = 0.5
+    np.testing.assert_allclose(fitted.bias, [-0.5, 0.0, 0.5], atol=0.08)  # the bias: -skew / T
     q = np.array([0.2, 0.2, 0.6])
-    night = add_class_bias(_calibrated_rows(rng, q, 20_000)[0], skew)
+    night = skew.apply(_calibrated_rows(rng, q, 20_000)[0])
     unknown = np.full(len(night), -1)
-    for class_bias, close in ((bias, True), (None, False)):
-        stats = PartitionStats.from_predictions(night, unknown, class_bias=class_bias)
+    for bcts, close in ((fitted, True), (None, False)):
+        stats = PartitionStats.from_predictions(night, unknown, bcts=bcts)
         estimate = mlls_priors(stats.cell_counts, stats.cell_prob_sums, np.full(3, 1 / 3))
         assert (np.abs(estimate - q).sum() < 0.05) == close
+    assert BiasCorrection.from_dict(fitted.to_dict()) == fitted and BiasCorrection.from_dict(None) is None
 
 
 def test_stats_written_before_cells_give_no_mlls_estimate():

@@ -20,8 +20,8 @@ calibrated probabilities by ``w = q / p`` until the reweighted probabilities ave
 It needs rows; the partitions keep instead the summed calibrated probability vectors of cells
 of rows (predicted class x top-probability bin, ``PartitionStats.cell_prob_sums``), and EM runs
 on the cell means: within a narrow cell rows are alike, so reweighting the mean stands in for
-reweighting each (measured on the benchmark's nights: see the README). The bias correction is a
-per-class bias on top of the card's temperature (``calibration.class_bias``), fitted on the
+reweighting each (measured on the benchmark's nights: see the README). The bias-corrected
+calibration (``stats.BiasCorrection``, the card's ``calibration.bcts``) is fitted on the
 validation split at training and applied by scoring before the cells are summed: applied to
 cell means afterwards it would be one more approximation.
 """

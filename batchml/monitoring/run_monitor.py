@@ -202,8 +202,8 @@ def format_range(summary: dict) -> str:
     if s["labelled"]:
         lines.append(f"accuracy {s['accuracy']:.4f} ({s['correct']}/{s['labelled']} labelled rows correct; "
                      f"95% CI {s['accuracy_low']:.4f}-{s['accuracy_high']:.4f})")
-    if s["atc_accuracy"] is not None:
-        lines.append(f"label-free accuracy (ATC) {s['atc_accuracy']:.4f}")
+    if estimates := _label_free_estimates(s, (("COT", "cot_accuracy"), ("ATC", "atc_accuracy"))):
+        lines.append(f"label-free accuracy: {estimates}")
     lines.append(f"  {'class':<12} {'prec.':>6} {'recall':>6} {'f1':>6} {'fpr':>6} {'fnr':>6} {'support':>8}")
     for i, c in enumerate(s["classes"]):
         cells = " ".join(f"{v:6.3f}" if v is not None else f"{'-':>6}"
@@ -371,7 +371,7 @@ def _label_shift(card: dict, stats: PartitionStats) -> dict:
             "estimated_priors_interval": "bootstrap" if rows else "normal",
             "bbse_condition_number": est["condition_number"], "bbse_well_conditioned": est["well_conditioned"],
             # EM against the validation split's true class mix, from cells of bias-corrected probabilities
-            # (a card without ``class_bias``: temperature-scaled alone); absent for stats without cells
+            # (a card without ``bcts``: temperature-scaled alone); absent for stats without cells
             "mlls_priors": mlls_priors(stats.cell_counts, stats.cell_prob_sums, np.asarray(joint).sum(axis=1)).tolist()
             if stats.has("cell_counts") else None}
 
@@ -471,8 +471,9 @@ def format_report(report: RunReport) -> str:
             f"95% CI {r['accuracy_low']:.4f}-{r['accuracy_high']:.4f}; reference {r['reference_accuracy']:.4f})"
         )
     if r["rows"]:
-        atc = f"ATC {r['atc_accuracy']:.4f}, " if r.get("atc_accuracy") is not None else ""
-        lines.append(f"label-free accuracy estimates: {atc}calibrated confidence {r['expected_accuracy']:.4f}")
+        estimates = _label_free_estimates(r, (("COT", "cot_accuracy"), ("ATC", "atc_accuracy"),
+                                              ("calibrated confidence", "expected_accuracy")))
+        lines.append(f"label-free accuracy estimates: {estimates} (alerts use {r['label_free_method']})")
     if not r["rows"]:  # nothing scored: no mix, outputs or shares to show
         return "\n".join(lines + [_alert_line(a) for a in report.alerts])
     history = (f"; vs last {r['history_nights']} clean nights: p-value {r['history_p_value']:.3g}"
@@ -498,6 +499,11 @@ def format_report(report: RunReport) -> str:
                      f"{rec}  {prec}")
     lines += [_alert_line(a) for a in report.alerts or [{"severity": "ok", "kind": "", "message": "no alerts"}]]
     return "\n".join(lines)
+
+
+def _label_free_estimates(summary: dict, named: tuple[tuple[str, str], ...]) -> str:
+    """"COT 0.8123, ATC 0.8201": the estimates a summary or row has (older ones lack some)."""
+    return ", ".join(f"{name} {summary[key]:.4f}" for name, key in named if summary.get(key) is not None)
 
 
 def _alert_line(a: dict) -> str:

@@ -35,7 +35,7 @@ from batchml.progress import Progress
 from batchml.records import RunManifest
 from batchml.registry import DEFAULT_ALIAS, ModelVersion, load_model, read_card, resolve
 from batchml.score import failures
-from batchml.stats import PartitionStats
+from batchml.stats import BiasCorrection, PartitionStats
 from batchml.store import Store, StoreConfig
 
 
@@ -63,7 +63,7 @@ class RunSpec:
     temperature: float
     batch_size: int | None
     images: StoreConfig | None = None  # where a prefix's raw files live
-    class_bias: tuple[float, ...] | None = None  # the card's, for the MLLS cells; None on older cards
+    bcts: BiasCorrection | None = None  # the card's, for the MLLS/COT cells; None on older cards
 
 
 def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
@@ -85,7 +85,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
     spec = RunSpec(
         store.config, run_id, plan.name, mv, tuple(card["classes"]),
         Preprocessing.from_dict(card["preprocessing"]), card["calibration"]["temperature"],
-        cfg.batch_size, plan.images, _class_bias(card),
+        cfg.batch_size, plan.images, BiasCorrection.from_dict(card["calibration"].get("bcts")),
     )
 
     names = list(plan.partitions)
@@ -95,11 +95,6 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
     _run_tasks(client, spec, {n: plan.partitions[n] for n in todo}, len(names), verbose)
     wall = time.perf_counter() - started
     return _commit(store, spec, run, names, todo, wall, cfg.max_error_ratio)
-
-
-def _class_bias(card: dict) -> tuple[float, ...] | None:
-    bias = card["calibration"].get("class_bias")
-    return tuple(bias) if bias is not None else None
 
 
 def check_config(cfg: ScoreConfig) -> ScoreConfig:
@@ -295,7 +290,7 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
         timer.lap("predict")
 
     stats = PartitionStats.from_predictions(probs, labels[good], spec.temperature, errors=len(bad),
-                                            class_bias=spec.class_bias)
+                                            bcts=spec.bcts)
     predictions = _predictions(spec, partition, table, good, probs)
     store.write_parquet(layout.run_output(spec.run_id, "predictions", partition), predictions)
     cases = failures.select(table["image_id"].take(good).to_pylist() if good else [], partition, pixels, probs,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
-from batchml.stats import scale_temperature
+from batchml.stats import BiasCorrection, scale_temperature
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -30,18 +30,22 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def fit_class_bias(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The per-class bias ``b`` minimising the NLL of softmax(log probs + b) on labelled rows
-    (``probs`` already temperature-scaled): bias-corrected calibration's correction (BCTS)."""
+def fit_bcts(probs: np.ndarray, labels: np.ndarray) -> BiasCorrection:
+    """The temperature and per-class bias minimising validation NLL, fitted jointly (fitting the bias
+    on top of ``fit_temperature``'s T read clean nights' accuracy a point lower through COT, measured
+    on the shift benchmark's model)."""
     log_p = np.log(np.clip(probs, 1e-12, 1.0))
     onehot = np.eye(probs.shape[1])[labels]
 
-    def nll_and_grad(b: np.ndarray) -> tuple[float, np.ndarray]:
-        z = log_p + b
+    def nll_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
+        t, bias = np.exp(x[0]), x[1:]
+        z = log_p / t + bias
         z -= z.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(z).sum(axis=1, keepdims=True))
-        q = np.exp(z - log_norm)
-        return float(-((z - log_norm) * onehot).sum(axis=1).mean()), (q - onehot).mean(axis=0)
+        log_q = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        delta = np.exp(log_q) - onehot  # d nll / d z, per row
+        grad_t = -(delta * log_p).sum(axis=1).mean() / t  # d z / d log t = -log p / t
+        return float(-(log_q * onehot).sum(axis=1).mean()), np.concatenate([[grad_t], delta.mean(axis=0)])
 
-    b = minimize(nll_and_grad, np.zeros(probs.shape[1]), jac=True, method="L-BFGS-B").x
-    return b - b.mean()  # softmax ignores a common shift: keep the bias centred
+    x = minimize(nll_and_grad, np.zeros(probs.shape[1] + 1), jac=True, method="L-BFGS-B",
+                 bounds=[(np.log(0.05), np.log(20.0))] + [(None, None)] * probs.shape[1]).x
+    return BiasCorrection(float(np.exp(x[0])), tuple((x[1:] - x[1:].mean()).tolist()))  # softmax ignores a shift

@@ -25,7 +25,7 @@ from batchml.progress import Progress
 from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, load_model, model_bytes, read_card, register, resolve
 from batchml.stats import PartitionStats, scale_temperature
 from batchml.store import Store, StoreConfig
-from batchml.train.calibration import fit_class_bias, fit_temperature, nll
+from batchml.train.calibration import fit_bcts, fit_temperature, nll
 from batchml.train.diagnostics import fit_verdict
 from batchml.train.recipes import SETTINGS, TUNABLE, Recipe, recipe_for, setting_type
 
@@ -203,8 +203,8 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
             "temperature": temperature,
             "validation_nll_before": nll(val_probs, y[val]),
             "validation_nll_after": nll(scale_temperature(val_probs, temperature), y[val]),
-            # on top of the temperature, for the cells MLLS/EM estimates class priors from
-            "class_bias": fit_class_bias(scale_temperature(val_probs, temperature), y[val]).tolist(),
+            # bias-corrected temperature scaling, for the cells MLLS/EM and COT read (stats.BiasCorrection)
+            "bcts": fit_bcts(val_probs, y[val]).to_dict(),
         },
         # label-free monitoring: the ATC threshold and the validation output histograms
         "atc": atc_reference(val_probs, y[val], temperature),
