@@ -106,11 +106,14 @@ def fold_run(store: Store, run_id: str) -> tuple[dict, PartitionStats]:
 
 
 def summarise(stats: PartitionStats, classes: list[str], atc_threshold: float | None = None,
-              expected_mix: np.ndarray | None = None) -> dict:
+              expected_mix: np.ndarray | None = None, min_labelled: int = MonitorConfig.min_labelled) -> dict:
     """The labelled-sample statistics of any sum of partitions: a run or a date range, with the
-    label-free estimates: COT (needs the class mix to expect), ATC (the card's threshold) and
-    calibrated confidence; the first of them present is ``label_free_accuracy``."""
+    label-free estimates: COT (against ``expected_mix``, or the labelled rows' own mix where
+    ``min_labelled`` are labelled: then it is checked against the measured accuracy), ATC (the
+    card's threshold) and calibrated confidence; the first present is ``label_free_accuracy``."""
     labelled = stats.labelled
+    if labelled >= min_labelled:
+        expected_mix = stats.confusion.sum(axis=1) / labelled
     expected = stats.calibrated_confidence_sum / stats.rows if stats.rows else None
     estimates = {"cot": cot_accuracy(stats, expected_mix), "atc": atc_accuracy(stats, atc_threshold),
                  "confidence": expected}
@@ -182,12 +185,9 @@ def validation_mix(card: dict) -> np.ndarray | None:
     return counts / counts.sum()
 
 
-def _expected_mix(card: dict, stats: PartitionStats, accepted: dict | None, cfg: MonitorConfig) -> np.ndarray | None:
-    """The class mix COT measures a night against: its labelled rows' own where enough are labelled
-    (then the label-free estimate is checked against the measured accuracy), else the accepted
-    run's estimated true mix, else the validation split's."""
-    if stats.labelled >= cfg.min_labelled:
-        return stats.confusion.sum(axis=1) / stats.labelled
+def _expected_mix(card: dict, accepted: dict | None) -> np.ndarray | None:
+    """The class mix COT measures an unlabelled night against: the accepted run's estimated true mix,
+    else the validation split's."""
     if accepted and accepted.get("estimated_mix") is not None:
         return np.asarray(accepted["estimated_mix"], dtype=np.float64)
     if accepted:  # accepted before the record kept the estimated mix: its predicted mix stands in
@@ -244,7 +244,7 @@ def build_row(run: dict, stats: PartitionStats, card: dict, baseline: Baseline |
         "monitored_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "reference_accuracy": reference["accuracy"],
         "accepted_run": accepted["run_id"] if accepted else None,
-        **summarise(stats, run["classes"], atc.get("threshold"), _expected_mix(card, stats, accepted, cfg)),
+        **summarise(stats, run["classes"], atc.get("threshold"), _expected_mix(card, accepted), cfg.min_labelled),
         **class_shift(stats.predicted_counts, ref_counts),
         **(history_shift(baseline.history, stats.predicted_counts) or {
             "history_nights": len(baseline.history), "history_chi2": None, "history_dispersion": None,
