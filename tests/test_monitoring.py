@@ -435,7 +435,8 @@ def test_label_free_accuracy_is_cot_against_the_mix_in_force():
     confusion = np.zeros((3, 3), int)
     np.add.at(confusion, (val_labels, val_probs.argmax(axis=1)), 1)
     card = {"reference": {"accuracy": 0.8, "predicted_counts": confusion.sum(axis=0).tolist()},
-            "metrics": {"validation": {"confusion": confusion.tolist()}}}
+            "metrics": {"validation": {"confusion": confusion.tolist()}},
+            "calibration": {"temperature": 1.0, "bcts": {"temperature": 1.0, "bias": [0.0] * 3}}}
     run = {"run_id": "r", "dataset": "d", "model_version": "m/v1", "committed_at": "", "classes": ["a", "b", "c"]}
     probs, labels = _calibrated_rows(rng, np.array([0.1, 0.1, 0.8]), 3000)
     stats = PartitionStats.from_predictions(probs, np.full(3000, -1))
@@ -447,6 +448,9 @@ def test_label_free_accuracy_is_cot_against_the_mix_in_force():
                 "estimated_mix": [0.1, 0.1, 0.8]}
     after = build_row(run, stats, card, Baseline(accepted=accepted))
     assert after["label_free_accuracy"] == pytest.approx(accuracy, abs=0.03)
+    # a model trained before the bias-corrected calibration has cells of temperature-scaled rows: no COT
+    older = build_row(run, stats, {**card, "calibration": {"temperature": 1.0}})
+    assert older["cot_accuracy"] is None and older["label_free_method"] == "confidence"
 
 
 def test_ks_on_histograms_finds_a_moved_distribution_and_not_a_resample():

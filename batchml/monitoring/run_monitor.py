@@ -109,10 +109,11 @@ def summarise(stats: PartitionStats, classes: list[str], atc_threshold: float | 
               expected_mix: np.ndarray | None = None, min_labelled: int = MonitorConfig.min_labelled) -> dict:
     """The labelled-sample statistics of any sum of partitions: a run or a date range, with the
     label-free estimates: COT (against ``expected_mix``, or the labelled rows' own mix where
-    ``min_labelled`` are labelled: then it is checked against the measured accuracy), ATC (the
-    card's threshold) and calibrated confidence; the first present is ``label_free_accuracy``."""
+    ``min_labelled`` are labelled: then it is checked against the measured accuracy; none without
+    ``expected_mix``), ATC (the card's threshold) and calibrated confidence; the first present is
+    ``label_free_accuracy``."""
     labelled = stats.labelled
-    if labelled >= min_labelled:
+    if expected_mix is not None and labelled >= min_labelled:
         expected_mix = stats.confusion.sum(axis=1) / labelled
     expected = stats.calibrated_confidence_sum / stats.rows if stats.rows else None
     estimates = {"cot": cot_accuracy(stats, expected_mix), "atc": atc_accuracy(stats, atc_threshold),
@@ -173,7 +174,7 @@ def _range_label_free(store: Store, runs) -> tuple[float | None, np.ndarray | No
     if runs.model_version.nunique() != 1:
         return None, None
     card = read_card(store, ModelVersion(*runs.model_version.iloc[0].split("/")))
-    return (card.get("atc") or {}).get("threshold"), validation_mix(card)
+    return (card.get("atc") or {}).get("threshold"), _expected_mix(card, None)
 
 
 def validation_mix(card: dict) -> np.ndarray | None:
@@ -187,7 +188,11 @@ def validation_mix(card: dict) -> np.ndarray | None:
 
 def _expected_mix(card: dict, accepted: dict | None) -> np.ndarray | None:
     """The class mix COT measures an unlabelled night against: the accepted run's estimated true mix,
-    else the validation split's."""
+    else the validation split's. None for models trained before the bias-corrected calibration: their
+    cells hold temperature-scaled probabilities, on which COT read clean nights two to three points
+    low (benchmarks/shift_detection.py), so they keep ATC."""
+    if not card.get("calibration", {}).get("bcts"):
+        return None
     if accepted and accepted.get("estimated_mix") is not None:
         return np.asarray(accepted["estimated_mix"], dtype=np.float64)
     if accepted:  # accepted before the record kept the estimated mix: its predicted mix stands in
