@@ -60,8 +60,8 @@ def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[dict
                            tta=cfg.tta)
         mv, card = train(client, store, tcfg)
         promote(store, mv, DEFAULT_ALIAS)
-        print(f"demo: trained {mv} ({cfg.arch} net, {cfg.epochs} epochs) in {card['training']['seconds']:.0f}s, "
-              f"test accuracy {card['metrics']['test']['accuracy']:.4f}; promoted to {DEFAULT_ALIAS}")
+        print(f"demo: trained {mv} ({cfg.arch} net, {cfg.epochs} epochs) in {card.training_seconds:.0f}s, "
+              f"test accuracy {card.test_accuracy:.4f}; promoted to {DEFAULT_ALIAS}")
         for night, (dataset, what) in enumerate(nights, start=1):
             run_id = f"demo-{stamp}-night-{night}"
             manifest = score(client, store, ScoreConfig(dataset=dataset, run_id=run_id))

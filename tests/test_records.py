@@ -8,7 +8,7 @@ import pytest
 from batchml.data import datasets
 from batchml.errors import BatchmlError
 from batchml.layout import DATASET_MANIFEST, ModelVersion, dataset_path
-from batchml.records import DatasetManifest, RunManifest
+from batchml.records import DatasetManifest, ModelCard, RunManifest
 
 # dataset.json as ingest wrote it before DatasetManifest (no schema_version)
 OLD_DATASET = {
@@ -45,3 +45,49 @@ def test_an_old_run_manifest_reads_and_keeps_keys_it_does_not_know():
 def test_a_model_version_string_without_a_name_is_refused():
     with pytest.raises(BatchmlError, match="NAME/vN"):
         ModelVersion.parse("v2")
+
+
+# -- a store as the current release writes it -------------------------------------------------------
+
+# card.json as training registers it today, less what older cards lack (ATC, the validation rows,
+# the summed-probability matrix) and without schema_version
+OLD_CARD = {
+    "created_at": "2026-11-27T22:00:00+00:00", "arch": "tutorial", "classes": ["a", "b"],
+    "preprocessing": {"height": 32, "width": 32, "mode": "RGB", "resample": "bilinear"}, "parameters": 1234,
+    "training": {"dataset": "train", "epochs": 2, "seconds": 12.5, "validation_rows": 10, "train_rows": 90,
+                 "device": {"backend": "tensorflow", "device": "cpu", "device_name": "cpu", "versions": {}}},
+    "data": {"dataset": "train", "fingerprint": "ef", "test_dataset": "night", "test_fingerprint": "cd"},
+    "metrics": {"validation": {"rows": 10, "accuracy": 0.8, "loss": 0.5, "confusion": [[4, 1], [1, 4]]},
+                "test": {"rows": 4, "accuracy": 0.75, "loss": 0.6, "confusion": [[2, 0], [1, 1]]}},
+    "learning_curves": {"loss": [0.9, 0.6], "accuracy": [0.6, 0.8], "val_loss": [0.7, 0.5],
+                        "val_accuracy": [0.7, 0.8]},
+    "fit": {"verdict": "good fit", "reason": "validation loss at or near its minimum"},
+    "calibration": {"temperature": 1.2, "validation_nll_before": 0.5, "validation_nll_after": 0.45},
+    "reference": {"split": "test", "dataset": "night", "rows": 4, "predicted_counts": [3, 1], "accuracy": 0.75},
+    "name": "cifar10", "version": "v2",
+}
+
+
+def test_an_old_card_reads_with_attributes(store):
+    from batchml.registry import read_card
+
+    store.write_json(ModelVersion("cifar10", "v2").card_path, OLD_CARD)
+    card = read_card(store, ModelVersion("cifar10", "v2"))
+    assert card.schema_version == 0 and (card.name, card.version, card.arch) == ("cifar10", "v2", "tutorial")
+    assert card.atc is None and card.atc_threshold is None and card.validation_rows is None
+    assert card.metrics.validation.prob_confusion is None and card.metrics.validation.accuracy == 0.8
+    assert card.test_accuracy == 0.75 and card.reference.accuracy == 0.75 and card.reference.predicted_counts == [3, 1]
+    assert card.calibration.temperature == 1.2 and card.fit.verdict == "good fit"
+    assert card.data.test_fingerprint == "cd" and card.training_seconds == 12.5 and card.device["device"] == "cpu"
+    assert card["metrics"]["test"]["rows"] == 4  # subscripting still works
+    assert ModelCard.from_dict(card.to_dict()) == card
+
+
+def test_a_card_keeps_keys_a_newer_writer_added_at_any_depth():
+    newer = {**OLD_CARD, "schema_version": 7, "lineage": ["x"],
+             "reference": {**OLD_CARD["reference"], "interval": [0.7, 0.8]}}
+    card = ModelCard.from_dict(newer)
+    assert card.schema_version == 7 and card.extra == {"lineage": ["x"]}
+    assert card.reference.extra == {"interval": [0.7, 0.8]}
+    written = card.to_dict()
+    assert (written["schema_version"], written["lineage"], written["reference"]["interval"]) == (7, ["x"], [0.7, 0.8])

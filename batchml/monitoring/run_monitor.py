@@ -49,6 +49,7 @@ from batchml.monitoring.label_free import atc_accuracy, output_shift
 from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors
 from batchml.monitoring.shift import class_shift, wilson_interval
 from batchml.monitoring.tables import read_table, write_alerts, write_run_row
+from batchml.records import ModelCard
 from batchml.registry import read_card
 from batchml.score import failures
 from batchml.stats import PartitionStats
@@ -162,8 +163,7 @@ def _range_threshold(store: Store, runs) -> float | None:
     """The ATC threshold when every run is one model's (thresholds of two models do not mix)."""
     if runs.model_version.nunique() != 1:
         return None
-    card = read_card(store, ModelVersion(*runs.model_version.iloc[0].split("/")))
-    return (card.get("atc") or {}).get("threshold")
+    return read_card(store, ModelVersion.parse(runs.model_version.iloc[0])).atc_threshold
 
 
 def format_range(summary: dict) -> str:
@@ -198,24 +198,24 @@ def monitor_run(store: Store, run_id: str, cfg: MonitorConfig = MonitorConfig())
     return report
 
 
-def build_row(run: dict, stats: PartitionStats, card: dict, baseline: Baseline | None = None,
+def build_row(run: dict, stats: PartitionStats, card: ModelCard | dict, baseline: Baseline | None = None,
               cfg: MonitorConfig = MonitorConfig()) -> dict:
     """The monitoring row of one run from its summed statistics, its model's card and what
-    earlier nights tell (``baseline_from_rows``). Pure: benchmarks call it too."""
-    baseline = baseline or Baseline()
-    reference = card["reference"]
+    earlier nights tell (``baseline_from_rows``). Pure: benchmarks call it too, with cards as dicts."""
+    baseline, card = baseline or Baseline(), ModelCard.of(card)
+    reference = card.reference
     accepted = baseline.accepted
-    ref_counts = np.asarray(accepted["predicted_counts"] if accepted else reference["predicted_counts"])
-    atc = card.get("atc") or {}
+    ref_counts = np.asarray(accepted["predicted_counts"] if accepted else reference.predicted_counts)
+    atc = card.atc or {}
     row = {
         "run_id": run["run_id"],
         "dataset": run["dataset"],
         "model_version": run["model_version"],
         "committed_at": run["committed_at"],
         "monitored_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "reference_accuracy": reference["accuracy"],
+        "reference_accuracy": reference.accuracy,
         "accepted_run": accepted["run_id"] if accepted else None,
-        **summarise(stats, run["classes"], atc.get("threshold")),
+        **summarise(stats, run["classes"], card.atc_threshold),
         **class_shift(stats.predicted_counts, ref_counts),
         **(history_shift(baseline.history, stats.predicted_counts) or {
             "history_nights": len(baseline.history), "history_chi2": None, "history_dispersion": None,
@@ -226,7 +226,7 @@ def build_row(run: dict, stats: PartitionStats, card: dict, baseline: Baseline |
     row["sustained_p_value"] = _sustained_p(row)
     # the mix against the model's own reference, whatever was accepted since: the output test
     # compares with the validation split, whose mix that is
-    own = class_shift(stats.predicted_counts, np.asarray(reference["predicted_counts"])) if accepted else row
+    own = class_shift(stats.predicted_counts, np.asarray(reference.predicted_counts)) if accepted else row
     row["model_reference_p_value"], row["model_reference_js_distance"] = own["p_value"], own["js_distance"]
     return {**row, **_cusum(row, stats, baseline, cfg)}
 
@@ -321,15 +321,15 @@ def accepted_baseline(store: Store, model_version: str, committed_at: str) -> di
     return max(records, key=lambda r: (r["committed_at"], r["accepted_at"]), default=None)
 
 
-def _label_shift(card: dict, stats: PartitionStats) -> dict:
+def _label_shift(card: ModelCard, stats: PartitionStats) -> dict:
     """Estimated true class mix (soft BBSE); absent for cards without validation matrices."""
-    joint = card["metrics"]["validation"].get("prob_confusion")
+    joint = card.metrics.validation.prob_confusion
     if joint is None or stats.rows == 0:
         return {"estimated_priors": None, "estimated_priors_low": None, "estimated_priors_high": None,
                 "estimated_priors_interval": None, "bbse_condition_number": None, "bbse_well_conditioned": None}
     mu = stats.prob_sums / stats.rows
     est = estimate_priors(np.asarray(joint), mu, stats.rows)
-    rows = card.get("validation_rows")
+    rows = card.validation_rows
     # the bootstrap needs the validation rows; older cards keep the normal approximation
     low, high = bootstrap_priors(rows, mu, stats.rows) if rows else (est["priors_low"], est["priors_high"])
     return {"estimated_priors": est["priors"], "estimated_priors_low": low, "estimated_priors_high": high,

@@ -267,14 +267,13 @@ def models_view(store: Store) -> pn.Column:
         aliases = read_aliases(store, name)
         for v in list_versions(store, name):
             card = read_card(store, ModelVersion(name, v))
-            test = (card["metrics"].get("test") or {}).get("accuracy")
             rows.append({"model": f"{name}/{v}", "aliases": ", ".join(a for a, t in aliases.items() if t == v),
-                         "arch": card["arch"], "created": card["created_at"], "test accuracy": test,
-                         "validation accuracy": card["metrics"]["validation"]["accuracy"],
-                         "temperature": card["calibration"]["temperature"],
-                         "epochs": card["training"]["epochs"], "train seconds": card["training"]["seconds"],
-                         "fit": card.get("fit", {}).get("verdict", "")})
-            curves.append((f"{name}/{v}", card["learning_curves"]))
+                         "arch": card.arch, "created": card.created_at, "test accuracy": card.test_accuracy,
+                         "validation accuracy": card.metrics.validation.accuracy,
+                         "temperature": card.calibration.temperature,
+                         "epochs": card.training["epochs"], "train seconds": card.training_seconds,
+                         "fit": card.fit.verdict if card.fit else ""})
+            curves.append((f"{name}/{v}", card.learning_curves))
     if not rows:
         return pn.Column(_html("<p>No models registered.</p>"))
     fig = figure(height=300, sizing_mode="stretch_width", title="Learning curves of the newest version: "
