@@ -1,5 +1,5 @@
-"""The JSON records under the store root, one class each: what a dataset manifest, a run
-manifest and a model card hold (where they live: ``batchml.layout``).
+"""The records under the store root, one class each: what a dataset manifest, a run manifest,
+a model card, a monitoring row and an alert hold (where they live: ``batchml.layout``).
 
 Each has ``to_dict`` (what is written) and ``from_dict`` (what is read). ``schema_version``
 counts changes of shape: files written before records had it read as version 0, and keys a
@@ -233,3 +233,100 @@ class ModelCard(_Record):
         """Where it trained: backend, device kind and name, framework versions (``batchml.device``)."""
         return self.training["device"]
 
+
+# -- the monitoring tables -----------------------------------------------------------------------
+
+
+@dataclass
+class MonitoringRow(_Record):
+    """A row of ``monitoring/runs/<run_id>.parquet``: one monitored run
+    (``batchml.monitoring.run_monitor.build_row``). Columns a newer writer added are kept in
+    ``extra`` and written back; rows written before a column existed read it as None (or NaN)."""
+
+    run_id: str
+    dataset: str  # the dataset name, or the prefix URL of raw files
+    model_version: str  # NAME/vN
+    committed_at: str  # the run's commit time (UTC): the nights' order
+    monitored_at: str  # when this row was written (UTC)
+    reference_accuracy: float  # the card's reference accuracy
+    accepted_run: str | None  # the run whose class mix was accepted as the baseline, if any
+    # the labelled-sample statistics (``run_monitor.summarise``)
+    rows: int  # predictions
+    errors: int  # undecodable images
+    error_ratio: float  # errors / (rows + errors)
+    labelled: int
+    correct: int
+    accuracy: float | None  # None without labelled rows
+    accuracy_low: float | None  # 95% Wilson interval
+    accuracy_high: float | None
+    mean_confidence: float | None  # mean top probability
+    expected_accuracy: float | None  # mean calibrated top probability: a label-free estimate
+    atc_accuracy: float | None  # ATC's estimate; None for cards without a threshold
+    label_free_accuracy: float | None  # the estimate the alerts use: ATC where there is one, else expected
+    label_free_method: str | None  # atc | confidence
+    classes: list[str]
+    # the run's summed ``batchml.stats.PartitionStats``: rows fold exactly over any range of nights
+    num_classes: int
+    predicted_counts: list[int]
+    confusion: list[list[int]]
+    prob_sums: list[float]
+    confidence_hist: list[int]
+    confidence_sum: float
+    calibrated_confidence_sum: float
+    score_hist: list[int]
+    class_prob_hist: list[list[int]]
+    # per class, from the confusion matrix (``monitoring.classes``); None where undefined
+    precision: list[float | None]
+    recall: list[float | None]
+    f1: list[float | None]
+    fpr: list[float | None]
+    fnr: list[float | None]
+    support: list[int]  # labelled rows of each true class
+    # the class mix against the reference, or the accepted run's mix (``monitoring.shift.class_shift``)
+    chi2: float
+    p_value: float
+    js_distance: float  # Jensen-Shannon distance, base 2
+    share: list[float]  # tonight's predicted class shares
+    reference_share: list[float]
+    share_deviation: list[float]  # share minus reference share
+    # the class mix against recent clean nights (``monitoring.history``); None with too little history
+    history_nights: int
+    history_chi2: float | None
+    history_dispersion: float | None
+    history_p_value: float | None
+    history_js_distance: float | None
+    # the outputs against the validation split's (``monitoring.label_free.output_shift``)
+    output_p_value: float | None  # Bonferroni-corrected; None for cards or stats without histograms
+    output_ks: float | None
+    output_worst: str | None  # which histogram: score, or class N
+    # the estimated true class mix, BBSE (``monitoring.label_shift``); None for cards without its matrix
+    estimated_priors: list[float] | None
+    estimated_priors_low: list[float] | None
+    estimated_priors_high: list[float] | None
+    estimated_priors_interval: str | None  # bootstrap | normal
+    bbse_condition_number: float | None
+    bbse_well_conditioned: bool | None
+    sustained_p_value: float  # the reference test with the baseline's overdispersion
+    model_reference_p_value: float  # the mix against the model's own reference, whatever was accepted
+    model_reference_js_distance: float
+    # the CUSUM per class (``monitoring.sequential``)
+    cusum_up: list[float]
+    cusum_down: list[float]
+    cusum_counted: bool  # whether tonight added evidence (not if it alarmed on its own, or without a baseline)
+    alert_kinds: list[str] | None  # the kinds of alert this night raised; None on rows written before
+    schema_version: int = _Record.SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Alert(_Record):
+    """A row of ``monitoring/alerts/<run_id>.parquet`` (the rules: ``batchml.monitoring.run_monitor``)."""
+
+    run_id: str
+    kind: str  # e.g. error_ratio, sustained_shift, accuracy_drop
+    severity: str  # error (the monitor exits 1) | warning
+    statistic: float  # the value that crossed the threshold
+    threshold: float
+    message: str  # what happened, and what to do
+    schema_version: int = _Record.SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)

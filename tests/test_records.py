@@ -8,7 +8,7 @@ import pytest
 from batchml.data import datasets
 from batchml.errors import BatchmlError
 from batchml.layout import DATASET_MANIFEST, ModelVersion, dataset_path
-from batchml.records import DatasetManifest, ModelCard, RunManifest
+from batchml.records import Alert, DatasetManifest, ModelCard, MonitoringRow, RunManifest
 
 # dataset.json as ingest wrote it before DatasetManifest (no schema_version)
 OLD_DATASET = {
@@ -91,3 +91,44 @@ def test_a_card_keeps_keys_a_newer_writer_added_at_any_depth():
     assert card.reference.extra == {"interval": [0.7, 0.8]}
     written = card.to_dict()
     assert (written["schema_version"], written["lineage"], written["reference"]["interval"]) == (7, ["x"], [0.7, 0.8])
+
+
+# -- the monitoring tables' columns ---------------------------------------------------------------
+
+
+def test_an_empty_table_reads_with_its_records_columns(store):
+    from batchml.monitoring import monitor_range, read_table
+    from batchml.monitoring.run_monitor import Baseline, _history
+
+    assert list(read_table(store, "runs").columns) == MonitoringRow.columns()
+    assert list(read_table(store, "alerts").columns) == Alert.columns()
+    with pytest.raises(BatchmlError, match="no monitored runs"):
+        monitor_range(store)
+    assert _history(store, {"run_id": "r", "model_version": "m/v1", "committed_at": "2026"}, 30) == Baseline()
+
+
+def test_the_dashboard_of_an_empty_store_says_there_is_nothing_yet(store):
+    from batchml.serve import dashboard
+
+    data = dashboard.MonitoringData(store)
+    data.refresh()
+    assert data.runs.empty and list(data.runs.columns) == MonitoringRow.columns()
+    assert "No monitored runs" in dashboard.overview(data, data.runs)[0].object
+
+
+def test_the_alerts_schema_is_the_alert_records():
+    from batchml.monitoring.tables import ALERT_SCHEMA
+
+    assert ALERT_SCHEMA.names == Alert.columns()
+
+
+def test_columns_a_newer_monitor_writes_are_kept(store):
+    from batchml.monitoring import read_table
+    from batchml.monitoring.tables import write_alerts, write_run_row
+
+    write_run_row(store, {"run_id": "r", "committed_at": "2026-11-28", "class_prior_estimate": [0.5, 0.5]})
+    write_alerts(store, "r", [{"kind": "k", "severity": "warning", "statistic": 1.0, "threshold": 0.5,
+                               "message": "m", "method": "new"}])
+    row = MonitoringRow.from_dict(read_table(store, "runs").iloc[0].to_dict())
+    assert row.extra["class_prior_estimate"].tolist() == [0.5, 0.5] and row.schema_version == 1
+    assert read_table(store, "alerts").method.tolist() == ["new"]

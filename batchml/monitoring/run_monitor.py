@@ -143,12 +143,11 @@ def monitor_range(store: Store, since: str | None = None, until: str | None = No
                   model_version: str | None = None) -> dict:
     """Labelled-sample statistics over the monitored runs committed in [since, until] (ISO dates)."""
     runs = read_table(store, "runs")
-    if "committed_at" in runs:
-        day = runs.committed_at.str[:10]
-        runs = runs[(day >= (since or "")) & (day <= (until or "9999"))]
-        if model_version:
-            runs = runs[runs.model_version == model_version]
-    if runs.empty or "committed_at" not in runs:
+    day = runs.committed_at.str[:10]
+    runs = runs[(day >= (since or "")) & (day <= (until or "9999"))]
+    if model_version:
+        runs = runs[runs.model_version == model_version]
+    if runs.empty:
         which = f" for {model_version}" if model_version else ""
         raise BatchmlError(f"no monitored runs between {since or 'the start'} and {until or 'now'}{which}: "
                            "run `batchml monitor --run-id ID` first")
@@ -284,15 +283,13 @@ def _history(store: Store, manifest: dict, nights: int) -> Baseline:
     """The baseline from the model's runs committed before this one."""
     runs = read_table(store, "runs")
     accepted = accepted_baseline(store, manifest["model_version"], manifest["committed_at"])
-    if "model_version" not in runs:
-        return Baseline(accepted=accepted)
     runs = runs[(runs.model_version == manifest["model_version"]) & (runs.run_id != manifest["run_id"])
                 & (runs.committed_at <= manifest["committed_at"])]
     rows = runs.sort_values("committed_at").to_dict("records")
     if any(r.get("alert_kinds") is None or isinstance(r.get("alert_kinds"), float) for r in rows):
         # rows written before alert_kinds was a column: their alerts are in the alerts table
         alerted = read_table(store, "alerts")
-        kinds = alerted.groupby("run_id")["kind"].apply(list).to_dict() if "run_id" in alerted else {}
+        kinds = alerted.groupby("run_id")["kind"].apply(list).to_dict()
         rows = [r if isinstance(r.get("alert_kinds"), list | np.ndarray) else {**r, "alert_kinds": kinds.get(
             r["run_id"], [])} for r in rows]
     return baseline_from_rows(rows, accepted, nights)
@@ -302,7 +299,7 @@ def accept_baseline(store: Store, run_id: str, note: str = "") -> dict:
     """Record that a monitored run's class mix is the new normal for its model: from it on,
     ``sustained_shift`` compares with it, and the nightly baseline and CUSUM restart there."""
     rows = read_table(store, "runs")
-    match = rows[rows.run_id == run_id] if "run_id" in rows else rows
+    match = rows[rows.run_id == run_id]
     if match.empty:
         raise BatchmlError(f"run {run_id!r} is not monitored yet: run `batchml monitor --run-id {run_id}` first")
     r = match.iloc[0]
