@@ -3,8 +3,11 @@ what it writes."""
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
+from batchml import layout
 from batchml.data import datasets
 from batchml.errors import BatchmlError
 from batchml.layout import DATASET_MANIFEST, ModelVersion, dataset_path
@@ -66,6 +69,62 @@ OLD_CARD = {
     "reference": {"split": "test", "dataset": "night", "rows": 4, "predicted_counts": [3, 1], "accuracy": 0.75},
     "name": "cifar10", "version": "v2",
 }
+# monitoring columns written after the first monitored nights: rows before them lack them
+NEWER_COLUMNS = ("alert_kinds", "cusum_up", "cusum_down", "cusum_counted", "atc_accuracy", "label_free_accuracy",
+                 "label_free_method", "output_p_value", "output_ks", "output_worst", "estimated_priors_low",
+                 "estimated_priors_high", "estimated_priors_interval", "model_reference_p_value",
+                 "model_reference_js_distance", "score_hist", "class_prob_hist")
+# the alerts table's columns before schema_version
+OLD_ALERT_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("kind", pa.string()), ("severity", pa.string()),
+    ("statistic", pa.float64()), ("threshold", pa.float64()), ("message", pa.string()),
+])
+
+
+def _old_run(store, run_id: str, night: int, share_a: float) -> dict:
+    """A committed run as scoring writes it (manifest and partition statistics, no schema_version),
+    its statistics made before the score histograms existed."""
+    from batchml.stats import PartitionStats
+
+    n = 40
+    probs = np.tile([0.9, 0.1], (n, 1))
+    probs[int(n * share_a):] = [0.2, 0.8]
+    stats = PartitionStats.from_predictions(probs, np.r_[np.zeros(n // 2, int), np.ones(n // 2, int)])
+    record = {k: v for k, v in stats.to_dict().items() if k not in ("score_hist", "class_prob_hist")}
+    part = "part-00000.parquet"
+    store.write_json(layout.run_stats(run_id, part), {
+        "partition": part, "rows": n, "errors": 0, "batch_size": 512, "stats": record,
+        "seconds": {"read": 0.1}, "worker": "host:1", "device": {"backend": "tensorflow", "device": "cpu"}})
+    manifest = {**OLD_RUN, "run_id": run_id, "dataset": f"night-{night}", "rows": n, "labelled": n,
+                "committed_at": f"2026-11-{night + 10:02d}T01:00:00.000+00:00",
+                "partitions": [{"partition": part, "rows": n, "errors": 0, "batch_size": 512,
+                                "seconds": {"read": 0.1}, "worker": "host:1"}]}
+    store.write_json(layout.run_path(run_id, layout.RUN_MANIFEST), manifest)
+    return manifest
+
+
+@pytest.fixture
+def old_store(store):
+    """A model version, two committed runs monitored by an earlier release (rows without the newer
+    columns or schema_version; the second night's alert only in the alerts table) and a third
+    committed run not monitored yet."""
+    from batchml.monitoring.run_monitor import build_row, fold_run
+
+    store.write_bytes(ModelVersion("cifar10", "v2").model_path, b"")
+    store.write_json(ModelVersion("cifar10", "v2").card_path, OLD_CARD)
+    store.write_json(layout.aliases_path("cifar10"), {"production": "v2"})
+    for night, share in ((1, 0.5), (2, 0.9)):
+        run_id = f"night-{night}"
+        _old_run(store, run_id, night, share)
+        manifest, stats = fold_run(store, run_id)
+        row = build_row(manifest, stats, OLD_CARD)
+        old = {k: v for k, v in row.items() if k not in NEWER_COLUMNS}
+        store.write_parquet(layout.monitoring_path("runs", run_id), pa.Table.from_pylist([old]))
+        alerts = [{"run_id": run_id, "kind": "class_shift", "severity": "warning", "statistic": 1e-9,
+                   "threshold": 1e-3, "message": "class mix differs"}] if night == 2 else []
+        store.write_parquet(layout.monitoring_path("alerts", run_id), pa.Table.from_pylist(alerts, OLD_ALERT_SCHEMA))
+    _old_run(store, "night-3", 3, 0.5)
+    return store
 
 
 def test_an_old_card_reads_with_attributes(store):
@@ -91,6 +150,55 @@ def test_a_card_keeps_keys_a_newer_writer_added_at_any_depth():
     assert card.reference.extra == {"interval": [0.7, 0.8]}
     written = card.to_dict()
     assert (written["schema_version"], written["lineage"], written["reference"]["interval"]) == (7, ["x"], [0.7, 0.8])
+
+
+def test_old_monitoring_rows_and_alerts_read_through_the_records(old_store):
+    from batchml.monitoring import read_table
+
+    runs = read_table(old_store, "runs").sort_values("committed_at")
+    rows = [MonitoringRow.from_dict(r) for r in runs.to_dict("records")]
+    assert [r.run_id for r in rows] == ["night-1", "night-2"]
+    assert all(r.alert_kinds is None and r.cusum_up is None and r.schema_version == 0 for r in rows)
+    assert rows[1].predicted_counts.tolist() == [36, 4] and rows[1].reference_accuracy == 0.75
+    alert = Alert.from_dict(read_table(old_store, "alerts").iloc[0].to_dict())
+    assert (alert.run_id, alert.kind, alert.schema_version) == ("night-2", "class_shift", 0)
+
+
+def test_batchml_monitor_and_models_read_an_old_store(old_store, capsys):
+    from batchml.cli import main
+    from batchml.monitoring import read_table
+
+    root = ["--root", old_store.config.root]
+    assert main(["monitor", "--since", "2026-11-01", "--until", "2026-11-30", *root]) == 0
+    assert "2 runs committed" in capsys.readouterr().out
+    assert main(["models", "list", *root]) == 0
+    assert "test accuracy 0.7500" in capsys.readouterr().out
+    assert main(["models", "show", "production", *root]) == 0
+    assert '"atc": null' in capsys.readouterr().out
+
+    assert main(["monitor", "--run-id", "night-3", *root]) in (0, 1)  # an old card: no ATC, no BBSE
+    assert "label-free accuracy estimates: calibrated confidence" in capsys.readouterr().out
+    runs = read_table(old_store, "runs").set_index("run_id")
+    assert runs.loc["night-3", "schema_version"] == MonitoringRow.SCHEMA_VERSION
+    assert runs.loc["night-3", "atc_accuracy"] is None and runs.loc["night-3", "estimated_priors"] is None
+    # the baseline: night 1 alone, night 2's alert (in the alerts table only) keeps it out
+    assert runs.loc["night-3", "history_nights"] == 1
+    assert main(["monitor", "--since", "2026-11-01", "--model", "cifar10/v2", *root]) == 0
+    assert "3 runs committed" in capsys.readouterr().out
+
+
+def test_the_dashboard_reads_an_old_store(old_store):
+    from batchml.serve import dashboard
+
+    data = dashboard.MonitoringData(old_store)
+    data.refresh()
+    assert list(data.runs.run_id) == ["night-1", "night-2"]
+    recent = dashboard.recent_nights(data, data.runs)
+    assert recent.set_index("run_id").status.to_dict() == {"night-2": "WARNING", "night-1": "OK"}
+    # each view renders (called here without the app's guard, which would show an error box instead)
+    dashboard.overview(data, data.runs), dashboard.accuracy_over_time(data.runs)
+    dashboard.confusion_view(data.runs, True), dashboard.class_mix(data.runs), dashboard.runs_view(data, "night-2")
+    assert "cifar10/v2" in dashboard.models_view(old_store)[0].object
 
 
 # -- the monitoring tables' columns ---------------------------------------------------------------
