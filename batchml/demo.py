@@ -89,8 +89,8 @@ def make_nights(store: Store, test_dataset: str, stamp: str, cfg: DemoConfig) ->
     """Two datasets cut from ``test_dataset``'s labelled images: a uniform sample, and one where
     ``cfg.shifted_class`` is ``cfg.boost`` times as common. Returns (dataset, description) pairs."""
     manifest = datasets.read_manifest(store, test_dataset)
-    classes = manifest["classes"]
-    rows = [r for p in manifest["partitions"] for r in datasets.read_partition(store, test_dataset, p["name"])
+    classes = manifest.classes
+    rows = [r for p in manifest.partitions for r in datasets.read_partition(store, test_dataset, p["name"])
             .select(["image_id", "image", "label"]).to_pylist()]
     labels = np.array([-1 if r["label"] is None else r["label"] for r in rows])
     rng = np.random.default_rng(cfg.seed)

@@ -74,13 +74,13 @@ def prepare(store: Store, source: str, images: int, partition_size: int) -> tupl
     for split in ("train", "test"):
         ingest(store, source, f"cifar10-{split}", split, verbose=False)
     manifest = datasets.read_manifest(store, "cifar10-test")
-    test = [row for p in manifest["partitions"]
+    test = [row for p in manifest.partitions
             for row in datasets.read_partition(store, "cifar10-test", p["name"]).to_pylist()]
     copies = max(1, -(-images // len(test)))
     name = f"bulk-{copies}x-{partition_size}"
     if not store.exists(layout.dataset_path(name, layout.DATASET_MANIFEST)):
         rows = (SourceImage(f"{t['image_id']}#{c}", t["image"], t["label"]) for c in range(copies) for t in test)
-        write_dataset(store, Source(f"CIFAR-10 test x{copies}", manifest["classes"], rows), name, "test",
+        write_dataset(store, Source(f"CIFAR-10 test x{copies}", manifest.classes, rows), name, "test",
                       partition_size, verbose=False)
     return name, copies * len(test)
 
@@ -163,7 +163,7 @@ def write_arrays(store: Store, folder: Path) -> None:
     for split in ("train", "test"):
         x, y, _, _ = datasets.load_labelled(store, f"cifar10-{split}", Preprocessing())
         np.savez(folder / f"{split}.npz", images=x, labels=y,
-                 classes=np.array(datasets.read_manifest(store, f"cifar10-{split}")["classes"]))
+                 classes=np.array(datasets.read_manifest(store, f"cifar10-{split}").classes))
 
 
 def run_airbench(folder: Path, runs: int) -> dict:
