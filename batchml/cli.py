@@ -324,11 +324,10 @@ def cmd_train(args) -> None:
     store, cfg = open_store(args), train_config(args)
     with connect(cluster_config(args), verbose=not args.quiet) as client:
         mv, card = train(client, store, cfg, verbose=not args.quiet)
-    m = card["metrics"]
-    test = f", test accuracy {m['test']['accuracy']:.4f}" if m["test"] else ""
-    print(f"registered {mv}: validation accuracy {m['validation']['accuracy']:.4f}{test}, "
-          f"{card['training']['seconds']:.0f}s on {device_label(card['training']['device'])}; "
-          f"{card['fit']['verdict']} ({card['fit']['reason']}); "
+    test = f", test accuracy {card.test_accuracy:.4f}" if card.test_accuracy is not None else ""
+    print(f"registered {mv}: validation accuracy {card.metrics.validation.accuracy:.4f}{test}, "
+          f"{card.training_seconds:.0f}s on {device_label(card.device)}; "
+          f"{card.fit.verdict} ({card.fit.reason}); "
           f"{store.url(mv.prefix)}")
     if args.promote:
         promote(store, mv, args.promote)
@@ -346,9 +345,9 @@ def cmd_models_list(args) -> None:
         aliases = read_aliases(store, name)
         for v in list_versions(store, name):
             card = read_card(store, ModelVersion(name, v))
-            test = (card["metrics"].get("test") or {}).get("accuracy")
+            test = card.test_accuracy
             tags = ",".join(a for a, t in aliases.items() if t == v)
-            print(f"{name}/{v:<5} {card['arch']:<10} {card['created_at']}  test accuracy "
+            print(f"{name}/{v:<5} {card.arch:<10} {card.created_at}  test accuracy "
                   f"{'-' if test is None else f'{test:.4f}'}  {tags}")
 
 
@@ -357,10 +356,10 @@ def cmd_models_show(args) -> None:
 
     store = open_store(args)
     card = read_card(store, resolve(store, args.version))
-    if isinstance(card.get("validation_rows"), dict):  # per-row data for monitoring, not for reading
-        card["validation_rows"] = {k: (f"<{len(v):,} characters>" if isinstance(v, str) and len(v) > 200 else v)
-                                   for k, v in card["validation_rows"].items()}
-    print(json.dumps(card, indent=1))
+    if isinstance(card.validation_rows, dict):  # per-row data for monitoring, not for reading
+        card.validation_rows = {k: (f"<{len(v):,} characters>" if isinstance(v, str) and len(v) > 200 else v)
+                                for k, v in card.validation_rows.items()}
+    print(json.dumps(card.to_dict(), indent=1))
 
 
 def cmd_models_promote(args) -> None:

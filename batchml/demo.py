@@ -60,8 +60,8 @@ def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[dict
                            tta=cfg.tta)
         mv, card = train(client, store, tcfg)
         promote(store, mv, DEFAULT_ALIAS)
-        print(f"demo: trained {mv} ({cfg.arch} net, {cfg.epochs} epochs) in {card['training']['seconds']:.0f}s, "
-              f"test accuracy {card['metrics']['test']['accuracy']:.4f}; promoted to {DEFAULT_ALIAS}")
+        print(f"demo: trained {mv} ({cfg.arch} net, {cfg.epochs} epochs) in {card.training_seconds:.0f}s, "
+              f"test accuracy {card.test_accuracy:.4f}; promoted to {DEFAULT_ALIAS}")
         for night, (dataset, what) in enumerate(nights, start=1):
             run_id = f"demo-{stamp}-night-{night}"
             manifest = score(client, store, ScoreConfig(dataset=dataset, run_id=run_id))
@@ -89,8 +89,8 @@ def make_nights(store: Store, test_dataset: str, stamp: str, cfg: DemoConfig) ->
     """Two datasets cut from ``test_dataset``'s labelled images: a uniform sample, and one where
     ``cfg.shifted_class`` is ``cfg.boost`` times as common. Returns (dataset, description) pairs."""
     manifest = datasets.read_manifest(store, test_dataset)
-    classes = manifest["classes"]
-    rows = [r for p in manifest["partitions"] for r in datasets.read_partition(store, test_dataset, p["name"])
+    classes = manifest.classes
+    rows = [r for p in manifest.partitions for r in datasets.read_partition(store, test_dataset, p["name"])
             .select(["image_id", "image", "label"]).to_pylist()]
     labels = np.array([-1 if r["label"] is None else r["label"] for r in rows])
     rng = np.random.default_rng(cfg.seed)

@@ -1,5 +1,5 @@
-"""The JSON records under the store root, one class each: what a dataset manifest and a run
-manifest hold (where they live: ``batchml.layout``).
+"""The records under the store root, one class each: what a dataset manifest, a run manifest,
+a model card, a monitoring row and an alert hold (where they live: ``batchml.layout``).
 
 Each has ``to_dict`` (what is written) and ``from_dict`` (what is read). ``schema_version``
 counts changes of shape: files written before records had it read as version 0, and keys a
@@ -14,26 +14,51 @@ from typing import Any, ClassVar
 
 
 class _Record:
-    """``to_dict``/``from_dict`` for a dataclass with ``schema_version`` and ``extra``."""
+    """``to_dict``/``from_dict`` for a dataclass with ``extra`` and, where it is a whole file or
+    table row, ``schema_version``. ``PARTS`` names the fields that hold a nested record."""
 
     SCHEMA_VERSION: ClassVar[int] = 1
+    PARTS: ClassVar[dict[str, type[_Record]]] = {}
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out = {name: _plain(getattr(self, name)) for name in self.columns()}
         return {**out, **self.extra}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
-        names = {f.name for f in fields(cls)} - {"extra"}
+        names = cls.columns()
         known = {name: data.get(name) for name in names}  # a key older writers lacked reads as None
-        known["schema_version"] = data.get("schema_version", 0)
+        if "schema_version" in known:
+            known["schema_version"] = data.get("schema_version", 0)
+        for name, part in cls.PARTS.items():
+            if isinstance(known[name], dict):
+                known[name] = part.from_dict(known[name])
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+
+    @classmethod
+    def written(cls, data: dict[str, Any]):
+        """The record this code writes now, of the current schema version."""
+        return cls.from_dict({**data, "schema_version": cls.SCHEMA_VERSION})
+
+    @classmethod
+    def of(cls, value):
+        """A record as it is, or a dict read as one (callers that build records by hand pass dicts)."""
+        return value if isinstance(value, cls) else cls.from_dict(value)
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        """The keys this record knows, in the order they are written."""
+        return [f.name for f in fields(cls) if f.name != "extra"]
 
     def __getitem__(self, key: str) -> Any:
         return self.to_dict()[key]
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.to_dict().get(key, default)
+
+
+def _plain(value: Any) -> Any:
+    return value.to_dict() if isinstance(value, _Record) else value
 
 
 @dataclass
@@ -79,5 +104,236 @@ class RunManifest(_Record):
     wall_seconds: float
     images_per_second: float | None  # of the partitions scored by this attempt; None if none were
     committed_at: str  # UTC, ISO 8601 with milliseconds
+    schema_version: int = _Record.SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+
+# -- the model card ------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation(_Record):
+    """A labelled split's metrics in the card (``metrics.validation``, ``metrics.test``)."""
+
+    rows: int
+    accuracy: float
+    loss: float  # mean negative log-likelihood of the true class
+    confusion: list[list[int]]  # (K, K) true x predicted counts
+    prob_confusion: list[list[float]] | None  # (K, K) true class x summed probabilities (BBSE); None: older cards
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Metrics(_Record):
+    """The card's ``metrics``."""
+
+    PARTS: ClassVar[dict] = {"validation": Evaluation, "test": Evaluation}
+
+    validation: Evaluation  # the split held out of the training dataset (by hash of image_id)
+    test: Evaluation | None  # the test dataset, touched once; None without one, and on a sweep's trials
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Calibration(_Record):
+    """Temperature scaling, fitted on the validation split (``batchml.train.calibration``)."""
+
+    temperature: float  # calibrated probabilities: softmax(log p / temperature)
+    validation_nll_before: float
+    validation_nll_after: float
+    # bias-corrected temperature scaling (``batchml.stats.BiasCorrection.to_dict``): the MLLS/EM and
+    # COT cells are summed from it; None on cards before it
+    bcts: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Fit(_Record):
+    """The learning curves' verdict (``batchml.train.diagnostics.fit_verdict``)."""
+
+    verdict: str  # good fit | over-fitting | under-fitting
+    reason: str  # why, and what to do
+    train_validation_gap: float  # last epoch's training minus validation accuracy
+    best_validation_loss_epoch: int  # 1-based
+    validation_loss_rise: float  # last validation loss above its minimum, as a share of it
+    last_epoch_validation_gain: float  # validation accuracy gained in the last epoch
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainingData(_Record):
+    """What the model learned from and was tested on (fingerprints: ``DatasetManifest``)."""
+
+    dataset: str
+    fingerprint: str
+    test_dataset: str | None
+    test_fingerprint: str | None  # set when the test set is used, after training
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Reference(_Record):
+    """What monitoring compares nights with: the model's predictions on a labelled split."""
+
+    split: str  # test where training had a test set, else validation
+    dataset: str
+    rows: int
+    predicted_counts: list[int]  # (K,) rows predicted as each class: the reference class mix
+    accuracy: float  # the reference accuracy alerts measure drops from
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelCard(_Record):
+    """``models/<name>/<version>/card.json``, written after the model: the version is committed.
+    Written by training (``batchml.train.training``, a sweep's best trial), read by scoring,
+    monitoring, the CLI and the dashboard."""
+
+    PARTS: ClassVar[dict] = {"data": TrainingData, "metrics": Metrics, "fit": Fit, "calibration": Calibration,
+                             "reference": Reference}
+
+    name: str | None  # the registered model name, set by the registry (None on a sweep trial's card)
+    version: str | None  # vN, set by the registry
+    created_at: str  # when training ended (UTC, ISO 8601)
+    arch: str  # architecture (``batchml.train.architectures``); a warm start keeps its parent's
+    classes: list[str]  # class names in label order: the model's outputs
+    preprocessing: dict  # how image bytes become its input (``batchml.data.images.Preprocessing.to_dict``)
+    parameters: int  # weights in the net
+    # free-form: the TrainConfig, the recipe's values used (keys: ``batchml.train.recipes``), the
+    # learning rate used, parent, backend, device, seconds, rows, and ``sweep`` for a sweep's best
+    training: dict
+    data: TrainingData
+    metrics: Metrics
+    learning_curves: dict[str, list[float]]  # per epoch, as Keras names them: loss, accuracy, val_loss, val_accuracy
+    fit: Fit
+    calibration: Calibration
+    # label-free monitoring: ATC score and threshold, validation histograms
+    # (``batchml.monitoring.label_free.atc_reference``); None on cards before it
+    atc: dict | None
+    # the validation probabilities and labels, encoded (``batchml.monitoring.label_shift.encode_rows``):
+    # BBSE's bootstrap resamples them; None on cards before it
+    validation_rows: dict | None
+    reference: Reference
+    schema_version: int = _Record.SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def test_accuracy(self) -> float | None:
+        """None where the model was not tested."""
+        return self.metrics.test.accuracy if self.metrics and self.metrics.test else None
+
+    @property
+    def atc_threshold(self) -> float | None:
+        """The ATC threshold; None on cards written before ATC (monitoring falls back to confidence)."""
+        return (self.atc or {}).get("threshold")
+
+    @property
+    def training_seconds(self) -> float:
+        return self.training["seconds"]
+
+    @property
+    def device(self) -> dict:
+        """Where it trained: backend, device kind and name, framework versions (``batchml.device``)."""
+        return self.training["device"]
+
+
+# -- the monitoring tables -----------------------------------------------------------------------
+
+
+@dataclass
+class MonitoringRow(_Record):
+    """A row of ``monitoring/runs/<run_id>.parquet``: one monitored run
+    (``batchml.monitoring.run_monitor.build_row``). Columns a newer writer added are kept in
+    ``extra`` and written back; rows written before a column existed read it as None (or NaN)."""
+
+    run_id: str
+    dataset: str  # the dataset name, or the prefix URL of raw files
+    model_version: str  # NAME/vN
+    committed_at: str  # the run's commit time (UTC): the nights' order
+    monitored_at: str  # when this row was written (UTC)
+    reference_accuracy: float  # the card's reference accuracy
+    accepted_run: str | None  # the run whose class mix was accepted as the baseline, if any
+    # the labelled-sample statistics (``run_monitor.summarise``)
+    rows: int  # predictions
+    errors: int  # undecodable images
+    error_ratio: float  # errors / (rows + errors)
+    labelled: int
+    correct: int
+    accuracy: float | None  # None without labelled rows
+    accuracy_low: float | None  # 95% Wilson interval
+    accuracy_high: float | None
+    mean_confidence: float | None  # mean top probability
+    expected_accuracy: float | None  # mean calibrated top probability: a label-free estimate
+    atc_accuracy: float | None  # ATC's estimate; None for cards without a threshold
+    cot_accuracy: float | None  # COT (``monitoring.label_free``); None for older cards or stats
+    label_free_accuracy: float | None  # the estimate the alerts use: the first of COT, ATC, expected
+    label_free_method: str | None  # cot | atc | confidence
+    classes: list[str]
+    # the run's summed ``batchml.stats.PartitionStats``: rows fold exactly over any range of nights
+    num_classes: int
+    predicted_counts: list[int]
+    confusion: list[list[int]]
+    prob_sums: list[float]
+    confidence_hist: list[int]
+    confidence_sum: float
+    calibrated_confidence_sum: float
+    score_hist: list[int]
+    class_prob_hist: list[list[int]]
+    cell_counts: list[list[int]]  # (K, bins) rows per predicted class and top-probability bin
+    cell_prob_sums: list[list[list[float]]]  # (K, bins, K) their summed bias-corrected probabilities
+    # per class, from the confusion matrix (``monitoring.classes``); None where undefined
+    precision: list[float | None]
+    recall: list[float | None]
+    f1: list[float | None]
+    fpr: list[float | None]
+    fnr: list[float | None]
+    support: list[int]  # labelled rows of each true class
+    # the class mix against the reference, or the accepted run's mix (``monitoring.shift.class_shift``)
+    chi2: float
+    p_value: float
+    js_distance: float  # Jensen-Shannon distance, base 2
+    share: list[float]  # tonight's predicted class shares
+    reference_share: list[float]
+    share_deviation: list[float]  # share minus reference share
+    # the class mix against recent clean nights (``monitoring.history``); None with too little history
+    history_nights: int
+    history_chi2: float | None
+    history_dispersion: float | None
+    history_p_value: float | None
+    history_js_distance: float | None
+    # the outputs against the validation split's (``monitoring.label_free.output_shift``)
+    output_p_value: float | None  # Bonferroni-corrected; None for cards or stats without histograms
+    output_ks: float | None
+    output_worst: str | None  # which histogram: score, or class N
+    # the estimated true class mix, BBSE (``monitoring.label_shift``); None for cards without its matrix
+    estimated_priors: list[float] | None
+    estimated_priors_low: list[float] | None
+    estimated_priors_high: list[float] | None
+    estimated_priors_interval: str | None  # bootstrap | normal
+    bbse_condition_number: float | None
+    bbse_well_conditioned: bool | None
+    mlls_priors: list[float] | None  # the estimated true class mix by MLLS/EM; None for stats without cells
+    sustained_p_value: float  # the reference test with the baseline's overdispersion
+    model_reference_p_value: float  # the mix against the model's own reference, whatever was accepted
+    model_reference_js_distance: float
+    # the CUSUM per class (``monitoring.sequential``)
+    cusum_up: list[float]
+    cusum_down: list[float]
+    cusum_counted: bool  # whether tonight added evidence (not if it alarmed on its own, or without a baseline)
+    alert_kinds: list[str] | None  # the kinds of alert this night raised; None on rows written before
+    schema_version: int = _Record.SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Alert(_Record):
+    """A row of ``monitoring/alerts/<run_id>.parquet`` (the rules: ``batchml.monitoring.run_monitor``)."""
+
+    run_id: str
+    kind: str  # e.g. error_ratio, sustained_shift, accuracy_drop
+    severity: str  # error (the monitor exits 1) | warning
+    statistic: float  # the value that crossed the threshold
+    threshold: float
+    message: str  # what happened, and what to do
     schema_version: int = _Record.SCHEMA_VERSION
     extra: dict = field(default_factory=dict)

@@ -12,10 +12,12 @@ import os
 import socket
 import tempfile
 import uuid
+from dataclasses import replace
 
 from batchml import layout
 from batchml.errors import BatchmlError
 from batchml.layout import ModelVersion, check_name
+from batchml.records import ModelCard
 from batchml.store import Store
 
 DEFAULT_MODEL_NAME = "cifar10"
@@ -63,19 +65,20 @@ def resolve(store: Store, ref: str, default_name: str = DEFAULT_MODEL_NAME) -> M
     )
 
 
-def read_card(store: Store, mv: ModelVersion) -> dict:
-    return store.read_json(mv.card_path)
+def read_card(store: Store, mv: ModelVersion) -> ModelCard:
+    return ModelCard.from_dict(store.read_json(mv.card_path))
 
 
-def register(store: Store, name: str, model_file: str | bytes, card: dict) -> ModelVersion:
+def register(store: Store, name: str, model_file: str | bytes, card: ModelCard | dict) -> ModelVersion:
     """Store a saved ``.keras`` file (its path or its bytes) and its card as the next
-    version of ``name``."""
+    version of ``name``; the card is written with that name and version."""
     mv = _claim_version(store, name)
     if isinstance(model_file, str):
         with open(model_file, "rb") as f:
             model_file = f.read()
     store.write_bytes(mv.model_path, model_file)
-    store.write_json(mv.card_path, {**card, "name": name, "version": mv.version})
+    card = replace(ModelCard.of(card), name=name, version=mv.version, schema_version=ModelCard.SCHEMA_VERSION)
+    store.write_json(mv.card_path, card.to_dict())
     return mv
 
 

@@ -74,13 +74,13 @@ def prepare(store: Store, source: str, images: int, partition_size: int) -> tupl
     for split in ("train", "test"):
         ingest(store, source, f"cifar10-{split}", split, verbose=False)
     manifest = datasets.read_manifest(store, "cifar10-test")
-    test = [row for p in manifest["partitions"]
+    test = [row for p in manifest.partitions
             for row in datasets.read_partition(store, "cifar10-test", p["name"]).to_pylist()]
     copies = max(1, -(-images // len(test)))
     name = f"bulk-{copies}x-{partition_size}"
     if not store.exists(layout.dataset_path(name, layout.DATASET_MANIFEST)):
         rows = (SourceImage(f"{t['image_id']}#{c}", t["image"], t["label"]) for c in range(copies) for t in test)
-        write_dataset(store, Source(f"CIFAR-10 test x{copies}", manifest["classes"], rows), name, "test",
+        write_dataset(store, Source(f"CIFAR-10 test x{copies}", manifest.classes, rows), name, "test",
                       partition_size, verbose=False)
     return name, copies * len(test)
 
@@ -163,7 +163,7 @@ def write_arrays(store: Store, folder: Path) -> None:
     for split in ("train", "test"):
         x, y, _, _ = datasets.load_labelled(store, f"cifar10-{split}", Preprocessing())
         np.savez(folder / f"{split}.npz", images=x, labels=y,
-                 classes=np.array(datasets.read_manifest(store, f"cifar10-{split}")["classes"]))
+                 classes=np.array(datasets.read_manifest(store, f"cifar10-{split}").classes))
 
 
 def run_airbench(folder: Path, runs: int) -> dict:
@@ -241,11 +241,11 @@ def check(args: argparse.Namespace) -> dict:
         held_out = 0.1 if args.small else 0.02  # 1,000 of CIFAR-10's 50,000; enough to hold some of tiny data
         mv, card = train(client, store, TrainConfig("cifar10-train", "cifar10-test", name="gpu-check", arch="fast",
                                                     validation_fraction=held_out, **net), verbose=True)
-        t = card["training"]
+        t = card.training
         epochs = t["epoch_seconds"]
         compile_s = max(0.0, epochs[0] - float(np.median(epochs[1:]))) if len(epochs) > 1 else 0.0
-        print(f"trained {mv} on {t['device']['device_name']} ({t['backend']}): test accuracy "
-              f"{card['metrics']['test']['accuracy']:.4f} in {t['seconds']:.1f}s ({compile_s:.1f}s of it compiling, "
+        print(f"trained {mv} on {card.device['device_name']} ({t['backend']}): test accuracy "
+              f"{card.test_accuracy:.4f} in {card.training_seconds:.1f}s ({compile_s:.1f}s of it compiling, "
               f"estimated)", flush=True)
 
         score(client, store, ScoreConfig("cifar10-test", model=str(mv), run_id=f"gpu-check-warmup-{stamp}"),
@@ -273,12 +273,12 @@ def check(args: argparse.Namespace) -> dict:
             write_arrays(store, Path(tmp))
             airbench = run_airbench(Path(tmp), args.airbench_runs)
     figures = {
-        "worker_device": t["device"], "workers": len(pids), "framework_devices_per_worker": sorted(seen.values()),
+        "worker_device": card.device, "workers": len(pids), "framework_devices_per_worker": sorted(seen.values()),
         "processes_per_gpu": {i: len(g["processes"]) for i, g in gpus.items()},
         "gpus": gpus,
-        "train_seconds": t["seconds"], "compile_seconds": round(compile_s, 1),
-        "train_seconds_after_compile": round(t["seconds"] - compile_s, 1), "epoch_seconds": epochs,
-        "test_accuracy": round(card["metrics"]["test"]["accuracy"], 4), "net": net,
+        "train_seconds": card.training_seconds, "compile_seconds": round(compile_s, 1),
+        "train_seconds_after_compile": round(card.training_seconds - compile_s, 1), "epoch_seconds": epochs,
+        "test_accuracy": round(card.test_accuracy, 4), "net": net,
         "score_images": manifest["rows"], "score_images_per_s": round(rate, 1),
         "score_partitions": len(manifest["partitions"]), "score_batch_sizes": manifest["batch_sizes_used"],
         "bare_images_per_s": round(bare[best], 1), "bare_batch_size": best,

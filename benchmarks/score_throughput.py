@@ -81,11 +81,11 @@ def prepare(store: Store, n_images: int):
             mv, _ = train(client, store, TrainConfig("cifar10-train", epochs=1), verbose=False)
         promote(store, mv)
     manifest = datasets.read_manifest(store, "cifar10-test")
-    test = [row for p in manifest["partitions"]
+    test = [row for p in manifest.partitions
             for row in datasets.read_partition(store, "cifar10-test", p["name"]).to_pylist()]
     copies = max(1, n_images // len(test))
-    build(store, f"bulk-{copies}x", test, manifest["classes"], copies)
-    build(store, f"bulk-{max(1, copies // 5)}x", test, manifest["classes"], max(1, copies // 5))
+    build(store, f"bulk-{copies}x", test, manifest.classes, copies)
+    build(store, f"bulk-{max(1, copies // 5)}x", test, manifest.classes, max(1, copies // 5))
     return mv, test, copies
 
 

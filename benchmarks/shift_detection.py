@@ -31,6 +31,7 @@ import json
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ from batchml.errors import BatchmlError
 from batchml.monitoring.label_free import atc_reference
 from batchml.monitoring.label_shift import encode_rows, estimate_priors, mlls_priors
 from batchml.monitoring.run_monitor import MonitorConfig, alerts, baseline_from_rows, build_row
+from batchml.records import ModelCard
 from batchml.registry import load_model, promote, read_card, resolve
 from batchml.score.scoring import ScoreConfig, score
 from batchml.stats import BiasCorrection, PartitionStats, scale_temperature
@@ -64,7 +66,7 @@ CORRUPT_IMAGES = 5000  # test images corrupted per kind and severity
 CFG = MonitorConfig()
 
 
-def prepare(store: Store, epochs: int) -> tuple[dict, np.ndarray, np.ndarray]:
+def prepare(store: Store, epochs: int) -> tuple[ModelCard, np.ndarray, np.ndarray]:
     """The model's card and its test-set probabilities (N, K) and labels (N,), via batchml score."""
     source = cifar10_source()
     for split in ("train", "test"):
@@ -81,25 +83,25 @@ def prepare(store: Store, epochs: int) -> tuple[dict, np.ndarray, np.ndarray]:
     return read_card(store, mv), np.stack(preds.probabilities.to_numpy()), preds.label.to_numpy().astype(int)
 
 
-def validation_predictions(store: Store, card: dict, out: Path) -> tuple[np.ndarray, np.ndarray]:
+def validation_predictions(store: Store, card: ModelCard, out: Path) -> tuple[np.ndarray, np.ndarray]:
     """The model's raw probabilities (N, K) and labels (N,) on its validation split, cached beside the store."""
-    cache = out / f"validation-probs-{card['version']}.npz"
+    cache = out / f"validation-probs-{card.version}.npz"
     if not cache.exists():
         configure_backend()
-        x, y, ids, _ = datasets.load_labelled(store, card["data"]["dataset"], Preprocessing())
-        val = datasets.in_validation(ids, card["training"]["validation_fraction"])
+        x, y, ids, _ = datasets.load_labelled(store, card.data.dataset, Preprocessing())
+        val = datasets.in_validation(ids, card.training["validation_fraction"])
         model = load_model(store, resolve(store, "production"))
         np.savez(cache, probs=model.predict(x[val], batch_size=512, verbose=0), labels=y[val])
     saved = np.load(cache)
     return saved["probs"], saved["labels"]
 
 
-def with_monitoring_fields(card: dict, probs: np.ndarray, labels: np.ndarray) -> dict:
+def with_monitoring_fields(card: ModelCard, probs: np.ndarray, labels: np.ndarray) -> ModelCard:
     """The card as this branch's training writes it: the label-free, BBSE and MLLS fields recomputed
     from the validation predictions, so a model trained by an earlier release meets the current rules."""
-    temperature = card["calibration"]["temperature"]
-    return {**card, "atc": atc_reference(probs, labels, temperature), "validation_rows": encode_rows(probs, labels),
-            "calibration": {**card["calibration"], "bcts": fit_bcts(probs, labels).to_dict()}}
+    return replace(card, atc=atc_reference(probs, labels, card.calibration.temperature),
+                   validation_rows=encode_rows(probs, labels),
+                   calibration=replace(card.calibration, bcts=fit_bcts(probs, labels).to_dict()))
 
 
 # -- label-free accuracy: the candidates ----------------------------------------------------------------
@@ -158,22 +160,21 @@ def corrupted_probs(store: Store, out: Path, seed: int) -> tuple[dict[str, np.nd
 # -- monitoring a night, the new way and the old way ------------------------------------------------
 
 
-def night_stats(card: dict, probs: np.ndarray, idx: np.ndarray) -> PartitionStats:
+def night_stats(card: ModelCard, probs: np.ndarray, idx: np.ndarray) -> PartitionStats:
     """An unlabelled night's statistics, as scoring writes them."""
-    calibration = card["calibration"]
-    return PartitionStats.from_predictions(probs[idx], np.full(len(idx), -1), calibration["temperature"],
-                                           bcts=BiasCorrection.from_dict(calibration["bcts"]))
+    return PartitionStats.from_predictions(probs[idx], np.full(len(idx), -1), card.calibration.temperature,
+                                           bcts=BiasCorrection.from_dict(card.calibration.bcts))
 
 
 class Monitor:
     """Chains nights as `batchml monitor` does: this branch's rules and the previous release's."""
 
-    def __init__(self, card: dict) -> None:
+    def __init__(self, card: ModelCard) -> None:
         self.card, self.rows, self.old_history = card, [], []
 
     def night(self, stats: PartitionStats) -> tuple[list[str], list[str], dict]:
         run = {"run_id": f"n{len(self.rows)}", "dataset": "sim", "model_version": "m/v1",
-               "committed_at": f"{len(self.rows):06d}", "classes": self.card["classes"]}
+               "committed_at": f"{len(self.rows):06d}", "classes": self.card.classes}
         row = build_row(run, stats, self.card, baseline_from_rows(self.rows, None, CFG.history_nights), CFG)
         row["alert_kinds"] = [a["kind"] for a in alerts(row, 0.01, CFG)]
         self.rows.append(row)
@@ -230,7 +231,7 @@ def tilted(k: int, cls: int, factor: float) -> np.ndarray:
 
 def mixed_sequences(rng, card, probs, labels, corrupted, corrupted_labels) -> dict:
     """Clean, doubled-class, Dirichlet-mixed and corrupted nights in random order."""
-    k, ref = probs.shape[1], card["reference"]["accuracy"]
+    k, ref = probs.shape[1], card.reference.accuracy
     tally = {m: {"doubled": [], "clean": [], "corrupt_drop": []} for m in ("new", "old")}
     false_kinds = {"new": [], "old": []}  # the alert kinds raised on clean nights
     names = sorted(set(corrupted) - {"clean"})
@@ -296,7 +297,7 @@ def persistent_shift(rng, card, probs, labels) -> dict:
 
 def corruption_suite(rng, card, probs, labels, corrupted, corrupted_labels, candidates: dict) -> dict:
     """Unlabelled nights of corrupted test images after a clean baseline: label-free error and alerts."""
-    ref = card["reference"]["accuracy"]
+    ref = card.reference.accuracy
     warm = Monitor(card)
     for _ in range(CFG.history_nights):
         warm.night(night_stats(card, probs, rng.choice(len(labels), NIGHT, replace=False)))
@@ -351,8 +352,8 @@ def bbse_error(rng, card, probs, labels) -> dict:
     """Mean L1 error of the estimated priors, and how often the 95% intervals hold the night's true
     share: the bootstrap over validation rows, and the normal approximation it replaced."""
     k, l1, covered = probs.shape[1], {"bbse": [], "mlls": [], "mlls_rows": []}, {"bootstrap": [], "normal": []}
-    joint = np.asarray(card["metrics"]["validation"]["prob_confusion"])
-    bcts, source = BiasCorrection.from_dict(card["calibration"]["bcts"]), joint.sum(axis=1)
+    joint = np.asarray(card.metrics.validation.prob_confusion)
+    bcts, source = BiasCorrection.from_dict(card.calibration.bcts), joint.sum(axis=1)
     for _ in range(BBSE_NIGHTS):
         counts = rng.multinomial(BBSE_NIGHT, rng.dirichlet(np.ones(k)))
         idx = draw_by_class(rng, labels, counts, True)
@@ -386,21 +387,21 @@ def main() -> int:
     corrupted, corrupted_labels = corrupted_probs(store, Path(args.root).parent, args.seed)
     val_probs, val_labels = validation_predictions(store, card, Path(args.root).parent)
     card = with_monitoring_fields(card, val_probs, val_labels)
-    candidates = label_free_candidates(card["calibration"]["temperature"], val_probs, val_labels)
+    candidates = label_free_candidates(card.calibration.temperature, val_probs, val_labels)
     if args.prepare_only:
         return 0
     rng = np.random.default_rng(args.seed)
-    print(f"model {card['name']}/{card['version']}: test accuracy {card['metrics']['test']['accuracy']:.4f}, "
-          f"reference ({card['reference']['split']} split) accuracy {card['reference']['accuracy']:.4f}, "
-          f"validation rows {card['validation_rows']['rows']:,}, "
-          f"temperature {card['calibration']['temperature']:.3f}, ATC threshold {card['atc']['threshold']:.4f}")
+    print(f"model {card.name}/{card.version}: test accuracy {card.test_accuracy:.4f}, "
+          f"reference ({card.reference.split} split) accuracy {card.reference.accuracy:.4f}, "
+          f"validation rows {card.validation_rows['rows']:,}, "
+          f"temperature {card.calibration.temperature:.3f}, ATC threshold {card.atc_threshold:.4f}")
     figures = {
         "mixed": mixed_sequences(rng, card, probs, labels, corrupted, corrupted_labels),
         "persistent": persistent_shift(rng, card, probs, labels),
         "corruption": corruption_suite(rng, card, probs, labels, corrupted, corrupted_labels, candidates),
         "bbse": bbse_error(rng, card, probs, labels),
-        "test_accuracy": card["metrics"]["test"]["accuracy"],
-        "reference_accuracy": card["reference"]["accuracy"],
+        "test_accuracy": card.test_accuracy,
+        "reference_accuracy": card.reference.accuracy,
     }
     figures["seconds"] = round(time.perf_counter() - started, 1)
     report(figures)

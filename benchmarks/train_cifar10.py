@@ -131,15 +131,15 @@ def train_fast(store: Store, x_test: np.ndarray, y_test: np.ndarray, **hyper) ->
     return {"fast_test_accuracy": accuracy(model), "fast_tta": recipe.tta,
             "fast_test_accuracy_flip_tta": accuracy(with_tta(trunk, "flip")),
             "fast_test_accuracy_without_tta": accuracy(trunk),
-            "fast_train_seconds": card["training"]["seconds"], "fast_epochs": recipe.epochs,
+            "fast_train_seconds": card.training_seconds, "fast_epochs": recipe.epochs,
             "fast_compile_seconds": round(max(0.0, times.seconds[0] - float(np.median(later))), 1),
             "fast_epoch_seconds": times.seconds, "fast_batch_size": recipe.batch_size,
             "fast_learning_rate": recipe.learning_rate, "fast_momentum": recipe.momentum,
             "fast_weight_decay": recipe.weight_decay, "fast_activation": recipe.activation,
             "fast_ema": recipe.ema,
-            "fast_width": recipe.width, "fast_parameters": card["parameters"],
-            "fast_validation_accuracy_by_epoch": [round(a, 4) for a in card["learning_curves"]["val_accuracy"]],
-            "fast_fit": card["fit"]["verdict"], "backend": card["training"]["backend"]}
+            "fast_width": recipe.width, "fast_parameters": card.parameters,
+            "fast_validation_accuracy_by_epoch": [round(a, 4) for a in card.learning_curves["val_accuracy"]],
+            "fast_fit": card.fit.verdict, "backend": card.training["backend"]}
 
 
 def apart(args: argparse.Namespace, which: str) -> dict:

@@ -191,10 +191,10 @@ def test_the_same_seed_trains_the_same_model(trained_store):
 
     cfg = TrainConfig("shapes-train", arch="fast", epochs=1, batch_size=32, width=4, seed=7)
     (m1, c1), (m2, c2) = fit(trained_store, cfg), fit(trained_store, cfg)
-    assert c1["learning_curves"] == c2["learning_curves"]
+    assert c1.learning_curves == c2.learning_curves
     assert all(np.array_equal(a, b) for a, b in zip(m1.get_weights(), m2.get_weights(), strict=True))
     _, c3 = fit(trained_store, TrainConfig("shapes-train", arch="fast", epochs=1, batch_size=32, width=4, seed=8))
-    assert c3["learning_curves"] != c1["learning_curves"]
+    assert c3.learning_curves != c1.learning_curves
 
 
 def test_warm_start_fine_tunes_a_registered_version(client, trained_store, tmp_path):
@@ -204,10 +204,10 @@ def test_warm_start_fine_tunes_a_registered_version(client, trained_store, tmp_p
     mv, card = train(client, store, TrainConfig("shapes-train", "shapes-test", name="shapes", epochs=1,
                                                 warm_start="shapes/production"), verbose=False)
     parent = resolve(store, "shapes/production")
-    assert mv.version != parent.version and card["training"]["warm_start_from"] == str(parent)
-    assert card["arch"] == read_card(store, parent)["arch"]
-    assert card["training"]["learning_rate_used"] == pytest.approx(1e-4)  # a tenth of the recipe's
-    assert card["metrics"]["test"]["accuracy"] >= read_card(store, parent)["metrics"]["test"]["accuracy"] - 0.1
+    assert mv.version != parent.version and card.training["warm_start_from"] == str(parent)
+    assert card.arch == read_card(store, parent).arch
+    assert card.training["learning_rate_used"] == pytest.approx(1e-4)  # a tenth of the recipe's
+    assert card.test_accuracy >= read_card(store, parent).test_accuracy - 0.1
     with pytest.raises(BatchmlError, match="no version or alias 'v99'"):
         train(client, store, TrainConfig("shapes-train", warm_start="shapes/v99"), verbose=False)
 
@@ -227,8 +227,7 @@ def test_a_sweep_runs_its_trials_across_two_workers_and_registers_the_best(clien
     best = trials.loc[trials.validation_accuracy.idxmax()]
     assert result["best_trial"] == best.trial and result["registered"] == "swept/v1"
     card = read_card(store, resolve(store, "swept/v1"))
-    assert card["metrics"]["test"]["rows"] == 60 and card["training"]["sweep"] == {"sweep_id": "s1",
-                                                                                     "trial": int(best.trial)}
+    assert card.metrics.test.rows == 60 and card.training["sweep"] == {"sweep_id": "s1", "trial": int(best.trial)}
     kept = [n for n in range(4) if store.exists(f"sweeps/s1/trial-{n:03d}/model.keras")]
     assert kept == [int(best.trial)]  # the losers' models are deleted, their rows kept
     assert sweep(client, store, cfg, verbose=False)["registered"] == "swept/v1"  # a rerun trains nothing

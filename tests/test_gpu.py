@@ -229,7 +229,7 @@ def test_cards_and_manifests_name_the_device_each_task_computed_on(client, train
     from batchml.registry import read_card, resolve
 
     card = read_card(trained_store, resolve(trained_store, "shapes/production"))
-    where = card["training"]["device"]
+    where = card.device
     assert (where["backend"], where["device"], where["device_name"]) == ("tensorflow", "cpu", "cpu")
     assert set(where["versions"]) >= {"keras", "tensorflow"}
     manifest = score(client, trained_store, ScoreConfig("shapes-test", model="shapes/production",

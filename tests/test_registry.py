@@ -19,7 +19,10 @@ def test_versions_are_numbered_and_cards_stored(store, model_file):
     v2 = register(store, "cifar10", model_file, {"arch": "y"})
     assert (str(v1), str(v2)) == ("cifar10/v1", "cifar10/v2")
     assert list_versions(store, "cifar10") == ["v1", "v2"]
-    assert read_card(store, v2) == {"arch": "y", "name": "cifar10", "version": "v2"}
+    card = read_card(store, v2)
+    assert (card.arch, card.name, card.version) == ("y", "cifar10", "v2")
+    assert {k: v for k, v in card.to_dict().items() if v is not None} == {  # and nothing else
+        "arch": "y", "name": "cifar10", "version": "v2", "schema_version": card.SCHEMA_VERSION}
 
 
 def test_a_version_without_its_card_is_not_committed(store, model_file):
@@ -75,4 +78,4 @@ def test_two_processes_registering_at_once_never_share_a_version(request, store,
     assert len(set(got)) == 10 and list_versions(target, "race") == [f"v{i}" for i in range(1, 11)]
     for version in got:  # each card beside its own model
         mv = ModelVersion(*version.split("/"))
-        assert target.read_bytes(f"{mv.prefix}/model.keras") == read_card(target, mv)["arch"].encode()
+        assert target.read_bytes(f"{mv.prefix}/model.keras") == read_card(target, mv).arch.encode()

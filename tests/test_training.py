@@ -38,27 +38,27 @@ def test_training_task_registers_a_version_with_its_card(trained_store):
     mv = resolve(trained_store, "shapes/production")
     card = read_card(trained_store, mv)
     train_manifest = datasets.read_manifest(trained_store, "shapes-train")
-    assert card["classes"] == train_manifest["classes"]
-    assert card["data"]["fingerprint"] == train_manifest["fingerprint"]
-    assert set(card["learning_curves"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
-    assert all(len(v) == 2 for v in card["learning_curves"].values())  # one point per epoch
-    t = card["training"]
+    assert card.classes == train_manifest.classes
+    assert card.data.fingerprint == train_manifest.fingerprint
+    assert set(card.learning_curves) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 2 for v in card.learning_curves.values())  # one point per epoch
+    t = card.training
     assert t["train_rows"] + t["validation_rows"] == 120 and t["validation_rows"] > 0
-    assert card["metrics"]["test"]["rows"] == 60
-    assert sum(card["reference"]["predicted_counts"]) == 60 and card["reference"]["split"] == "test"
-    assert card["calibration"]["temperature"] > 0
-    assert card["preprocessing"] == Preprocessing().to_dict()
+    assert card.metrics.test.rows == 60
+    assert sum(card.reference.predicted_counts) == 60 and card.reference.split == "test"
+    assert card.calibration.temperature > 0
+    assert card.preprocessing == Preprocessing().to_dict()
 
 
 def test_the_card_keeps_the_validation_rows_bbse_resamples(trained_store):
     from batchml.monitoring.label_shift import decode_rows
 
     card = read_card(trained_store, resolve(trained_store, "shapes/production"))
-    probs, labels = decode_rows(card["validation_rows"])
-    assert len(labels) == card["training"]["validation_rows"] == card["metrics"]["validation"]["rows"]
+    probs, labels = decode_rows(card.validation_rows)
+    assert len(labels) == card.training["validation_rows"] == card.metrics.validation.rows
     joint = np.zeros((probs.shape[1],) * 2)
     np.add.at(joint, labels, probs)  # true class x summed probabilities, as the card's matrix
-    assert joint == pytest.approx(np.asarray(card["metrics"]["validation"]["prob_confusion"]), abs=0.01)
+    assert joint == pytest.approx(np.asarray(card.metrics.validation.prob_confusion), abs=0.01)
 
 
 def test_training_an_unknown_dataset_fails_before_any_task(client, store):

@@ -49,6 +49,7 @@ from batchml.monitoring.label_free import atc_accuracy, cot_accuracy, output_shi
 from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors, mlls_priors
 from batchml.monitoring.shift import class_shift, wilson_interval
 from batchml.monitoring.tables import read_table, write_alerts, write_run_row
+from batchml.records import ModelCard
 from batchml.registry import read_card
 from batchml.score import failures
 from batchml.stats import PartitionStats
@@ -152,12 +153,11 @@ def monitor_range(store: Store, since: str | None = None, until: str | None = No
                   model_version: str | None = None) -> dict:
     """Labelled-sample statistics over the monitored runs committed in [since, until] (ISO dates)."""
     runs = read_table(store, "runs")
-    if "committed_at" in runs:
-        day = runs.committed_at.str[:10]
-        runs = runs[(day >= (since or "")) & (day <= (until or "9999"))]
-        if model_version:
-            runs = runs[runs.model_version == model_version]
-    if runs.empty or "committed_at" not in runs:
+    day = runs.committed_at.str[:10]
+    runs = runs[(day >= (since or "")) & (day <= (until or "9999"))]
+    if model_version:
+        runs = runs[runs.model_version == model_version]
+    if runs.empty:
         which = f" for {model_version}" if model_version else ""
         raise BatchmlError(f"no monitored runs between {since or 'the start'} and {until or 'now'}{which}: "
                            "run `batchml monitor --run-id ID` first")
@@ -173,31 +173,28 @@ def _range_label_free(store: Store, runs) -> tuple[float | None, np.ndarray | No
     models' thresholds and calibrations do not mix)."""
     if runs.model_version.nunique() != 1:
         return None, None
-    card = read_card(store, ModelVersion(*runs.model_version.iloc[0].split("/")))
-    return (card.get("atc") or {}).get("threshold"), _expected_mix(card, None)
+    card = read_card(store, ModelVersion.parse(runs.model_version.iloc[0]))
+    return card.atc_threshold, _expected_mix(card, None)
 
 
-def validation_mix(card: dict) -> np.ndarray | None:
+def _validation_mix(card: ModelCard) -> np.ndarray:
     """The true class mix of the model's validation split: what the model expects to see."""
-    confusion = card["metrics"]["validation"].get("confusion")
-    if confusion is None:
-        return None
-    counts = np.asarray(confusion, dtype=np.float64).sum(axis=1)
+    counts = np.asarray(card.metrics.validation.confusion, dtype=np.float64).sum(axis=1)
     return counts / counts.sum()
 
 
-def _expected_mix(card: dict, accepted: dict | None) -> np.ndarray | None:
+def _expected_mix(card: ModelCard, accepted: dict | None) -> np.ndarray | None:
     """The class mix COT measures an unlabelled night against: the accepted run's estimated true mix,
     else the validation split's. None for models trained before the bias-corrected calibration: their
     cells hold temperature-scaled probabilities, on which COT read clean nights two to three points
     low (benchmarks/shift_detection.py), so they keep ATC."""
-    if not card.get("calibration", {}).get("bcts"):
+    if not card.calibration or not card.calibration.bcts:
         return None
     if accepted and accepted.get("estimated_mix") is not None:
         return np.asarray(accepted["estimated_mix"], dtype=np.float64)
     if accepted:  # accepted before the record kept the estimated mix: its predicted mix stands in
         return np.asarray(accepted["predicted_counts"], dtype=np.float64) / np.sum(accepted["predicted_counts"])
-    return validation_mix(card)
+    return _validation_mix(card)
 
 
 def format_range(summary: dict) -> str:
@@ -232,24 +229,24 @@ def monitor_run(store: Store, run_id: str, cfg: MonitorConfig = MonitorConfig())
     return report
 
 
-def build_row(run: dict, stats: PartitionStats, card: dict, baseline: Baseline | None = None,
+def build_row(run: dict, stats: PartitionStats, card: ModelCard | dict, baseline: Baseline | None = None,
               cfg: MonitorConfig = MonitorConfig()) -> dict:
     """The monitoring row of one run from its summed statistics, its model's card and what
-    earlier nights tell (``baseline_from_rows``). Pure: benchmarks call it too."""
-    baseline = baseline or Baseline()
-    reference = card["reference"]
+    earlier nights tell (``baseline_from_rows``). Pure: benchmarks call it too, with cards as dicts."""
+    baseline, card = baseline or Baseline(), ModelCard.of(card)
+    reference = card.reference
     accepted = baseline.accepted
-    ref_counts = np.asarray(accepted["predicted_counts"] if accepted else reference["predicted_counts"])
-    atc = card.get("atc") or {}
+    ref_counts = np.asarray(accepted["predicted_counts"] if accepted else reference.predicted_counts)
+    atc = card.atc or {}
     row = {
         "run_id": run["run_id"],
         "dataset": run["dataset"],
         "model_version": run["model_version"],
         "committed_at": run["committed_at"],
         "monitored_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "reference_accuracy": reference["accuracy"],
+        "reference_accuracy": reference.accuracy,
         "accepted_run": accepted["run_id"] if accepted else None,
-        **summarise(stats, run["classes"], atc.get("threshold"), _expected_mix(card, accepted), cfg.min_labelled),
+        **summarise(stats, run["classes"], card.atc_threshold, _expected_mix(card, accepted), cfg.min_labelled),
         **class_shift(stats.predicted_counts, ref_counts),
         **(history_shift(baseline.history, stats.predicted_counts) or {
             "history_nights": len(baseline.history), "history_chi2": None, "history_dispersion": None,
@@ -260,7 +257,7 @@ def build_row(run: dict, stats: PartitionStats, card: dict, baseline: Baseline |
     row["sustained_p_value"] = _sustained_p(row)
     # the mix against the model's own reference, whatever was accepted since: the output test
     # compares with the validation split, whose mix that is
-    own = class_shift(stats.predicted_counts, np.asarray(reference["predicted_counts"])) if accepted else row
+    own = class_shift(stats.predicted_counts, np.asarray(reference.predicted_counts)) if accepted else row
     row["model_reference_p_value"], row["model_reference_js_distance"] = own["p_value"], own["js_distance"]
     return {**row, **_cusum(row, stats, baseline, cfg)}
 
@@ -318,15 +315,13 @@ def _history(store: Store, manifest: dict, nights: int) -> Baseline:
     """The baseline from the model's runs committed before this one."""
     runs = read_table(store, "runs")
     accepted = accepted_baseline(store, manifest["model_version"], manifest["committed_at"])
-    if "model_version" not in runs:
-        return Baseline(accepted=accepted)
     runs = runs[(runs.model_version == manifest["model_version"]) & (runs.run_id != manifest["run_id"])
                 & (runs.committed_at <= manifest["committed_at"])]
     rows = runs.sort_values("committed_at").to_dict("records")
     if any(r.get("alert_kinds") is None or isinstance(r.get("alert_kinds"), float) for r in rows):
         # rows written before alert_kinds was a column: their alerts are in the alerts table
         alerted = read_table(store, "alerts")
-        kinds = alerted.groupby("run_id")["kind"].apply(list).to_dict() if "run_id" in alerted else {}
+        kinds = alerted.groupby("run_id")["kind"].apply(list).to_dict()
         rows = [r if isinstance(r.get("alert_kinds"), list | np.ndarray) else {**r, "alert_kinds": kinds.get(
             r["run_id"], [])} for r in rows]
     return baseline_from_rows(rows, accepted, nights)
@@ -336,7 +331,7 @@ def accept_baseline(store: Store, run_id: str, note: str = "") -> dict:
     """Record that a monitored run's class mix is the new normal for its model: from it on,
     ``sustained_shift`` compares with it, and the nightly baseline and CUSUM restart there."""
     rows = read_table(store, "runs")
-    match = rows[rows.run_id == run_id] if "run_id" in rows else rows
+    match = rows[rows.run_id == run_id]
     if match.empty:
         raise BatchmlError(f"run {run_id!r} is not monitored yet: run `batchml monitor --run-id {run_id}` first")
     r = match.iloc[0]
@@ -358,18 +353,17 @@ def accepted_baseline(store: Store, model_version: str, committed_at: str) -> di
     return max(records, key=lambda r: (r["committed_at"], r["accepted_at"]), default=None)
 
 
-def _label_shift(card: dict, stats: PartitionStats) -> dict:
+def _label_shift(card: ModelCard, stats: PartitionStats) -> dict:
     """Estimated true class mix: soft BBSE with its interval, and MLLS/EM beside it; each absent where
     the card or the statistics predate what it needs."""
-    validation = card["metrics"]["validation"]
-    joint = validation.get("prob_confusion")
+    joint = card.metrics.validation.prob_confusion
     if joint is None or stats.rows == 0:
         return {"estimated_priors": None, "estimated_priors_low": None, "estimated_priors_high": None,
                 "estimated_priors_interval": None, "bbse_condition_number": None, "bbse_well_conditioned": None,
                 "mlls_priors": None}
     mu = stats.prob_sums / stats.rows
     est = estimate_priors(np.asarray(joint), mu, stats.rows)
-    rows = card.get("validation_rows")
+    rows = card.validation_rows
     # the bootstrap needs the validation rows; older cards keep the normal approximation
     low, high = bootstrap_priors(rows, mu, stats.rows) if rows else (est["priors_low"], est["priors_high"])
     return {"estimated_priors": est["priors"], "estimated_priors_low": low, "estimated_priors_high": high,

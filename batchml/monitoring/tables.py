@@ -1,6 +1,7 @@
 """The monitoring tables: ``monitoring/runs/<run_id>.parquet`` (one row per run) and
 ``monitoring/alerts/<run_id>.parquet`` (zero or more rows). One file per run, so that
-monitoring a run rewrites only its own rows; read each folder as one table."""
+monitoring a run rewrites only its own rows; read each folder as one table. Their columns:
+``batchml.records.MonitoringRow`` and ``Alert``."""
 
 from __future__ import annotations
 
@@ -8,21 +9,34 @@ import pandas as pd
 import pyarrow as pa
 
 from batchml import layout
+from batchml.records import Alert, MonitoringRow
 from batchml.store import Store
 
+RECORDS = {"runs": MonitoringRow, "alerts": Alert}
 ALERT_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("kind", pa.string()), ("severity", pa.string()),
     ("statistic", pa.float64()), ("threshold", pa.float64()), ("message", pa.string()),
+    ("schema_version", pa.int64()),
 ])
 
 
 def write_run_row(store: Store, row: dict) -> None:
-    store.write_parquet(layout.monitoring_path("runs", row["run_id"]), pa.Table.from_pylist([row]))
+    """Write a run's row as a ``MonitoringRow`` of this version; columns it does not know are kept."""
+    record = MonitoringRow.written(row).to_dict()
+    store.write_parquet(layout.monitoring_path("runs", record["run_id"]), pa.Table.from_pylist([record]))
 
 
 def write_alerts(store: Store, run_id: str, alerts: list[dict]) -> None:
-    rows = [{"run_id": run_id, **a} for a in alerts]
-    store.write_parquet(layout.monitoring_path("alerts", run_id), pa.Table.from_pylist(rows, ALERT_SCHEMA))
+    rows = [Alert.written({"run_id": run_id, **a}).to_dict() for a in alerts]
+    unknown = list(dict.fromkeys(k for r in rows for k in r if k not in ALERT_SCHEMA.names))
+    inferred = pa.Table.from_pylist([{k: r.get(k) for k in unknown} for r in rows]).schema if unknown else []
+    store.write_parquet(layout.monitoring_path("alerts", run_id),
+                        pa.Table.from_pylist(rows, pa.schema([*ALERT_SCHEMA, *inferred])))
+
+
+def empty_table(table: str) -> pd.DataFrame:
+    """A table without rows, with its record's columns: readers need not ask whether a column exists."""
+    return pd.DataFrame(columns=RECORDS[table].columns())
 
 
 class TableReader:
@@ -43,7 +57,7 @@ class TableReader:
         }
         parts = [t for _, t in self._files.values() if t.num_rows]
         if not parts:
-            return pd.DataFrame(columns=ALERT_SCHEMA.names if self.table == "alerts" else ["run_id"])
+            return empty_table(self.table)
         return pa.concat_tables(parts, promote_options="default").to_pandas()
 
     @property
@@ -53,5 +67,5 @@ class TableReader:
 
 
 def read_table(store: Store, table: str) -> pd.DataFrame:
-    """A whole monitoring table (``runs`` or ``alerts``) as one DataFrame."""
+    """A whole monitoring table (``runs`` or ``alerts``) as one DataFrame; without rows, with its columns."""
     return TableReader(store, table).read()

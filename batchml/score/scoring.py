@@ -83,9 +83,9 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
     mv = ModelVersion.parse(run["model_version"])
     card = read_card(store, mv)
     spec = RunSpec(
-        store.config, run_id, plan.name, mv, tuple(card["classes"]),
-        Preprocessing.from_dict(card["preprocessing"]), card["calibration"]["temperature"],
-        cfg.batch_size, plan.images, BiasCorrection.from_dict(card["calibration"].get("bcts")),
+        store.config, run_id, plan.name, mv, tuple(card.classes),
+        Preprocessing.from_dict(card.preprocessing), card.calibration.temperature,
+        cfg.batch_size, plan.images, BiasCorrection.from_dict(card.calibration.bcts),
     )
 
     names = list(plan.partitions)
@@ -121,7 +121,7 @@ def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPl
     rel = layout.run_path(run_id, layout.RUN_SPEC)
     mv = resolve(store, cfg.model)
     if not store.exists(rel):
-        _check_classes(plan, read_card(store, mv)["classes"], mv)  # before run.json ties the id to this model
+        _check_classes(plan, read_card(store, mv).classes, mv)  # before run.json ties the id to this model
         run = {
             "run_id": run_id,
             "dataset": plan.name,
@@ -208,7 +208,7 @@ def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list
             "or rerun with the same --run-id and a higher --max-error-ratio."
         )
     scored_now = sum(p["rows"] + p["errors"] for p in parts if p["partition"] in todo)
-    manifest = RunManifest.from_dict({
+    manifest = RunManifest.written({
         **run,
         "classes": list(spec.classes),
         "batch_size": spec.batch_size or "auto",  # as asked; per partition: the size that fitted
@@ -225,7 +225,6 @@ def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list
         "wall_seconds": round(wall, 3),
         "images_per_second": round(scored_now / wall, 1) if todo else None,
         "committed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "schema_version": RunManifest.SCHEMA_VERSION,
     }).to_dict()
     store.write_json(layout.run_path(spec.run_id, layout.RUN_MANIFEST), manifest)
     return manifest

@@ -31,7 +31,7 @@ from batchml.errors import BatchmlError
 from batchml.layout import ModelVersion
 from batchml.monitoring.classes import row_normalised
 from batchml.monitoring.run_monitor import summarise_rows
-from batchml.monitoring.tables import TableReader
+from batchml.monitoring.tables import TableReader, empty_table
 from batchml.registry import list_models, list_versions, read_aliases, read_card
 from batchml.store import Store
 
@@ -45,13 +45,12 @@ class MonitoringData:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._runs, self._alerts = TableReader(store, "runs"), TableReader(store, "alerts")
-        self.runs, self.alerts = pd.DataFrame(), pd.DataFrame()  # until the first refresh()
+        self.runs, self.alerts = empty_table("runs"), empty_table("alerts")  # until the first refresh()
         self.stamp: tuple = ()
 
     def refresh(self) -> None:
         """Re-read what changed; ``stamp`` changes exactly when something the views show did."""
-        runs = self._runs.read()
-        self.runs = runs.sort_values("committed_at").reset_index(drop=True) if "committed_at" in runs else runs
+        self.runs = self._runs.read().sort_values("committed_at").reset_index(drop=True)
         self.alerts = self._alerts.read()
         registry = tuple((name, tuple(list_versions(self.store, name)),
                           tuple(self.store.list_versions(layout.model_prefix(name), ".json").items()))
@@ -269,14 +268,13 @@ def models_view(store: Store) -> pn.Column:
         aliases = read_aliases(store, name)
         for v in list_versions(store, name):
             card = read_card(store, ModelVersion(name, v))
-            test = (card["metrics"].get("test") or {}).get("accuracy")
             rows.append({"model": f"{name}/{v}", "aliases": ", ".join(a for a, t in aliases.items() if t == v),
-                         "arch": card["arch"], "created": card["created_at"], "test accuracy": test,
-                         "validation accuracy": card["metrics"]["validation"]["accuracy"],
-                         "temperature": card["calibration"]["temperature"],
-                         "epochs": card["training"]["epochs"], "train seconds": card["training"]["seconds"],
-                         "fit": card.get("fit", {}).get("verdict", "")})
-            curves.append((f"{name}/{v}", card["learning_curves"]))
+                         "arch": card.arch, "created": card.created_at, "test accuracy": card.test_accuracy,
+                         "validation accuracy": card.metrics.validation.accuracy,
+                         "temperature": card.calibration.temperature,
+                         "epochs": card.training["epochs"], "train seconds": card.training_seconds,
+                         "fit": card.fit.verdict if card.fit else ""})
+            curves.append((f"{name}/{v}", card.learning_curves))
     if not rows:
         return pn.Column(_html("<p>No models registered.</p>"))
     fig = figure(height=300, sizing_mode="stretch_width", title="Learning curves of the newest version: "
@@ -325,8 +323,6 @@ def create_app(store: Store, refresh_seconds: int = REFRESH_SECONDS) -> pn.templ
 
     def selected() -> pd.DataFrame:
         runs = data.runs
-        if runs.empty or "committed_at" not in runs:
-            return runs
         if model.value != ALL_MODELS:
             runs = runs[runs.model_version == model.value]
         if dates.value:
@@ -336,12 +332,11 @@ def create_app(store: Store, refresh_seconds: int = REFRESH_SECONDS) -> pn.templ
 
     def sync_options() -> None:
         runs = data.runs
-        if "committed_at" in runs:
-            model.options = [ALL_MODELS, *sorted(runs.model_version.unique())]
-            if dates.value is None and len(runs):
-                dates.value = (date.fromisoformat(runs.committed_at.min()[:10]),
-                               date.fromisoformat(runs.committed_at.max()[:10]))
-        ids = list(selected().run_id[::-1]) if "run_id" in data.runs else []
+        model.options = [ALL_MODELS, *sorted(runs.model_version.unique())]
+        if dates.value is None and len(runs):
+            dates.value = (date.fromisoformat(runs.committed_at.min()[:10]),
+                           date.fromisoformat(runs.committed_at.max()[:10]))
+        ids = list(selected().run_id[::-1])
         keep = run.value in ids
         run.options = ids
         if not keep:
@@ -361,7 +356,7 @@ def create_app(store: Store, refresh_seconds: int = REFRESH_SECONDS) -> pn.templ
 
     def one_run(run_id, *_):
         runs = data.runs
-        return runs[runs.run_id == run_id] if run_id and "run_id" in runs else runs.iloc[0:0]
+        return runs[runs.run_id == run_id] if run_id else runs.iloc[0:0]
 
     def view(render, *deps):
         """A tab's content, computed only when the tab is shown, and an error box if it fails."""

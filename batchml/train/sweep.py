@@ -28,6 +28,7 @@ from batchml.cluster import TRAIN_GPU_SHARE, gpu_resources
 from batchml.device import device_label, device_lock
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
+from batchml.records import ModelCard
 from batchml.registry import ModelVersion, load_model_bytes, model_bytes
 from batchml.store import Store, StoreConfig
 from batchml.train.recipes import SETTINGS, TUNABLE, setting_type
@@ -103,13 +104,13 @@ def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
     trial_cfg = replace(base, **points[best["trial"]])
     card = client.submit(register_trial_task, store.config, trial_cfg, sweep_id, best["trial"], pure=False,
                          resources=gpu_resources(client, TRAIN_GPU_SHARE)).result()
-    mv = ModelVersion(card["name"], card["version"])
+    mv = ModelVersion(card.name, card.version)
     for r in rows:  # the losers' models go; their rows stay
         if r["trial"] != best["trial"]:
             store.delete(layout.sweep_path(sweep_id, layout.trial_name(r["trial"])), recursive=True)
     result = {**plan, "best_trial": best["trial"], "best_params": points[best["trial"]],
               "best_validation_accuracy": best["validation_accuracy"], "registered": str(mv),
-              "test_accuracy": (card["metrics"]["test"] or {}).get("accuracy"),
+              "test_accuracy": card.test_accuracy,
               "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
     store.write_json(layout.sweep_path(sweep_id, layout.SWEEP_PLAN), result)
     return result
@@ -148,30 +149,30 @@ def trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: i
         model, card = fit(store, cfg)
     prefix = layout.sweep_path(sweep_id, layout.trial_name(trial))
     store.write_bytes(f"{prefix}/{layout.MODEL_FILE}", model_bytes(model))
-    store.write_json(f"{prefix}/{layout.CARD_FILE}", card)
-    curves = card["learning_curves"]
+    store.write_json(f"{prefix}/{layout.CARD_FILE}", card.to_dict())
+    curves = card.learning_curves
     return {
         "trial": trial,
         "params": json.dumps({k: getattr(cfg, k) for k in TUNABLE if getattr(cfg, k) is not None}),
-        "recipe": json.dumps(card["training"]["recipe"]),
-        "validation_accuracy": card["metrics"]["validation"]["accuracy"],
-        "validation_loss": card["metrics"]["validation"]["loss"],
+        "recipe": json.dumps(card.training["recipe"]),
+        "validation_accuracy": card.metrics.validation.accuracy,
+        "validation_loss": card.metrics.validation.loss,
         "epochs": len(curves["loss"]),
         "curves": json.dumps(curves),
-        "fit": card["fit"]["verdict"],
-        "seconds": card["training"]["seconds"],
+        "fit": card.fit.verdict,
+        "seconds": card.training_seconds,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
-        "device": device_label(card["training"]["device"]),
+        "device": device_label(card.device),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
-def register_trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: int) -> dict:
+def register_trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: int) -> ModelCard:
     """Test the chosen trial's model once and register it with its card."""
     store = Store(store_cfg)
     prefix = layout.sweep_path(sweep_id, layout.trial_name(trial))
-    card = store.read_json(f"{prefix}/{layout.CARD_FILE}")
-    card["training"]["sweep"] = {"sweep_id": sweep_id, "trial": trial}
+    card = ModelCard.from_dict(store.read_json(f"{prefix}/{layout.CARD_FILE}"))
+    card.training["sweep"] = {"sweep_id": sweep_id, "trial": trial}
     with device_lock():
         model = load_model_bytes(store.read_bytes(f"{prefix}/{layout.MODEL_FILE}"))
         return register_trained(store, cfg, model, card)

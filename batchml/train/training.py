@@ -22,6 +22,7 @@ from batchml.errors import BatchmlError
 from batchml.monitoring.label_free import atc_reference
 from batchml.monitoring.label_shift import encode_rows
 from batchml.progress import Progress
+from batchml.records import Calibration, Evaluation, Fit, Metrics, ModelCard, Reference, TrainingData
 from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, load_model, model_bytes, read_card, register, resolve
 from batchml.stats import PartitionStats, scale_temperature
 from batchml.store import Store, StoreConfig
@@ -59,7 +60,7 @@ TrainConfig = make_dataclass("TrainConfig", [
 })
 
 
-def train(client, store: Store, cfg: TrainConfig, verbose: bool = True) -> tuple[ModelVersion, dict]:
+def train(client, store: Store, cfg: TrainConfig, verbose: bool = True) -> tuple[ModelVersion, ModelCard]:
     """Run ``train_task`` on one worker of ``client``, printing its progress events."""
     from batchml.cluster import TRAIN_GPU_SHARE, gpu_resources
 
@@ -75,7 +76,7 @@ def train(client, store: Store, cfg: TrainConfig, verbose: bool = True) -> tuple
         if verbose:
             client.unsubscribe_topic(TRAIN_TOPIC)
         progress.close()
-    return ModelVersion(card["name"], card["version"]), card
+    return ModelVersion(card.name, card.version), card
 
 
 def check(store: Store, cfg: TrainConfig) -> TrainConfig:
@@ -86,12 +87,12 @@ def check(store: Store, cfg: TrainConfig) -> TrainConfig:
         datasets.read_manifest(store, cfg.test_dataset)
     if cfg.warm_start:
         mv = resolve(store, cfg.warm_start)
-        cfg = replace(cfg, warm_start=str(mv), arch=read_card(store, mv)["arch"])
+        cfg = replace(cfg, warm_start=str(mv), arch=read_card(store, mv).arch)
     cfg.recipe()  # an unknown --arch fails here
     return cfg
 
 
-def train_task(store_cfg: StoreConfig, cfg: TrainConfig) -> dict:
+def train_task(store_cfg: StoreConfig, cfg: TrainConfig) -> ModelCard:
     """Train, evaluate, calibrate and register; returns the model card (runs on a worker,
     holding its device: a second task on the same worker waits rather than sharing it)."""
     store = Store(store_cfg)
@@ -100,22 +101,17 @@ def train_task(store_cfg: StoreConfig, cfg: TrainConfig) -> dict:
         return register_trained(store, cfg, model, card)
 
 
-def register_trained(store: Store, cfg: TrainConfig, model, card: dict) -> dict:
+def register_trained(store: Store, cfg: TrainConfig, model, card: ModelCard) -> ModelCard:
     """Test metrics (the test set's one use), the reference distribution, then register."""
-    test = _evaluate_test(store, cfg, card["classes"], model) if cfg.test_dataset else None
-    card["metrics"]["test"] = {k: v for k, v in test.items() if k not in ("stats", "fingerprint")} if test else None
-    card["data"]["test_fingerprint"] = test["fingerprint"] if test else None
-    if test:
-        ref = test["stats"]
-        card["reference"] = {"split": "test", "dataset": cfg.test_dataset, "rows": ref.rows,
-                             "predicted_counts": ref.predicted_counts.tolist(),
-                             "accuracy": ref.correct / ref.labelled}
+    if cfg.test_dataset:
+        card.metrics.test, stats, card.data.test_fingerprint = _evaluate_test(store, cfg, card.classes, model)
+        card.reference = _reference("test", cfg.test_dataset, stats)
     mv = register(store, cfg.name, model_bytes(model), card)
     _emit({"stage": "registered", "version": str(mv)})
-    return {**card, "name": mv.name, "version": mv.version}
+    return replace(card, name=mv.name, version=mv.version)
 
 
-def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, dict]:
+def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, ModelCard]:
     """Train on ``cfg.dataset`` less its validation split; validate, calibrate, diagnose.
 
     Returns the model to save (with flip test-time augmentation where the recipe says so)
@@ -170,13 +166,14 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
     temperature = fit_temperature(val_probs, y[val])
     val_stats = PartitionStats.from_predictions(val_probs, y[val])
     curves = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-    card = {
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "arch": cfg.arch,
-        "classes": classes,
-        "preprocessing": prep.to_dict(),
-        "parameters": int(trunk.count_params()),
-        "training": {
+    card = ModelCard(
+        name=None, version=None,  # the registry's to give
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        arch=cfg.arch,
+        classes=classes,
+        preprocessing=prep.to_dict(),
+        parameters=int(trunk.count_params()),
+        training={
             **asdict(cfg),
             # the values used, the recipe's where unset
             **{k: getattr(recipe, k) for k in (*TUNABLE, "activation", "tta", "ema")},
@@ -195,42 +192,46 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
             "validation_rows": int(val.sum()),
             "skipped_undecodable": skipped,
         },
-        "data": {"dataset": cfg.dataset, "fingerprint": manifest.fingerprint, "test_dataset": cfg.test_dataset},
-        "metrics": {"validation": _metrics(val_probs, y[val], val_stats), "test": None},
-        "learning_curves": curves,
-        "fit": fit_verdict(curves),
-        "calibration": {
-            "temperature": temperature,
-            "validation_nll_before": nll(val_probs, y[val]),
-            "validation_nll_after": nll(scale_temperature(val_probs, temperature), y[val]),
+        data=TrainingData(cfg.dataset, manifest.fingerprint, cfg.test_dataset, test_fingerprint=None),
+        metrics=Metrics(validation=_metrics(val_probs, y[val], val_stats), test=None),
+        learning_curves=curves,
+        fit=Fit.from_dict(fit_verdict(curves)),
+        calibration=Calibration(
+            temperature=temperature,
+            validation_nll_before=nll(val_probs, y[val]),
+            validation_nll_after=nll(scale_temperature(val_probs, temperature), y[val]),
             # bias-corrected temperature scaling, for the cells MLLS/EM and COT read (stats.BiasCorrection)
-            "bcts": fit_bcts(val_probs, y[val]).to_dict(),
-        },
+            bcts=fit_bcts(val_probs, y[val]).to_dict(),
+        ),
         # label-free monitoring: the ATC threshold and the validation output histograms
-        "atc": atc_reference(val_probs, y[val], temperature),
-        "validation_rows": encode_rows(val_probs, y[val]),  # BBSE's bootstrap intervals resample them
-        "reference": {"split": "validation", "dataset": cfg.dataset, "rows": val_stats.rows,
-                      "predicted_counts": val_stats.predicted_counts.tolist(),
-                      "accuracy": val_stats.correct / val_stats.labelled},
-    }
+        atc=atc_reference(val_probs, y[val], temperature),
+        validation_rows=encode_rows(val_probs, y[val]),  # BBSE's bootstrap intervals resample them
+        reference=_reference("validation", cfg.dataset, val_stats),  # the test split's replaces it if tested
+    )
     return model, card
+
+
+def _reference(split: str, dataset: str, stats: PartitionStats) -> Reference:
+    """The class mix and accuracy monitoring compares nights with."""
+    return Reference(split, dataset, stats.rows, stats.predicted_counts.tolist(), stats.correct / stats.labelled)
 
 
 def _parent_trunk(store: Store, cfg: TrainConfig, classes: list[str], prep: Preprocessing):
     """The registered model to fine-tune, as a trainable net (without its test-time wrapper)."""
     mv = ModelVersion.parse(cfg.warm_start)
     card = read_card(store, mv)
-    if card["classes"] != classes or Preprocessing.from_dict(card["preprocessing"]) != prep:
+    if card.classes != classes or Preprocessing.from_dict(card.preprocessing) != prep:
         raise BatchmlError(
-            f"--warm-start {mv} predicts {card['classes']} from {card['preprocessing']}, but {cfg.dataset!r} "
+            f"--warm-start {mv} predicts {card.classes} from {card.preprocessing}, but {cfg.dataset!r} "
             f"labels {classes}: fine-tune on data with the parent's classes, or train from scratch"
         )
     model = load_model(store, mv)
-    inner = [layer for layer in model.layers if hasattr(layer, "layers") and layer.name == card["arch"]]
+    inner = [layer for layer in model.layers if hasattr(layer, "layers") and layer.name == card.arch]
     return (inner[0] if inner else model), str(mv)
 
 
-def _evaluate_test(store: Store, cfg: TrainConfig, classes: list[str], model) -> dict:
+def _evaluate_test(store: Store, cfg: TrainConfig, classes: list[str], model) -> tuple[Evaluation, PartitionStats, str]:
+    """The test set's metrics, its summed statistics and its fingerprint."""
     manifest = datasets.read_manifest(store, cfg.test_dataset)
     if manifest.classes != classes:
         raise BatchmlError(
@@ -240,19 +241,19 @@ def _evaluate_test(store: Store, cfg: TrainConfig, classes: list[str], model) ->
     x, y, _, _ = datasets.load_labelled(store, cfg.test_dataset, Preprocessing())
     probs = model.predict(x, batch_size=512, verbose=0)
     stats = PartitionStats.from_predictions(probs, y)
-    return {**_metrics(probs, y, stats), "stats": stats, "fingerprint": manifest.fingerprint}
+    return _metrics(probs, y, stats), stats, manifest.fingerprint
 
 
-def _metrics(probs: np.ndarray, labels: np.ndarray, stats: PartitionStats) -> dict:
+def _metrics(probs: np.ndarray, labels: np.ndarray, stats: PartitionStats) -> Evaluation:
     prob_confusion = np.zeros((probs.shape[1],) * 2)
     np.add.at(prob_confusion, labels, probs)  # true class x summed predicted probabilities
-    return {
-        "rows": len(labels),
-        "accuracy": stats.correct / stats.labelled,
-        "loss": nll(probs, labels),
-        "confusion": stats.confusion.tolist(),
-        "prob_confusion": prob_confusion.tolist(),
-    }
+    return Evaluation(
+        rows=len(labels),
+        accuracy=stats.correct / stats.labelled,
+        loss=nll(probs, labels),
+        confusion=stats.confusion.tolist(),
+        prob_confusion=prob_confusion.tolist(),
+    )
 
 
 # -- progress ------------------------------------------------------------------------------
