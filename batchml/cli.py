@@ -381,10 +381,10 @@ def cmd_score(args) -> None:
                       max_error_ratio=args.max_error_ratio, images=args.images, partition_size=args.partition_size)
     with connect(cluster_config(args), verbose=not args.quiet) as client:
         m = score(client, store, cfg, verbose=not args.quiet)
-    rate = f" at {m['images_per_second']:,.0f} images/s" if m.get("images_per_second") else ""
-    rate += f" on {', '.join(device_label(d) for d in m['devices'])}" if m.get("devices") else ""
-    print(f"run {m['run_id']} committed: {m['rows']:,} predictions, {m['errors']} errors, "
-          f"model {m['model_version']}{rate}; {store.url(layout.run_path(m['run_id']))}")
+    rate = f" at {m.images_per_second:,.0f} images/s" if m.images_per_second else ""
+    rate += f" on {', '.join(device_label(d) for d in m.devices)}" if m.devices else ""
+    print(f"run {m.run_id} committed: {m.rows:,} predictions, {m.errors} errors, "
+          f"model {m.model_version}{rate}; {store.url(layout.run_path(m.run_id))}")
 
 
 def cmd_monitor(args) -> int:

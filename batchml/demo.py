@@ -65,8 +65,8 @@ def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[dict
         for night, (dataset, what) in enumerate(nights, start=1):
             run_id = f"demo-{stamp}-night-{night}"
             manifest = score(client, store, ScoreConfig(dataset=dataset, run_id=run_id))
-            print(f"\ndemo: night {night} ({what}): run {run_id}: {manifest['rows']:,} rows at "
-                  f"{manifest['images_per_second']} images/s")
+            print(f"\ndemo: night {night} ({what}): run {run_id}: {manifest.rows:,} rows at "
+                  f"{manifest.images_per_second} images/s")
             report = monitor_run(store, run_id)
             print(format_report(report))
             reports.append({**report.row, "alerts": report.alerts})

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from batchml import layout
+
 
 class _Record:
     """``to_dict``/``from_dict`` for a dataclass with ``extra`` and, where it is a whole file or
@@ -106,6 +108,11 @@ class RunManifest(_Record):
     committed_at: str  # UTC, ISO 8601 with milliseconds
     schema_version: int = _Record.SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, store, run_id: str) -> RunManifest:
+        """The committed run's manifest (``store``: a ``batchml.store.Store``)."""
+        return cls.from_dict(store.read_json(layout.run_path(run_id, layout.RUN_MANIFEST)))
 
 
 # -- the model card ------------------------------------------------------------------------------

@@ -252,14 +252,14 @@ def check(args: argparse.Namespace) -> dict:
               verbose=False)
         began = time.perf_counter()
         manifest = score(client, store, ScoreConfig(bulk, model=str(mv), run_id=f"gpu-check-{stamp}"), verbose=True)
-        rate = manifest["rows"] / (time.perf_counter() - began)
+        rate = manifest.rows / (time.perf_counter() - began)
         bare = client.submit(bare_predict_task, store.config, str(mv), bulk, args.bare_images, pure=False,
                              resources=gpu_resources(client, TRAIN_GPU_SHARE)).result()
         pids = client.run(os.getpid)
         seen = client.run(framework_devices)
         gpus = gpu_processes(pids)
     best = max(bare, key=bare.get)
-    print(f"scoring: {manifest['rows']:,} images end to end at {rate:,.0f} images/s; bare predict "
+    print(f"scoring: {manifest.rows:,} images end to end at {rate:,.0f} images/s; bare predict "
           f"{bare[best]:,.0f} images/s at batch {best} ({', '.join(f'{b}: {v:,.0f}' for b, v in bare.items())}); "
           f"ratio {rate / bare[best]:.3f}", flush=True)
     for index, g in sorted(gpus.items()):
@@ -279,12 +279,12 @@ def check(args: argparse.Namespace) -> dict:
         "train_seconds": card.training_seconds, "compile_seconds": round(compile_s, 1),
         "train_seconds_after_compile": round(card.training_seconds - compile_s, 1), "epoch_seconds": epochs,
         "test_accuracy": round(card.test_accuracy, 4), "net": net,
-        "score_images": manifest["rows"], "score_images_per_s": round(rate, 1),
-        "score_partitions": len(manifest["partitions"]), "score_batch_sizes": manifest["batch_sizes_used"],
+        "score_images": manifest.rows, "score_images_per_s": round(rate, 1),
+        "score_partitions": len(manifest.partitions), "score_batch_sizes": manifest.batch_sizes_used,
         "bare_images_per_s": round(bare[best], 1), "bare_batch_size": best,
         "bare_by_batch": {b: round(v, 1) for b, v in bare.items()}, "score_to_bare": round(rate / bare[best], 3),
         "card_device_name": t["device"]["device_name"],
-        "manifest_device_names": sorted({d["device_name"] for d in manifest["devices"]}),
+        "manifest_device_names": sorted({d["device_name"] for d in manifest.devices}),
         **airbench,
     }
     figures["targets"] = targets(figures)

@@ -129,10 +129,10 @@ def scored(store: Store, dataset: str, batch_size: int, run_id: str) -> tuple[fl
         seconds = time.perf_counter() - started
         peak_kb = max(client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss).values())
     stages = {}
-    for p in manifest["partitions"]:
+    for p in manifest.partitions:
         for k, v in p["seconds"].items():
             stages[k] = stages.get(k, 0) + v
-    return (manifest["rows"] + manifest["errors"]) / seconds, peak_kb / 1024, stages
+    return (manifest.rows + manifest.errors) / seconds, peak_kb / 1024, stages
 
 
 def apart(root: str, *measure: str):

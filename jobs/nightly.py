@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                           max_error_ratio=args.max_error_ratio, images=images)
         with connect(cluster_config(args), verbose=not args.quiet) as client:
             manifest = score(client, store, cfg, verbose=not args.quiet)
-        report = monitor_run(store, manifest["run_id"])
+        report = monitor_run(store, manifest.run_id)
     except BatchmlError as exc:
         print(f"nightly: FAILED: {exc}", file=sys.stderr)
         return 2

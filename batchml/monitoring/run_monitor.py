@@ -49,7 +49,7 @@ from batchml.monitoring.label_free import atc_accuracy, cot_accuracy, output_shi
 from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors, mlls_priors
 from batchml.monitoring.shift import class_shift, wilson_interval
 from batchml.monitoring.tables import read_table, write_alerts, write_run_row
-from batchml.records import ModelCard
+from batchml.records import ModelCard, RunManifest
 from batchml.registry import read_card
 from batchml.score import failures
 from batchml.stats import PartitionStats
@@ -91,17 +91,17 @@ class RunReport:
         return any(a["severity"] == "error" for a in self.alerts)
 
 
-def fold_run(store: Store, run_id: str) -> tuple[dict, PartitionStats]:
+def fold_run(store: Store, run_id: str) -> tuple[RunManifest, PartitionStats]:
     """A committed run's manifest and the sum of its partition statistics."""
     if not store.exists(layout.run_path(run_id, layout.RUN_MANIFEST)):
         hint = ("it is not committed yet: rerun `batchml score --run-id " + run_id + "` to finish it"
                 if store.exists(layout.run_path(run_id, layout.RUN_SPEC)) else "no such run")
         raise BatchmlError(f"run {run_id!r} in {store.url()}: {hint}")
-    manifest = store.read_json(layout.run_path(run_id, layout.RUN_MANIFEST))
-    k = len(manifest["classes"])
+    manifest = RunManifest.read(store, run_id)
+    k = len(manifest.classes)
     parts = [
         PartitionStats.from_dict(store.read_json(layout.run_stats(run_id, p["partition"]))["stats"])
-        for p in manifest["partitions"]
+        for p in manifest.partitions
     ]
     return manifest, PartitionStats.total(parts, k)
 
@@ -217,36 +217,36 @@ def format_range(summary: dict) -> str:
 def monitor_run(store: Store, run_id: str, cfg: MonitorConfig = MonitorConfig()) -> RunReport:
     """Monitor a committed run: write its row, alerts and failure-case snapshot."""
     manifest, stats = fold_run(store, run_id)
-    card = read_card(store, ModelVersion.parse(manifest["model_version"]))
+    card = read_card(store, ModelVersion.parse(manifest.model_version))
     row = build_row(manifest, stats, card, _history(store, manifest, cfg.history_nights), cfg)
-    report = RunReport(row, alerts(row, manifest["max_error_ratio"], cfg))
+    report = RunReport(row, alerts(row, manifest.max_error_ratio, cfg))
     row["alert_kinds"] = [a["kind"] for a in report.alerts]  # the next nights' baseline leaves these out
     write_run_row(store, row)
     write_alerts(store, run_id, report.alerts)
-    snapshot = failures.snapshot(store, run_id, [p["partition"] for p in manifest["partitions"]],
-                                 manifest["classes"])
+    snapshot = failures.snapshot(store, run_id, [p["partition"] for p in manifest.partitions], manifest.classes)
     store.write_parquet(layout.monitoring_path("failures", run_id), snapshot)
     return report
 
 
-def build_row(run: dict, stats: PartitionStats, card: ModelCard | dict, baseline: Baseline | None = None,
-              cfg: MonitorConfig = MonitorConfig()) -> dict:
+def build_row(run: RunManifest | dict, stats: PartitionStats, card: ModelCard | dict,
+              baseline: Baseline | None = None, cfg: MonitorConfig = MonitorConfig()) -> dict:
     """The monitoring row of one run from its summed statistics, its model's card and what
-    earlier nights tell (``baseline_from_rows``). Pure: benchmarks call it too, with cards as dicts."""
-    baseline, card = baseline or Baseline(), ModelCard.of(card)
+    earlier nights tell (``baseline_from_rows``). Pure: benchmarks call it too, with the run
+    (identity and classes) and the card as dicts."""
+    baseline, card, run = baseline or Baseline(), ModelCard.of(card), RunManifest.of(run)
     reference = card.reference
     accepted = baseline.accepted
     ref_counts = np.asarray(accepted["predicted_counts"] if accepted else reference.predicted_counts)
     atc = card.atc or {}
     row = {
-        "run_id": run["run_id"],
-        "dataset": run["dataset"],
-        "model_version": run["model_version"],
-        "committed_at": run["committed_at"],
+        "run_id": run.run_id,
+        "dataset": run.dataset,
+        "model_version": run.model_version,
+        "committed_at": run.committed_at,
         "monitored_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "reference_accuracy": reference.accuracy,
         "accepted_run": accepted["run_id"] if accepted else None,
-        **summarise(stats, run["classes"], card.atc_threshold, _expected_mix(card, accepted), cfg.min_labelled),
+        **summarise(stats, run.classes, card.atc_threshold, _expected_mix(card, accepted), cfg.min_labelled),
         **class_shift(stats.predicted_counts, ref_counts),
         **(history_shift(baseline.history, stats.predicted_counts) or {
             "history_nights": len(baseline.history), "history_chi2": None, "history_dispersion": None,
@@ -311,12 +311,12 @@ def _listed(value) -> list:
     return list(value)
 
 
-def _history(store: Store, manifest: dict, nights: int) -> Baseline:
+def _history(store: Store, manifest: RunManifest, nights: int) -> Baseline:
     """The baseline from the model's runs committed before this one."""
     runs = read_table(store, "runs")
-    accepted = accepted_baseline(store, manifest["model_version"], manifest["committed_at"])
-    runs = runs[(runs.model_version == manifest["model_version"]) & (runs.run_id != manifest["run_id"])
-                & (runs.committed_at <= manifest["committed_at"])]
+    accepted = accepted_baseline(store, manifest.model_version, manifest.committed_at)
+    runs = runs[(runs.model_version == manifest.model_version) & (runs.run_id != manifest.run_id)
+                & (runs.committed_at <= manifest.committed_at)]
     rows = runs.sort_values("committed_at").to_dict("records")
     if any(r.get("alert_kinds") is None or isinstance(r.get("alert_kinds"), float) for r in rows):
         # rows written before alert_kinds was a column: their alerts are in the alerts table

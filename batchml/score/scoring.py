@@ -66,14 +66,14 @@ class RunSpec:
     bcts: BiasCorrection | None = None  # the card's, for the MLLS/COT cells; None on older cards
 
 
-def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> dict:
+def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunManifest:
     """Score every partition of the input not yet done in this run, then commit the run."""
     check_config(cfg)
     source = cfg.dataset or cfg.images
     run_id = cfg.run_id or f"{cfg.dataset or 'images'}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     if store.exists(layout.run_path(run_id, layout.RUN_MANIFEST)):
-        manifest = store.read_json(layout.run_path(run_id, layout.RUN_MANIFEST))
-        _check_same_run(manifest, source, run_id)
+        manifest = RunManifest.read(store, run_id)
+        _check_same_run(manifest.dataset, source, run_id)
         if verbose:
             print(f"score: run {run_id} is already committed; nothing to do")
         return manifest
@@ -135,7 +135,7 @@ def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPl
         store.write_json(rel, run)
         return run
     run = store.read_json(rel)
-    _check_same_run(run, plan.name, run_id)
+    _check_same_run(run["dataset"], plan.name, run_id)
     was = run.get("partition_size")
     if plan.images and was != plan.partition_size:  # other cuts would skip or repeat files
         how = f"resume it with --partition-size {was}" if was else "score the files under a new --run-id"
@@ -160,10 +160,10 @@ def _check_classes(plan: inputs.InputPlan, classes: list[str], mv: ModelVersion)
         )
 
 
-def _check_same_run(run: dict, dataset: str, run_id: str) -> None:
-    if run["dataset"] != dataset:
+def _check_same_run(scored: str, dataset: str, run_id: str) -> None:
+    if scored != dataset:
         raise BatchmlError(
-            f"run {run_id!r} scores dataset {run['dataset']!r}, not {dataset!r}: "
+            f"run {run_id!r} scores dataset {scored!r}, not {dataset!r}: "
             "choose another --run-id"
         )
 
@@ -196,7 +196,7 @@ def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int,
 
 
 def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list[str],
-            wall: float, max_error_ratio: float) -> dict:
+            wall: float, max_error_ratio: float) -> RunManifest:
     parts = [store.read_json(layout.run_stats(spec.run_id, n)) for n in names]
     rows = sum(p["rows"] for p in parts)
     errors = sum(p["errors"] for p in parts)
@@ -225,8 +225,8 @@ def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list
         "wall_seconds": round(wall, 3),
         "images_per_second": round(scored_now / wall, 1) if todo else None,
         "committed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-    }).to_dict()
-    store.write_json(layout.run_path(spec.run_id, layout.RUN_MANIFEST), manifest)
+    })
+    store.write_json(layout.run_path(spec.run_id, layout.RUN_MANIFEST), manifest.to_dict())
     return manifest
 
 

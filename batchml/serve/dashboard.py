@@ -32,6 +32,7 @@ from batchml.layout import ModelVersion
 from batchml.monitoring.classes import row_normalised
 from batchml.monitoring.run_monitor import summarise_rows
 from batchml.monitoring.tables import TableReader, empty_table
+from batchml.records import RunManifest
 from batchml.registry import list_models, list_versions, read_aliases, read_card
 from batchml.store import Store
 
@@ -63,8 +64,8 @@ class MonitoringData:
         rel = layout.monitoring_path("failures", run_id)
         return self.store.read_parquet(rel).to_pandas() if self.store.exists(rel) else pd.DataFrame()
 
-    def manifest(self, run_id: str) -> dict:
-        return self.store.read_json(layout.run_path(run_id, layout.RUN_MANIFEST))
+    def manifest(self, run_id: str) -> RunManifest:
+        return RunManifest.read(self.store, run_id)
 
     def errors(self, run_id: str) -> pd.DataFrame:
         folder = layout.run_folder(run_id, "errors")
@@ -292,11 +293,11 @@ def runs_view(data: MonitoringData, run_id: str | None) -> pn.Column:
     m = data.manifest(run_id)
     parts = pd.DataFrame([{"partition": p["partition"], "rows": p["rows"], "errors": p["errors"],
                            **{f"{k} s": v for k, v in p["seconds"].items()}, "worker": p["worker"]}
-                          for p in m["partitions"]])
-    head = "".join([_value("run", run_id, "bm-runs-run"), _value("model", m["model_version"], "bm-runs-model"),
-                    _value("rows", f"{m['rows']:,}", "bm-runs-rows"),
-                    _value("images/s", f"{m['images_per_second'] or 0:,.0f}", "bm-runs-speed"),
-                    _value("wall seconds", f"{m['wall_seconds']:.1f}", "bm-runs-wall")])
+                          for p in m.partitions])
+    head = "".join([_value("run", run_id, "bm-runs-run"), _value("model", m.model_version, "bm-runs-model"),
+                    _value("rows", f"{m.rows:,}", "bm-runs-rows"),
+                    _value("images/s", f"{m.images_per_second or 0:,.0f}", "bm-runs-speed"),
+                    _value("wall seconds", f"{m.wall_seconds:.1f}", "bm-runs-wall")])
     return pn.Column(_html(head), _html("<h3>Partitions</h3>"), _table(parts, "bm-partitions"),
                      _html("<h3>Error rows</h3>"), _table(data.errors(run_id).head(200), "bm-errors"))
 
