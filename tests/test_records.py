@@ -212,7 +212,8 @@ def test_an_empty_table_reads_with_its_records_columns(store):
     assert list(read_table(store, "alerts").columns) == Alert.columns()
     with pytest.raises(BatchmlError, match="no monitored runs"):
         monitor_range(store)
-    assert _history(store, {"run_id": "r", "model_version": "m/v1", "committed_at": "2026"}, 30) == Baseline()
+    run = RunManifest.from_dict({"run_id": "r", "model_version": "m/v1", "committed_at": "2026"})
+    assert _history(store, run, 30) == Baseline()
 
 
 def test_the_dashboard_of_an_empty_store_says_there_is_nothing_yet(store):
