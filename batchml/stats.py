@@ -164,7 +164,7 @@ def confidence_score(probs: np.ndarray) -> np.ndarray:
 
 def _bin(values: np.ndarray, bins: int) -> np.ndarray:
     """The bin of each value in [0, 1] among ``bins`` equal bins (1.0 falls in the last)."""
-    return np.clip((values * bins).astype(np.int64), 0, bins - 1)
+    return np.clip(np.nan_to_num(values * bins).astype(np.int64), 0, bins - 1)  # NaN rows: bin 0
 
 
 def score_histogram(scores: np.ndarray) -> np.ndarray:

@@ -70,7 +70,7 @@ def test_a_date_range_folds_runs_exactly(nights):
     assert summary["correct"] == sum(r.row["correct"] for r in reports)
     assert summary["confusion"] == (np.sum([r.row["confusion"] for r in reports], axis=0)).tolist()
     assert summary["accuracy"] == pytest.approx(reports[0].row["accuracy"])
-    assert summary["cot_accuracy"] == pytest.approx(reports[0].row["cot_accuracy"], abs=0.02)  # the same images
+    assert summary["cot_accuracy"] is None  # nights of 60 rows, too few for COT: so is the range
 
 
 def test_a_run_where_every_image_fails_alerts(client, trained_store, tmp_path):
@@ -97,4 +97,5 @@ def test_an_accepted_baseline_is_recorded_and_used_by_the_next_run(client, night
     assert row["atc_accuracy"] is not None  # the card of a freshly trained model keeps the ATC threshold
     # the accepted run's estimated true mix is what COT expects from then on; a fresh card's BCTS fed the cells
     assert len(record["estimated_mix"]) == len(CLASSES) and sum(record["estimated_mix"]) == pytest.approx(1)
-    assert row["label_free_method"] == "cot" and len(row["mlls_priors"]) == len(CLASSES)
+    assert len(row["mlls_priors"]) == len(CLASSES)
+    assert row["cot_accuracy"] is None and row["label_free_method"] == "atc"  # 60 rows: too few for COT

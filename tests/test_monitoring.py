@@ -453,6 +453,30 @@ def test_label_free_accuracy_is_cot_against_the_mix_in_force():
     assert older["cot_accuracy"] is None and older["label_free_method"] == "confidence"
 
 
+def test_cot_needs_enough_finite_rows():
+    """Small nights' class-mix noise reads as transport cost; a NaN from the model gives no estimate,
+    not a crashed monitor."""
+    from batchml.monitoring.label_free import MIN_COT_ROWS, cot_accuracy
+    from batchml.monitoring.label_shift import mlls_priors
+    from batchml.stats import PartitionStats
+
+    probs, labels = _calibrated_rows(np.random.default_rng(13), np.full(3, 1 / 3), MIN_COT_ROWS)
+    assert cot_accuracy(PartitionStats.from_predictions(probs[:-1], labels[:-1]), np.full(3, 1 / 3)) is None
+    probs[0] = np.nan
+    stats = PartitionStats.from_predictions(probs, labels)
+    assert cot_accuracy(stats, np.full(3, 1 / 3)) is None
+    assert mlls_priors(stats.cell_counts, stats.cell_prob_sums, np.full(3, 1 / 3)) is None
+
+
+def test_bcts_leaves_a_class_missing_from_validation_alone():
+    from batchml.train.calibration import fit_bcts
+
+    probs, labels = _calibrated_rows(np.random.default_rng(14), np.array([0.5, 0.5, 0.0]), 3000)
+    probs[:5] = np.nan  # rows a model got wrong in the worst way are left out, not poisoning the fit
+    fitted = fit_bcts(probs, labels)
+    assert fitted.bias[2] == 0.0 and np.isfinite(fitted.bias).all() and 0.5 < fitted.temperature < 2
+
+
 def test_ks_on_histograms_finds_a_moved_distribution_and_not_a_resample():
     from batchml.monitoring.label_free import ks_binned
 

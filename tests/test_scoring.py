@@ -195,3 +195,18 @@ def test_the_manifest_records_the_batch_size_and_stage_timings_of_each_partition
         assert {"read", "decode", "load", "queue", "predict", "write"} <= set(p["seconds"])
     auto = score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-auto"), verbose=False)
     assert auto["batch_size"] == "auto" and auto["batch_sizes_used"] == [512]  # no GPU here
+
+
+def test_a_card_whose_bias_correction_does_not_fit_its_classes_is_refused_before_scoring():
+    from batchml.layout import ModelVersion
+    from batchml.records import ModelCard
+    from batchml.score.scoring import _bias_correction
+
+    mv = ModelVersion("shapes", "v1")
+    card = ModelCard.from_dict({"classes": ["a", "b", "c"], "calibration": {"temperature": 1.0}})
+    assert _bias_correction(card, mv) is None  # a card from before BCTS: the cells are temperature-scaled
+    for bcts, problem in (({"temperature": 1.0, "bias": [0.0, 0.0]}, "2 biases for 3 classes"),
+                          ({"temperature": 1.0}, "malformed")):
+        card = ModelCard.from_dict({"classes": ["a", "b", "c"], "calibration": {"temperature": 1.0, "bcts": bcts}})
+        with pytest.raises(BatchmlError, match=f"shapes/v1: calibration.bcts .*{problem}"):
+            _bias_correction(card, mv)

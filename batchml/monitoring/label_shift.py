@@ -118,16 +118,18 @@ def bootstrap_priors(encoded: dict, run_mu: np.ndarray, n: int, level: float = 0
 
 
 def mlls_priors(cell_counts: np.ndarray, cell_prob_sums: np.ndarray, source_priors: np.ndarray,
-                iterations: int = 500, tolerance: float = 1e-7) -> np.ndarray:
+                iterations: int = 500, tolerance: float = 1e-7) -> np.ndarray | None:
     """EM estimate of the class priors of the rows summarised by ``cell_counts`` (cells,) and
     ``cell_prob_sums`` (cells, K) of calibrated probabilities (any leading shape), given the
-    priors ``source_priors`` (K,) the model was calibrated under."""
+    priors ``source_priors`` (K,) the model was calibrated under; None where a probability is not finite."""
     k = len(source_priors)
     counts = np.asarray(cell_counts, dtype=np.float64).reshape(-1)
     sums = np.asarray(cell_prob_sums, dtype=np.float64).reshape(-1, k)
     keep = counts > 0
     counts, means = counts[keep], sums[keep] / counts[keep, None]
     means /= means.sum(axis=1, keepdims=True)
+    if not np.isfinite(means).all():  # a model that output NaN somewhere: no estimate, not a crash
+        return None
     p = np.asarray(source_priors, dtype=np.float64) / np.sum(source_priors)
     q = p.copy()
     for _ in range(iterations):

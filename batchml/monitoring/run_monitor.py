@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+import pandas as pd
 from scipy.stats import chi2 as chi2_dist
 
 from batchml import layout
@@ -79,6 +80,9 @@ class Baseline:
     history: list[np.ndarray] = field(default_factory=list)  # predicted counts of clean nights, oldest first
     cusum: np.ndarray | None = None  # (2, K) last night's sums; None: start from zero
     accepted: dict | None = None  # the accepted-baseline record in force, if any
+    # MLLS estimates of the clean nights since the accepted run: COT's expected mix averages them with
+    # the accepted run's, steadier than that alone
+    mixes: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -107,17 +111,17 @@ def fold_run(store: Store, run_id: str) -> tuple[RunManifest, PartitionStats]:
 
 
 def summarise(stats: PartitionStats, classes: list[str], atc_threshold: float | None = None,
-              expected_mix: np.ndarray | None = None, min_labelled: int = MonitorConfig.min_labelled) -> dict:
+              expected_mix: np.ndarray | None = None, calibrated_mix: np.ndarray | None = None) -> dict:
     """The labelled-sample statistics of any sum of partitions: a run or a date range, with the
-    label-free estimates: COT (against ``expected_mix``, or the labelled rows' own mix where
-    ``min_labelled`` are labelled: then it is checked against the measured accuracy; none without
-    ``expected_mix``), ATC (the card's threshold) and calibrated confidence; the first present is
-    ``label_free_accuracy``."""
+    label-free estimates: COT (against ``expected_mix``, the probabilities calibrated under
+    ``calibrated_mix``; a fully labelled run's own label mix replaces the expected one, so that the
+    estimate is checked against the measured accuracy; none without ``expected_mix``), ATC (the card's
+    threshold) and calibrated confidence; the first present is ``label_free_accuracy``."""
     labelled = stats.labelled
-    if expected_mix is not None and labelled >= min_labelled:
+    if expected_mix is not None and labelled and labelled == stats.rows:
         expected_mix = stats.confusion.sum(axis=1) / labelled
     expected = stats.calibrated_confidence_sum / stats.rows if stats.rows else None
-    estimates = {"cot": cot_accuracy(stats, expected_mix), "atc": atc_accuracy(stats, atc_threshold),
+    estimates = {"cot": cot_accuracy(stats, expected_mix, calibrated_mix), "atc": atc_accuracy(stats, atc_threshold),
                  "confidence": expected}
     method = next((m for m, v in estimates.items() if v is not None), "confidence")
     low, high = wilson_interval(stats.correct, labelled)
@@ -142,11 +146,10 @@ def summarise(stats: PartitionStats, classes: list[str], atc_threshold: float | 
     }
 
 
-def summarise_rows(rows, classes: list[str], atc_threshold: float | None = None,
-                   expected_mix: np.ndarray | None = None) -> dict:
+def summarise_rows(rows, classes: list[str], atc_threshold: float | None = None) -> dict:
     """Fold monitoring rows (runs over a date range, say) exactly, as their statistics add up."""
     parts = [PartitionStats.from_dict({"num_classes": len(classes), **r}) for r in rows.to_dict("records")]
-    return summarise(PartitionStats.total(parts, len(classes)), classes, atc_threshold, expected_mix)
+    return summarise(PartitionStats.total(parts, len(classes)), classes, atc_threshold)
 
 
 def monitor_range(store: Store, since: str | None = None, until: str | None = None,
@@ -164,37 +167,50 @@ def monitor_range(store: Store, since: str | None = None, until: str | None = No
     classes = list(runs.classes.iloc[0])
     if any(list(c) != classes for c in runs.classes):
         raise BatchmlError("these runs predict different classes: pass --model to compare one model's runs")
+    one_model = runs.model_version.nunique() == 1  # two models' thresholds and calibrations do not mix
+    threshold = read_card(store, ModelVersion.parse(runs.model_version.iloc[0])).atc_threshold if one_model else None
+    summary = summarise_rows(runs, classes, threshold)
     return {"runs": len(runs), "first_run": runs.committed_at.min(), "last_run": runs.committed_at.max(),
-            **summarise_rows(runs, classes, *_range_label_free(store, runs))}
+            **summary, **(_range_cot(runs) if one_model else {})}
 
 
-def _range_label_free(store: Store, runs) -> tuple[float | None, np.ndarray | None]:
-    """The ATC threshold and the validation class mix for COT, when every run is one model's (two
-    models' thresholds and calibrations do not mix)."""
-    if runs.model_version.nunique() != 1:
-        return None, None
-    card = read_card(store, ModelVersion.parse(runs.model_version.iloc[0]))
-    return card.atc_threshold, _expected_mix(card, None)
+def _range_cot(runs) -> dict:
+    """COT over a range: the nights' own estimates, weighted by rows (each was measured against the
+    mix in force that night, which the folded statistics no longer know); absent unless every night
+    has one."""
+    if "cot_accuracy" not in runs:  # every night monitored before COT
+        return {}
+    cot = pd.to_numeric(runs.cot_accuracy, errors="coerce")
+    if cot.isna().any() or runs.rows.sum() == 0:
+        return {}
+    value = float((cot * runs.rows).sum() / runs.rows.sum())
+    return {"cot_accuracy": value, "label_free_accuracy": value, "label_free_method": "cot"}
 
 
 def _validation_mix(card: ModelCard) -> np.ndarray:
-    """The true class mix of the model's validation split: what the model expects to see."""
+    """The true class mix of the model's validation split: the mix its probabilities are calibrated under."""
     counts = np.asarray(card.metrics.validation.confusion, dtype=np.float64).sum(axis=1)
     return counts / counts.sum()
 
 
-def _expected_mix(card: ModelCard, accepted: dict | None) -> np.ndarray | None:
-    """The class mix COT measures an unlabelled night against: the accepted run's estimated true mix,
-    else the validation split's. None for models trained before the bias-corrected calibration: their
-    cells hold temperature-scaled probabilities, on which COT read clean nights two to three points
-    low (benchmarks/shift_detection.py), so they keep ATC."""
+def _cot_mixes(card: ModelCard, baseline: Baseline) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The class mix COT measures an unlabelled night against, and the mix the probabilities are
+    calibrated under (the validation split's). The expected mix is the validation split's, or once a
+    run is accepted, its estimated true mix averaged with the clean nights' since (one night's
+    estimate is noisy, and each point of error in it reads as errors every night). (None, None) for
+    models trained before the bias-corrected calibration: their cells hold temperature-scaled
+    probabilities, on which COT read clean nights two to three points low
+    (benchmarks/shift_detection.py), so they keep ATC."""
     if not card.calibration or not card.calibration.bcts:
-        return None
-    if accepted and accepted.get("estimated_mix") is not None:
-        return np.asarray(accepted["estimated_mix"], dtype=np.float64)
-    if accepted:  # accepted before the record kept the estimated mix: its predicted mix stands in
-        return np.asarray(accepted["predicted_counts"], dtype=np.float64) / np.sum(accepted["predicted_counts"])
-    return _validation_mix(card)
+        return None, None
+    calibrated, accepted = _validation_mix(card), baseline.accepted
+    if not accepted:
+        return calibrated, calibrated
+    if accepted.get("estimated_mix") is not None:
+        first = np.asarray(accepted["estimated_mix"], dtype=np.float64)
+    else:  # accepted before the record kept the estimated mix: its predicted mix stands in
+        first = np.asarray(accepted["predicted_counts"], dtype=np.float64) / np.sum(accepted["predicted_counts"])
+    return np.mean([first, *baseline.mixes], axis=0), calibrated
 
 
 def format_range(summary: dict) -> str:
@@ -246,7 +262,7 @@ def build_row(run: RunManifest | dict, stats: PartitionStats, card: ModelCard | 
         "monitored_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "reference_accuracy": reference.accuracy,
         "accepted_run": accepted["run_id"] if accepted else None,
-        **summarise(stats, run.classes, card.atc_threshold, _expected_mix(card, accepted), cfg.min_labelled),
+        **summarise(stats, run.classes, card.atc_threshold, *_cot_mixes(card, baseline)),
         **class_shift(stats.predicted_counts, ref_counts),
         **(history_shift(baseline.history, stats.predicted_counts) or {
             "history_nights": len(baseline.history), "history_chi2": None, "history_dispersion": None,
@@ -292,7 +308,9 @@ def baseline_from_rows(rows: list[dict], accepted: dict | None = None, nights: i
     clean = [r for r in rows if not _breaks_baseline(r) or (accepted and r["run_id"] == accepted["run_id"])]
     history = [np.asarray(r["predicted_counts"]) for r in clean][-nights:]
     last = [r for r in rows if not accepted or r["run_id"] != accepted["run_id"]][-1:]
-    return Baseline(history, _cusum_state(last[0]) if last else None, accepted)
+    mixes = [np.asarray(m, dtype=np.float64) for r in clean[-nights:]
+             if accepted and r["run_id"] != accepted["run_id"] and len(m := _listed(r.get("mlls_priors")))]
+    return Baseline(history, _cusum_state(last[0]) if last else None, accepted, mixes)
 
 
 def _breaks_baseline(row: dict) -> bool:
@@ -311,8 +329,9 @@ def _listed(value) -> list:
     return list(value)
 
 
-def _history(store: Store, manifest: RunManifest, nights: int) -> Baseline:
+def _history(store: Store, manifest: RunManifest | dict, nights: int) -> Baseline:
     """The baseline from the model's runs committed before this one."""
+    manifest = RunManifest.of(manifest)
     runs = read_table(store, "runs")
     accepted = accepted_baseline(store, manifest.model_version, manifest.committed_at)
     runs = runs[(runs.model_version == manifest.model_version) & (runs.run_id != manifest.run_id)
@@ -327,15 +346,23 @@ def _history(store: Store, manifest: RunManifest, nights: int) -> Baseline:
     return baseline_from_rows(rows, accepted, nights)
 
 
+MIN_ACCEPTED_ROWS = 30  # a smaller run's class mix is mostly noise: it would be every later night's yardstick
+
+
 def accept_baseline(store: Store, run_id: str, note: str = "") -> dict:
     """Record that a monitored run's class mix is the new normal for its model: from it on,
-    ``sustained_shift`` compares with it, and the nightly baseline and CUSUM restart there."""
+    ``sustained_shift`` compares with it, COT expects its true mix (its labels' where every row is
+    labelled, else its MLLS estimate), and the nightly baseline and CUSUM restart there."""
     rows = read_table(store, "runs")
     match = rows[rows.run_id == run_id]
     if match.empty:
         raise BatchmlError(f"run {run_id!r} is not monitored yet: run `batchml monitor --run-id {run_id}` first")
     r = match.iloc[0]
-    mix = _listed(r.get("mlls_priors"))  # the run's estimated true mix: what COT expects from now on
+    if r.rows < MIN_ACCEPTED_ROWS:
+        raise BatchmlError(f"run {run_id!r} scored {r.rows} images: too few to define a class mix (at least "
+                           f"{MIN_ACCEPTED_ROWS}; thousands make a steadier baseline): accept a larger run")
+    labelled = np.asarray(_listed(r.confusion), dtype=np.float64).sum(axis=1) if r.labelled == r.rows else []
+    mix = list(labelled / labelled.sum()) if len(labelled) else _listed(r.get("mlls_priors"))
     record = {"run_id": run_id, "model_version": r.model_version, "committed_at": r.committed_at,
               "predicted_counts": [int(c) for c in r.predicted_counts],
               "estimated_mix": [float(v) for v in mix] or None,
@@ -392,7 +419,7 @@ def alerts(row: dict, max_error_ratio: float, cfg: MonitorConfig) -> list[dict]:
         out.append(_alert(
             "expected_accuracy_drop", "warning", row["label_free_accuracy"], floor,
             f"label-free accuracy estimate ({row['label_free_method']}) {row['label_free_accuracy']:.1%} is "
-            f"below the reference {row['reference_accuracy']:.1%}",
+            f"below the reference {row['reference_accuracy']:.1%}{_cot_caveat(row, out)}",
         ))
     return out
 
@@ -453,6 +480,17 @@ def _labelled_alerts(row: dict, cfg: MonitorConfig) -> list[dict]:
             "the model's confidence no longer tracks its accuracy (concept drift?)",
         ))
     return out
+
+
+def _cot_caveat(row: dict, raised: list[dict]) -> str:
+    """What a COT reading assumed, and what says otherwise: COT counts a moved class mix as errors."""
+    if row["label_free_method"] != "cot":
+        return ""
+    mix = f"accepted run {row['accepted_run']}'s" if row.get("accepted_run") else "the validation split's"
+    atc = f", ATC {row['atc_accuracy']:.1%}" if row.get("atc_accuracy") is not None else ""
+    moved = ("; the class mix moved too (above), which COT reads as errors"
+             if any(a["kind"] in ("new_shift", "sustained_shift", "persistent_shift") for a in raised) else "")
+    return f" (COT against {mix} class mix{atc}{moved})"
 
 
 def _alert(kind: str, severity: str, statistic: float, threshold: float, message: str) -> dict:

@@ -85,7 +85,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
     spec = RunSpec(
         store.config, run_id, plan.name, mv, tuple(card.classes),
         Preprocessing.from_dict(card.preprocessing), card.calibration.temperature,
-        cfg.batch_size, plan.images, BiasCorrection.from_dict(card.calibration.bcts),
+        cfg.batch_size, plan.images, _bias_correction(card, mv),
     )
 
     names = list(plan.partitions)
@@ -95,6 +95,21 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
     _run_tasks(client, spec, {n: plan.partitions[n] for n in todo}, len(names), verbose)
     wall = time.perf_counter() - started
     return _commit(store, spec, run, names, todo, wall, cfg.max_error_ratio)
+
+
+def _bias_correction(card, mv: ModelVersion) -> BiasCorrection | None:
+    """The card's BCTS for the monitoring cells, checked before any partition is scored."""
+    try:
+        bcts = BiasCorrection.from_dict(card.calibration.bcts)
+    except (KeyError, TypeError, ValueError) as e:
+        bcts, problem = None, f"is malformed ({e!r})"
+    else:
+        problem = (f"has {len(bcts.bias)} biases for {len(card.classes)} classes"
+                   if bcts and len(bcts.bias) != len(card.classes) else "")
+    if problem:
+        raise BatchmlError(f"model {mv}: calibration.bcts in its card.json {problem}: retrain the model, or "
+                           "delete calibration.bcts from the card (monitoring then estimates accuracy by ATC)")
+    return bcts
 
 
 def check_config(cfg: ScoreConfig) -> ScoreConfig:

@@ -33,19 +33,27 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 def fit_bcts(probs: np.ndarray, labels: np.ndarray) -> BiasCorrection:
     """The temperature and per-class bias minimising validation NLL, fitted jointly (fitting the bias
     on top of ``fit_temperature``'s T read clean nights' accuracy a point lower through COT, measured
-    on the shift benchmark's model)."""
+    on the shift benchmark's model). Rows with non-finite probabilities are left out; a class with no
+    validation rows keeps a bias of 0 (fitted, it would run off towards minus infinity)."""
+    finite = np.isfinite(probs).all(axis=1)
+    probs, labels = probs[finite], labels[finite]
+    k = probs.shape[1]
     log_p = np.log(np.clip(probs, 1e-12, 1.0))
-    onehot = np.eye(probs.shape[1])[labels]
+    onehot = np.eye(k)[labels]
+    present = np.bincount(labels, minlength=k) > 0
 
     def nll_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
-        t, bias = np.exp(x[0]), x[1:]
+        t, bias = np.exp(x[0]), np.where(present, x[1:], 0.0)
         z = log_p / t + bias
         z -= z.max(axis=1, keepdims=True)
         log_q = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         delta = np.exp(log_q) - onehot  # d nll / d z, per row
         grad_t = -(delta * log_p).sum(axis=1).mean() / t  # d z / d log t = -log p / t
-        return float(-(log_q * onehot).sum(axis=1).mean()), np.concatenate([[grad_t], delta.mean(axis=0)])
+        grad_bias = np.where(present, delta.mean(axis=0), 0.0)
+        return float(-(log_q * onehot).sum(axis=1).mean()), np.concatenate([[grad_t], grad_bias])
 
-    x = minimize(nll_and_grad, np.zeros(probs.shape[1] + 1), jac=True, method="L-BFGS-B",
-                 bounds=[(np.log(0.05), np.log(20.0))] + [(None, None)] * probs.shape[1]).x
-    return BiasCorrection(float(np.exp(x[0])), tuple((x[1:] - x[1:].mean()).tolist()))  # softmax ignores a shift
+    x = minimize(nll_and_grad, np.zeros(k + 1), jac=True, method="L-BFGS-B",
+                 bounds=[(np.log(0.05), np.log(20.0))] + [(None, None)] * k).x
+    bias = np.where(present, x[1:], 0.0)
+    bias[present] -= bias[present].mean()  # softmax ignores a common shift: centre the fitted ones
+    return BiasCorrection(float(np.exp(x[0])), tuple(bias.tolist()))
