@@ -89,15 +89,16 @@ class ModelVersion:
 
     @classmethod
     def parse(cls, text: str) -> ModelVersion:
-        """``NAME/vN`` (as ``str`` writes it) -> a ModelVersion."""
+        """``NAME/vN`` (as ``str`` writes it) -> a ModelVersion; the name checked as every name is, so
+        that no version string can reach outside ``models/``."""
         name, sep, version = text.rpartition("/")
-        if not sep or not name:
+        if not sep or not name or not is_version(version):
             raise BatchmlError(f"model version {text!r} is not NAME/vN, e.g. cifar10/v2")
-        return cls(name, version)
+        return cls(check_name("model", name), version)
 
     @property
     def prefix(self) -> str:
-        return f"{MODELS}/{self.name}/{self.version}"
+        return f"{model_prefix(self.name)}/{self.version}"
 
     @property
     def model_path(self) -> str:
@@ -159,6 +160,11 @@ def trial_name(trial: int) -> str:
     return f"trial-{trial:03d}"
 
 
+def trial_path(sweep_id: str, trial: int, name: str) -> str:
+    """A trial's ``MODEL_FILE`` or ``CARD_FILE``."""
+    return f"{sweep_path(sweep_id, trial_name(trial))}/{name}"
+
+
 # -- monitoring --------------------------------------------------------------------------------
 
 
@@ -172,6 +178,11 @@ def monitoring_path(table: str, run_id: str) -> str:
     return f"{monitoring_folder(table)}/{run_id}.parquet"
 
 
+def monitoring_file(table: str, name: str) -> str:
+    """A file of a monitoring table's folder by its listed name (``<run_id>.parquet``)."""
+    return f"{monitoring_folder(table)}/{name}"
+
+
 def accepted_folder() -> str:
     """Runs accepted as a model's baseline (``batchml monitor --accept-baseline``)."""
     return f"{MONITORING}/accepted"
@@ -179,3 +190,8 @@ def accepted_folder() -> str:
 
 def accepted_path(run_id: str) -> str:
     return f"{accepted_folder()}/{check_name('run', run_id)}.json"
+
+
+def accepted_file(name: str) -> str:
+    """An accepted record by its listed name (``<run_id>.json``)."""
+    return f"{accepted_folder()}/{name}"

@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+import pyarrow as pa
+
 from batchml import layout
+from batchml.errors import BatchmlError
 
 
 class _Record:
@@ -30,8 +33,9 @@ class _Record:
     def from_dict(cls, data: dict[str, Any]):
         names = cls.columns()
         known = {name: data.get(name) for name in names}  # a key older writers lacked reads as None
-        if "schema_version" in known:
-            known["schema_version"] = data.get("schema_version", 0)
+        if "schema_version" in known:  # absent, None or NaN (a table's older rows): written before records
+            version = data.get("schema_version")
+            known["schema_version"] = 0 if version is None or version != version else int(version)
         for name, part in cls.PARTS.items():
             if isinstance(known[name], dict):
                 known[name] = part.from_dict(known[name])
@@ -215,14 +219,29 @@ class ModelCard(_Record):
     fit: Fit
     calibration: Calibration
     # label-free monitoring: ATC score and threshold, validation histograms
-    # (``batchml.monitoring.label_free.atc_reference``); None on cards before it
+    # (``batchml.reference.atc_reference``); None on cards before it
     atc: dict | None
-    # the validation probabilities and labels, encoded (``batchml.monitoring.label_shift.encode_rows``):
+    # the validation probabilities and labels, encoded (``batchml.reference.encode_rows``):
     # BBSE's bootstrap resamples them; None on cards before it
     validation_rows: dict | None
     reference: Reference
     schema_version: int = _Record.SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def checked(cls, data: Any, where: str, shape: bool = True) -> ModelCard:
+        """The card read from ``where``, refused with the reason where it is not an object, is a newer
+        release's, or (``shape``) lacks what scoring and monitoring rely on."""
+        if not isinstance(data, dict):
+            problem = f"holds a {type(data).__name__}, not a card"
+        elif not isinstance(version := data.get("schema_version", 0), int) or version > cls.SCHEMA_VERSION:
+            raise BatchmlError(f"{where} is of card schema {version!r}, newer than this batchml reads "
+                               f"({cls.SCHEMA_VERSION}): upgrade batchml")
+        else:
+            problem = _card_problem(data) if shape else ""
+        if problem:
+            raise BatchmlError(f"{where} {problem}: the card is damaged; restore it, or retrain the model")
+        return cls.from_dict(data)
 
     @property
     def test_accuracy(self) -> float | None:
@@ -242,6 +261,36 @@ class ModelCard(_Record):
     def device(self) -> dict:
         """Where it trained: backend, device kind and name, framework versions (``batchml.device``)."""
         return self.training["device"]
+
+
+def _card_problem(data: dict) -> str:
+    """What is wrong with a card's shape where other modules rely on it ("" if nothing)."""
+    classes, k = data.get("classes"), len(data.get("classes") or [])
+    checks = (
+        (isinstance(classes, list) and k > 0 and all(isinstance(c, str) for c in classes),
+         "'classes' must be a non-empty list of class names"),
+        (isinstance(data.get("preprocessing"), dict), "'preprocessing' must be an object"),
+        (isinstance(data.get("calibration"), dict) and isinstance(data["calibration"].get("temperature"), int | float),
+         "'calibration.temperature' must be a number"),
+        (isinstance(data.get("metrics"), dict) and isinstance(data["metrics"].get("validation"), dict),
+         "'metrics.validation' must be an object"),
+        (isinstance(data.get("reference"), dict) and isinstance(data["reference"].get("accuracy"), int | float)
+         and len(data["reference"].get("predicted_counts") or []) == k,
+         "'reference' must hold 'accuracy' and one 'predicted_counts' per class"),
+    )
+    return next((what for ok, what in checks if not ok), "")
+
+
+# -- failure cases ---------------------------------------------------------------------------------
+
+FAILURES_KEPT = 24  # images of each kind per run (and per partition)
+# ``runs/<id>/failures/part-N.parquet`` (a partition's candidates) and, with ``true_class`` and
+# ``predicted_class`` added, ``monitoring/failures/<run_id>.parquet`` (the run's snapshot)
+FAILURE_SCHEMA = pa.schema([
+    ("kind", pa.string()),  # misclassified (labelled, most confident first) | uncertain (unlabelled, least)
+    ("image_id", pa.string()), ("partition", pa.string()), ("label", pa.int16()),
+    ("predicted", pa.int16()), ("confidence", pa.float32()), ("thumbnail", pa.binary()),  # 32x32 PNG
+])
 
 
 # -- the monitoring tables -----------------------------------------------------------------------

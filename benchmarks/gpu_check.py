@@ -96,12 +96,12 @@ def bare_predict_task(store_cfg: StoreConfig, model: str, dataset: str, limit: i
 
     store = Store(store_cfg)
     blobs = []
-    for part in datasets.read_manifest(store, dataset)["partitions"]:
+    for part in datasets.read_manifest(store, dataset).partitions:
         blobs += datasets.read_partition(store, dataset, part["name"])["image"].to_pylist()
         if len(blobs) >= limit:
             break
     x, _, _ = decode_images(blobs[:limit], Preprocessing())
-    net = worker_model(store_cfg, ModelVersion(*model.split("/")))
+    net = worker_model(store_cfg, ModelVersion.parse(model))
     rates = {}
     with device_lock():
         for batch in [b for b in BARE_BATCHES if b <= len(x)] or [len(x)]:

@@ -47,10 +47,10 @@ from batchml.data import datasets
 from batchml.data.images import Preprocessing
 from batchml.data.ingest import ingest
 from batchml.errors import BatchmlError
-from batchml.monitoring.label_free import atc_reference
-from batchml.monitoring.label_shift import encode_rows, estimate_priors, mlls_priors
+from batchml.monitoring.label_shift import estimate_priors, mlls_priors
 from batchml.monitoring.run_monitor import MonitorConfig, alerts, baseline_from_rows, build_row
 from batchml.records import ModelCard
+from batchml.reference import atc_reference, encode_rows
 from batchml.registry import load_model, promote, read_card, resolve
 from batchml.score.scoring import ScoreConfig, score
 from batchml.stats import BiasCorrection, PartitionStats, scale_temperature

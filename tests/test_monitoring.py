@@ -90,7 +90,7 @@ def _validation_rows(rng, n, conditional):
 
 
 def test_validation_rows_round_trip_through_the_card():
-    from batchml.monitoring.label_shift import decode_rows, encode_rows
+    from batchml.reference import decode_rows, encode_rows
 
     probs, labels = _validation_rows(np.random.default_rng(0), 50, np.eye(3) * 0.7 + 0.1)
     back, y = decode_rows(json_round_trip(encode_rows(probs, labels)))
@@ -104,7 +104,8 @@ def json_round_trip(value):
 
 
 def test_bbse_bootstrap_interval_covers_the_truth_and_narrows_with_more_validation_rows():
-    from batchml.monitoring.label_shift import bootstrap_priors, encode_rows
+    from batchml.monitoring.label_shift import bootstrap_priors
+    from batchml.reference import encode_rows
 
     rng = np.random.default_rng(4)
     conditional = np.array([[0.8, 0.15, 0.05], [0.15, 0.7, 0.15], [0.05, 0.25, 0.7]])
@@ -121,8 +122,8 @@ def test_bbse_bootstrap_interval_covers_the_truth_and_narrows_with_more_validati
 
 
 def test_cards_with_validation_rows_get_bootstrap_intervals():
-    from batchml.monitoring.label_shift import encode_rows
     from batchml.monitoring.run_monitor import build_row
+    from batchml.reference import encode_rows
     from batchml.stats import PartitionStats
 
     probs, labels = _validation_rows(np.random.default_rng(5), 600, np.eye(3) * 0.6 + 0.1)
@@ -186,8 +187,8 @@ def test_bias_corrected_calibration_undoes_a_class_bias_before_the_cells_are_sum
 
 
 def test_stats_written_before_cells_give_no_mlls_estimate():
-    from batchml.monitoring.label_shift import encode_rows
     from batchml.monitoring.run_monitor import build_row
+    from batchml.reference import encode_rows
     from batchml.stats import PartitionStats
 
     probs, labels = _calibrated_rows(np.random.default_rng(9), np.full(3, 1 / 3), 600)
@@ -354,7 +355,7 @@ def test_cusum_false_alarms_over_a_year_of_clean_nights():
 
 
 def test_atc_threshold_makes_the_validation_share_above_it_its_accuracy():
-    from batchml.monitoring.label_free import atc_reference, share_above
+    from batchml.reference import atc_reference, share_above
 
     rng = np.random.default_rng(7)
     logits = rng.normal(0, 2, (5000, 10))
@@ -366,7 +367,8 @@ def test_atc_threshold_makes_the_validation_share_above_it_its_accuracy():
 
 def test_atc_of_a_flawless_certain_model_is_its_accuracy_not_zero():
     """Every validation row right and certain: all scores sit at 1.0, in the top bin."""
-    from batchml.monitoring.label_free import atc_accuracy, atc_reference
+    from batchml.monitoring.label_free import atc_accuracy
+    from batchml.reference import atc_reference
     from batchml.stats import PartitionStats
 
     probs, labels = np.tile([1.0, 0.0], (50, 1)), np.zeros(50, int)
@@ -377,7 +379,8 @@ def test_atc_of_a_flawless_certain_model_is_its_accuracy_not_zero():
 def test_atc_follows_accuracy_where_average_confidence_does_not():
     """A model as sure as ever on images it now gets wrong: average confidence stays put, while the
     share of confident rows (what ATC counts) falls with the accuracy."""
-    from batchml.monitoring.label_free import atc_accuracy, atc_reference
+    from batchml.monitoring.label_free import atc_accuracy
+    from batchml.reference import atc_reference
     from batchml.stats import PartitionStats
 
     rng = np.random.default_rng(8)

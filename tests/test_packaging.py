@@ -14,3 +14,21 @@ def test_each_conda_environment_names_pyprojects_dependencies_with_its_extra(env
     env = yaml.safe_load((ROOT / environment).read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert {p for p in pip if not p.startswith("-e")} == wanted
+
+
+def test_the_readme_map_names_every_module_where_it_lives():
+    """The README's map of ``batchml/`` is the folder listing: a module added or moved shows there."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("```\nbatchml/\n") + len("```\nbatchml/\n"):]
+    block = re.sub(r"\([^)]*\)", "", block[:block.index("```")])  # drop the asides
+    mapped, folder = set(), None
+    for line in block.splitlines():
+        head = re.match(r"  (\w+)/ ", line)
+        folder = head.group(1) if head else (None if re.match(r"  \w", line) else folder)
+        names = re.findall(r"\b([a-z_]+)(?:\.py)?\b", line.split("/", 1)[1] if head else line)
+        mapped |= {f"{folder}/{n}" if folder else n for n in names}
+    modules = {p.relative_to(ROOT / "batchml").with_suffix("").as_posix() for p in (ROOT / "batchml").rglob("*.py")
+               if not p.name.startswith("__")}
+    assert modules - mapped == set()

@@ -50,6 +50,12 @@ def test_a_model_version_string_without_a_name_is_refused():
         ModelVersion.parse("v2")
 
 
+@pytest.mark.parametrize("text", ["../../etc/v1", "cifar10/production", "a/b/v1", "cifar10/"])
+def test_a_model_version_string_cannot_leave_the_models_folder_or_name_an_alias(text):
+    with pytest.raises(BatchmlError, match=r"NAME/vN|invalid model name"):
+        ModelVersion.parse(text)
+
+
 # -- a store as the current release writes it -------------------------------------------------------
 
 # card.json as training registers it today, less what older cards lack (ATC, the validation rows,
@@ -140,6 +146,25 @@ def test_an_old_card_reads_with_attributes(store):
     assert card.data.test_fingerprint == "cd" and card.training_seconds == 12.5 and card.device["device"] == "cpu"
     assert card["metrics"]["test"]["rows"] == 4  # subscripting still works
     assert ModelCard.from_dict(card.to_dict()) == card
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ({"classes": "circle,square"}, "'classes' must be a non-empty list"),
+    ({"reference": None}, "'reference' must hold"),
+    ({"calibration": {"temperature": "1.2"}}, "'calibration.temperature' must be a number"),
+    ({"metrics": []}, "'metrics.validation' must be an object"),
+    ({"schema_version": 99}, "card schema 99, newer than this batchml reads"),
+])
+def test_a_damaged_card_is_refused_naming_the_file_and_the_fix(store, damage, message):
+    from batchml.registry import read_card
+
+    mv = ModelVersion("cifar10", "v2")
+    store.write_json(mv.card_path, {**OLD_CARD, **damage})
+    with pytest.raises(BatchmlError, match=f"models/cifar10/v2/card.json .*{message}"):
+        read_card(store, mv, checked=True)
+    store.write_bytes(mv.card_path, b"{not json")
+    with pytest.raises(BatchmlError, match=r"card\.json is not valid JSON"):
+        read_card(store, mv)
 
 
 def test_a_card_keeps_keys_a_newer_writer_added_at_any_depth():

@@ -51,7 +51,7 @@ def test_training_task_registers_a_version_with_its_card(trained_store):
 
 
 def test_the_card_keeps_the_validation_rows_bbse_resamples(trained_store):
-    from batchml.monitoring.label_shift import decode_rows
+    from batchml.reference import decode_rows
 
     card = read_card(trained_store, resolve(trained_store, "shapes/production"))
     probs, labels = decode_rows(card.validation_rows)

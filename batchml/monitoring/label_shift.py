@@ -28,11 +28,12 @@ cell means afterwards it would be one more approximation.
 
 from __future__ import annotations
 
-import base64
 from functools import lru_cache
 
 import numpy as np
 from scipy.optimize import nnls
+
+from batchml.reference import decode_rows
 
 MAX_CONDITION = 100.0  # beyond this, C amplifies sampling noise too much to trust q
 BOOTSTRAP_DRAWS = 200  # resamples of the validation rows: percentiles of 95% intervals settle by then
@@ -75,21 +76,6 @@ def solve_priors(val_joint: np.ndarray, run_mu: np.ndarray) -> np.ndarray:
     w, _ = nnls(joint.T, np.asarray(run_mu, dtype=np.float64))
     q = w * p_val
     return q / q.sum() if q.sum() > 0 else p_val
-
-
-def encode_rows(probs: np.ndarray, labels: np.ndarray) -> dict:
-    """Per-row validation probabilities (float16) and labels as the card keeps them: about
-    2 bytes per class and row, 130 kB of JSON for 5,000 rows of 10 classes."""
-    return {"rows": len(labels), "classes": int(probs.shape[1]),
-            "probabilities": base64.b64encode(np.asarray(probs, np.float16).tobytes()).decode(),
-            "labels": base64.b64encode(np.asarray(labels, np.int16).tobytes()).decode()}
-
-
-def decode_rows(encoded: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(N, K) float64 probabilities and (N,) labels from ``encode_rows``."""
-    probs = np.frombuffer(base64.b64decode(encoded["probabilities"]), np.float16)
-    labels = np.frombuffer(base64.b64decode(encoded["labels"]), np.int16)
-    return probs.reshape(encoded["rows"], encoded["classes"]).astype(np.float64), labels.astype(np.int64)
 
 
 @lru_cache(maxsize=4)

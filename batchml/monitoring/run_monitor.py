@@ -43,7 +43,7 @@ from scipy.stats import chi2 as chi2_dist
 from batchml import layout
 from batchml.errors import BatchmlError
 from batchml.layout import ModelVersion
-from batchml.monitoring import sequential
+from batchml.monitoring import failure_cases, sequential
 from batchml.monitoring.classes import per_class_metrics
 from batchml.monitoring.history import MIN_NIGHTS, baseline_mix, dispersion, history_shift
 from batchml.monitoring.label_free import atc_accuracy, cot_accuracy, output_shift
@@ -52,7 +52,6 @@ from batchml.monitoring.shift import class_shift, wilson_interval
 from batchml.monitoring.tables import read_table, write_alerts, write_run_row
 from batchml.records import ModelCard, RunManifest
 from batchml.registry import read_card
-from batchml.score import failures
 from batchml.stats import PartitionStats
 from batchml.store import Store
 
@@ -233,13 +232,13 @@ def format_range(summary: dict) -> str:
 def monitor_run(store: Store, run_id: str, cfg: MonitorConfig = MonitorConfig()) -> RunReport:
     """Monitor a committed run: write its row, alerts and failure-case snapshot."""
     manifest, stats = fold_run(store, run_id)
-    card = read_card(store, ModelVersion.parse(manifest.model_version))
+    card = read_card(store, ModelVersion.parse(manifest.model_version), checked=True)
     row = build_row(manifest, stats, card, _history(store, manifest, cfg.history_nights), cfg)
     report = RunReport(row, alerts(row, manifest.max_error_ratio, cfg))
     row["alert_kinds"] = [a["kind"] for a in report.alerts]  # the next nights' baseline leaves these out
     write_run_row(store, row)
     write_alerts(store, run_id, report.alerts)
-    snapshot = failures.snapshot(store, run_id, [p["partition"] for p in manifest.partitions], manifest.classes)
+    snapshot = failure_cases.snapshot(store, run_id, [p["partition"] for p in manifest.partitions], manifest.classes)
     store.write_parquet(layout.monitoring_path("failures", run_id), snapshot)
     return report
 
@@ -375,7 +374,7 @@ def accept_baseline(store: Store, run_id: str, note: str = "") -> dict:
 def accepted_baseline(store: Store, model_version: str, committed_at: str) -> dict | None:
     """The latest accepted run of this model committed at or before ``committed_at``."""
     folder = layout.accepted_folder()
-    records = [store.read_json(f"{folder}/{name}") for name in store.list(folder, ".json")]
+    records = [store.read_json(layout.accepted_file(name)) for name in store.list(folder, ".json")]
     records = [r for r in records if r["model_version"] == model_version and r["committed_at"] <= committed_at]
     return max(records, key=lambda r: (r["committed_at"], r["accepted_at"]), default=None)
 

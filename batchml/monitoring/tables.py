@@ -52,13 +52,16 @@ class TableReader:
         current = self.store.list_versions(folder, ".parquet")
         self._files = {
             name: self._files[name] if name in self._files and self._files[name][0] == tag
-            else (tag, self.store.read_parquet(f"{folder}/{name}"))
+            else (tag, self.store.read_parquet(layout.monitoring_file(self.table, name)))
             for name, tag in current.items()
         }
         parts = [t for _, t in self._files.values() if t.num_rows]
         if not parts:
             return empty_table(self.table)
-        return pa.concat_tables(parts, promote_options="default").to_pandas()
+        df = pa.concat_tables(parts, promote_options="default").to_pandas()
+        # files written before a column existed: the column reads as None, so readers need not ask
+        missing = [c for c in RECORDS[self.table].columns() if c not in df]
+        return df.assign(**dict.fromkeys(missing)) if missing else df
 
     @property
     def stamp(self) -> tuple:

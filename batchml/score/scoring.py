@@ -81,7 +81,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
             else inputs.plan_dataset(store, cfg.dataset))
     run = _start_run(store, cfg, run_id, plan, verbose)
     mv = ModelVersion.parse(run["model_version"])
-    card = read_card(store, mv)
+    card = read_card(store, mv, checked=True)
     spec = RunSpec(
         store.config, run_id, plan.name, mv, tuple(card.classes),
         Preprocessing.from_dict(card.preprocessing), card.calibration.temperature,
@@ -136,7 +136,8 @@ def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPl
     rel = layout.run_path(run_id, layout.RUN_SPEC)
     mv = resolve(store, cfg.model)
     if not store.exists(rel):
-        _check_classes(plan, read_card(store, mv).classes, mv)  # before run.json ties the id to this model
+        # before run.json ties the id to this model: its card must be whole, and its classes the input's
+        _check_classes(plan, read_card(store, mv, checked=True).classes, mv)
         run = {
             "run_id": run_id,
             "dataset": plan.name,

@@ -147,9 +147,8 @@ def trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: i
     store = Store(store_cfg)
     with device_lock():
         model, card = fit(store, cfg)
-    prefix = layout.sweep_path(sweep_id, layout.trial_name(trial))
-    store.write_bytes(f"{prefix}/{layout.MODEL_FILE}", model_bytes(model))
-    store.write_json(f"{prefix}/{layout.CARD_FILE}", card.to_dict())
+    store.write_bytes(layout.trial_path(sweep_id, trial, layout.MODEL_FILE), model_bytes(model))
+    store.write_json(layout.trial_path(sweep_id, trial, layout.CARD_FILE), card.to_dict())
     curves = card.learning_curves
     return {
         "trial": trial,
@@ -170,11 +169,10 @@ def trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: i
 def register_trial_task(store_cfg: StoreConfig, cfg: TrainConfig, sweep_id: str, trial: int) -> ModelCard:
     """Test the chosen trial's model once and register it with its card."""
     store = Store(store_cfg)
-    prefix = layout.sweep_path(sweep_id, layout.trial_name(trial))
-    card = ModelCard.from_dict(store.read_json(f"{prefix}/{layout.CARD_FILE}"))
+    card = ModelCard.from_dict(store.read_json(layout.trial_path(sweep_id, trial, layout.CARD_FILE)))
     card.training["sweep"] = {"sweep_id": sweep_id, "trial": trial}
     with device_lock():
-        model = load_model_bytes(store.read_bytes(f"{prefix}/{layout.MODEL_FILE}"))
+        model = load_model_bytes(store.read_bytes(layout.trial_path(sweep_id, trial, layout.MODEL_FILE)))
         return register_trained(store, cfg, model, card)
 
 

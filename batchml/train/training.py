@@ -19,10 +19,9 @@ from batchml.data import datasets
 from batchml.data.images import Preprocessing
 from batchml.device import cpu_fallback_warning, device_info, device_lock
 from batchml.errors import BatchmlError
-from batchml.monitoring.label_free import atc_reference
-from batchml.monitoring.label_shift import encode_rows
 from batchml.progress import Progress
 from batchml.records import Calibration, Evaluation, Fit, Metrics, ModelCard, Reference, TrainingData
+from batchml.reference import atc_reference, encode_rows
 from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, load_model, model_bytes, read_card, register, resolve
 from batchml.stats import PartitionStats, scale_temperature
 from batchml.store import Store, StoreConfig
