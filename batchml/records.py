@@ -32,7 +32,8 @@ class _Record:
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
         names = cls.columns()
-        known = {name: data.get(name) for name in names}  # a key older writers lacked reads as None
+        # a key older writers lacked reads as None, as does the NaN a table fills into their rows
+        known = {name: None if _is_nan(v := data.get(name)) else v for name in names}
         if "schema_version" in known:  # absent, None or NaN (a table's older rows): written before records
             version = data.get("schema_version")
             known["schema_version"] = 0 if version is None or version != version else int(version)
@@ -61,6 +62,13 @@ class _Record:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.to_dict().get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.to_dict()
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
 
 
 def _plain(value: Any) -> Any:

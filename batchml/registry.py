@@ -83,7 +83,9 @@ def register(store: Store, name: str, model_file: str | bytes, card: ModelCard |
         with open(model_file, "rb") as f:
             model_file = f.read()
     store.write_bytes(mv.model_path, model_file)
-    card = replace(ModelCard.of(card), name=name, version=mv.version, schema_version=ModelCard.SCHEMA_VERSION)
+    card = ModelCard.of(card)  # a newer writer's card keeps its newer schema version
+    version = max(card.schema_version, ModelCard.SCHEMA_VERSION)
+    card = replace(card, name=name, version=mv.version, schema_version=version)
     store.write_json(mv.card_path, card.to_dict())
     return mv
 
