@@ -237,16 +237,16 @@ class ModelCard(_Record):
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def checked(cls, data: Any, where: str, shape: bool = True) -> ModelCard:
+    def checked(cls, data: Any, where: str, needs: tuple[str, ...] = ()) -> ModelCard:
         """The card read from ``where``, refused with the reason where it is not an object, is a newer
-        release's, or (``shape``) lacks what scoring and monitoring rely on."""
+        release's, or lacks the parts in ``needs`` (``SCORING_NEEDS``, ``MONITORING_NEEDS``)."""
         if not isinstance(data, dict):
             problem = f"holds a {type(data).__name__}, not a card"
         elif not isinstance(version := data.get("schema_version", 0), int) or version > cls.SCHEMA_VERSION:
             raise BatchmlError(f"{where} is of card schema {version!r}, newer than this batchml reads "
                                f"({cls.SCHEMA_VERSION}): upgrade batchml")
         else:
-            problem = _card_problem(data) if shape else ""
+            problem = _card_problem(data, needs)
         if problem:
             raise BatchmlError(f"{where} {problem}: the card is damaged; restore it, or retrain the model")
         return cls.from_dict(data)
@@ -271,22 +271,28 @@ class ModelCard(_Record):
         return self.training["device"]
 
 
-def _card_problem(data: dict) -> str:
-    """What is wrong with a card's shape where other modules rely on it ("" if nothing)."""
+def _card_problem(data: dict, needs: tuple[str, ...]) -> str:
+    """What is wrong with the parts of a card's shape in ``needs`` ("" if nothing)."""
     classes, k = data.get("classes"), len(data.get("classes") or [])
-    checks = (
-        (isinstance(classes, list) and k > 0 and all(isinstance(c, str) for c in classes),
-         "'classes' must be a non-empty list of class names"),
-        (isinstance(data.get("preprocessing"), dict), "'preprocessing' must be an object"),
-        (isinstance(data.get("calibration"), dict) and isinstance(data["calibration"].get("temperature"), int | float),
-         "'calibration.temperature' must be a number"),
-        (isinstance(data.get("metrics"), dict) and isinstance(data["metrics"].get("validation"), dict),
-         "'metrics.validation' must be an object"),
-        (isinstance(data.get("reference"), dict) and isinstance(data["reference"].get("accuracy"), int | float)
-         and len(data["reference"].get("predicted_counts") or []) == k,
-         "'reference' must hold 'accuracy' and one 'predicted_counts' per class"),
-    )
-    return next((what for ok, what in checks if not ok), "")
+    checks = {
+        "classes": (isinstance(classes, list) and k > 0 and all(isinstance(c, str) for c in classes),
+                    "'classes' must be a non-empty list of class names"),
+        "preprocessing": (isinstance(data.get("preprocessing"), dict), "'preprocessing' must be an object"),
+        "calibration": (isinstance(data.get("calibration"), dict)
+                        and isinstance(data["calibration"].get("temperature"), int | float),
+                        "'calibration.temperature' must be a number"),
+        "metrics": (isinstance(data.get("metrics"), dict) and isinstance(data["metrics"].get("validation"), dict),
+                    "'metrics.validation' must be an object"),
+        "reference": (isinstance(data.get("reference"), dict)
+                      and isinstance(data["reference"].get("accuracy"), int | float)
+                      and len(data["reference"].get("predicted_counts") or []) == k,
+                      "'reference' must hold 'accuracy' and one 'predicted_counts' per class"),
+    }
+    return next((what for ok, what in (checks[n] for n in needs) if not ok), "")
+
+
+SCORING_NEEDS = ("classes", "preprocessing", "calibration")  # what scoring reads of a card
+MONITORING_NEEDS = (*SCORING_NEEDS, "metrics", "reference")  # and monitoring
 
 
 # -- failure cases ---------------------------------------------------------------------------------

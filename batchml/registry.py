@@ -65,14 +65,15 @@ def resolve(store: Store, ref: str, default_name: str = DEFAULT_MODEL_NAME) -> M
     )
 
 
-def read_card(store: Store, mv: ModelVersion, checked: bool = False) -> ModelCard:
-    """The version's card. ``checked``: refuse, with the reason and the fix, a card whose shape is not
-    what scoring and monitoring rely on (they ask for it), rather than fail later far from the cause."""
+def read_card(store: Store, mv: ModelVersion, needs: tuple[str, ...] = ()) -> ModelCard:
+    """The version's card. ``needs`` (``records.SCORING_NEEDS``, ``MONITORING_NEEDS``): refuse, with the
+    reason and the fix, a card that lacks what the caller relies on, rather than fail later far from
+    the cause."""
     try:
         data = store.read_json(mv.card_path)
     except ValueError as e:  # not JSON
         raise BatchmlError(f"{store.url(mv.card_path)} is not valid JSON ({e}): restore it, or retrain {mv}") from e
-    return ModelCard.checked(data, store.url(mv.card_path), shape=checked)
+    return ModelCard.checked(data, store.url(mv.card_path), needs)
 
 
 def register(store: Store, name: str, model_file: str | bytes, card: ModelCard | dict) -> ModelVersion:

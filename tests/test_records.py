@@ -156,12 +156,13 @@ def test_an_old_card_reads_with_attributes(store):
     ({"schema_version": 99}, "card schema 99, newer than this batchml reads"),
 ])
 def test_a_damaged_card_is_refused_naming_the_file_and_the_fix(store, damage, message):
+    from batchml.records import MONITORING_NEEDS
     from batchml.registry import read_card
 
     mv = ModelVersion("cifar10", "v2")
     store.write_json(mv.card_path, {**OLD_CARD, **damage})
     with pytest.raises(BatchmlError, match=f"models/cifar10/v2/card.json .*{message}"):
-        read_card(store, mv, checked=True)
+        read_card(store, mv, MONITORING_NEEDS)
     store.write_bytes(mv.card_path, b"{not json")
     with pytest.raises(BatchmlError, match=r"card\.json is not valid JSON"):
         read_card(store, mv)

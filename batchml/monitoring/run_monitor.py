@@ -50,7 +50,7 @@ from batchml.monitoring.label_free import atc_accuracy, cot_accuracy, output_shi
 from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors, mlls_priors
 from batchml.monitoring.shift import class_shift, wilson_interval
 from batchml.monitoring.tables import read_table, write_alerts, write_run_row
-from batchml.records import ModelCard, RunManifest
+from batchml.records import MONITORING_NEEDS, ModelCard, RunManifest
 from batchml.registry import read_card
 from batchml.stats import PartitionStats
 from batchml.store import Store
@@ -232,7 +232,7 @@ def format_range(summary: dict) -> str:
 def monitor_run(store: Store, run_id: str, cfg: MonitorConfig = MonitorConfig()) -> RunReport:
     """Monitor a committed run: write its row, alerts and failure-case snapshot."""
     manifest, stats = fold_run(store, run_id)
-    card = read_card(store, ModelVersion.parse(manifest.model_version), checked=True)
+    card = read_card(store, ModelVersion.parse(manifest.model_version), MONITORING_NEEDS)
     row = build_row(manifest, stats, card, _history(store, manifest, cfg.history_nights), cfg)
     report = RunReport(row, alerts(row, manifest.max_error_ratio, cfg))
     row["alert_kinds"] = [a["kind"] for a in report.alerts]  # the next nights' baseline leaves these out

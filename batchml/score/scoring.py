@@ -32,7 +32,7 @@ from batchml.data.images import Preprocessing, decode_images
 from batchml.device import device_info, device_lock, predict_fitting, start_batch
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
-from batchml.records import RunManifest
+from batchml.records import SCORING_NEEDS, RunManifest
 from batchml.registry import DEFAULT_ALIAS, ModelVersion, load_model, read_card, resolve
 from batchml.score import failures
 from batchml.stats import BiasCorrection, PartitionStats
@@ -81,7 +81,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
             else inputs.plan_dataset(store, cfg.dataset))
     run = _start_run(store, cfg, run_id, plan, verbose)
     mv = ModelVersion.parse(run["model_version"])
-    card = read_card(store, mv, checked=True)
+    card = read_card(store, mv, SCORING_NEEDS)
     spec = RunSpec(
         store.config, run_id, plan.name, mv, tuple(card.classes),
         Preprocessing.from_dict(card.preprocessing), card.calibration.temperature,
@@ -137,7 +137,7 @@ def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPl
     mv = resolve(store, cfg.model)
     if not store.exists(rel):
         # before run.json ties the id to this model: its card must be whole, and its classes the input's
-        _check_classes(plan, read_card(store, mv, checked=True).classes, mv)
+        _check_classes(plan, read_card(store, mv, SCORING_NEEDS).classes, mv)
         run = {
             "run_id": run_id,
             "dataset": plan.name,
