@@ -373,16 +373,12 @@ def cmd_models_promote(args) -> None:
 
 def cmd_score(args) -> None:
     from batchml.cluster import connect
-    from batchml.data.datasets import read_manifest
     from batchml.device import device_label
-    from batchml.score.scoring import ScoreConfig, check_config, score
+    from batchml.score.scoring import ScoreConfig, score
 
     store = open_store(args)
     cfg = ScoreConfig(dataset=args.dataset, model=args.model, run_id=args.run_id, batch_size=args.batch_size,
                       max_error_ratio=args.max_error_ratio, images=args.images, partition_size=args.partition_size)
-    check_config(cfg)
-    if cfg.dataset:  # an unknown dataset fails here, before a cluster is started for nothing
-        read_manifest(store, cfg.dataset)
     with connect(cluster_config(args), verbose=not args.quiet) as client:
         m = score(client, store, cfg, verbose=not args.quiet)
     rate = f" at {m.images_per_second:,.0f} images/s" if m.images_per_second else ""
