@@ -1,5 +1,5 @@
-"""Committed runs in: monitoring is fed only by their mergeable partition statistics and manifests.
-Monitoring tables out: one row per run, its alerts and failure-case snapshot (``batchml.layout``)."""
+"""Committed runs in: their manifests, mergeable partition statistics and failure candidates, and
+their model's card. Monitoring tables out: one row per run, its alerts and failure-case snapshot."""
 
 from batchml.monitoring.run_monitor import (
     MonitorConfig,
