@@ -95,11 +95,7 @@ class PartitionStats:
         confusion = np.zeros((k, k), np.int64)
         np.add.at(confusion, (labels[known], predicted[known]), 1)
         corrected = bcts.apply(probs) if bcts else calibrated
-        cell = (corrected.argmax(axis=1), _bin(corrected.max(axis=1), CONFIDENCE_BINS))
-        cell_counts = np.zeros((k, CONFIDENCE_BINS), np.int64)
-        np.add.at(cell_counts, cell, 1)
-        cell_prob_sums = np.zeros((k, CONFIDENCE_BINS, k))
-        np.add.at(cell_prob_sums, cell, corrected)
+        cell_counts, cell_prob_sums = cells(corrected)
         return cls(
             num_classes=k,
             rows=n,
@@ -160,6 +156,19 @@ def confidence_score(probs: np.ndarray) -> np.ndarray:
     k = probs.shape[1]
     p = np.clip(probs.astype(np.float64), 1e-12, 1.0)
     return np.clip(1.0 + (p * np.log(p)).sum(axis=1) / np.log(k), 0.0, 1.0)
+
+
+def cells(probs: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by (predicted class, ``CONFIDENCE_BINS`` bin of the top probability): each cell's
+    row count (K, bins), integer, or the summed ``weights`` (N,) if given, and its summed
+    probability vectors (K, bins, K), weighted alike."""
+    k = probs.shape[1]
+    cell = (probs.argmax(axis=1), _bin(probs.max(axis=1), CONFIDENCE_BINS))
+    counts = np.zeros((k, CONFIDENCE_BINS), np.int64 if weights is None else np.float64)
+    np.add.at(counts, cell, 1 if weights is None else weights)
+    sums = np.zeros((k, CONFIDENCE_BINS, k))
+    np.add.at(sums, cell, probs if weights is None else probs * weights[:, None])
+    return counts, sums
 
 
 def _bin(values: np.ndarray, bins: int) -> np.ndarray:

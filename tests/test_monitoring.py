@@ -480,6 +480,52 @@ def test_bcts_leaves_a_class_missing_from_validation_alone():
     assert fitted.bias[2] == 0.0 and np.isfinite(fitted.bias).all() and 0.5 < fitted.temperature < 2
 
 
+def _ten_class_rows(rng, priors, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A calibrated 10-class model (Bayes posteriors of unit Gaussians 2.2 apart), about 74% right."""
+    means = np.eye(10) * 2.2
+    y = rng.choice(10, n, p=priors)
+    logits = -0.5 * ((means[y] + rng.normal(size=(n, 10)))[:, None, :] - means[None]) ** 2
+    logits = logits.sum(axis=2)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True), y
+
+
+def test_an_accepted_skewed_mix_reads_at_its_accuracy_night_after_night():
+    """Once a skewed mix is accepted, COT, reweighted to it and anchored on the validation rows
+    reweighted alike, reads the nights' accuracy: no false accuracy alerts (unanchored, one class at
+    40% read two points low, and a third of the nights alerted)."""
+    from batchml.monitoring.run_monitor import MonitorConfig, alerts, baseline_from_rows, build_row
+    from batchml.reference import encode_rows
+    from batchml.stats import BiasCorrection, PartitionStats
+
+    rng = np.random.default_rng(15)
+    val_probs, val_labels = _ten_class_rows(rng, np.full(10, 0.1), 5000)
+    confusion = np.zeros((10, 10), int)
+    np.add.at(confusion, (val_labels, val_probs.argmax(axis=1)), 1)
+    accuracy = float(np.trace(confusion) / 5000)
+    card = {"reference": {"accuracy": accuracy, "predicted_counts": confusion.sum(axis=0).tolist()},
+            "metrics": {"validation": {"confusion": confusion.tolist()}},
+            "calibration": {"temperature": 1.0, "bcts": {"temperature": 1.0, "bias": [0.0] * 10}},
+            "validation_rows": encode_rows(val_probs, val_labels)}
+    skewed, bcts = np.r_[0.4, np.full(9, 0.6 / 9)], BiasCorrection(1.0, (0.0,) * 10)
+    rows, accepted, errors = [], None, []
+    for night in range(12):
+        probs, labels = _ten_class_rows(rng, skewed, 2000)
+        stats = PartitionStats.from_predictions(probs, np.full(2000, -1), bcts=bcts)
+        run = {"run_id": f"n{night}", "dataset": "d", "model_version": "m/v1", "committed_at": f"{night:03d}",
+               "classes": [str(c) for c in range(10)]}
+        row = build_row(run, stats, card, baseline_from_rows(rows, accepted))
+        row["alert_kinds"] = [a["kind"] for a in alerts(row, 0.0, MonitorConfig())]
+        rows.append(row)
+        if night == 0:
+            accepted = {"run_id": "n0", "committed_at": "000", "predicted_counts": row["predicted_counts"],
+                        "estimated_mix": row["mlls_priors"]}
+        else:
+            assert "expected_accuracy_drop" not in row["alert_kinds"]
+            errors.append(row["cot_accuracy"] - float((probs.argmax(axis=1) == labels).mean()))
+    assert abs(np.mean(errors)) < 0.01
+
+
 def test_ks_on_histograms_finds_a_moved_distribution_and_not_a_resample():
     from batchml.monitoring.label_free import ks_binned
 

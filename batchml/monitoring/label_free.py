@@ -32,13 +32,16 @@ only shrink, so the p-values are conservative.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import eye, hstack, kron, vstack
 from scipy.stats import kstwobign
 
-from batchml.reference import share_above
-from batchml.stats import PartitionStats
+from batchml.reference import decode_rows, share_above
+from batchml.stats import BiasCorrection, PartitionStats, cells
 
 
 def atc_accuracy(stats: PartitionStats, threshold: float | None) -> float | None:
@@ -65,13 +68,18 @@ def cot_accuracy(stats: PartitionStats, expected_mix: np.ndarray | None,
     new mix would read as errors every night."""
     if expected_mix is None or not stats.has("cell_counts") or stats.rows < MIN_COT_ROWS:
         return None
-    k = stats.num_classes
-    counts = stats.cell_counts.reshape(-1).astype(np.float64)
+    return _cot(stats.cell_counts, stats.cell_prob_sums, np.asarray(expected_mix, dtype=np.float64),
+                None if calibrated_mix is None else np.asarray(calibrated_mix, dtype=np.float64))
+
+
+def _cot(cell_counts: np.ndarray, cell_prob_sums: np.ndarray, mix: np.ndarray,
+         calibrated: np.ndarray | None) -> float | None:
+    k = len(mix)
+    counts = cell_counts.reshape(-1).astype(np.float64)
     keep = counts > 0
-    means = stats.cell_prob_sums.reshape(-1, k)[keep] / counts[keep, None]  # (cells, K)
-    mix = np.asarray(expected_mix, dtype=np.float64)
-    if calibrated_mix is not None:
-        means = means * _ratio(mix, np.asarray(calibrated_mix, dtype=np.float64))
+    means = cell_prob_sums.reshape(-1, k)[keep] / counts[keep, None]  # (cells, K)
+    if calibrated is not None:
+        means = means * _ratio(mix, calibrated)
         means /= np.maximum(means.sum(axis=1, keepdims=True), 1e-300)
     if not (np.isfinite(means).all() and np.isfinite(mix).all() and mix.sum() > 0):
         return None
@@ -90,6 +98,49 @@ def cot_accuracy(stats: PartitionStats, expected_mix: np.ndarray | None,
     predicted = np.repeat(np.arange(k), counts.size // k)[keep]  # cells are (class, bin), class-major
     gap = means.max(axis=1) - means[np.arange(cells), predicted]
     return float(1.0 - result.fun - counts[keep] @ gap / counts.sum())
+
+
+@dataclass(frozen=True, eq=False)
+class CotReference:
+    """What COT needs beside a run's cells, from the card and the baseline: the mix to expect, the
+    mix the probabilities are calibrated under, and the card's validation rows and BCTS, on which
+    the estimate is anchored: the validation split, reweighted to the expected mix, must read at its
+    own accuracy there (as ATC's threshold makes it). COT's bias depends on the mix (on a simulated
+    model, 0.7 points low at the validation mix and 1.3 to 2 at one class's 40%); the anchor takes
+    it out wherever the card keeps its validation rows."""
+
+    expected_mix: np.ndarray
+    calibrated_mix: np.ndarray
+    validation_rows: dict | None = None
+    bcts: BiasCorrection | None = None
+
+    def accuracy(self, stats: PartitionStats) -> float | None:
+        """COT of ``stats``; a fully labelled run is measured against its own labels' mix."""
+        mix = self.expected_mix
+        if stats.labelled and stats.labelled == stats.rows:
+            mix = stats.confusion.sum(axis=1) / stats.labelled
+        estimate = cot_accuracy(stats, mix, self.calibrated_mix)
+        if estimate is None or self.validation_rows is None or self.bcts is None:
+            return estimate
+        rows = self.validation_rows
+        offset = validation_offset(rows["probabilities"], rows["labels"], rows["rows"], rows["classes"], self.bcts,
+                                   tuple(np.round(mix / mix.sum(), 6)), tuple(self.calibrated_mix))
+        return None if offset is None else float(np.clip(estimate + offset, 0.0, 1.0))
+
+
+@lru_cache(maxsize=64)
+def validation_offset(probabilities: str, labels: str, rows: int, classes: int, bcts: BiasCorrection,
+                      mix: tuple[float, ...], calibrated: tuple[float, ...]) -> float | None:
+    """Accuracy minus COT on the validation rows, each weighted by expected / calibrated share of its
+    true class (the split as if drawn in the expected mix); cached per model and mix."""
+    probs, y = decode_rows({"rows": rows, "classes": classes, "probabilities": probabilities, "labels": labels})
+    weights = _ratio(np.asarray(mix), np.asarray(calibrated))[y]
+    if weights.sum() == 0:
+        return None
+    counts, sums = cells(bcts.apply(probs), weights)
+    cot = _cot(counts, sums, np.asarray(mix), np.asarray(calibrated))
+    accuracy = float(weights @ (probs.argmax(axis=1) == y) / weights.sum())
+    return None if cot is None else accuracy - cot
 
 
 def _ratio(mix: np.ndarray, calibrated: np.ndarray) -> np.ndarray:

@@ -46,13 +46,13 @@ from batchml.layout import ModelVersion
 from batchml.monitoring import failure_cases, sequential
 from batchml.monitoring.classes import per_class_metrics
 from batchml.monitoring.history import MIN_NIGHTS, baseline_mix, dispersion, history_shift
-from batchml.monitoring.label_free import atc_accuracy, cot_accuracy, output_shift
+from batchml.monitoring.label_free import CotReference, atc_accuracy, output_shift
 from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors, mlls_priors
 from batchml.monitoring.shift import class_shift, wilson_interval
 from batchml.monitoring.tables import read_table, write_alerts, write_run_row
 from batchml.records import MONITORING_NEEDS, ModelCard, RunManifest
 from batchml.registry import read_card
-from batchml.stats import PartitionStats
+from batchml.stats import BiasCorrection, PartitionStats
 from batchml.store import Store
 
 
@@ -110,17 +110,13 @@ def fold_run(store: Store, run_id: str) -> tuple[RunManifest, PartitionStats]:
 
 
 def summarise(stats: PartitionStats, classes: list[str], atc_threshold: float | None = None,
-              expected_mix: np.ndarray | None = None, calibrated_mix: np.ndarray | None = None) -> dict:
+              cot: CotReference | None = None) -> dict:
     """The labelled-sample statistics of any sum of partitions: a run or a date range, with the
-    label-free estimates: COT (against ``expected_mix``, the probabilities calibrated under
-    ``calibrated_mix``; a fully labelled run's own label mix replaces the expected one, so that the
-    estimate is checked against the measured accuracy; none without ``expected_mix``), ATC (the card's
-    threshold) and calibrated confidence; the first present is ``label_free_accuracy``."""
+    label-free estimates: COT (given what it needs, ``cot``), ATC (the card's threshold) and
+    calibrated confidence; the first present is ``label_free_accuracy``."""
     labelled = stats.labelled
-    if expected_mix is not None and labelled and labelled == stats.rows:
-        expected_mix = stats.confusion.sum(axis=1) / labelled
     expected = stats.calibrated_confidence_sum / stats.rows if stats.rows else None
-    estimates = {"cot": cot_accuracy(stats, expected_mix, calibrated_mix), "atc": atc_accuracy(stats, atc_threshold),
+    estimates = {"cot": cot.accuracy(stats) if cot else None, "atc": atc_accuracy(stats, atc_threshold),
                  "confidence": expected}
     method = next((m for m, v in estimates.items() if v is not None), "confidence")
     low, high = wilson_interval(stats.correct, labelled)
@@ -192,24 +188,24 @@ def _validation_mix(card: ModelCard) -> np.ndarray:
     return counts / counts.sum()
 
 
-def _cot_mixes(card: ModelCard, baseline: Baseline) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The class mix COT measures an unlabelled night against, and the mix the probabilities are
-    calibrated under (the validation split's). The expected mix is the validation split's, or once a
-    run is accepted, its estimated true mix averaged with the clean nights' since (one night's
-    estimate is noisy, and each point of error in it reads as errors every night). (None, None) for
-    models trained before the bias-corrected calibration: their cells hold temperature-scaled
-    probabilities, on which COT read clean nights two to three points low
-    (benchmarks/shift_detection.py), so they keep ATC."""
+def _cot_reference(card: ModelCard, baseline: Baseline) -> CotReference | None:
+    """What COT needs for tonight. The expected mix is the validation split's, or once a run is
+    accepted, its estimated true mix averaged with the clean nights' since (one night's estimate is
+    noisy, and each point of error in it reads as errors every night). None for models trained
+    before the bias-corrected calibration: their cells hold temperature-scaled probabilities, on
+    which COT read clean nights two to three points low (benchmarks/shift_detection.py), so they
+    keep ATC."""
     if not card.calibration or not card.calibration.bcts:
-        return None, None
+        return None
     calibrated, accepted = _validation_mix(card), baseline.accepted
-    if not accepted:
-        return calibrated, calibrated
-    if accepted.get("estimated_mix") is not None:
-        first = np.asarray(accepted["estimated_mix"], dtype=np.float64)
-    else:  # accepted before the record kept the estimated mix: its predicted mix stands in
-        first = np.asarray(accepted["predicted_counts"], dtype=np.float64) / np.sum(accepted["predicted_counts"])
-    return np.mean([first, *baseline.mixes], axis=0), calibrated
+    expected = calibrated
+    if accepted:
+        if accepted.get("estimated_mix") is not None:
+            first = np.asarray(accepted["estimated_mix"], dtype=np.float64)
+        else:  # accepted before the record kept the estimated mix: its predicted mix stands in
+            first = np.asarray(accepted["predicted_counts"], dtype=np.float64) / np.sum(accepted["predicted_counts"])
+        expected = np.mean([first, *baseline.mixes], axis=0)
+    return CotReference(expected, calibrated, card.validation_rows, BiasCorrection.from_dict(card.calibration.bcts))
 
 
 def format_range(summary: dict) -> str:
@@ -261,7 +257,7 @@ def build_row(run: RunManifest | dict, stats: PartitionStats, card: ModelCard | 
         "monitored_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "reference_accuracy": reference.accuracy,
         "accepted_run": accepted["run_id"] if accepted else None,
-        **summarise(stats, run.classes, card.atc_threshold, *_cot_mixes(card, baseline)),
+        **summarise(stats, run.classes, card.atc_threshold, _cot_reference(card, baseline)),
         **class_shift(stats.predicted_counts, ref_counts),
         **(history_shift(baseline.history, stats.predicted_counts) or {
             "history_nights": len(baseline.history), "history_chi2": None, "history_dispersion": None,
