@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from batchml.monitoring.run_monitor import MonitorConfig, alerts, build_row
+from batchml.monitoring.run_monitor import MonitorConfig, alerts, baseline_from_rows, build_row
 from batchml.monitoring.tables import write_alerts, write_run_row
 from batchml.stats import PartitionStats
 from batchml.store import Store, StoreConfig
@@ -43,7 +43,7 @@ def synthetic_card(rng) -> dict:
 
 def write_history(store: Store, nights: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    card, history = synthetic_card(rng), []
+    card, rows = synthetic_card(rng), []
     start = datetime.now(UTC) - timedelta(days=nights)
     for night in range(nights):
         prior = rng.dirichlet(np.full(10, 200.0))
@@ -58,10 +58,12 @@ def write_history(store: Store, nights: int, seed: int = 0) -> dict:
         run = {"run_id": f"nightly-{night:03d}", "dataset": f"night-{night:03d}", "model_version": "cifar10/v1",
                "committed_at": (start + timedelta(days=night)).isoformat(timespec="milliseconds"),
                "classes": CLASSES}
-        row = build_row(run, stats, card, history[-30:], MonitorConfig())
+        row = build_row(run, stats, card, baseline_from_rows(rows), MonitorConfig())
+        raised = alerts(row, 0.01, MonitorConfig())
+        row["alert_kinds"] = [a["kind"] for a in raised]  # as monitor_run does: alerted nights leave the baseline
         write_run_row(store, row)
-        write_alerts(store, run["run_id"], alerts(row, 0.01, MonitorConfig()))
-        history.append(stats.predicted_counts)
+        write_alerts(store, run["run_id"], raised)
+        rows.append(row)
     return row
 
 
