@@ -33,10 +33,9 @@ class BiasCorrection:
     bias: tuple[float, ...]  # (K,) added to the scaled log-probabilities
 
     def apply(self, probs: np.ndarray) -> np.ndarray:
-        logits = np.log(np.clip(probs, 1e-12, None)) / self.temperature + np.asarray(self.bias)
-        logits -= logits.max(axis=1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(axis=1, keepdims=True)
+        # softmax(z + b) is softmax(z) reweighted by exp(b)
+        weighted = scale_temperature(probs, self.temperature) * np.exp(np.asarray(self.bias))
+        return weighted / weighted.sum(axis=1, keepdims=True)
 
     def to_dict(self) -> dict:
         return {"temperature": self.temperature, "bias": list(self.bias)}
