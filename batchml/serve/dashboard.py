@@ -215,13 +215,14 @@ def class_mix(runs: pd.DataFrame) -> pn.Column:
     classes = list(runs.classes.iloc[-1])
     fig = mix_heatmap(runs, classes)
     latest = runs.iloc[-1]
-    none = [None] * len(classes)
-    bbse, mlls = latest.estimated_priors, latest.get("mlls_priors")  # runs monitored before MLLS lack it
+    def shares(value) -> list:  # a list column; None or NaN where the run was monitored before it
+        return list(value) if isinstance(value, list | np.ndarray) else [None] * len(classes)
+
     table = pd.DataFrame({
         "class": classes, "share": latest.share, "reference": latest.reference_share,
         "deviation": latest.share_deviation,
-        "estimated true share (BBSE)": bbse if bbse is not None else none,
-        "estimated true share (MLLS/EM)": mlls if isinstance(mlls, list | np.ndarray) else none,
+        "estimated true share (BBSE)": shares(latest.estimated_priors),
+        "estimated true share (MLLS/EM)": shares(latest.mlls_priors),
     })
     history = "" if latest.history_p_value is None or pd.isna(latest.history_p_value) else (
         f", vs last {int(latest.history_nights)} nights p={latest.history_p_value:.3g}")
