@@ -33,7 +33,7 @@ class _Record:
     def from_dict(cls, data: dict[str, Any]):
         names = cls.columns()
         # a key older writers lacked reads as None, as does the NaN a table fills into their rows
-        known = {name: None if _is_nan(v := data.get(name)) else v for name in names}
+        known = {name: None if is_absent(v := data.get(name)) else v for name in names}
         if "schema_version" in known:  # absent, None or NaN (a table's older rows): written before records
             version = data.get("schema_version")
             known["schema_version"] = 0 if version is None or version != version else int(version)
@@ -67,8 +67,9 @@ class _Record:
         return key in self.to_dict()
 
 
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, float) and value != value
+def is_absent(value: Any) -> bool:
+    """A value a reader treats as missing: None, or the NaN a table fills into rows that lack a column."""
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def _plain(value: Any) -> Any:
