@@ -22,7 +22,7 @@ from batchml.backend import BACKENDS, DEFAULT_BACKEND, configure_backend
 from batchml.data.datasets import DEFAULT_PARTITION_SIZE
 from batchml.demo import DemoConfig
 from batchml.errors import BatchmlError
-from batchml.registry import DEFAULT_ALIAS
+from batchml.registry import DEFAULT_ALIAS, resolve
 from batchml.store import DEFAULT_ROOT, Store, StoreConfig
 from batchml.train.recipes import RECIPES, SETTINGS, TUNABLE, recipe_defaults, setting_type
 
@@ -227,11 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="the committed run to monitor")
     p.add_argument("--since", help="instead of --run-id: summarise runs committed from this date (YYYY-MM-DD)")
     p.add_argument("--until", help="... to this date, inclusive")
-    p.add_argument("--model", help="only this model version's runs (NAME/vN)")
+    p.add_argument("--model", help="only this model's runs (NAME/vN, or an alias such as production)")
     p.add_argument("--accept-baseline", metavar="RUN_ID",
                    help="record that this monitored run's class mix is the new normal: sustained-shift "
-                        "alerts stop and the nightly baseline restarts from it")
-    p.add_argument("--note", default="", help="with --accept-baseline: why (kept in the record)")
+                        "alerts stop and the nightly baseline restarts from it (the latest acceptance wins; "
+                        "with --run-id, then monitor that run)")
+    p.add_argument("--note", help="with --accept-baseline: why (kept in the record; re-accepting without "
+                   "--note keeps the earlier one)")
+    p.add_argument("--config", metavar="FILE", help="alert thresholds from a TOML file (keys: "
+                   "batchml.monitoring.MonitorConfig; see the README)")
     p.set_defaults(func=cmd_monitor)
 
     p = verbs.add_parser("dashboard", parents=[store], help="serve the monitoring dashboard (Panel)")
@@ -352,7 +356,7 @@ def cmd_models_list(args) -> None:
 
 
 def cmd_models_show(args) -> None:
-    from batchml.registry import read_card, resolve
+    from batchml.registry import read_card
 
     store = open_store(args)
     card = read_card(store, resolve(store, args.version))
@@ -363,7 +367,7 @@ def cmd_models_show(args) -> None:
 
 
 def cmd_models_promote(args) -> None:
-    from batchml.registry import promote, resolve
+    from batchml.registry import promote
 
     store = open_store(args)
     mv = resolve(store, args.version)
@@ -388,21 +392,36 @@ def cmd_score(args) -> None:
 
 
 def cmd_monitor(args) -> int:
-    from batchml.monitoring import accept_baseline, format_range, format_report, monitor_range, monitor_run
+    from batchml.monitoring import (
+        MonitorConfig,
+        accept_baseline,
+        format_range,
+        format_report,
+        monitor_range,
+        monitor_run,
+    )
 
+    if args.note is not None and not args.accept_baseline:
+        raise BatchmlError("--note goes with --accept-baseline RUN_ID (it says why the mix was accepted)")
+    if not (args.run_id or args.accept_baseline or args.since or args.until):
+        raise BatchmlError("pass --run-id ID, --since/--until dates to summarise a range of runs, "
+                           "or --accept-baseline ID")
+    store = open_store(args)
     if args.accept_baseline:
-        r = accept_baseline(open_store(args), args.accept_baseline, args.note)
-        print(f"accepted the class mix of run {r['run_id']} as the baseline of {r['model_version']} "
-              f"(recorded at {layout.accepted_path(r['run_id'])})")
-        return 0
+        r = accept_baseline(store, args.accept_baseline, args.note)
+        print(f"accepted the class mix of run {r.run_id} as the baseline of {r.model_version} "
+              f"(recorded at {layout.accepted_path(r.run_id)})")
+        if not args.run_id:
+            return 0
     if not args.run_id:
-        if not (args.since or args.until):
-            raise BatchmlError("pass --run-id ID, --since/--until dates to summarise a range of runs, "
-                               "or --accept-baseline ID")
         since, until = iso_date("--since", args.since), iso_date("--until", args.until)
-        print(format_range(monitor_range(open_store(args), since, until, args.model)))
+        if since and until and since > until:
+            raise BatchmlError(f"--since {since} is after --until {until}: the range is reversed; swap them")
+        model = str(resolve(store, args.model)) if args.model else None
+        print(format_range(monitor_range(store, since, until, model)))
         return 0
-    report = monitor_run(open_store(args), args.run_id)
+    cfg = MonitorConfig.from_file(args.config) if args.config else MonitorConfig()
+    report = monitor_run(store, args.run_id, cfg, args.config)
     print(format_report(report))
     return 1 if report.failed else 0
 

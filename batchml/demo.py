@@ -20,7 +20,7 @@ from batchml.cluster import ClusterConfig, connect
 from batchml.data import datasets
 from batchml.data.ingest import ingest, write_dataset
 from batchml.data.sources import Source, SourceImage
-from batchml.monitoring import format_report, monitor_run
+from batchml.monitoring import RunReport, format_report, monitor_run
 from batchml.registry import DEFAULT_ALIAS, promote
 from batchml.score.scoring import ScoreConfig, score
 from batchml.store import Store
@@ -43,7 +43,7 @@ class DemoConfig:
     seed: int = 0
 
 
-def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[dict]:
+def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[RunReport]:
     started = time.perf_counter()
     source = cfg.source
     print(f"demo: store {store.url()}, source {source}")
@@ -69,7 +69,7 @@ def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[dict
                   f"{manifest.images_per_second} images/s")
             report = monitor_run(store, run_id)
             print(format_report(report))
-            reports.append({**report.row, "alerts": report.alerts})
+            reports.append(report)
 
     print(f"\ndemo: done in {time.perf_counter() - started:.0f}s. Everything is under {store.url()}:")
     for what, rel in [("input partitions", f"{layout.DATASETS}/"),
@@ -77,7 +77,7 @@ def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[dict
                       ("runs (predictions, stats, manifest)", f"{layout.RUNS}/"),
                       ("monitoring tables", f"{layout.MONITORING}/")]:
         print(f"  {what:38} {store.url(rel)}")
-    last = store.url(layout.run_folder(reports[-1]["run_id"], "predictions"))
+    last = store.url(layout.run_folder(reports[-1].row.run_id, "predictions"))
     print(f"  read them with: pandas.read_parquet('{last}')")
     print(f"  or DuckDB: SELECT count(*) FROM '{store.url(layout.RUNS)}/*/predictions/*.parquet'")
     print(f"\nOpen the monitoring dashboard on it (then http://127.0.0.1:5006/):\n"

@@ -314,7 +314,7 @@ FAILURE_SCHEMA = pa.schema([
 @dataclass
 class MonitoringRow(_Record):
     """A row of ``monitoring/runs/<run_id>.parquet``: one monitored run
-    (``batchml.monitoring.run_monitor.build_row``). Columns a newer writer added are kept in
+    (``batchml.monitoring.row.build_row``). Columns a newer writer added are kept in
     ``extra`` and written back; rows written before a column existed read it as None (or NaN)."""
 
     run_id: str
@@ -323,8 +323,9 @@ class MonitoringRow(_Record):
     committed_at: str  # the run's commit time (UTC): the nights' order
     monitored_at: str  # when this row was written (UTC)
     reference_accuracy: float  # the card's reference accuracy
+    max_error_ratio: float | None  # the share of undecodable images the run allowed; None on rows before it
     accepted_run: str | None  # the run whose class mix was accepted as the baseline, if any
-    # the labelled-sample statistics (``run_monitor.summarise``)
+    # the labelled-sample statistics (``monitoring.row.summarise``)
     rows: int  # predictions
     errors: int  # undecodable images
     error_ratio: float  # errors / (rows + errors)
@@ -398,7 +399,7 @@ class MonitoringRow(_Record):
 
 @dataclass
 class Alert(_Record):
-    """A row of ``monitoring/alerts/<run_id>.parquet`` (the rules: ``batchml.monitoring.run_monitor``)."""
+    """A row of ``monitoring/alerts/<run_id>.parquet`` (the rules: ``batchml.monitoring.rules``)."""
 
     run_id: str
     kind: str  # e.g. error_ratio, sustained_shift, accuracy_drop
@@ -408,3 +409,26 @@ class Alert(_Record):
     message: str  # what happened, and what to do
     schema_version: int = _Record.SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class AcceptedBaseline(_Record):
+    """``monitoring/accepted/<run_id>.json``: a monitored run whose class mix is the new normal of its
+    model (``batchml monitor --accept-baseline``). The latest acceptance of a model wins."""
+
+    run_id: str
+    model_version: str  # NAME/vN
+    committed_at: str  # the accepted run's commit time: nights from it on compare with its mix
+    predicted_counts: list[int]  # (K,) its predicted class counts: the sustained_shift reference
+    estimated_mix: list[float] | None  # (K,) its true mix (labels', else MLLS); None: not estimated
+    note: str  # why, as the user said
+    accepted_at: str  # UTC, ISO 8601 with microseconds: the latest wins
+    schema_version: int = _Record.SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def expected_mix(self) -> list[float]:
+        """The true class mix COT expects from this run: estimated, else its predicted mix."""
+        if self.estimated_mix:
+            return list(self.estimated_mix)
+        total = sum(self.predicted_counts)
+        return [c / total for c in self.predicted_counts]

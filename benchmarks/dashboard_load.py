@@ -4,7 +4,7 @@
 
 Writes 365 monitored nightly runs (10 classes, 2,000 images each, the class mix and
 accuracy wandering as real nights do, some alerts) into a fresh store with the same
-`build_row`/`alerts` code that `batchml monitor` runs, serves it with `batchml
+`evaluate` code that `batchml monitor` runs, serves it with `batchml
 dashboard`, and times, in headless Chromium, from the request to the overview fully
 rendered (the latest run's accuracy shown). The first load reads the whole history;
 later loads reuse the server's cache. The last line is one JSON object with
@@ -27,21 +27,23 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from batchml.monitoring.run_monitor import MonitorConfig, alerts, baseline_from_rows, build_row
+from batchml.monitoring import MonitorConfig, evaluate
+from batchml.monitoring.baseline import baseline_from_rows
 from batchml.monitoring.tables import write_alerts, write_run_row
+from batchml.records import ModelCard, RunManifest
 from batchml.stats import PartitionStats
 from batchml.store import Store, StoreConfig
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def synthetic_card(rng) -> dict:
+def synthetic_card(rng) -> ModelCard:
     joint = np.diag(np.full(10, 350.0)) + rng.uniform(0, 17, (10, 10))
-    return {"reference": {"accuracy": 0.72, "predicted_counts": [1000] * 10},
-            "metrics": {"validation": {"prob_confusion": joint.tolist()}}}
+    return ModelCard.from_dict({"reference": {"accuracy": 0.72, "predicted_counts": [1000] * 10},
+                                "metrics": {"validation": {"prob_confusion": joint.tolist()}}})
 
 
-def write_history(store: Store, nights: int, seed: int = 0) -> dict:
+def write_history(store: Store, nights: int, seed: int = 0) -> dict:  # the last night's row
     rng = np.random.default_rng(seed)
     card, rows = synthetic_card(rng), []
     start = datetime.now(UTC) - timedelta(days=nights)
@@ -55,16 +57,15 @@ def write_history(store: Store, nights: int, seed: int = 0) -> dict:
         probs[~hit, wrong] += 1.0  # ...less so when wrong: roughly calibrated, as a real model
         probs /= probs.sum(axis=1, keepdims=True)
         stats = PartitionStats.from_predictions(probs.astype(np.float32), labels, temperature=1.1)
-        run = {"run_id": f"nightly-{night:03d}", "dataset": f"night-{night:03d}", "model_version": "cifar10/v1",
-               "committed_at": (start + timedelta(days=night)).isoformat(timespec="milliseconds"),
-               "classes": CLASSES}
-        row = build_row(run, stats, card, baseline_from_rows(rows), MonitorConfig())
-        raised = alerts(row, 0.01, MonitorConfig())
-        row["alert_kinds"] = [a["kind"] for a in raised]  # as monitor_run does: alerted nights leave the baseline
-        write_run_row(store, row)
-        write_alerts(store, run["run_id"], raised)
-        rows.append(row)
-    return row
+        run = RunManifest.from_dict({
+            "run_id": f"nightly-{night:03d}", "dataset": f"night-{night:03d}", "model_version": "cifar10/v1",
+            "committed_at": (start + timedelta(days=night)).isoformat(timespec="milliseconds"),
+            "classes": CLASSES, "max_error_ratio": 0.01})
+        report = evaluate(run, stats, card, baseline_from_rows(rows), MonitorConfig())
+        write_run_row(store, report.row)  # as monitor_run does: alerted nights leave the baseline
+        write_alerts(store, run.run_id, report.alerts)
+        rows.append(report.row.to_dict())
+    return rows[-1]
 
 
 def time_loads(url: str, expected: str, loads: int, shots: str | None = None) -> list[float]:

@@ -6,7 +6,7 @@ Trains the tutorial CNN on the 50,000 training images (or reuses the store's pro
 model), scores the 10,000 test images through `batchml score`, predicts a random 5,000 of
 them under 9 corruptions x 3 severities and its validation split (both cached beside the
 store; the card's label-free and BBSE fields are recomputed from the latter), then monitors simulated
-unlabelled nights of 2,000 with the same `PartitionStats`, `build_row`, `baseline_from_rows`
+unlabelled nights of 2,000 with the same `PartitionStats`, `evaluate`, `baseline_from_rows`
 and `alerts` that `batchml monitor` runs, and with the previous release's rules (mean-based
 baseline, reference AND baseline, average confidence) for comparison. Prints, for both:
 - mixed sequences (clean, doubled-class, Dirichlet-mixed and corrupted nights in random
@@ -47,9 +47,10 @@ from batchml.data import datasets
 from batchml.data.images import Preprocessing
 from batchml.data.ingest import ingest
 from batchml.errors import BatchmlError
+from batchml.monitoring import MonitorConfig, evaluate
+from batchml.monitoring.baseline import baseline_from_rows
 from batchml.monitoring.label_shift import estimate_priors, mlls_priors
-from batchml.monitoring.run_monitor import MonitorConfig, alerts, baseline_from_rows, build_row
-from batchml.records import ModelCard
+from batchml.records import ModelCard, RunManifest
 from batchml.reference import atc_reference, encode_rows
 from batchml.registry import load_model, promote, read_card, resolve
 from batchml.score.scoring import ScoreConfig, score
@@ -173,10 +174,11 @@ class Monitor:
         self.card, self.rows, self.old_history = card, [], []
 
     def night(self, stats: PartitionStats) -> tuple[list[str], list[str], dict]:
-        run = {"run_id": f"n{len(self.rows)}", "dataset": "sim", "model_version": "m/v1",
-               "committed_at": f"{len(self.rows):06d}", "classes": self.card.classes}
-        row = build_row(run, stats, self.card, baseline_from_rows(self.rows, None, CFG.history_nights), CFG)
-        row["alert_kinds"] = [a["kind"] for a in alerts(row, 0.01, CFG)]
+        run = RunManifest.from_dict({"run_id": f"n{len(self.rows)}", "dataset": "sim", "model_version": "m/v1",
+                                     "committed_at": f"{len(self.rows):06d}", "classes": self.card.classes,
+                                     "max_error_ratio": 0.01})
+        report = evaluate(run, stats, self.card, baseline_from_rows(self.rows, None, CFG.history_nights), CFG)
+        row = report.row.to_dict()
         self.rows.append(row)
         old = old_alerts(row, old_history_p(self.old_history[-CFG.history_nights:], stats.predicted_counts))
         self.old_history.append(stats.predicted_counts)

@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from batchml.cli import cluster_arguments, cluster_config, exit_now, open_store, positive, store_arguments, unexpected
 from batchml.cluster import connect
 from batchml.errors import BatchmlError
-from batchml.monitoring import format_report, monitor_run
+from batchml.monitoring import MonitorConfig, format_report, monitor_run
 from batchml.registry import DEFAULT_ALIAS
 from batchml.score.scoring import ScoreConfig, score
 
@@ -47,17 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", help="default nightly-<dataset>, or nightly-images-<date>")
     parser.add_argument("--batch-size", type=positive, help="images per predict call (default: the device's)")
     parser.add_argument("--max-error-ratio", type=float, default=0.01)
+    parser.add_argument("--config", metavar="FILE", help="alert thresholds from a TOML file (see the README)")
     args = parser.parse_args(argv)
     dataset = args.dataset.replace("{date}", args.date) if args.dataset else None
     images = args.images.replace("{date}", args.date) if args.images else None
     run_id = args.run_id or (f"nightly-{dataset}" if dataset else f"nightly-images-{args.date}")
     try:
         store = open_store(args)
+        thresholds = MonitorConfig.from_file(args.config) if args.config else MonitorConfig()
         cfg = ScoreConfig(dataset, args.model, run_id, batch_size=args.batch_size,
                           max_error_ratio=args.max_error_ratio, images=images)
         with connect(cluster_config(args), verbose=not args.quiet) as client:
             manifest = score(client, store, cfg, verbose=not args.quiet)
-        report = monitor_run(store, manifest.run_id)
+        report = monitor_run(store, manifest.run_id, thresholds, args.config)
     except BatchmlError as exc:
         print(f"nightly: FAILED: {exc}", file=sys.stderr)
         return 2

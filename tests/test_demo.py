@@ -35,6 +35,6 @@ def test_the_demos_second_night_alerts_and_its_first_does_not(client, trained_st
     alerts = []
     for night, dataset in enumerate([clean, shifted], start=1):
         score(client, store, ScoreConfig(dataset, model="shapes/production", run_id=f"night-{night}"), verbose=False)
-        alerts.append([a["kind"] for a in monitor_run(store, f"night-{night}").alerts])
+        alerts.append([a.kind for a in monitor_run(store, f"night-{night}").alerts])
     assert alerts[0] == []
     assert any("shift" in kind for kind in alerts[1]), alerts[1]

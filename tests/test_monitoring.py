@@ -122,7 +122,6 @@ def test_bbse_bootstrap_interval_covers_the_truth_and_narrows_with_more_validati
 
 
 def test_cards_with_validation_rows_get_bootstrap_intervals():
-    from batchml.monitoring.run_monitor import build_row
     from batchml.reference import encode_rows
     from batchml.stats import PartitionStats
 
@@ -133,11 +132,11 @@ def test_cards_with_validation_rows_get_bootstrap_intervals():
             "metrics": {"validation": {"prob_confusion": joint.tolist()}}}
     stats = PartitionStats.from_predictions(probs[:300], np.full(300, -1))
     run = {"run_id": "r", "dataset": "d", "model_version": "m/v1", "committed_at": "", "classes": ["a", "b", "c"]}
-    old = build_row(run, stats, card)
-    new = build_row(run, stats, {**card, "validation_rows": encode_rows(probs, labels)})
-    assert (old["estimated_priors_interval"], new["estimated_priors_interval"]) == ("normal", "bootstrap")
-    assert new["estimated_priors"] == old["estimated_priors"]
-    assert new["estimated_priors_low"] != old["estimated_priors_low"]
+    old = _build(run, stats, card)
+    new = _build(run, stats, {**card, "validation_rows": encode_rows(probs, labels)})
+    assert (old.estimated_priors_interval, new.estimated_priors_interval) == ("normal", "bootstrap")
+    assert new.estimated_priors == old.estimated_priors
+    assert new.estimated_priors_low != old.estimated_priors_low
 
 
 def _calibrated_rows(rng, priors, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +186,6 @@ def test_bias_corrected_calibration_undoes_a_class_bias_before_the_cells_are_sum
 
 
 def test_stats_written_before_cells_give_no_mlls_estimate():
-    from batchml.monitoring.run_monitor import build_row
     from batchml.reference import encode_rows
     from batchml.stats import PartitionStats
 
@@ -200,8 +198,8 @@ def test_stats_written_before_cells_give_no_mlls_estimate():
     run = {"run_id": "r", "dataset": "d", "model_version": "m/v1", "committed_at": "", "classes": ["a", "b", "c"]}
     new = PartitionStats.from_predictions(probs, np.full(600, -1))
     old = PartitionStats.from_dict({k: v for k, v in new.to_dict().items() if not k.startswith("cell_")})
-    assert len(build_row(run, new, card)["mlls_priors"]) == 3
-    assert build_row(run, old, card)["mlls_priors"] is None
+    assert len(_build(run, new, card).mlls_priors) == 3
+    assert _build(run, old, card).mlls_priors is None
 
 
 # -- the nightly baseline --------------------------------------------------------------------------
@@ -254,7 +252,7 @@ def _night(counts, **fields):
 
 
 def test_alerted_nights_stay_out_of_the_baseline():
-    from batchml.monitoring.run_monitor import baseline_from_rows
+    from batchml.monitoring.baseline import baseline_from_rows
 
     rows = [_night([10, 10], alert_kinds=[]), _night([19, 1], alert_kinds=["sustained_shift"]),
             _night([11, 9], alert_kinds=["error_ratio"]), _night([12, 8], alert_kinds=float("nan"))]
@@ -262,12 +260,13 @@ def test_alerted_nights_stay_out_of_the_baseline():
 
 
 def test_an_accepted_run_restarts_the_baseline_and_the_cusum():
-    from batchml.monitoring.run_monitor import baseline_from_rows
+    from batchml.monitoring.baseline import baseline_from_rows
+    from batchml.records import AcceptedBaseline
 
     rows = [_night([10, 10], run_id="a", committed_at="1", alert_kinds=[], cusum_up=[5, 5], cusum_down=[0, 0]),
             _night([19, 1], run_id="b", committed_at="2", alert_kinds=["sustained_shift"], cusum_up=[7, 7],
                    cusum_down=[0, 0])]
-    accepted = {"run_id": "b", "committed_at": "2", "predicted_counts": [19, 1]}
+    accepted = AcceptedBaseline.from_dict({"run_id": "b", "committed_at": "2", "predicted_counts": [19, 1]})
     base = baseline_from_rows(rows, accepted)
     assert [h.tolist() for h in base.history] == [[19, 1]] and base.cusum is None
     assert baseline_from_rows(rows).cusum.tolist() == [[7, 7], [0, 0]]
@@ -280,19 +279,21 @@ CARD = {"reference": {"accuracy": 0.7, "predicted_counts": [500] * 10}, "metrics
 
 def _monitor(counts_by_night, cfg=None):
     """Each night's counts through build_row and alerts, the way monitor_run chains them."""
-    from batchml.monitoring.run_monitor import MonitorConfig, alerts, baseline_from_rows, build_row
+    from batchml.monitoring import MonitorConfig, evaluate
+    from batchml.monitoring.baseline import baseline_from_rows
+    from batchml.records import ModelCard, RunManifest
     from batchml.stats import PartitionStats
 
     cfg, rows, kinds = cfg or MonitorConfig(), [], []
-    run = {"run_id": "n", "dataset": "d", "model_version": "m/v1", "classes": [str(c) for c in range(10)]}
+    run = {"run_id": "n", "dataset": "d", "model_version": "m/v1", "classes": [str(c) for c in range(10)],
+           "max_error_ratio": 0.01}
     for t, counts in enumerate(counts_by_night):
         stats = PartitionStats(10, rows=int(counts.sum()), predicted_counts=counts,
                                calibrated_confidence_sum=0.7 * counts.sum())  # as sure as the reference
-        row = build_row({**run, "run_id": f"n{t}", "committed_at": f"{t:05d}"}, stats, CARD,
-                        baseline_from_rows(rows, None, cfg.history_nights), cfg)
-        row["alert_kinds"] = [a["kind"] for a in alerts(row, 0.01, cfg)]
-        rows.append(row)
-        kinds.append(row["alert_kinds"])
+        report = evaluate(RunManifest.from_dict({**run, "run_id": f"n{t}", "committed_at": f"{t:05d}"}), stats,
+                          ModelCard.from_dict(CARD), baseline_from_rows(rows, None, cfg.history_nights), cfg)
+        rows.append(report.row.to_dict())
+        kinds.append(report.row.alert_kinds)
     return kinds
 
 
@@ -309,7 +310,7 @@ def test_a_doubled_class_alerts_on_every_night_whatever_came_before():
 
 
 def test_clean_nights_alarm_at_most_at_the_stated_rate():
-    from batchml.monitoring.run_monitor import MonitorConfig
+    from batchml.monitoring.rules import MonitorConfig
 
     # at p = 0.01 each of the two class-mix rules alarms on at most 1% of clean nights
     cfg = MonitorConfig(shift_p_value=0.01, shift_min_js=0.0)
@@ -430,7 +431,8 @@ def test_cot_charges_a_sure_model_that_piles_its_predictions_onto_one_class():
 def test_label_free_accuracy_is_cot_against_the_mix_in_force():
     """COT assumes the expected class mix: the validation split's, until a run's mix is accepted;
     then the accepted run's estimated true mix, so an accepted new normal reads at its accuracy."""
-    from batchml.monitoring.run_monitor import Baseline, build_row
+    from batchml.monitoring.baseline import Baseline
+    from batchml.records import AcceptedBaseline
     from batchml.stats import PartitionStats
 
     rng = np.random.default_rng(12)
@@ -444,16 +446,16 @@ def test_label_free_accuracy_is_cot_against_the_mix_in_force():
     probs, labels = _calibrated_rows(rng, np.array([0.1, 0.1, 0.8]), 3000)
     stats = PartitionStats.from_predictions(probs, np.full(3000, -1))
     accuracy = float((probs.argmax(axis=1) == labels).mean())
-    before = build_row(run, stats, card)
-    assert before["label_free_method"] == "cot"
-    assert before["label_free_accuracy"] < accuracy - 0.1  # the moved mix reads as errors
-    accepted = {"run_id": "a", "predicted_counts": stats.predicted_counts.tolist(),
-                "estimated_mix": [0.1, 0.1, 0.8]}
-    after = build_row(run, stats, card, Baseline(accepted=accepted))
-    assert after["label_free_accuracy"] == pytest.approx(accuracy, abs=0.03)
+    before = _build(run, stats, card)
+    assert before.label_free_method == "cot"
+    assert before.label_free_accuracy < accuracy - 0.1  # the moved mix reads as errors
+    accepted = AcceptedBaseline.from_dict({"run_id": "a", "predicted_counts": stats.predicted_counts.tolist(),
+                                           "estimated_mix": [0.1, 0.1, 0.8]})
+    after = _build(run, stats, card, Baseline(accepted=accepted))
+    assert after.label_free_accuracy == pytest.approx(accuracy, abs=0.03)
     # a model trained before the bias-corrected calibration has cells of temperature-scaled rows: no COT
-    older = build_row(run, stats, {**card, "calibration": {"temperature": 1.0}})
-    assert older["cot_accuracy"] is None and older["label_free_method"] == "confidence"
+    older = _build(run, stats, {**card, "calibration": {"temperature": 1.0}})
+    assert older.cot_accuracy is None and older.label_free_method == "confidence"
 
 
 def test_cot_needs_enough_finite_rows():
@@ -494,7 +496,9 @@ def test_an_accepted_skewed_mix_reads_at_its_accuracy_night_after_night():
     """Once a skewed mix is accepted, COT, reweighted to it and anchored on the validation rows
     reweighted alike, reads the nights' accuracy: no false accuracy alerts (unanchored, one class at
     40% read two points low, and a third of the nights alerted)."""
-    from batchml.monitoring.run_monitor import MonitorConfig, alerts, baseline_from_rows, build_row
+    from batchml.monitoring import MonitorConfig, evaluate
+    from batchml.monitoring.baseline import baseline_from_rows
+    from batchml.records import AcceptedBaseline, ModelCard, RunManifest
     from batchml.reference import encode_rows
     from batchml.stats import BiasCorrection, PartitionStats
 
@@ -514,15 +518,15 @@ def test_an_accepted_skewed_mix_reads_at_its_accuracy_night_after_night():
         stats = PartitionStats.from_predictions(probs, np.full(2000, -1), bcts=bcts)
         run = {"run_id": f"n{night}", "dataset": "d", "model_version": "m/v1", "committed_at": f"{night:03d}",
                "classes": [str(c) for c in range(10)]}
-        row = build_row(run, stats, card, baseline_from_rows(rows, accepted))
-        row["alert_kinds"] = [a["kind"] for a in alerts(row, 0.0, MonitorConfig())]
-        rows.append(row)
+        row = evaluate(RunManifest.from_dict({**run, "max_error_ratio": 0.0}), stats, ModelCard.from_dict(card),
+                       baseline_from_rows(rows, accepted), MonitorConfig()).row
+        rows.append(row.to_dict())
         if night == 0:
-            accepted = {"run_id": "n0", "committed_at": "000", "predicted_counts": row["predicted_counts"],
-                        "estimated_mix": row["mlls_priors"]}
+            accepted = AcceptedBaseline.from_dict({"run_id": "n0", "committed_at": "000", "predicted_counts":
+                                                   row.predicted_counts, "estimated_mix": row.mlls_priors})
         else:
-            assert "expected_accuracy_drop" not in row["alert_kinds"]
-            errors.append(row["cot_accuracy"] - float((probs.argmax(axis=1) == labels).mean()))
+            assert "expected_accuracy_drop" not in row.alert_kinds
+            errors.append(row.cot_accuracy - float((probs.argmax(axis=1) == labels).mean()))
     assert abs(np.mean(errors)) < 0.01
 
 
@@ -537,15 +541,14 @@ def test_ks_on_histograms_finds_a_moved_distribution_and_not_a_resample():
 
 
 def test_old_cards_without_atc_fall_back_to_calibrated_confidence():
-    from batchml.monitoring.run_monitor import build_row
     from batchml.stats import PartitionStats
 
     stats = PartitionStats.from_predictions(np.tile([0.7, 0.3], (4, 1)), np.full(4, -1))
     run = {"run_id": "r", "dataset": "d", "model_version": "m/v1", "committed_at": "", "classes": ["a", "b"]}
-    row = build_row(run, stats, {"reference": {"accuracy": 0.7, "predicted_counts": [2, 2]},
+    row = _build(run, stats, {"reference": {"accuracy": 0.7, "predicted_counts": [2, 2]},
                                  "metrics": {"validation": {}}})
-    assert row["atc_accuracy"] is None and row["output_p_value"] is None
-    assert row["label_free_accuracy"] == row["expected_accuracy"] == pytest.approx(0.7)
+    assert row.atc_accuracy is None and row.output_p_value is None
+    assert row.label_free_accuracy == row.expected_accuracy == pytest.approx(0.7)
 
 
 # -- alert rules ------------------------------------------------------------------------------------
@@ -558,7 +561,8 @@ def _row(**overrides):
             "js_distance": 0.01, "history_p_value": None, "history_js_distance": None, "history_nights": 0,
             "classes": ["a", "b"], "share_deviation": [0.1, -0.1], "share": [0.6, 0.4],
             "reference_share": [0.5, 0.5], "output_p_value": 0.5, "output_ks": 0.01, "output_worst": "score",
-            "cusum_up": [0.0, 0.0], "cusum_down": [0.0, 0.0]}
+            "cusum_up": [0.0, 0.0], "cusum_down": [0.0, 0.0], "model_reference_p_value": 0.5,
+            "model_reference_js_distance": 0.01, "max_error_ratio": 0.01}
     return {**base, **overrides}
 
 
@@ -590,20 +594,23 @@ def _row(**overrides):
     ],
 )
 def test_alert_rules(overrides, kinds):
-    from batchml.monitoring.run_monitor import MonitorConfig, alerts
+    from batchml.monitoring.rules import MonitorConfig, single_night_alerts, with_persistent
+    from batchml.records import MonitoringRow
 
-    assert [a["kind"] for a in alerts(_row(**overrides), 0.01, MonitorConfig())] == kinds
+    row, cfg = MonitoringRow.from_dict(_row(**overrides)), MonitorConfig()
+    assert [a.kind for a in with_persistent(row, cfg, single_night_alerts(row, cfg))] == kinds
 
 
 def test_the_report_names_each_alerts_kind_after_its_severity_prefix():
-    from batchml.monitoring.run_monitor import RunReport, build_row, format_report
+    from batchml.monitoring import RunReport, format_report
+    from batchml.records import Alert
     from batchml.stats import PartitionStats
 
     stats = PartitionStats.from_predictions(np.tile([0.7, 0.3], (4, 1)), np.full(4, -1))
     run = {"run_id": "r", "dataset": "d", "model_version": "m/v1", "committed_at": "", "classes": ["a", "b"]}
-    row = build_row(run, stats, {"reference": {"accuracy": 0.7, "predicted_counts": [2, 2]},
+    row = _build(run, stats, {"reference": {"accuracy": 0.7, "predicted_counts": [2, 2]},
                                  "metrics": {"validation": {}}})
-    alert = {"kind": "new_shift", "severity": "warning", "message": "tonight differs"}
+    alert = Alert.from_dict({"kind": "new_shift", "severity": "warning", "message": "tonight differs"})
     assert "\nWARNING: tonight differs [new_shift]" in format_report(RunReport(row, [alert]))
 
 
@@ -625,13 +632,25 @@ def test_failure_candidates_are_the_confidently_wrong_and_the_unsure_unlabelled(
 def test_old_rows_without_alert_kinds_take_their_alerts_from_the_alerts_table(store):
     """Rows monitored by an earlier release have no alert_kinds column: a night that alerted then
     must still stay out of the baseline."""
-    from batchml.monitoring.run_monitor import _history
+    from batchml.monitoring.baseline import history
     from batchml.monitoring.tables import write_alerts, write_run_row
+    from batchml.records import Alert, MonitoringRow, RunManifest
 
     for i in range(7):
-        write_run_row(store, {"run_id": f"old-{i}", "model_version": "m/v1", "committed_at": f"2026-11-0{i + 1}",
-                              "predicted_counts": [900, 100] if i == 3 else [500, 500]})
-        write_alerts(store, f"old-{i}", [{"kind": "class_shift", "severity": "warning", "statistic": 1e-9,
-                                          "threshold": 1e-3, "message": "shift"}] if i == 3 else [])
-    baseline = _history(store, {"run_id": "new", "model_version": "m/v1", "committed_at": "2026-11-09"}, 30)
+        write_run_row(store, MonitoringRow.from_dict({"run_id": f"old-{i}", "model_version": "m/v1",
+                                                      "committed_at": f"2026-11-0{i + 1}",
+                                                      "predicted_counts": [900, 100] if i == 3 else [500, 500]}))
+        write_alerts(store, f"old-{i}", [Alert.from_dict({"run_id": f"old-{i}", "kind": "class_shift",
+                                                          "severity": "warning", "statistic": 1e-9,
+                                                          "threshold": 1e-3, "message": "shift"})] if i == 3 else [])
+    run = RunManifest.from_dict({"run_id": "new", "model_version": "m/v1", "committed_at": "2026-11-09"})
+    baseline = history(store, run, 30)
     assert len(baseline.history) == 6 and all(h.tolist() == [500, 500] for h in baseline.history)
+
+
+def _build(run: dict, stats, card: dict, baseline=None):
+    """``build_row`` on a run and a card given as the parts a test needs."""
+    from batchml.monitoring.row import build_row
+    from batchml.records import ModelCard, RunManifest
+
+    return build_row(RunManifest.from_dict(run), stats, ModelCard.from_dict(card), baseline)

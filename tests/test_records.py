@@ -79,7 +79,7 @@ OLD_CARD = {
 NEWER_COLUMNS = ("alert_kinds", "cusum_up", "cusum_down", "cusum_counted", "atc_accuracy", "label_free_accuracy",
                  "label_free_method", "output_p_value", "output_ks", "output_worst", "estimated_priors_low",
                  "estimated_priors_high", "estimated_priors_interval", "model_reference_p_value",
-                 "model_reference_js_distance", "score_hist", "class_prob_hist")
+                 "model_reference_js_distance", "score_hist", "class_prob_hist", "max_error_ratio", "schema_version")
 # the alerts table's columns before schema_version
 OLD_ALERT_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("kind", pa.string()), ("severity", pa.string()),
@@ -114,7 +114,7 @@ def old_store(store):
     """A model version, two committed runs monitored by an earlier release (rows without the newer
     columns or schema_version; the second night's alert only in the alerts table) and a third
     committed run not monitored yet."""
-    from batchml.monitoring.run_monitor import build_row, fold_run
+    from batchml.monitoring.row import build_row, fold_run
 
     store.write_bytes(ModelVersion("cifar10", "v2").model_path, b"")
     store.write_json(ModelVersion("cifar10", "v2").card_path, OLD_CARD)
@@ -123,7 +123,7 @@ def old_store(store):
         run_id = f"night-{night}"
         _old_run(store, run_id, night, share)
         manifest, stats = fold_run(store, run_id)
-        row = build_row(manifest, stats, OLD_CARD)
+        row = build_row(manifest, stats, ModelCard.from_dict(OLD_CARD)).to_dict()
         old = {k: v for k, v in row.items() if k not in NEWER_COLUMNS}
         store.write_parquet(layout.monitoring_path("runs", run_id), pa.Table.from_pylist([old]))
         alerts = [{"run_id": run_id, "kind": "class_shift", "severity": "warning", "statistic": 1e-9,
@@ -232,14 +232,14 @@ def test_the_dashboard_reads_an_old_store(old_store):
 
 def test_an_empty_table_reads_with_its_records_columns(store):
     from batchml.monitoring import monitor_range, read_table
-    from batchml.monitoring.run_monitor import Baseline, _history
+    from batchml.monitoring.baseline import Baseline, history
 
     assert list(read_table(store, "runs").columns) == MonitoringRow.columns()
     assert list(read_table(store, "alerts").columns) == Alert.columns()
     with pytest.raises(BatchmlError, match="no monitored runs"):
         monitor_range(store)
     run = RunManifest.from_dict({"run_id": "r", "model_version": "m/v1", "committed_at": "2026"})
-    assert _history(store, run, 30) == Baseline()
+    assert history(store, run, 30) == Baseline()
 
 
 def test_the_dashboard_of_an_empty_store_says_there_is_nothing_yet(store):
@@ -261,9 +261,10 @@ def test_columns_a_newer_monitor_writes_are_kept(store):
     from batchml.monitoring import read_table
     from batchml.monitoring.tables import write_alerts, write_run_row
 
-    write_run_row(store, {"run_id": "r", "committed_at": "2026-11-28", "class_prior_estimate": [0.5, 0.5]})
-    write_alerts(store, "r", [{"kind": "k", "severity": "warning", "statistic": 1.0, "threshold": 0.5,
-                               "message": "m", "method": "new"}])
+    write_run_row(store, MonitoringRow.written({"run_id": "r", "committed_at": "2026-11-28",
+                                                "class_prior_estimate": [0.5, 0.5]}))
+    write_alerts(store, "r", [Alert.written({"run_id": "r", "kind": "k", "severity": "warning", "statistic": 1.0,
+                                             "threshold": 0.5, "message": "m", "method": "new"})])
     row = MonitoringRow.from_dict(read_table(store, "runs").iloc[0].to_dict())
     assert row.extra["class_prior_estimate"].tolist() == [0.5, 0.5] and row.schema_version == 1
     assert read_table(store, "alerts").method.tolist() == ["new"]

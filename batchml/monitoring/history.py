@@ -19,6 +19,8 @@ import numpy as np
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2
 
+from batchml.monitoring.shift import degrees_of_freedom
+
 MIN_NIGHTS = 5  # fewer nights of history: no baseline yet
 # beyond this much extra variation the baseline itself is suspect: alarms beat blindness
 MAX_DISPERSION = 4.0
@@ -43,7 +45,7 @@ def baseline_mix(history: list[np.ndarray]) -> np.ndarray:
 def dispersion(history: list[np.ndarray]) -> float:
     """Robust overdispersion of the history nights (1: plain multinomial noise)."""
     mix = baseline_mix(history)
-    df = max(int((mix > 0).sum()) - 1, 1)
+    df = degrees_of_freedom(mix)
     stats = [_pearson(np.asarray(h, dtype=np.float64), mix) for h in history]
     return float(np.clip(np.median(stats) / chi2.median(df), 1.0, MAX_DISPERSION))
 
@@ -53,7 +55,7 @@ def history_shift(history: list[np.ndarray], counts: np.ndarray) -> dict | None:
     if len(history) < MIN_NIGHTS:
         return None
     pooled = baseline_mix(history)
-    df = max(int((pooled > 0).sum()) - 1, 1)
+    df = degrees_of_freedom(pooled)
     phi = dispersion(history)
     counts = np.asarray(counts, dtype=np.float64)
     statistic = _pearson(counts, pooled)

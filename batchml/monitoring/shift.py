@@ -19,6 +19,11 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def degrees_of_freedom(shares: np.ndarray) -> int:
+    """Of a chi-square over the classes with a non-zero share (at least 1): an empty class adds no cell."""
+    return max(int(np.count_nonzero(np.asarray(shares) > 0)) - 1, 1)
+
+
 def class_shift(counts: np.ndarray, reference: np.ndarray) -> dict:
     """Compare predicted class counts with the reference's.
 

@@ -20,14 +20,13 @@ ALERT_SCHEMA = pa.schema([
 ])
 
 
-def write_run_row(store: Store, row: dict) -> None:
-    """Write a run's row as a ``MonitoringRow`` of this version; columns it does not know are kept."""
-    record = MonitoringRow.written(row).to_dict()
-    store.write_parquet(layout.monitoring_path("runs", record["run_id"]), pa.Table.from_pylist([record]))
+def write_run_row(store: Store, row: MonitoringRow) -> None:
+    """Write a run's row; columns this version does not know (``extra``) are kept."""
+    store.write_parquet(layout.monitoring_path("runs", row.run_id), pa.Table.from_pylist([row.to_dict()]))
 
 
-def write_alerts(store: Store, run_id: str, alerts: list[dict]) -> None:
-    rows = [Alert.written({"run_id": run_id, **a}).to_dict() for a in alerts]
+def write_alerts(store: Store, run_id: str, alerts: list[Alert]) -> None:
+    rows = [a.to_dict() for a in alerts]
     unknown = list(dict.fromkeys(k for r in rows for k in r if k not in ALERT_SCHEMA.names))
     inferred = pa.Table.from_pylist([{k: r.get(k) for k in unknown} for r in rows]).schema if unknown else []
     store.write_parquet(layout.monitoring_path("alerts", run_id),

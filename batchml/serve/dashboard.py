@@ -30,7 +30,7 @@ from batchml import layout
 from batchml.errors import BatchmlError
 from batchml.layout import ModelVersion
 from batchml.monitoring.classes import row_normalised
-from batchml.monitoring.run_monitor import summarise_rows
+from batchml.monitoring.row import summarise_rows
 from batchml.monitoring.tables import TableReader, empty_table
 from batchml.records import RunManifest
 from batchml.registry import list_models, list_versions, read_aliases, read_card

@@ -1,0 +1,86 @@
+"""Monitor a committed run, or summarise a range of monitored runs.
+
+``monitor_run``: fold the run's statistics (``row``), read what earlier nights tell
+(``baseline``), apply the rules once (``rules``), write the row, its alerts and a failure-case
+snapshot (``tables``, ``failure_cases``). ``evaluate`` is the same without the store, for
+benchmarks and tests that chain nights.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from batchml import layout
+from batchml.errors import BatchmlError
+from batchml.layout import ModelVersion
+from batchml.monitoring import failure_cases, rules
+from batchml.monitoring.baseline import Baseline, history, with_cusum
+from batchml.monitoring.report import RunReport
+from batchml.monitoring.row import build_row, fold_run, summarise_rows
+from batchml.monitoring.rules import MonitorConfig
+from batchml.monitoring.tables import read_table, write_alerts, write_run_row
+from batchml.records import MONITORING_NEEDS, ModelCard, RunManifest
+from batchml.registry import read_card
+from batchml.stats import PartitionStats
+from batchml.store import Store
+
+
+def evaluate(run: RunManifest, stats: PartitionStats, card: ModelCard, baseline: Baseline | None = None,
+             cfg: MonitorConfig = MonitorConfig()) -> RunReport:
+    """One run's row and alerts from its summed statistics, its card and its baseline; each rule
+    runs once."""
+    baseline = baseline or Baseline()
+    row = build_row(run, stats, card, baseline)
+    single = rules.single_night_alerts(row, cfg)
+    counted = not any(a.kind in rules.SINGLE_NIGHT for a in single)
+    row = with_cusum(row, stats, baseline, counted)
+    alerts = rules.with_persistent(row, cfg, single)
+    row.alert_kinds = [a.kind for a in alerts]  # the next nights' baseline leaves these out
+    return RunReport(row, alerts)
+
+
+def monitor_run(store: Store, run_id: str, cfg: MonitorConfig = MonitorConfig(),
+                config_source: str | None = None) -> RunReport:
+    """Monitor a committed run: write its row, alerts and failure-case snapshot."""
+    manifest, stats = fold_run(store, run_id)
+    card = read_card(store, ModelVersion.parse(manifest.model_version), MONITORING_NEEDS)
+    report = evaluate(manifest, stats, card, history(store, manifest, cfg.history_nights), cfg)
+    report.config_source = config_source
+    write_run_row(store, report.row)
+    write_alerts(store, run_id, report.alerts)
+    snapshot = failure_cases.snapshot(store, run_id, [p["partition"] for p in manifest.partitions], manifest.classes)
+    store.write_parquet(layout.monitoring_path("failures", run_id), snapshot)
+    return report
+
+
+def monitor_range(store: Store, since: str | None = None, until: str | None = None,
+                  model_version: str | None = None) -> dict:
+    """Labelled-sample statistics over the monitored runs committed in [since, until] (ISO dates)."""
+    runs = read_table(store, "runs")
+    day = runs.committed_at.str[:10]
+    runs = runs[(day >= (since or "")) & (day <= (until or "9999"))]
+    if model_version:
+        runs = runs[runs.model_version == model_version]
+    if runs.empty:
+        which = f" for {model_version}" if model_version else ""
+        raise BatchmlError(f"no monitored runs between {since or 'the start'} and {until or 'now'}{which}: "
+                           "run `batchml monitor --run-id ID` first")
+    classes = list(runs.classes.iloc[0])
+    if any(list(c) != classes for c in runs.classes):
+        raise BatchmlError("these runs predict different classes: pass --model to compare one model's runs")
+    one_model = runs.model_version.nunique() == 1  # two models' thresholds and calibrations do not mix
+    threshold = read_card(store, ModelVersion.parse(runs.model_version.iloc[0])).atc_threshold if one_model else None
+    summary = summarise_rows(runs, classes, threshold)
+    return {"runs": len(runs), "first_run": runs.committed_at.min(), "last_run": runs.committed_at.max(),
+            "models": sorted(runs.model_version.unique()), **summary, **(_range_cot(runs) if one_model else {})}
+
+
+def _range_cot(runs: pd.DataFrame) -> dict:
+    """COT over a range: the nights' own estimates, weighted by rows (each was measured against the
+    mix in force that night, which the folded statistics no longer know); absent unless every night
+    has one."""
+    cot = pd.to_numeric(runs.cot_accuracy, errors="coerce")
+    if cot.isna().any() or runs.rows.sum() == 0:
+        return {}
+    value = float((cot * runs.rows).sum() / runs.rows.sum())
+    return {"cot_accuracy": value, "label_free_accuracy": value, "label_free_method": "cot"}

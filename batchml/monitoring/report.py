@@ -1,0 +1,100 @@
+"""The text reports: one monitored run (``format_report``) and a range of runs (``format_range``).
+
+Each alert is one line, ``SEVERITY: message [kind]``: nightly logs are searched for "ERROR: " and
+"WARNING: ".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from batchml.monitoring import sequential
+from batchml.records import Alert, MonitoringRow
+
+
+@dataclass
+class RunReport:
+    """A monitored run: its row, its alerts, and where the thresholds came from."""
+
+    row: MonitoringRow
+    alerts: list[Alert] = field(default_factory=list)
+    config_source: str | None = None  # the --config file, None for the defaults
+
+    @property
+    def failed(self) -> bool:
+        return any(a.severity == "error" for a in self.alerts)
+
+
+def format_report(report: RunReport) -> str:
+    r = report.row
+    lines = [f"run {r.run_id}: {r.rows:,} predictions, {r.errors} errors, "
+             f"model {r.model_version}, dataset {r.dataset}"]
+    if report.config_source:
+        lines.append(f"thresholds from {report.config_source}")
+    if r.labelled:
+        lines.append(f"accuracy {r.accuracy:.4f} ({r.correct}/{r.labelled} labelled rows correct; "
+                     f"95% CI {r.accuracy_low:.4f}-{r.accuracy_high:.4f}; reference {r.reference_accuracy:.4f})")
+    if not r.rows:  # nothing scored: no estimates, mix, outputs or shares to show
+        return "\n".join(lines + [alert_line(a) for a in report.alerts])
+    estimates = label_free_estimates(r, (("COT", "cot_accuracy"), ("ATC", "atc_accuracy"),
+                                         ("calibrated confidence", "expected_accuracy")))
+    lines.append(f"label-free accuracy estimates: {estimates} (alerts use {r.label_free_method})")
+    history = (f"; vs last {r.history_nights} clean nights: p-value {r.history_p_value:.3g}"
+               if r.history_p_value is not None else "")
+    against = f"accepted run {r.accepted_run}" if r.accepted_run else "reference"
+    lines.append(f"class mix vs {against}: JS distance {r.js_distance:.4f}, "
+                 f"chi2 {r.chi2:.1f}, p-value {r.sustained_p_value:.3g}{history}")
+    if r.output_p_value is not None:
+        lines.append(f"outputs vs validation: KS {r.output_ks:.3f} ({r.output_worst}), "
+                     f"p-value {r.output_p_value:.3g} (Bonferroni)")
+    if r.cusum_up:
+        lines.append(f"accumulated evidence (CUSUM): {max(max(r.cusum_up), max(r.cusum_down)):.1f} "
+                     f"of {sequential.THRESHOLD:.0f} nats")
+    lines += _class_table(r)
+    return "\n".join(lines + [alert_line(a) for a in report.alerts] + ([] if report.alerts else ["OK: no alerts"]))
+
+
+def _class_table(r: MonitoringRow) -> list[str]:
+    """Per class: tonight's share, the reference's, the estimated true share by BBSE and by MLLS/EM
+    (each absent where the card or statistics lack it), recall and precision."""
+    width = max(len(c) for c in r.classes)
+    heads = ("share", "ref", "BBSE", "MLLS", "recall", "prec.")
+    lines = [f"  {'class':<{width}}  " + "  ".join(f"{h:>6}" for h in heads)]
+    for i, c in enumerate(r.classes):
+        est = (f"{mix[i]:6.1%}" if mix is not None else f"{'-':>6}" for mix in (r.estimated_priors, r.mlls_priors))
+        rec, prec = (f"{v:6.2f}" if v is not None else f"{'-':>6}" for v in (r.recall[i], r.precision[i]))
+        lines.append(f"  {c:<{width}}  {r.share[i]:6.1%}  {r.reference_share[i]:6.1%}  {'  '.join(est)}  "
+                     f"{rec}  {prec}")
+    return lines
+
+
+def format_range(summary: dict) -> str:
+    """A range's summary (``monitor.monitor_range``)."""
+    s = summary
+    lines = [f"{s['runs']} runs committed {s['first_run']} to {s['last_run']}: {s['rows']:,} predictions, "
+             f"{s['errors']} errors"]
+    if len(s["models"]) > 1:
+        lines.append(f"models {', '.join(s['models'])} folded together (no label-free estimate across models; "
+                     "pass --model NAME/vN for one model's runs)")
+    if s["labelled"]:
+        lines.append(f"accuracy {s['accuracy']:.4f} ({s['correct']}/{s['labelled']} labelled rows correct; "
+                     f"95% CI {s['accuracy_low']:.4f}-{s['accuracy_high']:.4f})")
+    if estimates := label_free_estimates(s, (("COT", "cot_accuracy"), ("ATC", "atc_accuracy"))):
+        lines.append(f"label-free accuracy: {estimates}")
+    lines.append(f"  {'class':<12} {'prec.':>6} {'recall':>6} {'f1':>6} {'fpr':>6} {'fnr':>6} {'support':>8}")
+    for i, c in enumerate(s["classes"]):
+        cells = " ".join(f"{v:6.3f}" if v is not None else f"{'-':>6}"
+                         for v in (s["precision"][i], s["recall"][i], s["f1"][i], s["fpr"][i], s["fnr"][i]))
+        lines.append(f"  {c:<12} {cells} {s['support'][i]:>8}")
+    return "\n".join(lines)
+
+
+def label_free_estimates(values: MonitoringRow | dict, named: tuple[tuple[str, str], ...]) -> str:
+    """"COT 0.8123, ATC 0.8201": the estimates a row or range summary has."""
+    get = values.get if isinstance(values, dict) else (lambda key: getattr(values, key))
+    return ", ".join(f"{name} {get(key):.4f}" for name, key in named if get(key) is not None)
+
+
+def alert_line(a: Alert) -> str:
+    # the kind goes last: nightly logs are searched for "ERROR: " and "WARNING: "
+    return f"{a.severity.upper()}: {a.message} [{a.kind}]"

@@ -1,0 +1,158 @@
+"""A run's statistics folded into its ``MonitoringRow``: every measurement the rules read.
+
+``fold_run`` sums a committed run's partition statistics; ``build_row`` measures them against the
+model's card and what earlier nights tell (``monitoring.baseline``): accuracy, the label-free
+estimates, the class mix against the reference and the recent nights, the outputs, the estimated
+true mix. The CUSUM sums come after the single-night rules (``baseline.with_cusum``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+from scipy.stats import chi2 as chi2_dist
+
+from batchml import layout
+from batchml.errors import BatchmlError
+from batchml.monitoring.baseline import Baseline
+from batchml.monitoring.classes import per_class_metrics
+from batchml.monitoring.history import history_shift
+from batchml.monitoring.label_free import CotReference, atc_accuracy, output_shift
+from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors, mlls_priors
+from batchml.monitoring.shift import class_shift, degrees_of_freedom, wilson_interval
+from batchml.records import ModelCard, MonitoringRow, RunManifest
+from batchml.stats import BiasCorrection, PartitionStats
+from batchml.store import Store
+
+
+def fold_run(store: Store, run_id: str) -> tuple[RunManifest, PartitionStats]:
+    """A committed run's manifest and the sum of its partition statistics."""
+    if not store.exists(layout.run_path(run_id, layout.RUN_MANIFEST)):
+        hint = ("it is not committed yet: rerun `batchml score --run-id " + run_id + "` to finish it"
+                if store.exists(layout.run_path(run_id, layout.RUN_SPEC)) else "no such run")
+        raise BatchmlError(f"run {run_id!r} in {store.url()}: {hint}")
+    manifest = RunManifest.read(store, run_id)
+    k = len(manifest.classes)
+    parts = [
+        PartitionStats.from_dict(store.read_json(layout.run_stats(run_id, p["partition"]))["stats"])
+        for p in manifest.partitions
+    ]
+    return manifest, PartitionStats.total(parts, k)
+
+
+def summarise(stats: PartitionStats, classes: list[str], atc_threshold: float | None = None,
+              cot: CotReference | None = None) -> dict:
+    """The labelled-sample statistics of any sum of partitions (a run, or a date range) with the
+    label-free estimates: COT (given what it needs, ``cot``), ATC (the card's threshold) and
+    calibrated confidence; the first present is ``label_free_accuracy``."""
+    labelled = stats.labelled
+    expected = stats.calibrated_confidence_sum / stats.rows if stats.rows else None
+    estimates = {"cot": cot.accuracy(stats) if cot else None, "atc": atc_accuracy(stats, atc_threshold),
+                 "confidence": expected}
+    method = next((m for m, v in estimates.items() if v is not None), "confidence")
+    low, high = wilson_interval(stats.correct, labelled)
+    return {
+        "rows": stats.rows,
+        "errors": stats.errors,
+        "error_ratio": stats.errors / (stats.rows + stats.errors) if stats.rows + stats.errors else 0.0,
+        "labelled": labelled,
+        "correct": stats.correct,
+        "accuracy": stats.correct / labelled if labelled else None,
+        "accuracy_low": low if labelled else None,
+        "accuracy_high": high if labelled else None,
+        "mean_confidence": stats.confidence_sum / stats.rows if stats.rows else None,
+        "expected_accuracy": expected,
+        "atc_accuracy": estimates["atc"],
+        "cot_accuracy": estimates["cot"],
+        "label_free_accuracy": estimates[method],
+        "label_free_method": method,
+        "classes": classes,
+        **{k: v for k, v in stats.to_dict().items() if k not in ("rows", "errors", "labelled", "correct")},
+        **per_class_metrics(stats.confusion),
+    }
+
+
+def summarise_rows(rows, classes: list[str], atc_threshold: float | None = None) -> dict:
+    """Fold monitoring rows (a DataFrame: runs over a date range, say) exactly, as their statistics
+    add up."""
+    parts = [PartitionStats.from_dict({"num_classes": len(classes), **r}) for r in rows.to_dict("records")]
+    return summarise(PartitionStats.total(parts, len(classes)), classes, atc_threshold)
+
+
+def build_row(run: RunManifest, stats: PartitionStats, card: ModelCard, baseline: Baseline | None = None
+              ) -> MonitoringRow:
+    """The monitoring row of one run from its summed statistics, its model's card and what earlier
+    nights tell, before the CUSUM (``baseline.with_cusum``). Pure: benchmarks call it too."""
+    baseline = baseline or Baseline()
+    reference, accepted = card.reference, baseline.accepted
+    ref_counts = np.asarray(accepted.predicted_counts if accepted else reference.predicted_counts)
+    row = {
+        "run_id": run.run_id,
+        "dataset": run.dataset,
+        "model_version": run.model_version,
+        "committed_at": run.committed_at,
+        "monitored_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "max_error_ratio": run.max_error_ratio,
+        "reference_accuracy": reference.accuracy,
+        "accepted_run": accepted.run_id if accepted else None,
+        **summarise(stats, run.classes, card.atc_threshold, cot_reference(card, baseline)),
+        **class_shift(stats.predicted_counts, ref_counts),
+        **(history_shift(baseline.history, stats.predicted_counts) or {"history_nights": len(baseline.history)}),
+        **output_shift(stats, card.atc or {}),
+        **_label_shift(card, stats),
+    }
+    row["sustained_p_value"] = _sustained_p(row)
+    # the mix against the model's own reference, whatever was accepted since: the output test
+    # compares with the validation split, whose mix that is
+    own = class_shift(stats.predicted_counts, np.asarray(reference.predicted_counts)) if accepted else row
+    row["model_reference_p_value"], row["model_reference_js_distance"] = own["p_value"], own["js_distance"]
+    return MonitoringRow.written(row)
+
+
+def _sustained_p(row: dict) -> float:
+    """The reference test with the baseline's overdispersion (1 without a baseline)."""
+    phi = row.get("history_dispersion") or 1.0
+    df = degrees_of_freedom(np.asarray(row["share"]) + np.asarray(row["reference_share"]))
+    return float(chi2_dist.sf(row["chi2"] / phi, df))
+
+
+def _validation_mix(card: ModelCard) -> np.ndarray:
+    """The true class mix of the model's validation split: the mix its probabilities are calibrated under."""
+    counts = np.asarray(card.metrics.validation.confusion, dtype=np.float64).sum(axis=1)
+    return counts / counts.sum()
+
+
+def cot_reference(card: ModelCard, baseline: Baseline) -> CotReference | None:
+    """What COT needs for tonight. The expected mix is the validation split's, or once a run is
+    accepted, its estimated true mix averaged with the clean nights' since (one night's estimate is
+    noisy, and each point of error in it reads as errors every night). None for cards without the
+    bias-corrected calibration: COT on temperature-scaled cells reads clean nights two to three
+    points low, so they keep ATC."""
+    if not card.calibration or not card.calibration.bcts:
+        return None
+    calibrated, accepted = _validation_mix(card), baseline.accepted
+    expected = calibrated
+    if accepted:
+        expected = np.mean([accepted.expected_mix(), *baseline.mixes], axis=0)
+    return CotReference(expected, calibrated, card.validation_rows, BiasCorrection.from_dict(card.calibration.bcts))
+
+
+def _label_shift(card: ModelCard, stats: PartitionStats) -> dict:
+    """Estimated true class mix: soft BBSE with its interval, and MLLS/EM beside it; each absent
+    where the card or the statistics lack what it needs."""
+    joint = card.metrics.validation.prob_confusion
+    if joint is None or stats.rows == 0:
+        return {}
+    mu = stats.prob_sums / stats.rows
+    est = estimate_priors(np.asarray(joint), mu, stats.rows)
+    rows = card.validation_rows
+    # the bootstrap needs the validation rows; cards without them keep the normal approximation
+    low, high = bootstrap_priors(rows, mu, stats.rows) if rows else (est["priors_low"], est["priors_high"])
+    return {"estimated_priors": est["priors"], "estimated_priors_low": low, "estimated_priors_high": high,
+            "estimated_priors_interval": "bootstrap" if rows else "normal",
+            "bbse_condition_number": est["condition_number"], "bbse_well_conditioned": est["well_conditioned"],
+            # EM against the validation split's true class mix, from cells of bias-corrected probabilities
+            # (a card without ``bcts``: temperature-scaled alone); absent for stats without cells
+            "mlls_priors": mlls_priors(stats.cell_counts, stats.cell_prob_sums, np.asarray(joint).sum(axis=1)).tolist()
+            if stats.has("cell_counts") else None}
