@@ -388,6 +388,11 @@ class MonitoringRow(_Record):
     sustained_p_value: float  # the reference test with the baseline's overdispersion
     model_reference_p_value: float  # the mix against the model's own reference, whatever was accepted
     model_reference_js_distance: float
+    # per-class performance on the labelled rows (``monitoring.classes.drop_p_values``); None without labels
+    reference_confusion: list[list[int]] | None  # (K, K) the card's reference split
+    recent_confusion: list[list[int]] | None  # (K, K) the recent clean nights' labelled rows; None: too few
+    recall_p_value: list[float | None] | None  # (K,) one-sided, uncorrected: recall lower than both
+    precision_p_value: list[float | None] | None  # (K,) likewise for precision
     # the CUSUM per class (``monitoring.sequential``)
     cusum_up: list[float]
     cusum_down: list[float]

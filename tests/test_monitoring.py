@@ -654,3 +654,59 @@ def _build(run: dict, stats, card: dict, baseline=None):
     from batchml.records import ModelCard, RunManifest
 
     return build_row(RunManifest.from_dict(run), stats, ModelCard.from_dict(card), baseline)
+
+
+# -- per-class performance ----------------------------------------------------------------------------
+
+
+def _labelled_night(rng, n: int, recall: np.ndarray, swap: tuple[int, int, float] | None = None):
+    """Confusion of n labelled rows of 10 balanced classes; ``swap`` (a, b, share): that share of
+    class a's images labelled b (the label changed meaning)."""
+    k = len(recall)
+    cm = np.zeros((k, k), int)
+    for c in range(k):
+        probs = np.full(k, (1 - recall[c]) / (k - 1))
+        probs[c] = recall[c]
+        predicted = rng.choice(k, n // k, p=probs)
+        labels = np.full(n // k, c)
+        if swap and c == swap[0]:
+            labels[rng.random(n // k) < swap[2]] = swap[1]
+        np.add.at(cm, (labels, predicted), 1)
+    return cm
+
+
+def _class_alerts(cm, reference):
+    from batchml.monitoring.classes import drop_p_values
+    from batchml.monitoring.rules import MonitorConfig, class_performance_drop
+    from batchml.records import MonitoringRow
+
+    row = MonitoringRow.from_dict({"run_id": "r", "labelled": int(cm.sum()), "classes": [f"c{i}" for i in range(10)],
+                                   "confusion": cm.tolist(), "reference_confusion": reference.tolist(),
+                                   **drop_p_values(cm, reference)})
+    return class_performance_drop(row, MonitorConfig())
+
+
+def test_a_class_whose_labels_changed_meaning_is_named_with_its_confusion():
+    rng = np.random.default_rng(21)
+    recall = np.full(10, 0.8)
+    reference = _labelled_night(rng, 10_000, recall)
+    found = [_class_alerts(_labelled_night(rng, 2000, recall, (3, 5, 0.3)), reference) for _ in range(40)]
+    assert sum(a is not None for a in found) >= 38
+    alert = next(a for a in found if a)
+    # cat images labelled dog: cat's precision and dog's recall fall, both named
+    assert alert.message.startswith("c3 precision 0.8") and "c3 predictions labelled c5" in alert.message
+    assert "c5 recall" in alert.message
+
+
+def test_clean_labelled_nights_raise_no_class_alert():
+    rng = np.random.default_rng(22)
+    recall = np.linspace(0.6, 0.95, 10)
+    reference = _labelled_night(rng, 10_000, recall)
+    assert sum(_class_alerts(_labelled_night(rng, 2000, recall), reference) is not None for _ in range(300)) <= 3
+
+
+def test_holm_adjusts_in_order_and_keeps_absent_tests():
+    from batchml.monitoring.classes import holm
+
+    adjusted = holm([0.01, None, 0.04, 0.03])
+    assert adjusted[1] is None and [adjusted[i] for i in (0, 2, 3)] == pytest.approx([0.03, 0.06, 0.06])

@@ -35,6 +35,7 @@ class Baseline:
     # MLLS estimates of the clean nights since the accepted run: COT's expected mix averages them with
     # the accepted run's, steadier than that alone
     mixes: list[np.ndarray] = field(default_factory=list)
+    confusion: np.ndarray | None = None  # (K, K) the clean nights' labelled rows summed; None without any
 
 
 def listed(value) -> list:
@@ -54,7 +55,9 @@ def baseline_from_rows(rows: list[dict], accepted: AcceptedBaseline | None = Non
     last = [r for r in rows if not is_accepted(r)][-1:]
     mixes = [np.asarray(m, dtype=np.float64) for r in clean[-nights:]
              if accepted and not is_accepted(r) and len(m := listed(r.get("mlls_priors")))]
-    return Baseline(history, _cusum_state(last[0]) if last else None, accepted, mixes)
+    confusions = [np.asarray(c, dtype=np.int64) for r in clean[-nights:] if len(c := listed(r.get("confusion")))]
+    confusion = np.sum(confusions, axis=0) if confusions else None
+    return Baseline(history, _cusum_state(last[0]) if last else None, accepted, mixes, confusion)
 
 
 def _breaks_baseline(row: dict) -> bool:

@@ -16,7 +16,7 @@ from scipy.stats import chi2 as chi2_dist
 from batchml import layout
 from batchml.errors import BatchmlError
 from batchml.monitoring.baseline import Baseline
-from batchml.monitoring.classes import per_class_metrics
+from batchml.monitoring.classes import drop_p_values, per_class_metrics
 from batchml.monitoring.history import history_shift
 from batchml.monitoring.label_free import CotReference, atc_accuracy, output_shift
 from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors, mlls_priors
@@ -101,6 +101,7 @@ def build_row(run: RunManifest, stats: PartitionStats, card: ModelCard, baseline
         **(history_shift(baseline.history, stats.predicted_counts) or {"history_nights": len(baseline.history)}),
         **output_shift(stats, card.atc or {}),
         **_label_shift(card, stats),
+        **_class_performance(card, stats, baseline),
     }
     row["sustained_p_value"] = _sustained_p(row)
     # the mix against the model's own reference, whatever was accepted since: the output test
@@ -136,6 +137,28 @@ def cot_reference(card: ModelCard, baseline: Baseline) -> CotReference | None:
     if accepted:
         expected = np.mean([accepted.expected_mix(), *baseline.mixes], axis=0)
     return CotReference(expected, calibrated, card.validation_rows, BiasCorrection.from_dict(card.calibration.bcts))
+
+
+MIN_RECENT_LABELLED = 2000  # fewer labelled rows over the recent clean nights: compare with the card alone
+
+
+def _class_performance(card: ModelCard, stats: PartitionStats, baseline: Baseline) -> dict:
+    """Each class's recall and precision tonight against the card's reference split and, once the
+    recent clean nights hold enough labelled rows, against them too: a class must have dropped
+    against both (the larger p-value), so that a reference the nights never matched stays quiet."""
+    split = card.metrics.test or card.metrics.validation if card.metrics else None
+    if split is None or split.confusion is None or not stats.labelled:
+        return {}
+    reference = np.asarray(split.confusion)
+    p = drop_p_values(stats.confusion, reference)
+    recent = baseline.confusion
+    if recent is not None and recent.sum() >= MIN_RECENT_LABELLED and recent.shape == reference.shape:
+        q = drop_p_values(stats.confusion, recent)
+        p = {k: [None if a is None or b is None else max(a, b) for a, b in zip(p[k], q[k], strict=True)] for k in p}
+    else:
+        recent = None
+    return {"reference_confusion": reference.tolist(), "recent_confusion": None if recent is None else recent.tolist(),
+            **p}
 
 
 def _label_shift(card: ModelCard, stats: PartitionStats) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 
 from batchml.errors import BatchmlError
 from batchml.monitoring import sequential
+from batchml.monitoring.classes import holm, row_normalised
 from batchml.records import Alert, MonitoringRow
 
 
@@ -40,6 +41,8 @@ class MonitorConfig:
     output_min_ks: float = 0.03  # smallest KS distance of the output histograms worth an alert
     divergence_tolerance: float = 0.02  # label-free vs measured accuracy, beyond the interval
     min_labelled: int = 30  # fewer labelled rows: no accuracy verdicts
+    class_p_value: float = 1e-3  # family-wise false alarm bound of the per-class recall/precision tests
+    class_min_drop: float = 0.10  # smallest fall of one class's recall or precision worth an alert
 
     @classmethod
     def from_file(cls, path: str | Path) -> MonitorConfig:
@@ -200,6 +203,55 @@ def expected_accuracy_drop(row: MonitoringRow, cfg: MonitorConfig, mix_moved: bo
     return None
 
 
+def class_performance_drop(row: MonitoringRow, cfg: MonitorConfig) -> Alert | None:
+    """Warning: one class's recall or precision on the labelled rows fell by ``class_min_drop`` or
+    more against the reference (and the recent clean nights, where they hold enough labels),
+    Holm-corrected over the 2K tests at ``class_p_value``. Names the class and the confusion that
+    grew: a change confined to a few classes hides in the overall accuracy."""
+    if row.labelled < cfg.min_labelled or row.reference_confusion is None:
+        return None
+    tonight, reference = (row_normalised(np.asarray(m)) for m in (row.confusion, row.reference_confusion))
+    tonight_cols, reference_cols = (_column_normalised(np.asarray(m)) for m in (row.confusion, row.reference_confusion))
+    k = len(row.classes)
+    p = holm([*row.recall_p_value, *row.precision_p_value])
+    found = []
+    for i, adjusted in enumerate(p):
+        c, metric = i % k, ("recall", "precision")[i // k]
+        before, now = (reference[c, c], tonight[c, c]) if metric == "recall" else (reference_cols[c, c],
+                                                                                    tonight_cols[c, c])
+        if adjusted is not None and adjusted < cfg.class_p_value and before - now >= cfg.class_min_drop:
+            found.append((before - now, c, metric, before, now, adjusted))
+    if not found:
+        return None
+    found.sort(reverse=True)
+    drop, c, metric, before, now, adjusted = found[0]
+    name = row.classes[c]
+    if metric == "recall":  # the true class's rows went where?
+        grown = tonight[c] - reference[c]
+        grown[c] = -1
+        j = int(np.argmax(grown))
+        confusion = f"{name} read as {row.classes[j]} {reference[c, j]:.0%} -> {tonight[c, j]:.0%}"
+    else:  # the predictions of the class came from where?
+        grown = tonight_cols[:, c] - reference_cols[:, c]
+        grown[c] = -1
+        j = int(np.argmax(grown))
+        confusion = (f"{name} predictions labelled {row.classes[j]} "
+                     f"{reference_cols[j, c]:.0%} -> {tonight_cols[j, c]:.0%}")
+    also = "; also " + ", ".join(f"{row.classes[o]} {m} {b:.2f} -> {n:.2f}" for _, o, m, b, n, _ in found[1:4]) \
+        if len(found) > 1 else ""
+    against = "the reference and the recent nights" if row.recent_confusion is not None else "the reference"
+    return _alert(row, "class_performance_drop", "warning", drop, cfg.class_min_drop,
+                  f"{name} {metric} {before:.2f} -> {now:.2f} (p={adjusted:.1e} against {against}); "
+                  f"{confusion}{also}: check how these classes were labelled tonight, and whether their images "
+                  "changed; retrain if the new labels are right")
+
+
+def _column_normalised(confusion: np.ndarray) -> np.ndarray:
+    """Each predicted class's column as shares of its predictions (a column with none stays 0)."""
+    totals = confusion.sum(axis=0, keepdims=True).astype(np.float64)
+    return np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+
+
 def _cot_caveat(row: MonitoringRow, mix_moved: bool) -> str:
     """What a COT reading assumed, and what says otherwise: COT counts a moved class mix as errors."""
     if row.label_free_method != "cot":
@@ -217,7 +269,7 @@ SINGLE_NIGHT = ("new_shift", "sustained_shift", "output_shift", "accuracy_drop",
 MIX_KINDS = ("new_shift", "sustained_shift", "persistent_shift")
 # the report's order: what was scored, the class mix, the outputs, accuracy
 ORDER = ("no_rows", "error_ratio", "new_shift", "sustained_shift", "output_shift", "persistent_shift",
-         "accuracy_drop", "accuracy_divergence", "expected_accuracy_drop")
+         "accuracy_drop", "accuracy_divergence", "class_performance_drop", "expected_accuracy_drop")
 
 
 def single_night_alerts(row: MonitoringRow, cfg: MonitorConfig) -> list[Alert]:
@@ -228,7 +280,7 @@ def single_night_alerts(row: MonitoringRow, cfg: MonitorConfig) -> list[Alert]:
         out += [a for rule in (new_shift, sustained_shift) if (a := rule(row, cfg))]
         # a changed mix moves the outputs by itself, and an unreadable night says enough already
         out += [a for a in [None if out else output_shift(row, cfg)] if a]
-    out += [a for rule in (accuracy_drop, accuracy_divergence) if (a := rule(row, cfg))]
+    out += [a for rule in (accuracy_drop, accuracy_divergence, class_performance_drop) if (a := rule(row, cfg))]
     moved = any(a.kind in MIX_KINDS for a in out)
     return out + [a for a in [expected_accuracy_drop(row, cfg, moved)] if a]
 
