@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from batchml.records import is_absent
+
 CONFIDENCE_BINS = 20  # histogram of the top probability over [0, 1]
 # histogram of the ATC score (see ``confidence_score``) over [0, 1]: fine enough that the share
 # above any threshold, interpolated inside one bin, is off by far less than a point
@@ -198,9 +200,7 @@ def _array(value, shape: tuple, dtype) -> np.ndarray:
 
 def _present(value):
     """An optional field as read back: missing, None, or the NaN pandas fills into old rows are absent."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return _plain(value)
+    return None if is_absent(value) else _plain(value)
 
 
 def _plain(value):

@@ -32,7 +32,7 @@ from batchml.layout import ModelVersion
 from batchml.monitoring.classes import row_normalised
 from batchml.monitoring.row import summarise_rows
 from batchml.monitoring.tables import TableReader, empty_table
-from batchml.records import RunManifest
+from batchml.records import RunManifest, is_absent
 from batchml.registry import list_models, list_versions, read_aliases, read_card
 from batchml.store import Store
 
@@ -84,11 +84,11 @@ def _value(label: str, value: str, css: str) -> str:
 
 
 def _pct(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.2%}"
+    return "-" if is_absent(v) else f"{v:.2%}"
 
 
 def _class_name(name) -> str:
-    return "?" if pd.isna(name) else html.escape(str(name))
+    return "?" if is_absent(name) else html.escape(str(name))
 
 
 def _html(content: str, **kwargs) -> pn.pane.HTML:
@@ -154,9 +154,8 @@ def recent_nights(data: MonitoringData, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _label_free(runs: pd.DataFrame) -> pd.Series:
-    """The estimate the alerts use; runs monitored before ATC carry only calibrated confidence."""
-    if "label_free_accuracy" not in runs:
-        return runs.expected_accuracy
+    """The estimate the alerts use; runs monitored before ATC carry only calibrated confidence (the
+    table reader gives every run the column, None where it was written before it)."""
     return runs.label_free_accuracy.fillna(runs.expected_accuracy)
 
 
@@ -216,7 +215,7 @@ def class_mix(runs: pd.DataFrame) -> pn.Column:
     fig = mix_heatmap(runs, classes)
     latest = runs.iloc[-1]
     def shares(value) -> list:  # a list column; None or NaN where the run was monitored before it
-        return list(value) if isinstance(value, list | np.ndarray) else [None] * len(classes)
+        return [None] * len(classes) if is_absent(value) else list(value)
 
     table = pd.DataFrame({
         "class": classes, "share": latest.share, "reference": latest.reference_share,
@@ -224,7 +223,7 @@ def class_mix(runs: pd.DataFrame) -> pn.Column:
         "estimated true share (BBSE)": shares(latest.estimated_priors),
         "estimated true share (MLLS/EM)": shares(latest.mlls_priors),
     })
-    history = "" if latest.history_p_value is None or pd.isna(latest.history_p_value) else (
+    history = "" if is_absent(latest.history_p_value) else (
         f", vs last {int(latest.history_nights)} nights p={latest.history_p_value:.3g}")
     stats = (f"<p class='bm-shift'>Latest run {html.escape(latest.run_id)}: JS distance "
              f"<b class='bm-js'>{latest.js_distance:.4f}</b>, chi-square {latest.chi2:.1f}, "
