@@ -299,14 +299,14 @@ def cmd_sweep(args) -> None:
     cfg = SweepConfig(train_config(args), parse_space(args.param), args.trials, args.sweep_id, args.seed)
     with connect(cluster_config(args), verbose=not args.quiet) as client:
         result = sweep(client, store, cfg, verbose=not args.quiet)
-    test = f", test accuracy {result['test_accuracy']:.4f}" if result.get("test_accuracy") is not None else ""
-    print(f"sweep {result['sweep_id']}: {len(result['trials'])} trials; best trial {result['best_trial']} "
-          f"{result['best_params']} validation accuracy {result['best_validation_accuracy']:.4f}{test}; "
-          f"registered {result['registered']}; "
-          f"trials at {store.url(layout.sweep_path(result['sweep_id'], layout.SWEEP_TRIALS))}")
+    test = f", test accuracy {result.test_accuracy:.4f}" if result.test_accuracy is not None else ""
+    print(f"sweep {result.sweep_id}: {len(result.trials)} trials; best trial {result.best_trial} "
+          f"{result.best_params} validation accuracy {result.best_validation_accuracy:.4f}{test}; "
+          f"registered {result.registered}; "
+          f"trials at {store.url(layout.sweep_path(result.sweep_id, layout.SWEEP_TRIALS))}")
     if args.promote:
-        promote(store, ModelVersion.parse(result["registered"]), args.promote)
-        print(f"{args.promote} -> {result['registered']}")
+        promote(store, ModelVersion.parse(result.registered), args.promote)
+        print(f"{args.promote} -> {result.registered}")
 
 
 def cmd_ingest(args) -> None:

@@ -1,10 +1,12 @@
-"""The records under the store root, one class each: what a dataset manifest, a run manifest,
-a model card, a monitoring row and an alert hold (where they live: ``batchml.layout``).
+"""The records under the store root, one class each: every file a stage writes (a dataset
+manifest, a run's start and manifest, a scored partition, a model card, aliases, a sweep) and
+the rows of the monitoring tables (where they live: ``batchml.layout``).
 
-Each has ``to_dict`` (what is written) and ``from_dict`` (what is read). ``schema_version``
-counts changes of shape: files written before records had it read as version 0, and keys a
-newer writer added are kept in ``extra`` and written back, so an older reader loses nothing.
-Subscripting (``manifest["rows"]``) is kept for readers not yet moved to attributes.
+Each has ``to_dict`` (what is written) and ``from_dict`` (what is read), and is read by
+attribute. ``schema_version`` counts changes of shape: files written before records had it
+read as version 0, and ``_upgrade`` turns an older shape into the current one, the one place
+per record that knows older shapes. A key older writers lacked reads as None; keys a newer
+writer added are kept in ``extra`` and written back, so an older reader loses nothing.
 """
 
 from __future__ import annotations
@@ -31,16 +33,28 @@ class _Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
+        """The record of a file or table row as read; an older shape is upgraded first (``_upgrade``)."""
         names = cls.columns()
+        versioned = "schema_version" in names
+        version = _version(data.get("schema_version")) if versioned else cls.SCHEMA_VERSION
+        if version < cls.SCHEMA_VERSION:
+            data = cls._upgrade(dict(data), version)
         # a key older writers lacked reads as None, as does the NaN a table fills into their rows
         known = {name: None if is_absent(v := data.get(name)) else v for name in names}
-        if "schema_version" in known:  # absent, None or NaN (a table's older rows): written before records
-            version = data.get("schema_version")
-            known["schema_version"] = 0 if version is None or version != version else int(version)
+        if versioned:
+            known["schema_version"] = version  # as written: 0 for files written before records had one
         for name, part in cls.PARTS.items():
             if isinstance(known[name], dict):
                 known[name] = part.from_dict(known[name])
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+
+    @classmethod
+    def _upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """``data`` written at an older ``version`` in this version's shape. A record whose shape
+        changed overrides this; it is the only code that knows the older shapes. It may be given its
+        own output again (a record keeps the version it was read as, so one written back unchanged
+        reads as that version): leave a shape already upgraded as it is."""
+        return data
 
     @classmethod
     def written(cls, data: dict[str, Any]):
@@ -49,7 +63,7 @@ class _Record:
 
     @classmethod
     def of(cls, value):
-        """A record as it is, or a dict read as one (callers that build records by hand pass dicts)."""
+        """A record as it is, or a dict read as one (monitoring's benchmarks build runs and cards as dicts)."""
         return value if isinstance(value, cls) else cls.from_dict(value)
 
     @classmethod
@@ -57,19 +71,15 @@ class _Record:
         """The keys this record knows, in the order they are written."""
         return [f.name for f in fields(cls) if f.name != "extra"]
 
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.to_dict()
-
 
 def is_absent(value: Any) -> bool:
     """A value a reader treats as missing: None, or the NaN a table fills into rows that lack a column."""
     return value is None or (isinstance(value, float) and value != value)
+
+
+def _version(value: Any) -> int:
+    """The schema version a file says it has: 0 where it says none (absent, None, a table's NaN)."""
+    return int(value) if isinstance(value, int | float) and not is_absent(value) else 0
 
 
 def _plain(value: Any) -> Any:
@@ -92,6 +102,28 @@ class DatasetManifest(_Record):
     created_at: str  # UTC, ISO 8601
     schema_version: int = _Record.SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunStart(_Record):
+    """``runs/<run_id>/run.json``, written first by scoring: it ties the run id to its input and
+    model, so that a resumed run scores the same images with the same version."""
+
+    run_id: str
+    dataset: str  # the dataset name, or the prefix URL of raw files
+    input: str  # dataset | images
+    dataset_fingerprint: str  # a prefix's covers its listing and its cut into partitions
+    partition_size: int | None  # a prefix's files per partition; None for a dataset's own partitions
+    model_version: str  # NAME/vN (``batchml.layout.ModelVersion.parse``)
+    model_ref: str  # as asked: a version or an alias
+    created_at: str  # UTC, ISO 8601
+    schema_version: int = _Record.SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, store, run_id: str) -> RunStart:
+        """The run's start record (``store``: a ``batchml.store.Store``)."""
+        return cls.from_dict(store.read_json(layout.run_path(run_id, layout.RUN_SPEC)))
 
 
 @dataclass
@@ -126,6 +158,28 @@ class RunManifest(_Record):
     def read(cls, store, run_id: str) -> RunManifest:
         """The committed run's manifest (``store``: a ``batchml.store.Store``)."""
         return cls.from_dict(store.read_json(layout.run_path(run_id, layout.RUN_MANIFEST)))
+
+
+@dataclass
+class ScoredPartition(_Record):
+    """``runs/<run_id>/stats/part-N.json``, written last for a partition by scoring: the partition
+    is done. Its statistics are what monitoring folds; the rest says how it was computed."""
+
+    partition: str  # the input partition's name, part-NNNNN.parquet
+    rows: int  # predictions
+    errors: int  # undecodable images
+    batch_size: int | None  # images per predict call, as fitted on the device
+    stats: dict  # ``batchml.stats.PartitionStats.to_dict``: the mergeable statistics
+    seconds: dict[str, float]  # per stage: read, decode, load, queue, predict, write
+    worker: str  # host:pid
+    device: dict | None  # where it was computed (``batchml.device.device_info``)
+    schema_version: int = _Record.SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, store, run_id: str, partition: str) -> ScoredPartition:
+        """A scored partition of the run (``store``: a ``batchml.store.Store``)."""
+        return cls.from_dict(store.read_json(layout.run_stats(run_id, partition)))
 
 
 # -- the model card ------------------------------------------------------------------------------
@@ -270,6 +324,62 @@ class ModelCard(_Record):
     def device(self) -> dict:
         """Where it trained: backend, device kind and name, framework versions (``batchml.device``)."""
         return self.training["device"]
+
+
+@dataclass
+class Aliases(_Record):
+    """``models/<name>/aliases.json``: which version each alias (e.g. ``production``) points at."""
+
+    aliases: dict[str, str]  # alias -> version tag (vN); empty where nothing was promoted
+    schema_version: int = _Record.SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.aliases = self.aliases or {}
+
+    @classmethod
+    def _upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        # version 0 (written before records had a version) was the mapping itself: alias -> "vN"
+        return data if isinstance(data.get("aliases"), dict) else {"aliases": data}
+
+    @classmethod
+    def read(cls, store, name: str) -> Aliases:
+        """The model's aliases (``store``: a ``batchml.store.Store``)."""
+        rel = layout.aliases_path(name)
+        return cls.from_dict(store.read_json(rel)) if store.exists(rel) else cls.written({})
+
+
+@dataclass
+class Sweep(_Record):
+    """``sweeps/<sweep_id>/sweep.json`` (``batchml.train.sweep``): the plan, written when the sweep
+    starts, then with its result once the best trial is registered. Its trials' rows are a table
+    beside it (``layout.SWEEP_TRIALS``)."""
+
+    RESULT: ClassVar[tuple[str, ...]] = ("best_trial", "best_params", "best_validation_accuracy", "registered",
+                                         "test_accuracy", "finished_at")
+
+    sweep_id: str
+    base: dict  # the ``TrainConfig`` every trial starts from, as ``dataclasses.asdict`` writes it
+    space: dict[str, list]  # hyperparameter -> the values to try
+    trials: list[dict]  # each trial's values, in trial order
+    # the result: None until the sweep is finished (and then left out of the file)
+    best_trial: int | None = None
+    best_params: dict | None = None
+    best_validation_accuracy: float | None = None
+    registered: str | None = None  # the version the best trial became (NAME/vN)
+    test_accuracy: float | None = None  # None without a test dataset
+    finished_at: str | None = None  # UTC, ISO 8601
+    schema_version: int = _Record.SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        # an unfinished plan has no result keys, as the releases before records wrote it: they take
+        # a plan with "registered" for a finished sweep
+        return {k: v for k, v in super().to_dict().items() if v is not None or k not in self.RESULT}
+
+    @property
+    def finished(self) -> bool:
+        return self.registered is not None
 
 
 def _card_problem(data: dict, needs: tuple[str, ...]) -> str:

@@ -17,7 +17,7 @@ from dataclasses import replace
 from batchml import layout
 from batchml.errors import BatchmlError
 from batchml.layout import ModelVersion, check_name
-from batchml.records import ModelCard
+from batchml.records import Aliases, ModelCard
 from batchml.store import Store
 
 DEFAULT_MODEL_NAME = "cifar10"
@@ -39,8 +39,8 @@ def list_versions(store: Store, name: str) -> list[str]:
 
 
 def read_aliases(store: Store, name: str) -> dict[str, str]:
-    rel = layout.aliases_path(name)
-    return store.read_json(rel) if store.exists(rel) else {}
+    """Alias -> version tag of a model; empty where none was promoted."""
+    return Aliases.read(store, name).aliases
 
 
 def resolve(store: Store, ref: str, default_name: str = DEFAULT_MODEL_NAME) -> ModelVersion:
@@ -76,7 +76,7 @@ def read_card(store: Store, mv: ModelVersion, needs: tuple[str, ...] = ()) -> Mo
     return ModelCard.checked(data, store.url(mv.card_path), needs)
 
 
-def register(store: Store, name: str, model_file: str | bytes, card: ModelCard | dict) -> ModelVersion:
+def register(store: Store, name: str, model_file: str | bytes, card: ModelCard) -> ModelVersion:
     """Store a saved ``.keras`` file (its path or its bytes) and its card as the next
     version of ``name``; the card is written with that name and version."""
     mv = _claim_version(store, name)
@@ -84,8 +84,7 @@ def register(store: Store, name: str, model_file: str | bytes, card: ModelCard |
         with open(model_file, "rb") as f:
             model_file = f.read()
     store.write_bytes(mv.model_path, model_file)
-    card = ModelCard.of(card)  # a newer writer's card keeps its newer schema version
-    version = max(card.schema_version, ModelCard.SCHEMA_VERSION)
+    version = max(card.schema_version, ModelCard.SCHEMA_VERSION)  # a newer writer's card keeps its version
     card = replace(card, name=name, version=mv.version, schema_version=version)
     store.write_json(mv.card_path, card.to_dict())
     return mv
@@ -106,8 +105,10 @@ def promote(store: Store, mv: ModelVersion, alias: str = DEFAULT_ALIAS) -> None:
     check_name("alias", alias)
     if layout.is_version(alias):
         raise BatchmlError(f"alias {alias!r} looks like a version: choose a name like {DEFAULT_ALIAS!r}")
-    aliases = read_aliases(store, mv.name)
-    store.write_json(layout.aliases_path(mv.name), {**aliases, alias: mv.version})
+    old = Aliases.read(store, mv.name)  # an older file is written back in this version's shape
+    new = replace(old, aliases={**old.aliases, alias: mv.version},
+                  schema_version=max(old.schema_version, Aliases.SCHEMA_VERSION))
+    store.write_json(layout.aliases_path(mv.name), new.to_dict())
 
 
 def load_model(store: Store, mv: ModelVersion):

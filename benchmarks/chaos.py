@@ -100,14 +100,15 @@ def register_tiny_model(endpoint: str) -> None:
     import keras
 
     from batchml.data.images import Preprocessing
+    from batchml.records import ModelCard
     from batchml.registry import model_bytes, promote, register
     from batchml.store import Store
 
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255),
                               keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(len(CLASSES), "softmax")])
     store = Store(store_config(endpoint))
-    card = {"arch": "tiny", "classes": CLASSES, "preprocessing": Preprocessing().to_dict(),
-            "calibration": {"temperature": 1.0}}
+    card = ModelCard.from_dict({"arch": "tiny", "classes": CLASSES, "preprocessing": Preprocessing().to_dict(),
+                                "calibration": {"temperature": 1.0}})
     promote(store, register(store, "chaos", model_bytes(model), card))
 
 

@@ -139,13 +139,14 @@ def s3_store(s3_endpoint) -> Store:
 def register_at_the_barrier(config: StoreConfig, barrier, tag: str, times: int, out) -> None:
     """In a child process: wait for the other, then register ``times`` versions of model 'race'
     (model bytes and card naming ``tag`` and the attempt); put the versions on ``out``."""
+    from batchml.records import ModelCard
     from batchml.registry import register
 
     store, versions = Store(config), []
     barrier.wait()
     for i in range(times):
         name = f"{tag}{i}"
-        versions.append(str(register(store, "race", name.encode(), {"arch": name})))
+        versions.append(str(register(store, "race", name.encode(), ModelCard.from_dict({"arch": name}))))
     out.put(versions)
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def labels_of(store, dataset: str) -> np.ndarray:
     return np.concatenate([datasets.read_partition(store, dataset, p["name"])["label"].to_numpy()
-                           for p in datasets.read_manifest(store, dataset)["partitions"]])
+                           for p in datasets.read_manifest(store, dataset).partitions])
 
 
 def test_the_demos_second_night_alerts_and_its_first_does_not(client, trained_store, tmp_path):

@@ -134,7 +134,7 @@ def test_a_store_outage_fails_loudly_and_commits_nothing(client, trained_store, 
     assert not store.exists("runs/night/manifest.json")
     m = score(client, store, ScoreConfig("shapes-test", MODEL, "night"), verbose=False)
     preds = pd.read_parquet(store.url("runs/night/predictions"), storage_options=options)
-    assert m["rows"] == len(preds) == 60 and preds.image_id.is_unique
+    assert m.rows == len(preds) == 60 and preds.image_id.is_unique
     proxy.stop()
 
 
@@ -162,7 +162,7 @@ def test_a_file_that_cannot_be_read_now_fails_its_partition_and_a_rerun_scores_i
 
     broken["on"] = False
     m = score(client, store, cfg, verbose=False)
-    assert (m["rows"], m["errors"]) == (9, 0)
+    assert (m.rows, m.errors) == (9, 0)
     preds = pd.read_parquet(store.url("runs/flaky/predictions"), storage_options=options)
     assert len(preds) == 9 and preds.image_id.is_unique
     proxy.stop()

@@ -7,6 +7,7 @@ import pytest
 
 from batchml.data.images import Preprocessing
 from batchml.errors import BatchmlError
+from batchml.records import ModelCard
 from batchml.registry import read_card, resolve
 from batchml.train.diagnostics import fit_verdict
 from tests.conftest import copy_store
@@ -96,7 +97,7 @@ def test_test_time_augmentation_averages_its_views_and_survives_the_registry(sto
     path = str(store.path("tmp.keras"))
     store.fs.makedirs(store.path(""), exist_ok=True)
     model.save(path)
-    mv = register(store, "tiny", path, {"arch": "fast"})
+    mv = register(store, "tiny", path, ModelCard.from_dict({"arch": "fast"}))
     assert np.allclose(load_model(store, mv).predict(x, verbose=0), expected, atol=1e-5)  # safe mode loads it
 
 
@@ -225,12 +226,12 @@ def test_a_sweep_runs_its_trials_across_two_workers_and_registers_the_best(clien
     assert {"params", "curves", "validation_accuracy", "seconds", "fit", "worker"} <= set(trials.columns)
     assert trials.worker.nunique() == 2  # both workers trained
     best = trials.loc[trials.validation_accuracy.idxmax()]
-    assert result["best_trial"] == best.trial and result["registered"] == "swept/v1"
+    assert result.best_trial == best.trial and result.registered == "swept/v1"
     card = read_card(store, resolve(store, "swept/v1"))
     assert card.metrics.test.rows == 60 and card.training["sweep"] == {"sweep_id": "s1", "trial": int(best.trial)}
     kept = [n for n in range(4) if store.exists(f"sweeps/s1/trial-{n:03d}/model.keras")]
     assert kept == [int(best.trial)]  # the losers' models are deleted, their rows kept
-    assert sweep(client, store, cfg, verbose=False)["registered"] == "swept/v1"  # a rerun trains nothing
+    assert sweep(client, store, cfg, verbose=False).registered == "swept/v1"  # a rerun trains nothing
 
 
 def test_sweep_parameters_are_checked():

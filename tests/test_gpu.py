@@ -234,7 +234,7 @@ def test_cards_and_manifests_name_the_device_each_task_computed_on(client, train
     assert set(where["versions"]) >= {"keras", "tensorflow"}
     manifest = score(client, trained_store, ScoreConfig("shapes-test", model="shapes/production",
                                                         run_id="device-record"), verbose=False)
-    assert [(d["device"], d["device_name"]) for d in manifest["devices"]] == [("cpu", "cpu")]
+    assert [(d["device"], d["device_name"]) for d in manifest.devices] == [("cpu", "cpu")]
     assert all({"device", "gpus_visible"} <= set(r) for r in client.run(cluster.worker_device).values())
 
 

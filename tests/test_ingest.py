@@ -21,7 +21,7 @@ def test_class_folders_become_partitions_with_labels(store, image_folders):
     r = ingest(store, str(image_folders), "shapes", "train", partition_size=50, verbose=False)
     assert (r.rows, r.partitions, r.written) == (120, 3, 3)
     manifest = datasets.read_manifest(store, "shapes")
-    assert manifest["classes"] == CLASSES
+    assert manifest.classes == CLASSES
     table = datasets.read_partition(store, "shapes", "part-00000.parquet")
     assert table.column_names == ["image_id", "image", "label"]
     assert str(table.schema.field("label").type) == "int16"
@@ -53,7 +53,7 @@ def test_tar_gz_of_class_folders_matches_the_folder(store, image_folders, tmp_pa
     from_tar = ingest(store, str(archive), "from-tar", "test", verbose=False)
     from_dir = ingest(store, str(image_folders), "from-dir", "test", verbose=False)
     assert from_tar.rows == from_dir.rows == 60
-    fingerprint = [datasets.read_manifest(store, d)["fingerprint"] for d in ("from-tar", "from-dir")]
+    fingerprint = [datasets.read_manifest(store, d).fingerprint for d in ("from-tar", "from-dir")]
     assert fingerprint[0] == fingerprint[1]
 
 

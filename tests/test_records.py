@@ -11,7 +11,17 @@ from batchml import layout
 from batchml.data import datasets
 from batchml.errors import BatchmlError
 from batchml.layout import DATASET_MANIFEST, ModelVersion, dataset_path
-from batchml.records import Alert, DatasetManifest, ModelCard, MonitoringRow, RunManifest
+from batchml.records import (
+    Alert,
+    Aliases,
+    DatasetManifest,
+    ModelCard,
+    MonitoringRow,
+    RunManifest,
+    RunStart,
+    ScoredPartition,
+    Sweep,
+)
 
 # dataset.json as ingest wrote it before DatasetManifest (no schema_version)
 OLD_DATASET = {
@@ -34,7 +44,7 @@ def test_an_old_dataset_manifest_reads_with_attributes(store):
     store.write_json(dataset_path("night", DATASET_MANIFEST), OLD_DATASET)
     m = datasets.read_manifest(store, "night")
     assert (m.classes, m.rows, m.fingerprint, m.schema_version) == (["a", "b"], 3, "cd", 0)
-    assert m["partitions"][0]["name"] == "part-00000.parquet"  # subscripting still works
+    assert m.partitions[0]["name"] == "part-00000.parquet"
     assert DatasetManifest.from_dict(m.to_dict()) == m
 
 
@@ -43,6 +53,65 @@ def test_an_old_run_manifest_reads_and_keeps_keys_it_does_not_know():
     assert m.partition_size is None and m.schema_version == 0
     assert ModelVersion.parse(m.model_version) == ModelVersion("cifar10", "v2")
     assert m.to_dict()["added_later"] == 1
+
+
+# run.json as scoring wrote it before RunStart, and a partition's statistics file before ScoredPartition
+OLD_START = {k: OLD_RUN[k] for k in ("run_id", "dataset", "input", "dataset_fingerprint", "model_version",
+                                     "model_ref", "created_at")}
+OLD_PART = {"partition": "part-00000.parquet", "rows": 3, "errors": 0, "stats": {"num_classes": 2, "rows": 3},
+            "seconds": {"read": 0.1}, "worker": "host:1"}
+
+
+def test_records_are_read_by_attribute_only():
+    m = RunManifest.from_dict(OLD_RUN)
+    with pytest.raises(TypeError):
+        m["rows"]  # the subscript is what is tested
+    assert not hasattr(m, "get")
+
+
+def test_an_old_run_start_reads_and_is_written_back_with_its_version(store):
+    store.write_json(layout.run_path("night-1", layout.RUN_SPEC), OLD_START)
+    run = RunStart.read(store, "night-1")
+    assert (run.model_version, run.partition_size, run.schema_version) == ("cifar10/v2", None, 0)
+    assert RunStart.written(run.to_dict()).to_dict() == {**OLD_START, "partition_size": None, "schema_version": 1}
+
+
+def test_an_old_scored_partition_reads_without_its_batch_size_and_device(store):
+    store.write_json(layout.run_stats("night-1", "part-00000.parquet"), OLD_PART)
+    part = ScoredPartition.read(store, "night-1", "part-00000.parquet")
+    assert (part.rows, part.batch_size, part.device, part.schema_version) == (3, None, None, 0)
+    assert part.stats == OLD_PART["stats"] and part.seconds == {"read": 0.1}
+
+
+@pytest.mark.parametrize("old", [{"production": "v2", "schema_version": "v1"}, {}])
+def test_old_aliases_are_the_mapping_itself_even_with_an_alias_named_schema_version(old):
+    aliases = Aliases.from_dict(old)
+    assert aliases.aliases == old and aliases.schema_version == 0
+    assert Aliases.from_dict(aliases.to_dict()).aliases == old
+
+
+def test_promoting_writes_old_aliases_back_as_a_record(store):
+    from batchml.registry import promote, read_aliases, resolve
+
+    store.write_json(ModelVersion("cifar10", "v1").card_path, OLD_CARD)
+    store.write_json(ModelVersion("cifar10", "v2").card_path, OLD_CARD)
+    store.write_json(layout.aliases_path("cifar10"), {"production": "v2"})
+    assert resolve(store, "production") == ModelVersion("cifar10", "v2")
+    promote(store, ModelVersion("cifar10", "v1"), "staging")
+    assert store.read_json(layout.aliases_path("cifar10")) == {
+        "aliases": {"production": "v2", "staging": "v1"}, "schema_version": Aliases.SCHEMA_VERSION}
+    assert read_aliases(store, "cifar10") == {"production": "v2", "staging": "v1"}
+    assert read_aliases(store, "never-promoted") == {}
+
+
+def test_a_sweep_plan_has_no_result_keys_until_it_is_finished():
+    plan = Sweep.written({"sweep_id": "s1", "base": {"dataset": "d"}, "space": {"width": [8, 16]},
+                         "trials": [{"width": 8}, {"width": 16}]})
+    assert not plan.finished and "registered" not in plan.to_dict() and "best_trial" not in plan.to_dict()
+    old = {**plan.to_dict(), "best_trial": 1, "registered": "m/v1", "test_accuracy": None}
+    del old["schema_version"]
+    done = Sweep.from_dict(old)  # as sweep.json was written before Sweep
+    assert done.finished and (done.best_trial, done.schema_version, done.test_accuracy) == (1, 0, None)
 
 
 def test_a_model_version_string_without_a_name_is_refused():
@@ -144,7 +213,7 @@ def test_an_old_card_reads_with_attributes(store):
     assert card.test_accuracy == 0.75 and card.reference.accuracy == 0.75 and card.reference.predicted_counts == [3, 1]
     assert card.calibration.temperature == 1.2 and card.fit.verdict == "good fit"
     assert card.data.test_fingerprint == "cd" and card.training_seconds == 12.5 and card.device["device"] == "cpu"
-    assert card["metrics"]["test"]["rows"] == 4  # subscripting still works
+    assert card.metrics.test.rows == 4
     assert ModelCard.from_dict(card.to_dict()) == card
 
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from batchml.errors import BatchmlError
+from batchml.records import ModelCard
 from batchml.registry import ModelVersion, list_versions, load_model, promote, read_card, register, resolve
 
 
@@ -15,8 +16,8 @@ def model_file(tmp_path):
 
 
 def test_versions_are_numbered_and_cards_stored(store, model_file):
-    v1 = register(store, "cifar10", model_file, {"arch": "x"})
-    v2 = register(store, "cifar10", model_file, {"arch": "y"})
+    v1 = register(store, "cifar10", model_file, ModelCard.from_dict({"arch": "x"}))
+    v2 = register(store, "cifar10", model_file, ModelCard.from_dict({"arch": "y"}))
     assert (str(v1), str(v2)) == ("cifar10/v1", "cifar10/v2")
     assert list_versions(store, "cifar10") == ["v1", "v2"]
     card = read_card(store, v2)
@@ -26,14 +27,14 @@ def test_versions_are_numbered_and_cards_stored(store, model_file):
 
 
 def test_a_version_without_its_card_is_not_committed(store, model_file):
-    register(store, "cifar10", model_file, {})
+    register(store, "cifar10", model_file, ModelCard.from_dict({}))
     store.write_bytes("models/cifar10/v2/model.keras", b"half-written")
     assert list_versions(store, "cifar10") == ["v1"]
 
 
 def test_aliases_resolve_and_move(store, model_file):
-    v1 = register(store, "cifar10", model_file, {})
-    v2 = register(store, "cifar10", model_file, {})
+    v1 = register(store, "cifar10", model_file, ModelCard.from_dict({}))
+    v2 = register(store, "cifar10", model_file, ModelCard.from_dict({}))
     promote(store, v1)
     assert resolve(store, "production") == v1
     promote(store, v2)
@@ -44,7 +45,7 @@ def test_aliases_resolve_and_move(store, model_file):
 def test_unknown_versions_and_aliases_say_what_exists(store, model_file):
     with pytest.raises(BatchmlError, match=r"no versions of model 'cifar10'.*batchml train"):
         resolve(store, "production")
-    register(store, "cifar10", model_file, {})
+    register(store, "cifar10", model_file, ModelCard.from_dict({}))
     with pytest.raises(BatchmlError, match=r"no version or alias 'staging' \(versions: v1"):
         resolve(store, "staging")
     with pytest.raises(BatchmlError, match=r"looks like a version"):
@@ -52,7 +53,7 @@ def test_unknown_versions_and_aliases_say_what_exists(store, model_file):
 
 
 def test_loaded_model_predicts_like_the_saved_one(store, model_file):
-    mv = register(store, "m", model_file, {})
+    mv = register(store, "m", model_file, ModelCard.from_dict({}))
     x = np.ones((3, 4), np.float32)
     expected = keras.saving.load_model(model_file).predict(x, verbose=0)
     assert np.allclose(load_model(store, mv).predict(x, verbose=0), expected)

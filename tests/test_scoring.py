@@ -30,14 +30,14 @@ def test_every_input_row_gets_exactly_one_prediction(client, run_store):
     m = score(client, run_store, ScoreConfig("shapes-test", MODEL, "r1"), verbose=False)
     preds = pd.read_parquet(run_store.path("runs/r1/predictions"))
     inputs = pd.concat(datasets.read_partition(run_store, "shapes-test", p["name"]).to_pandas()
-                       for p in datasets.read_manifest(run_store, "shapes-test")["partitions"])
-    assert m["rows"] == len(preds) == 60 and m["errors"] == 0
+                       for p in datasets.read_manifest(run_store, "shapes-test").partitions)
+    assert m.rows == len(preds) == 60 and m.errors == 0
     assert sorted(preds.image_id) == sorted(inputs.image_id)
     assert preds.image_id.is_unique
     assert {"image_id", "predicted", "predicted_class", "probability", "probabilities", "label",
             "model_version", "run_id", "partition"} <= set(preds.columns)
     assert np.allclose(np.stack(preds.probabilities).max(axis=1), preds.probability)
-    assert (preds.model_version == m["model_version"]).all() and len(m["partitions"]) == 4
+    assert (preds.model_version == m.model_version).all() and len(m.partitions) == 4
 
 
 def test_the_model_is_loaded_once_per_worker_not_per_task(client, run_store):
@@ -65,7 +65,7 @@ def test_an_interrupted_run_resumes_with_the_missing_partitions_only(client, run
     after = files_under(run_store, "runs/r3")
     assert all(after[k] == v for k, v in kept.items())  # finished partitions untouched
     preds = pd.read_parquet(run_store.path("runs/r3/predictions"))
-    assert m["rows"] == len(preds) == 60 and preds.image_id.is_unique
+    assert m.rows == len(preds) == 60 and preds.image_id.is_unique
 
 
 def _ingest_with_corrupt(store, tmp_path, n_good: int, n_bad: int, name: str):
@@ -86,7 +86,7 @@ def test_corrupt_images_become_error_rows_and_partitions_complete(client, run_st
     assert not run_store.exists("runs/bad/manifest.json")
     m = score(client, run_store, ScoreConfig("one-bad", MODEL, "bad", max_error_ratio=0.1), verbose=False)
     errors = pd.read_parquet(run_store.path("runs/bad/errors"))
-    assert (m["rows"], m["errors"]) == (19, 1)
+    assert (m.rows, m.errors) == (19, 1)
     assert errors.image_id.tolist() == ["test/circle/z000.png"]
     assert "cannot decode" in errors.reason[0] and errors.partition[0] == "part-00001.parquet"
 
@@ -161,7 +161,7 @@ def test_resuming_an_images_run_with_another_partition_size_is_refused(client, r
               verbose=False)
     m = score(client, run_store, cfg, verbose=False)
     preds = pd.read_parquet(run_store.path("runs/resized/predictions"))
-    assert m["rows"] == len(preds) == 21 and preds.image_id.is_unique
+    assert m.rows == len(preds) == 21 and preds.image_id.is_unique
 
 
 def test_a_prefix_of_raw_files_is_scored_without_ingest(client, run_store, tmp_path):
@@ -174,7 +174,7 @@ def test_a_prefix_of_raw_files_is_scored_without_ingest(client, run_store, tmp_p
     m = score(client, run_store, cfg, verbose=False)
     preds = pd.read_parquet(run_store.path("runs/raw/predictions"))
     errors = pd.read_parquet(run_store.path("runs/raw/errors"))
-    assert (m["rows"], m["errors"], len(m["partitions"])) == (22, 1, 5)
+    assert (m.rows, m.errors, len(m.partitions)) == (22, 1, 5)
     assert errors.image_id.tolist() == ["broken.jpg"]
     assert sorted(preds.image_id)[:2] == ["circle/000.png", "circle/001.png"]
     labels = preds.set_index("image_id").label
@@ -189,12 +189,12 @@ def test_a_prefix_of_raw_files_is_scored_without_ingest(client, run_store, tmp_p
 
 def test_the_manifest_records_the_batch_size_and_stage_timings_of_each_partition(client, run_store):
     m = score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-batch", batch_size=8), verbose=False)
-    assert m["batch_size"] == 8 and m["batch_sizes_used"] == [8]
-    for p in m["partitions"]:
+    assert m.batch_size == 8 and m.batch_sizes_used == [8]
+    for p in m.partitions:
         assert p["batch_size"] == 8
         assert {"read", "decode", "load", "queue", "predict", "write"} <= set(p["seconds"])
     auto = score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-auto"), verbose=False)
-    assert auto["batch_size"] == "auto" and auto["batch_sizes_used"] == [512]  # no GPU here
+    assert auto.batch_size == "auto" and auto.batch_sizes_used == [512]  # no GPU here
 
 
 def test_a_card_whose_bias_correction_does_not_fit_its_classes_is_refused_before_scoring():

@@ -32,7 +32,7 @@ from batchml.data.images import Preprocessing, decode_images
 from batchml.device import device_info, device_lock, predict_fitting, start_batch
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
-from batchml.records import SCORING_NEEDS, RunManifest
+from batchml.records import SCORING_NEEDS, RunManifest, RunStart, ScoredPartition
 from batchml.registry import DEFAULT_ALIAS, ModelVersion, load_model, read_card, resolve
 from batchml.score import failures
 from batchml.stats import BiasCorrection, PartitionStats
@@ -80,7 +80,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
     plan = (inputs.plan_prefix(cfg.images, _options_for(cfg.images, store), cfg.partition_size) if cfg.images
             else inputs.plan_dataset(store, cfg.dataset))
     run = _start_run(store, cfg, run_id, plan, verbose)
-    mv = ModelVersion.parse(run["model_version"])
+    mv = ModelVersion.parse(run.model_version)
     card = read_card(store, mv, SCORING_NEEDS)
     spec = RunSpec(
         store.config, run_id, plan.name, mv, tuple(card.classes),
@@ -131,14 +131,14 @@ def _options_for(url: str, store: Store) -> dict:
     return store.config.storage_options if same else {}
 
 
-def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPlan, verbose: bool) -> dict:
+def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPlan, verbose: bool) -> RunStart:
     """Write run.json, or check that an unfinished run is resumed with the same inputs."""
     rel = layout.run_path(run_id, layout.RUN_SPEC)
     mv = resolve(store, cfg.model)
     if not store.exists(rel):
         # before run.json ties the id to this model: its card must be whole, and its classes the input's
         _check_classes(plan, read_card(store, mv, SCORING_NEEDS).classes, mv)
-        run = {
+        run = RunStart.written({
             "run_id": run_id,
             "dataset": plan.name,
             "input": "images" if plan.images else "dataset",
@@ -147,23 +147,23 @@ def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPl
             "model_version": str(mv),
             "model_ref": cfg.model,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        store.write_json(rel, run)
+        })
+        store.write_json(rel, run.to_dict())
         return run
-    run = store.read_json(rel)
-    _check_same_run(run["dataset"], plan.name, run_id)
-    was = run.get("partition_size")
+    run = RunStart.read(store, run_id)
+    _check_same_run(run.dataset, plan.name, run_id)
+    was = run.partition_size
     if plan.images and was != plan.partition_size:  # other cuts would skip or repeat files
         how = f"resume it with --partition-size {was}" if was else "score the files under a new --run-id"
         raise BatchmlError(f"run {run_id!r} cut {plan.name} into partitions of {was or 'another number of'} "
                            f"files, not {plan.partition_size}: {how}")
-    if run["dataset_fingerprint"] != plan.fingerprint:
+    if run.dataset_fingerprint != plan.fingerprint:
         raise BatchmlError(
             f"the input {plan.name!r} changed since run {run_id!r} started; "
             "finish it with the original images or start a new --run-id"
         )
-    if run["model_version"] != str(mv) and verbose:
-        print(f"score: resuming run {run_id} with {run['model_version']}, the model it started "
+    if run.model_version != str(mv) and verbose:
+        print(f"score: resuming run {run_id} with {run.model_version}, the model it started "
               f"with ({cfg.model!r} is now {mv})")
     return run
 
@@ -202,7 +202,7 @@ def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int,
     rows = 0
     try:
         for future in as_completed(futures):
-            rows += future.result()["rows"]
+            rows += future.result().rows
             progress.update(1, f"{rows:,} rows")
     except BaseException:
         client.cancel(futures)  # stop the rest: the run stays uncommitted, a rerun resumes it
@@ -211,11 +211,11 @@ def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int,
         progress.close()
 
 
-def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list[str],
+def _commit(store: Store, spec: RunSpec, run: RunStart, names: list[str], todo: list[str],
             wall: float, max_error_ratio: float) -> RunManifest:
-    parts = [store.read_json(layout.run_stats(spec.run_id, n)) for n in names]
-    rows = sum(p["rows"] for p in parts)
-    errors = sum(p["errors"] for p in parts)
+    parts = [ScoredPartition.read(store, spec.run_id, n) for n in names]
+    rows = sum(p.rows for p in parts)
+    errors = sum(p.errors for p in parts)
     if errors > max_error_ratio * (rows + errors):
         raise BatchmlError(
             f"run {spec.run_id!r}: {errors} of {rows + errors} images could not be decoded "
@@ -223,20 +223,20 @@ def _commit(store: Store, spec: RunSpec, run: dict, names: list[str], todo: list
             f"see {store.url(layout.run_folder(spec.run_id, 'errors'))}. The run is not committed: fix the images, "
             "or rerun with the same --run-id and a higher --max-error-ratio."
         )
-    scored_now = sum(p["rows"] + p["errors"] for p in parts if p["partition"] in todo)
+    scored_now = sum(p.rows + p.errors for p in parts if p.partition in todo)
     manifest = RunManifest.written({
-        **run,
+        **run.to_dict(),
         "classes": list(spec.classes),
         "batch_size": spec.batch_size or "auto",  # as asked; per partition: the size that fitted
         "max_error_ratio": max_error_ratio,
         "rows": rows,
         "errors": errors,
-        "labelled": sum(p["stats"]["labelled"] for p in parts),
-        "batch_sizes_used": sorted({p["batch_size"] for p in parts if p.get("batch_size")}),
+        "labelled": sum(p.stats["labelled"] for p in parts),
+        "batch_sizes_used": sorted({p.batch_size for p in parts if p.batch_size}),
         # where the partitions were computed: backend, device kind and name, framework versions
-        "devices": [json.loads(d) for d in sorted({json.dumps(p["device"], sort_keys=True) for p in parts
-                                                   if p.get("device")})],
-        "partitions": [{k: p.get(k) for k in ("partition", "rows", "errors", "batch_size", "seconds", "worker")}
+        "devices": [json.loads(d) for d in sorted({json.dumps(p.device, sort_keys=True) for p in parts
+                                                   if p.device})],
+        "partitions": [{k: getattr(p, k) for k in ("partition", "rows", "errors", "batch_size", "seconds", "worker")}
                        for p in parts],
         "wall_seconds": round(wall, 3),
         "images_per_second": round(scored_now / wall, 1) if todo else None,
@@ -272,7 +272,7 @@ def model_loads() -> dict[str, int]:
     return dict(_MODEL_LOADS)
 
 
-def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None = None) -> dict:
+def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None = None) -> ScoredPartition:
     """Score one input partition (a dataset's, or ``files`` of a prefix); writes predictions,
     failure cases and error rows, then its statistics.
 
@@ -315,7 +315,7 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
     if bad:
         store.write_parquet(layout.run_output(spec.run_id, "errors", partition), _errors(table, partition, bad))
     timer.lap("write")
-    record = {
+    record = ScoredPartition.written({
         "partition": partition,
         "rows": len(good),
         "errors": len(bad),
@@ -324,8 +324,8 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
         "seconds": timer.laps,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "device": device_info(),
-    }
-    store.write_json(layout.run_stats(spec.run_id, partition), record)  # last: the partition is done
+    })
+    store.write_json(layout.run_stats(spec.run_id, partition), record.to_dict())  # last: the partition is done
     return record
 
 

@@ -28,7 +28,7 @@ from batchml.cluster import TRAIN_GPU_SHARE, gpu_resources
 from batchml.device import device_label, device_lock
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
-from batchml.records import ModelCard
+from batchml.records import ModelCard, Sweep
 from batchml.registry import ModelVersion, load_model_bytes, model_bytes
 from batchml.store import Store, StoreConfig
 from batchml.train.recipes import SETTINGS, TUNABLE, setting_type
@@ -71,22 +71,23 @@ def trial_configs(cfg: SweepConfig) -> list[dict]:
     return random.Random(cfg.seed).sample(grid, cfg.trials)
 
 
-def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
+def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> Sweep:
     """Run the trials not yet in the table, then test and register the best. Returns sweep.json."""
     base = check(store, cfg.base)
     sweep_id = layout.check_name("sweep", cfg.sweep_id or f"sweep-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
     points = trial_configs(cfg)
-    plan = {"sweep_id": sweep_id, "base": asdict(base), "space": cfg.space, "trials": points}
-    if store.exists(layout.sweep_path(sweep_id, layout.SWEEP_PLAN)):
-        before = store.read_json(layout.sweep_path(sweep_id, layout.SWEEP_PLAN))
-        if before["trials"] != points or before["base"] != plan["base"]:
+    plan = Sweep.written({"sweep_id": sweep_id, "base": asdict(base), "space": cfg.space, "trials": points})
+    rel = layout.sweep_path(sweep_id, layout.SWEEP_PLAN)
+    if store.exists(rel):
+        before = Sweep.from_dict(store.read_json(rel))
+        if before.trials != points or before.base != plan.base:
             raise BatchmlError(f"sweep {sweep_id!r} was started with other settings: choose another --sweep-id")
-        if "registered" in before:
+        if before.finished:
             if verbose:
-                print(f"sweep: {sweep_id} is finished; best trial {before['best_trial']} is {before['registered']}")
+                print(f"sweep: {sweep_id} is finished; best trial {before.best_trial} is {before.registered}")
             return before
     else:
-        store.write_json(layout.sweep_path(sweep_id, layout.SWEEP_PLAN), plan)
+        store.write_json(rel, plan.to_dict())
 
     rows = read_trials(store, sweep_id)
     todo = [i for i in range(len(points)) if i not in {r["trial"] for r in rows}]
@@ -108,11 +109,10 @@ def sweep(client, store: Store, cfg: SweepConfig, verbose: bool = True) -> dict:
     for r in rows:  # the losers' models go; their rows stay
         if r["trial"] != best["trial"]:
             store.delete(layout.sweep_path(sweep_id, layout.trial_name(r["trial"])), recursive=True)
-    result = {**plan, "best_trial": best["trial"], "best_params": points[best["trial"]],
-              "best_validation_accuracy": best["validation_accuracy"], "registered": str(mv),
-              "test_accuracy": card.test_accuracy,
-              "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    store.write_json(layout.sweep_path(sweep_id, layout.SWEEP_PLAN), result)
+    result = replace(plan, best_trial=best["trial"], best_params=points[best["trial"]],
+                     best_validation_accuracy=best["validation_accuracy"], registered=str(mv),
+                     test_accuracy=card.test_accuracy, finished_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    store.write_json(rel, result.to_dict())
     return result
 
 
