@@ -11,6 +11,7 @@ writer added are kept in ``extra`` and written back, so an older reader loses no
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -79,7 +80,7 @@ def is_absent(value: Any) -> bool:
 
 def _version(value: Any) -> int:
     """The schema version a file says it has: 0 where it says none (absent, None, a table's NaN)."""
-    return int(value) if isinstance(value, int | float) and not is_absent(value) else 0
+    return int(value) if isinstance(value, numbers.Real) and not is_absent(value) else 0  # numpy's too
 
 
 def _plain(value: Any) -> Any:

@@ -69,6 +69,11 @@ def test_records_are_read_by_attribute_only():
     assert not hasattr(m, "get")
 
 
+@pytest.mark.parametrize(("written", "read"), [(np.int64(1), 1), (np.float64("nan"), 0), (None, 0), ("1", 0)])
+def test_the_schema_version_reads_from_a_tables_numbers_and_is_0_where_there_is_none(written, read):
+    assert DatasetManifest.from_dict({**OLD_DATASET, "schema_version": written}).schema_version == read
+
+
 def test_an_old_run_start_reads_and_is_written_back_with_its_version(store):
     store.write_json(layout.run_path("night-1", layout.RUN_SPEC), OLD_START)
     run = RunStart.read(store, "night-1")
