@@ -63,11 +63,6 @@ class _Record:
         return cls.from_dict({**data, "schema_version": cls.SCHEMA_VERSION})
 
     @classmethod
-    def of(cls, value):
-        """A record as it is, or a dict read as one (monitoring's benchmarks build runs and cards as dicts)."""
-        return value if isinstance(value, cls) else cls.from_dict(value)
-
-    @classmethod
     def columns(cls) -> list[str]:
         """The keys this record knows, in the order they are written."""
         return [f.name for f in fields(cls) if f.name != "extra"]
