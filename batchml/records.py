@@ -322,6 +322,33 @@ class ModelCard(_Record):
         return self.training["device"]
 
 
+def _card_problem(data: dict, needs: tuple[str, ...]) -> str:
+    """What is wrong with the parts of a card's shape in ``needs`` ("" if nothing)."""
+    classes, k = data.get("classes"), len(data.get("classes") or [])
+    checks = {
+        "classes": (isinstance(classes, list) and k > 0 and all(isinstance(c, str) for c in classes),
+                    "'classes' must be a non-empty list of class names"),
+        "preprocessing": (isinstance(data.get("preprocessing"), dict), "'preprocessing' must be an object"),
+        "calibration": (isinstance(data.get("calibration"), dict)
+                        and isinstance(data["calibration"].get("temperature"), int | float),
+                        "'calibration.temperature' must be a number"),
+        "metrics": (isinstance(data.get("metrics"), dict) and isinstance(data["metrics"].get("validation"), dict),
+                    "'metrics.validation' must be an object"),
+        "reference": (isinstance(data.get("reference"), dict)
+                      and isinstance(data["reference"].get("accuracy"), int | float)
+                      and len(data["reference"].get("predicted_counts") or []) == k,
+                      "'reference' must hold 'accuracy' and one 'predicted_counts' per class"),
+    }
+    return next((what for ok, what in (checks[n] for n in needs) if not ok), "")
+
+
+SCORING_NEEDS = ("classes", "preprocessing", "calibration")  # what scoring reads of a card
+MONITORING_NEEDS = (*SCORING_NEEDS, "metrics", "reference")  # and monitoring
+
+
+# -- aliases and sweeps ---------------------------------------------------------------------------
+
+
 @dataclass
 class Aliases(_Record):
     """``models/<name>/aliases.json``: which version each alias (e.g. ``production``) points at."""
@@ -376,30 +403,6 @@ class Sweep(_Record):
     @property
     def finished(self) -> bool:
         return self.registered is not None
-
-
-def _card_problem(data: dict, needs: tuple[str, ...]) -> str:
-    """What is wrong with the parts of a card's shape in ``needs`` ("" if nothing)."""
-    classes, k = data.get("classes"), len(data.get("classes") or [])
-    checks = {
-        "classes": (isinstance(classes, list) and k > 0 and all(isinstance(c, str) for c in classes),
-                    "'classes' must be a non-empty list of class names"),
-        "preprocessing": (isinstance(data.get("preprocessing"), dict), "'preprocessing' must be an object"),
-        "calibration": (isinstance(data.get("calibration"), dict)
-                        and isinstance(data["calibration"].get("temperature"), int | float),
-                        "'calibration.temperature' must be a number"),
-        "metrics": (isinstance(data.get("metrics"), dict) and isinstance(data["metrics"].get("validation"), dict),
-                    "'metrics.validation' must be an object"),
-        "reference": (isinstance(data.get("reference"), dict)
-                      and isinstance(data["reference"].get("accuracy"), int | float)
-                      and len(data["reference"].get("predicted_counts") or []) == k,
-                      "'reference' must hold 'accuracy' and one 'predicted_counts' per class"),
-    }
-    return next((what for ok, what in (checks[n] for n in needs) if not ok), "")
-
-
-SCORING_NEEDS = ("classes", "preprocessing", "calibration")  # what scoring reads of a card
-MONITORING_NEEDS = (*SCORING_NEEDS, "metrics", "reference")  # and monitoring
 
 
 # -- failure cases ---------------------------------------------------------------------------------
