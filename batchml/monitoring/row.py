@@ -21,7 +21,7 @@ from batchml.monitoring.history import history_shift
 from batchml.monitoring.label_free import CotReference, atc_accuracy, output_shift
 from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors, mlls_priors
 from batchml.monitoring.shift import class_shift, degrees_of_freedom, wilson_interval
-from batchml.records import ModelCard, MonitoringRow, RunManifest
+from batchml.records import ModelCard, MonitoringRow, RunManifest, ScoredPartition
 from batchml.stats import BiasCorrection, PartitionStats
 from batchml.store import Store
 
@@ -34,10 +34,8 @@ def fold_run(store: Store, run_id: str) -> tuple[RunManifest, PartitionStats]:
         raise BatchmlError(f"run {run_id!r} in {store.url()}: {hint}")
     manifest = RunManifest.read(store, run_id)
     k = len(manifest.classes)
-    parts = [
-        PartitionStats.from_dict(store.read_json(layout.run_stats(run_id, p["partition"]))["stats"])
-        for p in manifest.partitions
-    ]
+    parts = [PartitionStats.from_dict(ScoredPartition.read(store, run_id, p["partition"]).stats)
+             for p in manifest.partitions]
     return manifest, PartitionStats.total(parts, k)
 
 
