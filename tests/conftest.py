@@ -339,3 +339,18 @@ class _Relay(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay  # noqa: N815 - http.server's names
+
+
+# -- the fast lane ---------------------------------------------------------------------------------
+
+HEAVY_FIXTURES = {"client", "trained_store", "page"}  # a Dask cluster, a trained Keras model, Chromium
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """``make test-fast`` (``-m "not slow"``) starts no Dask process, trains no Keras model and opens no
+    browser: a test that reaches one of those fixtures, directly or through another, must be marked slow."""
+    unmarked = [item.nodeid for item in items if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and not item.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError(f"mark these @pytest.mark.slow (they use {', '.join(sorted(HEAVY_FIXTURES))}): "
+                                + ", ".join(unmarked))

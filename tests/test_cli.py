@@ -16,7 +16,6 @@ import pytest
 
 from tests.conftest import s3_options
 
-pytestmark = pytest.mark.slow
 
 
 def batchml(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -57,6 +56,7 @@ def read_predictions(url: str, env: dict) -> pd.DataFrame:
     return pd.read_parquet(url, storage_options=opts)
 
 
+@pytest.mark.slow
 def test_every_verb_end_to_end(root, cifar_slice):
     url, env = root
     r = ["--root", url]
@@ -101,6 +101,7 @@ def test_every_verb_end_to_end(root, cifar_slice):
     assert f"({correct}/100 labelled rows correct" in summary and "1 runs committed" in summary
 
 
+@pytest.mark.slow
 def test_demo_commits_two_runs_that_duckdb_reads(tmp_path, cifar_slice):
     url = str(tmp_path / "store")
     out = batchml("demo", "--source", str(cifar_slice), "--epochs", "1", "--root", url).stdout
@@ -117,7 +118,7 @@ def test_demo_commits_two_runs_that_duckdb_reads(tmp_path, cifar_slice):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["score", "--dataset", "nope"], "unknown dataset 'nope'"),
+        pytest.param(["score", "--dataset", "nope"], "unknown dataset 'nope'", marks=pytest.mark.slow),  # a cluster
         (["monitor", "--run-id", "nope"], "no such run"),
         (["models", "show", "v9"], "no versions of model 'cifar10'"),
         (["ingest", "/no/such/dir", "--dataset", "x"], "does not exist"),
@@ -136,6 +137,7 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, args, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_score_submits_to_an_existing_scheduler(client, trained_store, tmp_path):
     from tests.conftest import copy_store
 
@@ -147,6 +149,7 @@ def test_score_submits_to_an_existing_scheduler(client, trained_store, tmp_path)
     assert len(workers) >= 1 and all(":" in w for w in workers)
 
 
+@pytest.mark.slow
 def test_sweep_from_the_command_line_records_its_trials_and_registers_the_best(trained_store, tmp_path):
     from tests.conftest import copy_store
 
@@ -192,6 +195,7 @@ def test_an_unexpected_exception_exits_2_with_its_traceback(tmp_path, monkeypatc
     assert "Traceback" in err and "RuntimeError: a bug" in err and "unexpected error" in err
 
 
+@pytest.mark.slow
 def test_a_local_clusters_dask_dashboard_listens_on_loopback_only(client):
     sockets = client.cluster.scheduler.http_server._sockets.values()
     assert sockets and {s.getsockname()[0] for s in sockets} == {"127.0.0.1"}

@@ -12,7 +12,6 @@ from batchml.registry import read_card, resolve
 from batchml.train.diagnostics import fit_verdict
 from tests.conftest import copy_store
 
-pytestmark = pytest.mark.slow
 
 
 def correlated_images(n=300, seed=0):
@@ -22,6 +21,7 @@ def correlated_images(n=300, seed=0):
     return np.clip(base.repeat(4, axis=1).repeat(4, axis=2), 0, 255).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_fast_architecture_shapes():
     from batchml.train.architectures import build
 
@@ -63,6 +63,7 @@ def test_dirac_kernels_start_as_identities_on_their_first_channels():
     assert np.allclose(keras.ops.convert_to_numpy(Dirac()((3, 3, 6, 4), "float32"))[1, 1, :4, :4], np.eye(4))
 
 
+@pytest.mark.slow
 def test_batch_norm_shifts_learn_64_times_faster_than_a_plain_bias():
     import keras
 
@@ -78,6 +79,7 @@ def test_batch_norm_shifts_learn_64_times_faster_than_a_plain_bias():
     assert np.allclose(one_step(Shift()), 64 * plain, rtol=1e-4) and plain.min() > 0
 
 
+@pytest.mark.slow
 def test_test_time_augmentation_averages_its_views_and_survives_the_registry(store):
     from batchml.registry import load_model, register
     from batchml.train.architectures import build, with_tta
@@ -159,6 +161,7 @@ def test_batches_are_full_and_flip_each_image_every_other_epoch():
     assert len(Batches(x[:5], np.arange(5), batch_size=32, seed=1, augmented=False)) == 1  # fewer than a batch
 
 
+@pytest.mark.slow
 def test_the_moving_average_of_weights_momentum_and_activation_are_recipe_options():
     from batchml.train.architectures import build
     from batchml.train.learning import optimizer
@@ -187,6 +190,7 @@ def test_fit_verdict_reads_the_learning_curves(curves, verdict):
     assert fit_verdict(curves)["verdict"] == verdict
 
 
+@pytest.mark.slow
 def test_the_same_seed_trains_the_same_model(trained_store):
     from batchml.train.training import TrainConfig, fit
 
@@ -198,6 +202,7 @@ def test_the_same_seed_trains_the_same_model(trained_store):
     assert c3.learning_curves != c1.learning_curves
 
 
+@pytest.mark.slow
 def test_warm_start_fine_tunes_a_registered_version(client, trained_store, tmp_path):
     from batchml.train.training import TrainConfig, train
 
@@ -213,6 +218,7 @@ def test_warm_start_fine_tunes_a_registered_version(client, trained_store, tmp_p
         train(client, store, TrainConfig("shapes-train", warm_start="shapes/v99"), verbose=False)
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_its_trials_across_two_workers_and_registers_the_best(client, trained_store, tmp_path):
     from batchml.train.sweep import SweepConfig, read_trials, sweep
     from batchml.train.training import TrainConfig

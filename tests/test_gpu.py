@@ -221,10 +221,12 @@ def test_without_dask_cuda_worker_i_is_pinned_to_gpu_i_and_gpu_tasks_spread(monk
         assert {gpu_a, gpu_b} == {"0", "1"} and start_b < end_a and start_a < end_b
 
 
+@pytest.mark.slow
 def test_cpu_workers_ask_for_no_gpu(client):
     assert cluster.gpu_resources(client, cluster.SCORE_GPU_SHARE) is None
 
 
+@pytest.mark.slow
 def test_cards_and_manifests_name_the_device_each_task_computed_on(client, trained_store):
     from batchml.registry import read_card, resolve
 

@@ -7,7 +7,6 @@ import pytest
 from batchml.data.ingest import ingest
 from tests.conftest import CLASSES, copy_store, make_image
 
-pytestmark = pytest.mark.slow
 NIGHTLY = Path(__file__).resolve().parents[1] / "jobs" / "nightly.py"
 
 
@@ -16,6 +15,7 @@ def nightly(store, *args: str) -> subprocess.CompletedProcess:
                            "-q", *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_nightly_job_scores_monitors_and_exits_1_on_an_error_alert(trained_store, tmp_path):
     store = copy_store(trained_store, tmp_path / "store")
     ok = nightly(store, "--dataset", "shapes-test")
@@ -33,12 +33,14 @@ def test_nightly_job_scores_monitors_and_exits_1_on_an_error_alert(trained_store
     assert "ERROR: accuracy" in bad.stdout
 
 
+@pytest.mark.slow
 def test_nightly_job_fails_loudly_on_bad_input(trained_store, tmp_path):
     store = copy_store(trained_store, tmp_path / "store")
     proc = nightly(store, "--dataset", "no-such-night")
     assert proc.returncode == 2 and "unknown dataset 'no-such-night'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_nightly_job_scores_the_days_new_files_without_an_ingest(trained_store, image_folders, tmp_path):
     store = copy_store(trained_store, tmp_path / "store")
     incoming = tmp_path / "incoming" / "2026-11-25"

@@ -15,6 +15,7 @@ def model_file(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_versions_are_numbered_and_cards_stored(store, model_file):
     v1 = register(store, "cifar10", model_file, ModelCard.from_dict({"arch": "x"}))
     v2 = register(store, "cifar10", model_file, ModelCard.from_dict({"arch": "y"}))
@@ -26,12 +27,14 @@ def test_versions_are_numbered_and_cards_stored(store, model_file):
         "arch": "y", "name": "cifar10", "version": "v2", "schema_version": card.SCHEMA_VERSION}
 
 
+@pytest.mark.slow
 def test_a_version_without_its_card_is_not_committed(store, model_file):
     register(store, "cifar10", model_file, ModelCard.from_dict({}))
     store.write_bytes("models/cifar10/v2/model.keras", b"half-written")
     assert list_versions(store, "cifar10") == ["v1"]
 
 
+@pytest.mark.slow
 def test_aliases_resolve_and_move(store, model_file):
     v1 = register(store, "cifar10", model_file, ModelCard.from_dict({}))
     v2 = register(store, "cifar10", model_file, ModelCard.from_dict({}))
@@ -42,6 +45,7 @@ def test_aliases_resolve_and_move(store, model_file):
     assert resolve(store, "v1") == v1
 
 
+@pytest.mark.slow
 def test_unknown_versions_and_aliases_say_what_exists(store, model_file):
     with pytest.raises(BatchmlError, match=r"no versions of model 'cifar10'.*batchml train"):
         resolve(store, "production")
@@ -52,6 +56,7 @@ def test_unknown_versions_and_aliases_say_what_exists(store, model_file):
         promote(store, ModelVersion("cifar10", "v1"), "v2")
 
 
+@pytest.mark.slow
 def test_loaded_model_predicts_like_the_saved_one(store, model_file):
     mv = register(store, "m", model_file, ModelCard.from_dict({}))
     x = np.ones((3, 4), np.float32)

@@ -11,7 +11,6 @@ from batchml.errors import BatchmlError
 from batchml.score.scoring import ScoreConfig, model_loads, score
 from tests.conftest import CLASSES, copy_store, make_image
 
-pytestmark = pytest.mark.slow
 MODEL = "shapes/production"
 
 
@@ -26,6 +25,7 @@ def files_under(store, rel):
             for d, _, fs in os.walk(root) for f in fs}
 
 
+@pytest.mark.slow
 def test_every_input_row_gets_exactly_one_prediction(client, run_store):
     m = score(client, run_store, ScoreConfig("shapes-test", MODEL, "r1"), verbose=False)
     preds = pd.read_parquet(run_store.path("runs/r1/predictions"))
@@ -40,6 +40,7 @@ def test_every_input_row_gets_exactly_one_prediction(client, run_store):
     assert (preds.model_version == m.model_version).all() and len(m.partitions) == 4
 
 
+@pytest.mark.slow
 def test_the_model_is_loaded_once_per_worker_not_per_task(client, run_store):
     score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-loads"), verbose=False)
     key = f"{run_store.config.root}|shapes/v1"
@@ -48,6 +49,7 @@ def test_the_model_is_loaded_once_per_worker_not_per_task(client, run_store):
     assert max(loads) == 1
 
 
+@pytest.mark.slow
 def test_rerunning_a_committed_run_writes_nothing(client, run_store):
     score(client, run_store, ScoreConfig("shapes-test", MODEL, "r2"), verbose=False)
     before = files_under(run_store, "runs/r2")
@@ -55,6 +57,7 @@ def test_rerunning_a_committed_run_writes_nothing(client, run_store):
     assert files_under(run_store, "runs/r2") == before
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_with_the_missing_partitions_only(client, run_store):
     score(client, run_store, ScoreConfig("shapes-test", MODEL, "r3"), verbose=False)
     for rel in ("manifest.json", "stats/part-00001.json", "predictions/part-00001.parquet",
@@ -78,6 +81,7 @@ def _ingest_with_corrupt(store, tmp_path, n_good: int, n_bad: int, name: str):
     ingest(store, str(tmp_path / name), name, "test", partition_size=10, classes=CLASSES, verbose=False)
 
 
+@pytest.mark.slow
 def test_corrupt_images_become_error_rows_and_partitions_complete(client, run_store, tmp_path):
     _ingest_with_corrupt(run_store, tmp_path, 19, 1, "one-bad")
     # one bad in 20 is 5%: above the default 1%, so the run fails loudly and is not committed
@@ -91,6 +95,7 @@ def test_corrupt_images_become_error_rows_and_partitions_complete(client, run_st
     assert "cannot decode" in errors.reason[0] and errors.partition[0] == "part-00001.parquet"
 
 
+@pytest.mark.slow
 def test_an_empty_partition_is_a_clear_error(client, run_store):
     run_store.write_parquet("images/shapes-test/part-00002.parquet", pa.table(
         {"image_id": pa.array([], pa.string()), "image": pa.array([], pa.binary()), "label": pa.array([], pa.int16())}))
@@ -99,12 +104,14 @@ def test_an_empty_partition_is_a_clear_error(client, run_store):
     assert not run_store.exists("runs/r-empty/manifest.json")
 
 
+@pytest.mark.slow
 def test_a_run_id_cannot_be_reused_for_another_dataset(client, run_store):
     score(client, run_store, ScoreConfig("shapes-test", MODEL, "r4"), verbose=False)
     with pytest.raises(BatchmlError, match=r"run 'r4' scores dataset 'shapes-test'"):
         score(client, run_store, ScoreConfig("shapes-train", MODEL, "r4"), verbose=False)
 
 
+@pytest.mark.slow
 def test_labels_of_other_classes_are_refused_before_the_run_is_written(client, run_store, tmp_path):
     from tests.conftest import write_class_folders
 
@@ -115,6 +122,7 @@ def test_labels_of_other_classes_are_refused_before_the_run_is_written(client, r
     assert not run_store.exists("runs/r5/run.json")  # the run id is not tied to the wrong model
 
 
+@pytest.mark.slow
 def test_a_label_outside_the_models_classes_fails_the_run_with_a_clear_error(client, run_store):
     table = datasets.read_partition(run_store, "shapes-test", "part-00001.parquet")
     labels = table["label"].to_pylist()
@@ -126,6 +134,7 @@ def test_a_label_outside_the_models_classes_fails_the_run_with_a_clear_error(cli
     assert not run_store.exists("runs/r-label/manifest.json")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("change", "message"), [
     ({"partition_size": 0}, "--partition-size must be at least 1"),
     ({"batch_size": -1}, "--batch-size must be at least 1"),
@@ -148,6 +157,7 @@ def test_a_prefix_holding_a_file_name_that_is_not_utf8_is_a_clear_error(tmp_path
         plan_prefix(str(tmp_path), {}, 10)
 
 
+@pytest.mark.slow
 def test_resuming_an_images_run_with_another_partition_size_is_refused(client, run_store, tmp_path):
     from tests.conftest import write_class_folders
 
@@ -164,6 +174,7 @@ def test_resuming_an_images_run_with_another_partition_size_is_refused(client, r
     assert m.rows == len(preds) == 21 and preds.image_id.is_unique
 
 
+@pytest.mark.slow
 def test_a_prefix_of_raw_files_is_scored_without_ingest(client, run_store, tmp_path):
     from tests.conftest import write_class_folders
 
@@ -187,6 +198,7 @@ def test_a_prefix_of_raw_files_is_scored_without_ingest(client, run_store, tmp_p
         score(client, run_store, cfg, verbose=False)
 
 
+@pytest.mark.slow
 def test_the_manifest_records_the_batch_size_and_stage_timings_of_each_partition(client, run_store):
     m = score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-batch", batch_size=8), verbose=False)
     assert m.batch_size == 8 and m.batch_sizes_used == [8]

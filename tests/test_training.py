@@ -6,9 +6,9 @@ from batchml.data.images import Preprocessing
 from batchml.errors import BatchmlError
 from batchml.registry import read_card, resolve
 
-pytestmark = pytest.mark.slow
 
 
+@pytest.mark.slow
 def test_tutorial_architecture_shapes():
     from batchml.train.architectures import build
 
@@ -34,6 +34,7 @@ def test_validation_split_is_stable_and_near_its_fraction():
     assert 0.09 < first.mean() < 0.11
 
 
+@pytest.mark.slow
 def test_training_task_registers_a_version_with_its_card(trained_store):
     mv = resolve(trained_store, "shapes/production")
     card = read_card(trained_store, mv)
@@ -50,6 +51,7 @@ def test_training_task_registers_a_version_with_its_card(trained_store):
     assert card.preprocessing == Preprocessing().to_dict()
 
 
+@pytest.mark.slow
 def test_the_card_keeps_the_validation_rows_bbse_resamples(trained_store):
     from batchml.reference import decode_rows
 
@@ -61,6 +63,7 @@ def test_the_card_keeps_the_validation_rows_bbse_resamples(trained_store):
     assert joint == pytest.approx(np.asarray(card.metrics.validation.prob_confusion), abs=0.01)
 
 
+@pytest.mark.slow
 def test_training_an_unknown_dataset_fails_before_any_task(client, store):
     from batchml.train.training import TrainConfig, train
 
@@ -78,3 +81,32 @@ def test_training_needs_no_dask_outside_a_worker(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
     _emit({"stage": "loading", "dataset": "d", "rows": 3})
     assert "train: stage loading, dataset d, rows 3" in capsys.readouterr().out
+
+
+def test_train_config_fields_are_the_recipes_settings_as_declared():
+    """``TrainConfig`` is written out for type checkers; its hyperparameters must stay the recipe's
+    settings (name, type, default None, order), so the two declarations never drift apart."""
+    import typing
+    from dataclasses import fields
+
+    from batchml.train.config import TrainConfig
+    from batchml.train.recipes import SETTINGS, setting_type
+
+    hints = typing.get_type_hints(TrainConfig)
+    names = [f.name for f in fields(TrainConfig)]
+    first = names.index(SETTINGS[0].name)
+    mine = [(f.name, hints[f.name], f.default) for f in fields(TrainConfig)[first:first + len(SETTINGS)]]
+    declared = [(s.name, setting_type(s) | None, None) for s in SETTINGS]
+    paste = "\n".join(f"    {s.name}: {setting_type(s).__name__} | None = None" for s in SETTINGS)
+    assert mine == declared, f"batchml/train/config.py's recipe settings should read:\n{paste}"
+    assert not {s.name for s in SETTINGS} & set(names[:first] + names[first + len(SETTINGS):])
+
+
+def test_train_config_takes_the_recipes_values_where_unset():
+    from batchml.train.config import TrainConfig
+    from batchml.train.recipes import RECIPES
+
+    assert TrainConfig("d").recipe() == RECIPES["tutorial"]
+    assert TrainConfig("d", arch="fast", epochs=3).recipe().epochs == 3
+    with pytest.raises(BatchmlError, match="invalid model name"):
+        TrainConfig("d", name="../x")

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, field, fields, make_dataclass, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 
 import numpy as np
 
-from batchml import layout
 from batchml.backend import count_gpus
 from batchml.data import datasets
 from batchml.data.images import Preprocessing
@@ -22,41 +21,16 @@ from batchml.errors import BatchmlError
 from batchml.progress import Progress
 from batchml.records import Calibration, Evaluation, Fit, Metrics, ModelCard, Reference, TrainingData
 from batchml.reference import atc_reference, encode_rows
-from batchml.registry import DEFAULT_MODEL_NAME, ModelVersion, load_model, model_bytes, read_card, register, resolve
+from batchml.registry import ModelVersion, load_model, model_bytes, read_card, register, resolve
 from batchml.stats import PartitionStats, scale_temperature
 from batchml.store import Store, StoreConfig
 from batchml.train.calibration import fit_bcts, fit_temperature, nll
+from batchml.train.config import TrainConfig
 from batchml.train.diagnostics import fit_verdict
-from batchml.train.recipes import SETTINGS, TUNABLE, Recipe, recipe_for, setting_type
+from batchml.train.recipes import TUNABLE
 
 TRAIN_TOPIC = "batchml-train"
 WHITENING_SAMPLE = 2000  # training images whose 2x2 patches (1.9 million) set the fast net's whitening
-
-
-def _check_name(self) -> None:
-    layout.check_name("model", self.name)  # refused now, not after the whole training
-
-
-def _recipe(self) -> Recipe:
-    """The architecture's ``batchml.train.recipes.Recipe`` with this configuration's values."""
-    return recipe_for(self.arch, **{f.name: getattr(self, f.name) for f in fields(Recipe) if hasattr(self, f.name)})
-
-
-# Made, not written out: the hyperparameter overrides are the recipe's settings, declared there once.
-TrainConfig = make_dataclass("TrainConfig", [
-    ("dataset", str),  # labelled training partitions; a validation split is held out of them
-    ("test_dataset", str | None, field(default=None)),  # touched once, after training, for the card's metrics
-    ("name", str, field(default=DEFAULT_MODEL_NAME)),  # registered model name
-    ("arch", str, field(default="tutorial")),
-    *[(s.name, setting_type(s) | None, field(default=None)) for s in SETTINGS],  # None: the recipe's
-    ("validation_fraction", float, field(default=0.1)),  # share of training ids held out, by hash of image_id
-    ("seed", int, field(default=0)),
-    ("warm_start", str | None, field(default=None)),  # [NAME/]VERSION_OR_ALIAS to fine-tune (its arch, weights)
-], frozen=True, namespace={
-    "__module__": __name__, "__post_init__": _check_name, "recipe": _recipe,
-    "__doc__": "What to train. Hyperparameters (the settings of ``batchml.train.recipes.Recipe``) left as None "
-               "take the architecture's recipe; the card records the values used.",
-})
 
 
 def train(client, store: Store, cfg: TrainConfig, verbose: bool = True) -> tuple[ModelVersion, ModelCard]:
