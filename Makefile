@@ -1,10 +1,11 @@
 # make demo: set up .venv and run the main job end to end on the embedded default
 # make test: set up .venv and run the tests (what CI runs)
+# make test-fast: the tests that start no Dask process, train no Keras model and open no browser
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint browser
+.PHONY: setup demo test test-fast lint browser
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,3 +28,8 @@ browser:
 
 test: lint browser
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The edit-run loop: the tests not marked slow (tests/conftest.py refuses an unmarked test that reaches
+# the cluster, trained-model or browser fixtures). CI runs everything: make test.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"

@@ -77,7 +77,7 @@ def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[RunR
                       ("runs (predictions, stats, manifest)", f"{layout.RUNS}/"),
                       ("monitoring tables", f"{layout.MONITORING}/")]:
         print(f"  {what:38} {store.url(rel)}")
-    last = store.url(layout.run_folder(reports[-1].row.run_id, "predictions"))
+    last = store.url(layout.run_path(reports[-1].row.run_id, "predictions"))
     print(f"  read them with: pandas.read_parquet('{last}')")
     print(f"  or DuckDB: SELECT count(*) FROM '{store.url(layout.RUNS)}/*/predictions/*.parquet'")
     print(f"\nOpen the monitoring dashboard on it (then http://127.0.0.1:5006/):\n"

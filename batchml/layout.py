@@ -121,18 +121,14 @@ RUN_MANIFEST = "manifest.json"  # written last: it commits the run
 
 
 def run_path(run_id: str, name: str = "") -> str:
-    """A run's folder, or ``name`` in it (``RUN_SPEC``, ``RUN_MANIFEST``)."""
+    """A run's folder, or ``name`` in it: a file (``RUN_SPEC``, ``RUN_MANIFEST``) or the folder of a
+    kind of per-partition output (``predictions``, ``failures``, ``errors``, ``stats``)."""
     return "/".join(p for p in (RUNS, check_name("run", run_id), name) if p)
-
-
-def run_folder(run_id: str, kind: str) -> str:
-    """A run's per-partition outputs: ``predictions``, ``failures``, ``errors`` or ``stats``."""
-    return run_path(run_id, kind)
 
 
 def run_output(run_id: str, kind: str, partition: str) -> str:
     """A partition's Parquet output of ``kind`` (``predictions``, ``failures``, ``errors``)."""
-    return f"{run_folder(run_id, kind)}/{partition}"
+    return f"{run_path(run_id, kind)}/{partition}"
 
 
 def stats_name(partition: str) -> str:
@@ -141,7 +137,7 @@ def stats_name(partition: str) -> str:
 
 
 def run_stats(run_id: str, partition: str) -> str:
-    return f"{run_folder(run_id, 'stats')}/{stats_name(partition)}"
+    return f"{run_path(run_id, 'stats')}/{stats_name(partition)}"
 
 
 # -- sweeps ------------------------------------------------------------------------------------

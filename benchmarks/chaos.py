@@ -167,7 +167,7 @@ def interrupted_run(world: dict, fs, run_id: str, size: int, rng: random.Random,
                             "--scheduler", world["address"], "--run-id", run_id, "--partition-size", str(size),
                             "--model", "chaos/production", "--root", f"s3://{BUCKET}/store", "-q"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    stats = f"{BUCKET}/store/{layout.run_folder(run_id, 'stats')}"
+    stats = f"{BUCKET}/store/{layout.run_path(run_id, 'stats')}"
     for stage, share in (("worker", rng.uniform(0, 0.4)), ("client", rng.uniform(0.4, 0.9))):
         deadline = time.monotonic() + 600
         while job.poll() is None and time.monotonic() < deadline and done(fs, stats) < share * n_parts:
@@ -193,7 +193,7 @@ def check_rows(fs, run_id: str, expected: set[str]) -> dict:
     import pyarrow.parquet as pq
 
     def ids(kind: str) -> list[str]:
-        files = fs.glob(f"{BUCKET}/store/{layout.run_folder(run_id, kind)}/*.parquet")
+        files = fs.glob(f"{BUCKET}/store/{layout.run_path(run_id, kind)}/*.parquet")
         return [i for f in files for i in pq.read_table(fs.open(f), columns=["image_id"])["image_id"].to_pylist()]
 
     got = ids("predictions") + ids("errors")

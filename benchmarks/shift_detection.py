@@ -80,7 +80,7 @@ def prepare(store: Store, epochs: int) -> tuple[ModelCard, np.ndarray, np.ndarra
             mv, _ = train(client, store, TrainConfig("cifar10-train", "cifar10-test", epochs=epochs))
             promote(store, mv)
         score(client, store, ScoreConfig("cifar10-test", str(mv), run_id=f"shift-bench-{mv.version}"))
-    preds = pd.read_parquet(store.path(layout.run_folder(f"shift-bench-{mv.version}", "predictions")))
+    preds = pd.read_parquet(store.path(layout.run_path(f"shift-bench-{mv.version}", "predictions")))
     return read_card(store, mv), np.stack(preds.probabilities.to_numpy()), preds.label.to_numpy().astype(int)
 
 

@@ -17,7 +17,6 @@ import pytest
 from tests.conftest import s3_options
 
 
-
 def batchml(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "batchml", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=600)

@@ -13,7 +13,6 @@ from batchml.train.diagnostics import fit_verdict
 from tests.conftest import copy_store
 
 
-
 def correlated_images(n=300, seed=0):
     """Smooth colour images: neighbouring pixels and channels strongly correlated."""
     rng = np.random.default_rng(seed)

@@ -7,7 +7,6 @@ from batchml.errors import BatchmlError
 from batchml.registry import read_card, resolve
 
 
-
 @pytest.mark.slow
 def test_tutorial_architecture_shapes():
     from batchml.train.architectures import build

@@ -89,7 +89,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
     )
 
     names = list(plan.partitions)
-    done = set(store.list(layout.run_folder(run_id, "stats"), ".json"))
+    done = set(store.list(layout.run_path(run_id, "stats"), ".json"))
     todo = [n for n in names if layout.stats_name(n) not in done]
     started = time.perf_counter()
     _run_tasks(client, spec, {n: plan.partitions[n] for n in todo}, len(names), verbose)
@@ -220,7 +220,7 @@ def _commit(store: Store, spec: RunSpec, run: RunStart, names: list[str], todo: 
         raise BatchmlError(
             f"run {spec.run_id!r}: {errors} of {rows + errors} images could not be decoded "
             f"({errors / (rows + errors):.1%}, above --max-error-ratio {max_error_ratio:.1%}); "
-            f"see {store.url(layout.run_folder(spec.run_id, 'errors'))}. The run is not committed: fix the images, "
+            f"see {store.url(layout.run_path(spec.run_id, 'errors'))}. The run is not committed: fix the images, "
             "or rerun with the same --run-id and a higher --max-error-ratio."
         )
     scored_now = sum(p.rows + p.errors for p in parts if p.partition in todo)

@@ -68,7 +68,7 @@ class MonitoringData:
         return RunManifest.read(self.store, run_id)
 
     def errors(self, run_id: str) -> pd.DataFrame:
-        folder = layout.run_folder(run_id, "errors")
+        folder = layout.run_path(run_id, "errors")
         parts = [self.store.read_parquet(layout.run_output(run_id, "errors", n)).to_pandas()
                  for n in self.store.list(folder, ".parquet")]
         return pd.concat(parts) if parts else pd.DataFrame(columns=["image_id", "partition", "reason"])
