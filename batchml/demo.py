@@ -20,9 +20,10 @@ from batchml.cluster import ClusterConfig, connect
 from batchml.data import datasets
 from batchml.data.ingest import ingest, write_dataset
 from batchml.data.sources import Source, SourceImage
-from batchml.monitoring import RunReport, format_report, monitor_run
+from batchml.monitoring import RunReport, format_report
+from batchml.night import score_and_monitor
 from batchml.registry import DEFAULT_ALIAS, promote
-from batchml.score.scoring import ScoreConfig, score
+from batchml.score.scoring import ScoreConfig
 from batchml.store import Store
 from batchml.train.training import TrainConfig, train
 
@@ -64,10 +65,9 @@ def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[RunR
               f"test accuracy {card.test_accuracy:.4f}; promoted to {DEFAULT_ALIAS}")
         for night, (dataset, what) in enumerate(nights, start=1):
             run_id = f"demo-{stamp}-night-{night}"
-            manifest = score(client, store, ScoreConfig(dataset=dataset, run_id=run_id))
+            manifest, report = score_and_monitor(client, store, ScoreConfig(dataset=dataset, run_id=run_id))
             print(f"\ndemo: night {night} ({what}): run {run_id}: {manifest.rows:,} rows at "
                   f"{manifest.images_per_second} images/s")
-            report = monitor_run(store, run_id)
             print(format_report(report))
             reports.append(report)
 

@@ -6,7 +6,7 @@ Argo...). Exit codes: 0 all well, 1 an error alert, 2 the job failed.
     python jobs/nightly.py --dataset 'night-{date}' --root s3://bucket/batchml
     # or the day's raw JPEG/PNG files, scored without an ingest step
     python jobs/nightly.py --images 's3://bucket/incoming/{date}/' --root s3://bucket/batchml
-        [--date 2026-11-26] [--scheduler tcp://scheduler:8786] [--run-id ID]
+        [--date 2026-11-26] [--scheduler tcp://scheduler:8786] [--run-id ID] [--partition-size N]
 
 ``{date}`` is the night's date (``--date``, default today in UTC). Rerunning the same
 command resumes an interrupted run (the run id defaults to ``nightly-<dataset>`` or
@@ -17,49 +17,63 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
-from batchml.cli import cluster_arguments, cluster_config, exit_now, open_store, positive, store_arguments, unexpected
+from batchml.cli import (
+    cluster_arguments,
+    cluster_config,
+    exit_now,
+    iso_date,
+    open_store,
+    positive,
+    store_arguments,
+    unexpected,
+)
 from batchml.cluster import connect
+from batchml.data.datasets import DEFAULT_PARTITION_SIZE
 from batchml.errors import BatchmlError
-from batchml.monitoring import MonitorConfig, format_report, monitor_run
+from batchml.monitoring import MonitorConfig, format_report
+from batchml.night import score_and_monitor
 from batchml.registry import DEFAULT_ALIAS
-from batchml.score.scoring import ScoreConfig, score
+from batchml.score.scoring import ScoreConfig
 
 
-def night(text: str) -> str:
-    try:
-        return date.fromisoformat(text).isoformat()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--date {text!r} is not a date: use YYYY-MM-DD") from None
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      parents=[store_arguments(), cluster_arguments()])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="the night's ingested dataset; {date} is replaced")
     source.add_argument("--images", help="the night's prefix of raw JPEG/PNG files (folder or s3://); "
                         "{date} is replaced")
-    parser.add_argument("--date", type=night, default=datetime.now(UTC).date().isoformat(),
+    parser.add_argument("--date", default=datetime.now(UTC).date().isoformat(),
                         help="the night to score, YYYY-MM-DD (default today, UTC)")
     parser.add_argument("--model", default=DEFAULT_ALIAS)
     parser.add_argument("--run-id", help="default nightly-<dataset>, or nightly-images-<date>")
+    parser.add_argument("--partition-size", type=positive, default=DEFAULT_PARTITION_SIZE,
+                        help="with --images: files per partition (pinned by the run: a resume must repeat it)")
     parser.add_argument("--batch-size", type=positive, help="images per predict call (default: the device's)")
     parser.add_argument("--max-error-ratio", type=float, default=0.01)
     parser.add_argument("--config", metavar="FILE", help="alert thresholds from a TOML file (see the README)")
-    args = parser.parse_args(argv)
-    dataset = args.dataset.replace("{date}", args.date) if args.dataset else None
-    images = args.images.replace("{date}", args.date) if args.images else None
-    run_id = args.run_id or (f"nightly-{dataset}" if dataset else f"nightly-images-{args.date}")
+    return parser
+
+
+def score_config(args) -> ScoreConfig:
+    """The night's run: ``{date}`` replaced in --dataset or --images, and the run id that a retry resumes."""
+    night = iso_date("--date", args.date)
+    dataset = args.dataset.replace("{date}", night) if args.dataset else None
+    images = args.images.replace("{date}", night) if args.images else None
+    run_id = args.run_id or (f"nightly-{dataset}" if dataset else f"nightly-images-{night}")
+    return ScoreConfig(dataset, args.model, run_id, batch_size=args.batch_size, max_error_ratio=args.max_error_ratio,
+                       images=images, partition_size=args.partition_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        store = open_store(args)
+        cfg, store = score_config(args), open_store(args)
         thresholds = MonitorConfig.from_file(args.config) if args.config else MonitorConfig()
-        cfg = ScoreConfig(dataset, args.model, run_id, batch_size=args.batch_size,
-                          max_error_ratio=args.max_error_ratio, images=images)
         with connect(cluster_config(args), verbose=not args.quiet) as client:
-            manifest = score(client, store, cfg, verbose=not args.quiet)
-        report = monitor_run(store, manifest.run_id, thresholds, args.config)
+            _, report = score_and_monitor(client, store, cfg, thresholds, args.config, verbose=not args.quiet)
     except BatchmlError as exc:
         print(f"nightly: FAILED: {exc}", file=sys.stderr)
         return 2

@@ -54,12 +54,17 @@ def test_nightly_job_scores_the_days_new_files_without_an_ingest(trained_store, 
     assert missing.returncode == 2 and "2026-11-26" in missing.stderr
 
 
-def test_nightly_exits_2_with_the_traceback_on_an_unexpected_exception(monkeypatch, capsys):
+def load_job():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("nightly", NIGHTLY)
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
+    return job
+
+
+def test_nightly_exits_2_with_the_traceback_on_an_unexpected_exception(monkeypatch, capsys):
+    job = load_job()
 
     def broken(args):
         raise RuntimeError("a bug")
@@ -68,3 +73,26 @@ def test_nightly_exits_2_with_the_traceback_on_an_unexpected_exception(monkeypat
     assert job.main(["--dataset", "night"]) == 2  # a failure, not an error alert (1)
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: a bug" in err
+
+
+def test_nightly_passes_the_partition_size_and_the_nights_date_to_the_run(monkeypatch, tmp_path):
+    import contextlib
+
+    job, seen = load_job(), {}
+
+    def score_and_monitor(client, store, cfg, thresholds, config_source, verbose):
+        seen["cfg"] = cfg
+        raise job.BatchmlError("stop here")
+
+    monkeypatch.setattr(job, "connect", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(job, "score_and_monitor", score_and_monitor)
+    args = ["--images", str(tmp_path / "{date}"), "--date", "2026-11-25", "--partition-size", "7", "--root",
+            str(tmp_path / "store")]
+    assert job.main(args) == 2
+    cfg = seen["cfg"]
+    assert (cfg.partition_size, cfg.images, cfg.run_id) == (7, str(tmp_path / "2026-11-25"), "nightly-images-2026-11-25")
+
+
+def test_a_night_that_is_not_a_date_exits_2_naming_the_flag_and_the_form(tmp_path, capsys):
+    assert load_job().main(["--dataset", "night-{date}", "--date", "yesterday", "--root", str(tmp_path)]) == 2
+    assert "--date 'yesterday' is not a date: use YYYY-MM-DD" in capsys.readouterr().err
