@@ -74,6 +74,17 @@ def positive(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: use 1 to 65535 (e.g. 5006)")
+    return value
+
+
 def cifar10_source() -> str:
     """CIFAR-10 for the demo and the benchmarks: ``../shared/data/cifar10-jpeg.tar.gz`` beside the
     working folder or the checkout (this project's copy), else Keras's download."""
@@ -239,17 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_monitor)
 
     p = verbs.add_parser("dashboard", parents=[store], help="serve the monitoring dashboard (Panel)")
-    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--port", type=port_number, default=5006)
     p.add_argument("--address", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
     p.add_argument("--refresh", type=int, default=30, help="seconds between checks for new runs")
     p.add_argument("--basic-auth", default=os.environ.get("BATCHML_DASHBOARD_PASSWORD"),
-                   help="a password (or a JSON file of user: password) required to log in")
+                   help="a JSON file of user: password (or a shared password; in $BATCHML_DASHBOARD_PASSWORD "
+                   "ps does not show it) required to log in")
     p.add_argument("--cookie-secret", default=os.environ.get("BATCHML_COOKIE_SECRET"),
                    help="signs login cookies; required with --basic-auth (e.g. python -c 'import secrets; "
                    "print(secrets.token_urlsafe(32))')")
     p.add_argument("--allow-websocket-origin", action="append", default=[], metavar="HOST[:PORT]",
                    help="a host name browsers use to reach the dashboard (repeatable): its DNS name, or the "
                    "reverse proxy's; ADDRESS:PORT and localhost:PORT are always allowed")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                   help="a reverse proxy's address (repeatable): from it, the login throttle counts tries per "
+                   "client by X-Forwarded-For; from anyone else that header is ignored")
     p.set_defaults(func=cmd_dashboard)
 
     p = verbs.add_parser("demo", parents=[store, cluster], help="the whole flow on real CIFAR-10")
@@ -266,6 +281,9 @@ def open_store(args) -> Store:
         options = json.loads(args.storage_options) if args.storage_options else {}
     except json.JSONDecodeError as exc:
         raise BatchmlError(f"--storage-options is not valid JSON ({exc}): {args.storage_options!r}") from exc
+    if "://" not in args.root and Path(args.root).expanduser().is_file():  # every reader would fail further on
+        raise BatchmlError(f"--root {args.root} is a file: give the store's folder, or "
+                           "s3://bucket/prefix")
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if args.root.startswith("s3://") and endpoint and "endpoint_url" not in json.dumps(options):
         options = {**options, "client_kwargs": {**options.get("client_kwargs", {}), "endpoint_url": endpoint}}
@@ -339,20 +357,16 @@ def cmd_train(args) -> None:
 
 
 def cmd_models_list(args) -> None:
-    from batchml.registry import ModelVersion, list_models, list_versions, read_aliases, read_card
+    from batchml.registry import list_registered
 
     store = open_store(args)
-    names = list_models(store)
-    if not names:
+    listed = list_registered(store)
+    if not listed:
         print(f"no models in {store.url()}")
-    for name in names:
-        aliases = read_aliases(store, name)
-        for v in list_versions(store, name):
-            card = read_card(store, ModelVersion(name, v))
-            test = card.test_accuracy
-            tags = ",".join(a for a, t in aliases.items() if t == v)
-            print(f"{name}/{v:<5} {card.arch:<10} {card.created_at}  test accuracy "
-                  f"{'-' if test is None else f'{test:.4f}'}  {tags}")
+    for r in listed:
+        test = r.card.test_accuracy
+        print(f"{r.version.name}/{r.version.version:<5} {r.card.arch:<10} {r.card.created_at}  test accuracy "
+              f"{'-' if test is None else f'{test:.4f}'}  {','.join(r.aliases)}")
 
 
 def cmd_models_show(args) -> None:
@@ -427,12 +441,16 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_dashboard(args) -> None:
-    from batchml.serve.dashboard import serve
+    from batchml.serve.dashboard import exposure_warning, serve
 
     store = open_store(args)
+    warning = exposure_warning(args.address, args.basic_auth)
+    if warning:
+        print(f"batchml: warning: {warning}", file=sys.stderr, flush=True)
     print(f"dashboard of {store.url()} on http://{args.address}:{args.port}/", flush=True)
-    serve(store, port=args.port, address=args.address, refresh_seconds=args.refresh,
-          basic_auth=args.basic_auth, cookie_secret=args.cookie_secret, allow_origins=args.allow_websocket_origin)
+    serve(store, port=args.port, address=args.address, refresh_seconds=args.refresh, basic_auth=args.basic_auth,
+          cookie_secret=args.cookie_secret, allow_origins=args.allow_websocket_origin,
+          trusted_proxies=args.trusted_proxy)
 
 
 def cmd_demo(args) -> None:

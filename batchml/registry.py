@@ -12,7 +12,7 @@ import os
 import socket
 import tempfile
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from batchml import layout
 from batchml.errors import BatchmlError
@@ -23,8 +23,8 @@ from batchml.store import Store
 DEFAULT_MODEL_NAME = "cifar10"
 DEFAULT_ALIAS = "production"
 
-__all__ = ["DEFAULT_ALIAS", "DEFAULT_MODEL_NAME", "ModelVersion", "list_models", "list_versions", "load_model",
-           "promote", "read_aliases", "read_card", "register", "resolve"]
+__all__ = ["DEFAULT_ALIAS", "DEFAULT_MODEL_NAME", "ModelVersion", "RegisteredVersion", "list_models", "list_registered",
+           "list_versions", "load_model", "promote", "read_aliases", "read_card", "register", "resolve"]
 
 
 def list_models(store: Store) -> list[str]:
@@ -36,6 +36,26 @@ def list_versions(store: Store, name: str) -> list[str]:
     found = [v for v in store.list(layout.model_prefix(name)) if layout.is_version(v)]
     found = [v for v in found if store.exists(ModelVersion(name, v).card_path)]
     return sorted(found, key=layout.version_number)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A committed version as the listings show it (``batchml models list``, the dashboard's Models)."""
+
+    version: ModelVersion
+    card: ModelCard
+    aliases: tuple[str, ...]  # those pointing at it
+
+
+def list_registered(store: Store) -> list[RegisteredVersion]:
+    """Every committed version of every model: models by name, each one's versions oldest first."""
+    found = []
+    for name in list_models(store):
+        aliases = read_aliases(store, name)
+        for v in list_versions(store, name):
+            mv = ModelVersion(name, v)
+            found.append(RegisteredVersion(mv, read_card(store, mv), tuple(a for a, t in aliases.items() if t == v)))
+    return found
 
 
 def read_aliases(store: Store, name: str) -> dict[str, str]:

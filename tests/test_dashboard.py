@@ -1,4 +1,5 @@
-"""The served dashboard, driven in a real headless Chromium (Debian's, through Playwright)."""
+"""The served dashboard, driven in a real headless Chromium (Debian's, through Playwright); its login and
+start-up checks, without a browser."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from batchml.monitoring import monitor_run, read_table
 from batchml.score.scoring import ScoreConfig, score
 from tests.conftest import CLASSES, copy_store, free_port, make_image, wait_for_port
 
-pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("BATCHML_SCREENSHOTS", Path(__file__).parent / "screenshots"))
 MODEL = "shapes/production"
@@ -84,6 +84,7 @@ def text(page, css: str) -> str:
     return locator.inner_text().strip()
 
 
+@pytest.mark.slow
 def test_overview_shows_the_latest_run_and_its_accuracy(page, store):
     latest = runs_table(store).loc["night-b"]
     assert text(page, ".bm-run-id") == "night-b"
@@ -92,11 +93,13 @@ def test_overview_shows_the_latest_run_and_its_accuracy(page, store):
     page.screenshot(path=SHOTS / "overview.png")
 
 
+@pytest.mark.slow
 def test_overview_lists_recent_nights_with_their_status(page, store):
     recent = text(page, ".bm-recent")
     assert "night-a" in recent and "night-b" in recent and ("OK" in recent or "WARNING" in recent)
 
 
+@pytest.mark.slow
 def test_accuracy_over_time_lists_every_run(page, store):
     open_tab(page, "Accuracy")
     table = text(page, ".bm-accuracy-table")
@@ -104,6 +107,7 @@ def test_accuracy_over_time_lists_every_run(page, store):
     page.screenshot(path=SHOTS / "accuracy.png")
 
 
+@pytest.mark.slow
 def test_confusion_view_follows_the_selected_run(page, store):
     runs = runs_table(store)
     open_tab(page, "Confusion")
@@ -120,12 +124,14 @@ def test_confusion_view_follows_the_selected_run(page, store):
     page.locator("select", has=page.locator("option", has_text="night-a")).select_option("night-b")
 
 
+@pytest.mark.slow
 def test_class_mix_shows_the_shift_statistics(page, store):
     open_tab(page, "Class mix")
     assert text(page, ".bm-js") == f"{runs_table(store).loc['night-b', 'js_distance']:.4f}"
     page.screenshot(path=SHOTS / "class-mix.png")
 
 
+@pytest.mark.slow
 def test_failure_gallery_shows_each_snapshot_image(page, store):
     import pandas as pd
 
@@ -137,6 +143,7 @@ def test_failure_gallery_shows_each_snapshot_image(page, store):
     page.screenshot(path=SHOTS / "failures.png")
 
 
+@pytest.mark.slow
 def test_models_view_lists_versions_and_aliases(page):
     open_tab(page, "Models")
     table = text(page, ".bm-models")
@@ -147,9 +154,10 @@ def test_models_view_lists_versions_and_aliases(page):
     assert shown.evaluate("e => e.isConnected")
 
 
+@pytest.mark.slow
 def test_refresh_stamp_changes_only_with_news(store, tmp_path):
     from batchml.registry import ModelVersion, promote
-    from batchml.serve.dashboard import MonitoringData
+    from batchml.serve.dashboard_data import MonitoringData
 
     s = copy_store(store, tmp_path / "store")
     data = MonitoringData(s)
@@ -170,6 +178,7 @@ def test_refresh_stamp_changes_only_with_news(store, tmp_path):
     assert data.stamp != before  # a snapshot lands after its run's row
 
 
+@pytest.mark.slow
 def test_runs_view_shows_partitions_and_timings(page, store):
     open_tab(page, "Runs")
     assert text(page, ".bm-runs-rows") == f"{store.read_json('runs/night-b/manifest.json')['rows']:,}"
@@ -177,6 +186,7 @@ def test_runs_view_shows_partitions_and_timings(page, store):
     page.screenshot(path=SHOTS / "runs.png")
 
 
+@pytest.mark.slow
 def test_new_runs_appear_without_a_restart(page, store, client):
     score(client, store, ScoreConfig("shapes-test", MODEL, "night-c"), verbose=False)
     monitor_run(store, "night-c")
@@ -187,6 +197,7 @@ def test_new_runs_appear_without_a_restart(page, store, client):
         " return el && el.textContent.trim() === 'night-c'; }", timeout=30_000)
 
 
+@pytest.mark.slow
 def test_basic_auth_asks_for_the_password(store):
     import requests
 
@@ -217,6 +228,7 @@ def _dashboard(store, *args: str, env: dict | None = None, port: int | None = No
     return server, port
 
 
+@pytest.mark.slow
 def test_basic_auth_without_a_cookie_secret_refuses_to_start(store):
     env = {k: v for k, v in os.environ.items() if k != "BATCHML_COOKIE_SECRET"}
     server, _ = _dashboard(store, "--basic-auth", "s3cret", env=env)
@@ -224,6 +236,7 @@ def test_basic_auth_without_a_cookie_secret_refuses_to_start(store):
     assert server.returncode == 2 and "--basic-auth needs --cookie-secret" in err
 
 
+@pytest.mark.slow
 def test_wrong_passwords_are_throttled(store):
     import time
 
@@ -246,6 +259,7 @@ def test_wrong_passwords_are_throttled(store):
         server.wait(10)
 
 
+@pytest.mark.slow
 def test_a_browser_reaching_the_dashboard_by_another_host_name_gets_the_page(store, page):
     port = free_port()
     origin = f"dash.example:{port}"  # as a DNS name or a reverse proxy would present it
@@ -263,3 +277,165 @@ def test_a_browser_reaching_the_dashboard_by_another_host_name_gets_the_page(sto
     finally:
         server.terminate()
         server.wait(10)
+
+
+# -- start-up checks and the login, without a browser or a cluster ---------------------------------
+
+
+def dashboard_main(monkeypatch, tmp_path, *args: str) -> int:
+    """``batchml dashboard`` up to the point where it would serve (Panel's server replaced)."""
+    import panel
+
+    from batchml.cli import main
+
+    monkeypatch.setattr(panel, "serve", lambda *a, **k: None)
+    return main(["dashboard", "--root", str(tmp_path / "store"), *args])
+
+
+@pytest.mark.parametrize("value", ["./users.json", "users.json", "~/no-such-folder-here/users.json", "/etc/nope"])
+def test_a_basic_auth_value_naming_a_missing_file_refuses_to_start(monkeypatch, tmp_path, capsys, value):
+    monkeypatch.chdir(tmp_path)
+    assert dashboard_main(monkeypatch, tmp_path, "--basic-auth", value, "--cookie-secret", "x" * 32) == 2
+    err = capsys.readouterr().err
+    assert f"--basic-auth {value!r} looks like a users file, but there is no such file" in err
+    assert "BATCHML_DASHBOARD_PASSWORD" in err
+
+
+@pytest.mark.parametrize(("text", "problem"), [("{oops", "not valid JSON"), ('["a"]', "expected a JSON object"),
+                                               ('{"a": 1}', "expected a JSON object")])
+def test_a_malformed_users_file_is_named_not_a_traceback(monkeypatch, tmp_path, capsys, text, problem):
+    users = tmp_path / "users.json"
+    users.write_text(text)
+    assert dashboard_main(monkeypatch, tmp_path, "--basic-auth", str(users), "--cookie-secret", "x" * 32) == 2
+    err = capsys.readouterr().err
+    assert f"--basic-auth {users}: {problem}" in err and "Traceback" not in err
+
+
+def test_a_port_out_of_range_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        dashboard_main(monkeypatch, tmp_path, "--port", "70000")
+    assert exit_.value.code == 2 and "'70000' is not a port: use 1 to 65535" in capsys.readouterr().err
+
+
+def test_a_root_that_is_a_file_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    (tmp_path / "store").write_text("not a store")
+    assert dashboard_main(monkeypatch, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert f"--root {tmp_path / 'store'} is a file" in err and "Traceback" not in err
+
+
+def test_listening_beyond_loopback_without_a_login_warns(monkeypatch, tmp_path, capsys):
+    assert dashboard_main(monkeypatch, tmp_path, "--address", "0.0.0.0") == 0
+    assert "warning: listening on 0.0.0.0 without --basic-auth" in capsys.readouterr().err
+    for quiet in (["--address", "127.0.0.1"], ["--address", "::1"],
+                  ["--address", "0.0.0.0", "--basic-auth", "pw", "--cookie-secret", "x" * 32]):
+        assert dashboard_main(monkeypatch, tmp_path, *quiet) == 0
+        assert "warning" not in capsys.readouterr().err
+
+
+def test_passwords_are_compared_in_constant_time(monkeypatch):
+    import hmac
+
+    from batchml.serve.login import Passwords
+
+    compared = []
+    original = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append((a, b)) or original(a, b))
+    assert Passwords("s3cret").check("anyone", "s3cret") and not Passwords("s3cret").check("anyone", "s3cre")
+    users = Passwords({"ann": "pw1", "bob": "pw2"})
+    assert users.check("ann", "pw1") and not users.check("ann", "pw2") and not users.check("eve", "")
+    assert len(compared) == 5  # every check, an unknown user's too
+
+
+def test_each_try_after_a_failure_waits_longer_and_a_wait_beyond_the_bound_is_refused():
+    from batchml.serve import login
+
+    now = [0.0]
+    throttle = login.LoginThrottle(clock=lambda: now[0])
+    waits = [throttle.reserve("a") for _ in range(6)]  # six tries at the same instant: they take turns
+    assert waits == [0, 0.25, 0.75, 1.75, 3.75, 7.75]
+    with pytest.raises(login.TooManyTriesError) as busy:
+        throttle.reserve("a")  # its turn would come 15.75 s from now
+    assert busy.value.retry_after == pytest.approx(15.75 - login.LOGIN_WAIT_MAX_SECONDS)
+    assert throttle.reserve("b") == 0  # another address is not held up
+    throttle.succeeded("a")
+    assert throttle.reserve("a") == 0  # the right password clears the address
+    now[0] += login.LOGIN_FORGET_SECONDS + 1
+    throttle.reserve("b")
+    assert throttle.reserve("b") == 0.25  # forgotten after a quiet while, then counted afresh
+
+
+def test_the_throttles_table_keeps_only_the_most_recent_addresses():
+    from batchml.serve.login import LoginThrottle
+
+    throttle = LoginThrottle(capacity=3, clock=lambda: 0.0)
+    for address in ("a", "b", "c", "a", "d"):
+        throttle.reserve(address)
+    assert len(throttle) == 3
+    assert throttle.reserve("b") == 0  # the least recently seen was forgotten
+    assert throttle.reserve("a") > 0  # ... not one seen since
+
+
+def test_the_forwarded_address_counts_only_from_a_trusted_proxy():
+    from batchml.serve.login import client_address
+
+    trusted = frozenset({"10.0.0.9"})
+    assert client_address("203.0.113.5", "198.51.100.1", trusted) == "203.0.113.5"  # anyone can write the header
+    assert client_address("10.0.0.9", "198.51.100.1", trusted) == "198.51.100.1"
+    assert client_address("10.0.0.9", "6.6.6.6, 198.51.100.1, 10.0.0.9", trusted) == "198.51.100.1"
+    assert client_address("10.0.0.9", None, trusted) == "10.0.0.9"
+
+
+@pytest.fixture
+def login_server():
+    """Serves only the throttled login form on loopback, in a thread; returns a function that starts one
+    for the given users and trusted proxies and gives its URL."""
+    import asyncio
+    import threading
+
+    import tornado.web
+
+    from batchml.serve.login import ThrottledAuthProvider
+
+    loops = []
+
+    def start(users, trusted=()) -> str:
+        port, loop = free_port(), asyncio.new_event_loop()
+        handler = ThrottledAuthProvider(users, trusted).login_handler
+
+        async def listen():
+            tornado.web.Application([(r"/login", handler)], cookie_secret="x" * 32).listen(port, "127.0.0.1")
+
+        loop.run_until_complete(listen())
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+        loops.append(loop)
+        return f"http://127.0.0.1:{port}/login"
+
+    yield start
+    for loop in loops:
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def test_a_login_that_would_wait_too_long_is_answered_429_and_only_a_trusted_proxy_forwards(login_server,
+                                                                                              monkeypatch):
+    import requests
+
+    from batchml.serve import login
+
+    monkeypatch.setattr(login, "LOGIN_DELAY_SECONDS", 0.2)
+    monkeypatch.setattr(login, "LOGIN_WAIT_MAX_SECONDS", 0.3)
+
+    def post(url, client, password):
+        return requests.post(url, data={"username": "u", "password": password}, allow_redirects=False, timeout=30,
+                             headers={"X-Forwarded-For": client})
+
+    direct = login_server("s3cret")  # from 127.0.0.1, not a trusted proxy: every client is 127.0.0.1
+    assert [post(direct, "198.51.100.1", "guess").status_code for _ in range(2)] == [302, 302]
+    refused = post(direct, "198.51.100.2", "s3cret")  # its turn is 0.4 s away, beyond the 0.3 s bound
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+
+    proxied = login_server("s3cret", trusted=["127.0.0.1"])  # behind a trusted proxy: clients apart
+    assert [post(proxied, "198.51.100.1", "guess").status_code for _ in range(2)] == [302, 302]
+    welcome = post(proxied, "198.51.100.2", "s3cret")
+    assert welcome.status_code == 302 and "error" not in welcome.headers["Location"]
+    assert post(proxied, "198.51.100.1", "guess").status_code == 429

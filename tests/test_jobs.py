@@ -90,7 +90,8 @@ def test_nightly_passes_the_partition_size_and_the_nights_date_to_the_run(monkey
             str(tmp_path / "store")]
     assert job.main(args) == 2
     cfg = seen["cfg"]
-    assert (cfg.partition_size, cfg.images, cfg.run_id) == (7, str(tmp_path / "2026-11-25"), "nightly-images-2026-11-25")
+    assert (cfg.partition_size, cfg.run_id) == (7, "nightly-images-2026-11-25")
+    assert cfg.images == str(tmp_path / "2026-11-25")
 
 
 def test_a_night_that_is_not_a_date_exits_2_naming_the_flag_and_the_form(tmp_path, capsys):

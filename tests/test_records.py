@@ -288,17 +288,18 @@ def test_batchml_monitor_and_models_read_an_old_store(old_store, capsys):
 
 
 def test_the_dashboard_reads_an_old_store(old_store):
-    from batchml.serve import dashboard
+    from batchml.serve import dashboard_data, dashboard_views
 
-    data = dashboard.MonitoringData(old_store)
+    data = dashboard_data.MonitoringData(old_store)
     data.refresh()
     assert list(data.runs.run_id) == ["night-1", "night-2"]
-    recent = dashboard.recent_nights(data, data.runs)
+    recent = dashboard_data.recent_nights(data, data.runs)
     assert recent.set_index("run_id").status.to_dict() == {"night-2": "WARNING", "night-1": "OK"}
     # each view renders (called here without the app's guard, which would show an error box instead)
-    dashboard.overview(data, data.runs), dashboard.accuracy_over_time(data.runs)
-    dashboard.confusion_view(data.runs, True), dashboard.class_mix(data.runs), dashboard.runs_view(data, "night-2")
-    assert "cifar10/v2" in dashboard.models_view(old_store)[0].object
+    views = dashboard_views
+    views.overview(data, data.runs), views.accuracy_over_time(data.runs)
+    views.confusion_view(data.runs, True), views.class_mix(data.runs), views.runs_view(data, "night-2")
+    assert "cifar10/v2" in views.models_view(old_store)[0].object
 
 
 # -- the monitoring tables' columns ---------------------------------------------------------------
@@ -317,12 +318,13 @@ def test_an_empty_table_reads_with_its_records_columns(store):
 
 
 def test_the_dashboard_of_an_empty_store_says_there_is_nothing_yet(store):
-    from batchml.serve import dashboard
+    from batchml.serve.dashboard_data import MonitoringData
+    from batchml.serve.dashboard_views import overview
 
-    data = dashboard.MonitoringData(store)
+    data = MonitoringData(store)
     data.refresh()
     assert data.runs.empty and list(data.runs.columns) == MonitoringRow.columns()
-    assert "No monitored runs" in dashboard.overview(data, data.runs)[0].object
+    assert "No monitored runs" in overview(data, data.runs)[0].object
 
 
 def test_the_alerts_schema_is_the_alert_records():

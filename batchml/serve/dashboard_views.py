@@ -1,0 +1,227 @@
+"""The dashboard's views: each tab's content rendered from ``dashboard_data`` (figures, tables,
+Bokeh charts). Nothing here reads the store except through ``MonitoringData``, or the registry
+through ``list_registered``."""
+
+from __future__ import annotations
+
+import base64
+import html
+
+import numpy as np
+import pandas as pd
+import panel as pn
+from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
+from bokeh.palettes import RdBu11
+from bokeh.plotting import figure
+
+from batchml.monitoring.classes import row_normalised
+from batchml.monitoring.row import summarise_rows
+from batchml.records import is_absent
+from batchml.registry import list_registered
+from batchml.serve.dashboard_data import MonitoringData, label_free, recent_nights
+from batchml.store import Store
+
+# -- small rendering helpers ---------------------------------------------------------------------
+
+
+def _value(label: str, value: str, css: str) -> str:
+    """A labelled figure; the class lets people (and the browser tests) find it."""
+    return (f'<div class="bm-card"><div class="bm-label">{html.escape(label)}</div>'
+            f'<div class="bm-value {css}">{html.escape(value)}</div></div>')
+
+
+def _pct(v) -> str:
+    return "-" if is_absent(v) else f"{v:.2%}"
+
+
+def _class_name(name) -> str:
+    return "?" if is_absent(name) else html.escape(str(name))
+
+
+def _html(content: str, **kwargs) -> pn.pane.HTML:
+    return pn.pane.HTML(content, sizing_mode="stretch_width", **kwargs)
+
+
+def _table(df: pd.DataFrame, css: str) -> pn.pane.HTML:
+    return _html(df.to_html(index=False, classes=f"bm-table {css}", na_rep="-", float_format=lambda v: f"{v:.4f}"))
+
+
+CSS = """
+.bm-card {display: inline-block; margin: 0 24px 12px 0; vertical-align: top}
+.bm-label {color: #666; font-size: 12px; text-transform: uppercase}
+.bm-value {font-size: 26px; font-weight: 600}
+.bm-table {border-collapse: collapse; font-size: 13px}
+.bm-table td, .bm-table th {border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: right}
+.bm-alert-error {color: #b00020} .bm-alert-warning {color: #a05a00}
+.bm-gallery figure {display: inline-block; margin: 4px; text-align: center; font-size: 11px; width: 96px}
+.bm-gallery img {width: 64px; height: 64px; image-rendering: pixelated}
+"""
+
+
+def failed_view(exc: Exception) -> pn.pane.HTML:
+    """What a tab shows when rendering it failed: one broken view must not take the dashboard down."""
+    return _html(f"<p class='bm-view-error'>This view failed: {html.escape(repr(exc))}</p>")
+
+
+# -- the views -------------------------------------------------------------------------------------
+
+
+def overview(data: MonitoringData, runs: pd.DataFrame) -> pn.Column:
+    if runs.empty:
+        return pn.Column(_html(f"<p class='bm-empty'>No monitored runs in {html.escape(data.store.url())} "
+                               "for this selection yet: run <code>batchml monitor --run-id ID</code>.</p>"))
+    latest = runs.iloc[-1]
+    alerts, status = data.alerts_of(latest.run_id), data.status(latest.run_id)
+    figures = "".join([
+        _value("latest run", latest.run_id, "bm-run-id"),
+        _value("status", status, f"bm-status bm-status-{status.lower()}"),
+        _value("rows scored", f"{int(latest.rows):,}", "bm-rows"),
+        _value("errors", f"{int(latest.errors):,}", "bm-errors"),
+        _value("accuracy", _pct(latest.accuracy), "bm-accuracy"),
+        _value("label-free estimate", _pct(label_free(runs).iloc[-1]), "bm-expected"),
+        _value("open alerts", str(len(alerts)), "bm-open-alerts"),
+    ])
+    rows = "".join(f"<li class='bm-alert-{a.severity}'><b>{a.severity}</b> {html.escape(a.kind)}: "
+                   f"{html.escape(a.message)}</li>" for a in alerts.itertuples())
+    return pn.Column(_html(figures), _html(f"<h3>Alerts of {html.escape(latest.run_id)}</h3>"
+                                           f"<ul class='bm-alerts'>{rows or '<li>none</li>'}</ul>"),
+                     _html("<h3>Recent nights</h3>"), _table(recent_nights(data, runs), "bm-recent"))
+
+
+def accuracy_over_time(runs: pd.DataFrame) -> pn.Column:
+    labelled = runs[runs.labelled > 0]
+    fig = figure(height=320, sizing_mode="stretch_width", x_axis_type="datetime", y_range=(0, 1),
+                 title="Accuracy on labelled samples (band: 95% interval)", tools="pan,wheel_zoom,reset,save")
+    if not runs.empty:
+        src = ColumnDataSource(dict(t=pd.to_datetime(labelled.committed_at), acc=labelled.accuracy,
+                                    low=labelled.accuracy_low, high=labelled.accuracy_high, run=labelled.run_id))
+        fig.varea("t", "low", "high", source=src, alpha=0.2, color="#1f77b4")
+        fig.line("t", "acc", source=src, line_width=2, legend_label="measured")
+        fig.scatter("t", "acc", source=src, size=5)
+        est = ColumnDataSource(dict(t=pd.to_datetime(runs.committed_at), est=label_free(runs), run=runs.run_id))
+        fig.line("t", "est", source=est, line_dash="dashed", color="#ff7f0e", legend_label="label-free estimate")
+        unlabelled = runs[runs.labelled == 0]
+        fig.scatter(pd.to_datetime(unlabelled.committed_at), label_free(unlabelled), size=6, marker="triangle",
+                    color="#ff7f0e", legend_label="unlabelled night (estimate)")
+        fig.add_tools(HoverTool(tooltips=[("run", "@run"), ("accuracy", "@acc{0.000}")]))
+        fig.legend.location = "bottom_left"
+    cols = ["run_id", "committed_at", "labelled", "accuracy", "accuracy_low", "accuracy_high", "expected_accuracy"]
+    table = _table(runs[cols].iloc[::-1], "bm-accuracy-table")
+    return pn.Column(pn.pane.Bokeh(fig, sizing_mode="stretch_width"), table)
+
+
+def confusion_view(runs: pd.DataFrame, normalised: bool) -> pn.Column:
+    if runs.empty:
+        return pn.Column(_html("<p>No runs selected.</p>"))
+    classes = list(runs.classes.iloc[-1])
+    summary = summarise_rows(runs, classes)
+    counts = np.asarray(summary["confusion"], float)
+    shown = row_normalised(counts) if normalised else counts
+    k = len(classes)
+    true, pred = np.repeat(np.arange(k), k), np.tile(np.arange(k), k)
+    values = shown[true, pred]
+    src = ColumnDataSource(dict(true=[classes[i] for i in true], pred=[classes[j] for j in pred], value=values,
+                                label=[f"{v:.2f}" if normalised else f"{int(v)}" for v in values],
+                                alpha=values / max(values.max(), 1e-9)))
+    fig = figure(height=420, width=480, x_range=classes, y_range=list(reversed(classes)), tools="save",
+                 title=f"Confusion matrix ({'row-normalised' if normalised else 'counts'}), {len(runs)} run(s)",
+                 x_axis_label="predicted", y_axis_label="true")
+    fig.rect("pred", "true", 1, 1, source=src, fill_color="#1f4e79", fill_alpha="alpha", line_color="white")
+    fig.text("pred", "true", text="label", source=src, text_align="center", text_baseline="middle",
+             text_font_size="9pt")
+    fig.xaxis.major_label_orientation = 0.8
+    per_class = pd.DataFrame({"class": classes, **{m: summary[m] for m in
+                                                   ("precision", "recall", "f1", "fpr", "fnr", "support")}})
+    head = _value("accuracy", _pct(summary["accuracy"]), "bm-range-accuracy") + _value(
+        "labelled", f"{summary['labelled']:,}", "bm-range-labelled")
+    return pn.Column(_html(head), pn.Row(pn.pane.Bokeh(fig), _table(per_class, "bm-per-class")))
+
+
+def class_mix(runs: pd.DataFrame) -> pn.Column:
+    if runs.empty:
+        return pn.Column(_html("<p>No runs selected.</p>"))
+    classes = list(runs.classes.iloc[-1])
+    fig = mix_heatmap(runs, classes)
+    latest = runs.iloc[-1]
+    def shares(value) -> list:  # a list column; None or NaN where the run was monitored before it
+        return [None] * len(classes) if is_absent(value) else list(value)
+
+    table = pd.DataFrame({
+        "class": classes, "share": latest.share, "reference": latest.reference_share,
+        "deviation": latest.share_deviation,
+        "estimated true share (BBSE)": shares(latest.estimated_priors),
+        "estimated true share (MLLS/EM)": shares(latest.mlls_priors),
+    })
+    history = "" if is_absent(latest.history_p_value) else (
+        f", vs last {int(latest.history_nights)} nights p={latest.history_p_value:.3g}")
+    stats = (f"<p class='bm-shift'>Latest run {html.escape(latest.run_id)}: JS distance "
+             f"<b class='bm-js'>{latest.js_distance:.4f}</b>, chi-square {latest.chi2:.1f}, "
+             f"p={latest.p_value:.3g}{history}</p>")
+    return pn.Column(pn.pane.Bokeh(fig, sizing_mode="stretch_width"), _html(stats), _table(table, "bm-mix"))
+
+
+def mix_heatmap(runs: pd.DataFrame, classes: list[str]):
+    """Classes x nights, coloured by each class's share minus its reference share (red: more)."""
+    nights = list(runs.run_id)
+    deviation = np.stack(runs.share_deviation.to_numpy())  # (nights, K)
+    span = max(float(np.abs(deviation).max()), 0.01)
+    src = ColumnDataSource(dict(run=np.repeat(nights, len(classes)), cls=classes * len(nights),
+                                dev=deviation.ravel(), share=np.stack(runs.share.to_numpy()).ravel()))
+    mapper = LinearColorMapper(palette=list(RdBu11), low=-span, high=span)  # blue: fewer, red: more
+    fig = figure(height=320, sizing_mode="stretch_width", x_range=nights, y_range=list(reversed(classes)),
+                 title="Predicted class share minus reference, by night", tools="hover,save",
+                 tooltips=[("run", "@run"), ("class", "@cls"), ("share", "@share{0.0%}"), ("change", "@dev{+0.0%}")])
+    fig.rect("run", "cls", 1, 1, source=src, fill_color={"field": "dev", "transform": mapper}, line_color=None)
+    fig.add_layout(ColorBar(color_mapper=mapper, width=8), "right")
+    fig.xaxis.major_label_orientation = 0.9
+    return fig
+
+
+def gallery(data: MonitoringData, run_id: str | None) -> pn.Column:
+    cases = data.failures(run_id) if run_id else pd.DataFrame()
+    if cases.empty:
+        return pn.Column(_html("<p>No failure cases for this run.</p>"))
+    parts = []
+    for kind, title in (("misclassified", "Most confident mistakes"), ("uncertain", "Least confident, unlabelled")):
+        figs = "".join(
+            f"<figure><img src='data:image/png;base64,{base64.b64encode(c.thumbnail).decode()}' "
+            f"title='{html.escape(c.image_id)}'><figcaption>{_class_name(c.true_class)} &rarr; "
+            f"{_class_name(c.predicted_class)}<br>{c.confidence:.2f}</figcaption></figure>"
+            for c in cases[cases.kind == kind].itertuples())
+        parts.append(f"<h3>{title}</h3><div class='bm-gallery bm-{kind}'>{figs or 'none'}</div>")
+    return pn.Column(_html("".join(parts)))
+
+
+def models_view(store: Store) -> pn.Column:
+    listed = list_registered(store)
+    if not listed:
+        return pn.Column(_html("<p>No models registered.</p>"))
+    rows = [{"model": str(r.version), "aliases": ", ".join(r.aliases), "arch": r.card.arch,
+             "created": r.card.created_at, "test accuracy": r.card.test_accuracy,
+             "validation accuracy": r.card.metrics.validation.accuracy,
+             "temperature": r.card.calibration.temperature, "epochs": r.card.training["epochs"],
+             "train seconds": r.card.training_seconds, "fit": r.card.fit.verdict if r.card.fit else ""}
+            for r in listed]
+    newest = listed[-1]
+    fig = figure(height=300, sizing_mode="stretch_width", title="Learning curves of the newest version: "
+                 f"{newest.version}", x_axis_label="epoch", tools="save")
+    for (key, color) in (("accuracy", "#1f77b4"), ("val_accuracy", "#ff7f0e"), ("loss", "#2ca02c"),
+                         ("val_loss", "#d62728")):
+        values = newest.card.learning_curves.get(key, [])
+        fig.line(list(range(1, len(values) + 1)), values, color=color, line_width=2, legend_label=key)
+    return pn.Column(_table(pd.DataFrame(rows), "bm-models"), pn.pane.Bokeh(fig, sizing_mode="stretch_width"))
+
+
+def runs_view(data: MonitoringData, run_id: str | None) -> pn.Column:
+    if not run_id:
+        return pn.Column(_html("<p>No run selected.</p>"))
+    m = data.manifest(run_id)
+    parts = pd.DataFrame([{"partition": p["partition"], "rows": p["rows"], "errors": p["errors"],
+                           **{f"{k} s": v for k, v in p["seconds"].items()}, "worker": p["worker"]}
+                          for p in m.partitions])
+    head = "".join([_value("run", run_id, "bm-runs-run"), _value("model", m.model_version, "bm-runs-model"),
+                    _value("rows", f"{m.rows:,}", "bm-runs-rows"),
+                    _value("images/s", f"{m.images_per_second or 0:,.0f}", "bm-runs-speed"),
+                    _value("wall seconds", f"{m.wall_seconds:.1f}", "bm-runs-wall")])
+    return pn.Column(_html(head), _html("<h3>Partitions</h3>"), _table(parts, "bm-partitions"),
+                     _html("<h3>Error rows</h3>"), _table(data.errors(run_id).head(200), "bm-errors"))
