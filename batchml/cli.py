@@ -140,6 +140,19 @@ def cluster_arguments() -> argparse.ArgumentParser:
     return cluster
 
 
+def scoring_arguments() -> argparse.ArgumentParser:
+    """How a run scores, shared by ``score`` and the nightly job (``--run-id`` and the input are each one's own)."""
+    scoring = argparse.ArgumentParser(add_help=False)
+    scoring.add_argument("--model", default=DEFAULT_ALIAS, help="[NAME/]VERSION or alias (default %(default)s)")
+    scoring.add_argument("--partition-size", type=positive, default=DEFAULT_PARTITION_SIZE,
+                         help="with --images: files per partition (pinned by the run: a resume must repeat it)")
+    scoring.add_argument("--batch-size", type=positive, help="images per predict call (default: 512 on CPU; on a GPU "
+                         "the largest that fits, halved on out-of-memory)")
+    scoring.add_argument("--max-error-ratio", type=float, default=0.01,
+                         help="undecodable images above this share fail the run (default %(default)s)")
+    return scoring
+
+
 def training_arguments(p: argparse.ArgumentParser) -> None:
     """Architecture and hyperparameters; unset ones take the architecture's recipe."""
     p.add_argument("--arch", default="tutorial", help=f"one of {', '.join(RECIPES)} (default %(default)s)")
@@ -220,17 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--alias", default=DEFAULT_ALIAS)
     q.set_defaults(func=cmd_models_promote)
 
-    p = verbs.add_parser("score", parents=[store, cluster], help="score a dataset: one task per partition")
+    p = verbs.add_parser("score", parents=[store, cluster, scoring_arguments()],
+                         help="score a dataset: one task per partition")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--dataset", help="an ingested dataset")
     what.add_argument("--images", help="or a prefix of raw .jpg/.png files: a folder or s3://bucket/prefix")
-    p.add_argument("--partition-size", type=positive, default=DEFAULT_PARTITION_SIZE,
-                   help="with --images: files per partition (pinned by the run: a resume must repeat it)")
-    p.add_argument("--model", default=DEFAULT_ALIAS, help="[NAME/]VERSION or alias (default %(default)s)")
     p.add_argument("--run-id", help="run id; rerunning an id resumes it (default <dataset>-<UTC time>)")
-    p.add_argument("--batch-size", type=positive, help="images per predict call (default: 512 on CPU; on a GPU the "
-                   "largest that fits, halved on out-of-memory)")
-    p.add_argument("--max-error-ratio", type=float, default=0.01)
     p.set_defaults(func=cmd_score)
 
     p = verbs.add_parser("monitor", parents=[store],

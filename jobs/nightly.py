@@ -25,34 +25,27 @@ from batchml.cli import (
     exit_now,
     iso_date,
     open_store,
-    positive,
+    scoring_arguments,
     store_arguments,
     unexpected,
 )
 from batchml.cluster import connect
-from batchml.data.datasets import DEFAULT_PARTITION_SIZE
 from batchml.errors import BatchmlError
 from batchml.monitoring import MonitorConfig, format_report
 from batchml.night import score_and_monitor
-from batchml.registry import DEFAULT_ALIAS
 from batchml.score.scoring import ScoreConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     parents=[store_arguments(), cluster_arguments()])
+                                     parents=[store_arguments(), cluster_arguments(), scoring_arguments()])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="the night's ingested dataset; {date} is replaced")
     source.add_argument("--images", help="the night's prefix of raw JPEG/PNG files (folder or s3://); "
                         "{date} is replaced")
     parser.add_argument("--date", default=datetime.now(UTC).date().isoformat(),
                         help="the night to score, YYYY-MM-DD (default today, UTC)")
-    parser.add_argument("--model", default=DEFAULT_ALIAS)
     parser.add_argument("--run-id", help="default nightly-<dataset>, or nightly-images-<date>")
-    parser.add_argument("--partition-size", type=positive, default=DEFAULT_PARTITION_SIZE,
-                        help="with --images: files per partition (pinned by the run: a resume must repeat it)")
-    parser.add_argument("--batch-size", type=positive, help="images per predict call (default: the device's)")
-    parser.add_argument("--max-error-ratio", type=float, default=0.01)
     parser.add_argument("--config", metavar="FILE", help="alert thresholds from a TOML file (see the README)")
     return parser
 
