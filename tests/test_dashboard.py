@@ -439,3 +439,13 @@ def test_a_login_that_would_wait_too_long_is_answered_429_and_only_a_trusted_pro
     welcome = post(proxied, "198.51.100.2", "s3cret")
     assert welcome.status_code == 302 and "error" not in welcome.headers["Location"]
     assert post(proxied, "198.51.100.1", "guess").status_code == 429
+
+
+def test_the_app_builds_its_tabs_on_an_empty_store(tmp_path):
+    from batchml.serve.dashboard import create_app
+    from batchml.store import Store, StoreConfig
+
+    app = create_app(Store(StoreConfig(str(tmp_path / "store"))), refresh_seconds=0)
+    tabs = app.main[0]
+    assert tabs._names == ["Overview", "Accuracy", "Confusion", "Confusion (range)", "Class mix", "Failures",
+                           "Models", "Runs"]
