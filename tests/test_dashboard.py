@@ -400,15 +400,20 @@ def login_server():
     loops = []
 
     def start(users, trusted=()) -> str:
-        port, loop = free_port(), asyncio.new_event_loop()
+        # the loop lives in its own thread from the start: a browser test may leave a loop running here
+        port, ready = free_port(), threading.Event()
         handler = ThrottledAuthProvider(users, trusted).login_handler
 
-        async def listen():
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
             tornado.web.Application([(r"/login", handler)], cookie_secret="x" * 32).listen(port, "127.0.0.1")
+            loops.append(loop)
+            ready.set()
+            loop.run_forever()
 
-        loop.run_until_complete(listen())
-        threading.Thread(target=loop.run_forever, daemon=True).start()
-        loops.append(loop)
+        threading.Thread(target=serve, daemon=True).start()
+        assert ready.wait(30), "the login server did not start"
         return f"http://127.0.0.1:{port}/login"
 
     yield start
