@@ -1,18 +1,23 @@
-"""The ``batchml`` command line: ingest, train, sweep, models, score, monitor, dashboard, demo.
+"""The ``batchml`` command line: ingest, train, sweep, models, score, monitor, report, doctor,
+dashboard, demo.
 
 Environment read here, and only here: ``BATCHML_ROOT`` (default store),
-``BATCHML_STORAGE_OPTIONS`` (JSON fsspec options), ``AWS_ENDPOINT_URL`` (S3 endpoint)
-and ``KERAS_BACKEND``. Exit codes: 0 ok, 1 an alert of severity error, 2 an error (a
-clear message for a ``BatchmlError``, the traceback for anything unexpected), 130 interrupted.
+``BATCHML_STORAGE_OPTIONS`` (JSON fsspec options), ``AWS_ENDPOINT_URL`` (S3 endpoint),
+``KERAS_BACKEND`` and ``BATCHML_NOTIFY_TOKEN`` (a bearer token for ``--notify``). Exit codes:
+0 ok, 1 an alert of severity error (``doctor``: damage found), 2 an error (a clear message for a
+``BatchmlError``, the traceback for anything unexpected), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
+import time
 import traceback
+import warnings
 from datetime import date
 from pathlib import Path
 from typing import NoReturn
@@ -43,16 +48,57 @@ def exit_now(code: int) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args) or 0
+        except BatchmlError as exc:
+            print(f"batchml: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("batchml: interrupted; nothing partial was committed", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # the reader (| head) has what it wanted
+            stdout_gone()
+            return 0
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                print(disk_full("batchml", exc), file=sys.stderr)
+                return 2
+            return unexpected("batchml")
+        except Exception:  # a crash is a failure (2), never mistaken for an alert (1)
+            return unexpected("batchml")
+
+
+def disk_full(prog: str, exc: OSError) -> str:
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return (f"{prog}: error: no space left on the device{where} ({exc.strerror}). Nothing partial was committed: "
+            "free space (or point --root elsewhere), then rerun the same command; a run resumes where it stopped")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """batchml's own warnings as one line each ("batchml: WARNING: ..."); others as Python shows them."""
+    from batchml.integrity import DamagedFileWarning
+
+    if issubclass(category, DamagedFileWarning):
+        print(f"batchml: WARNING: {message}", file=sys.stderr, flush=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def say(text: str) -> None:
+    """Print a line of the report; a reader that has gone (``| head``) ends the output, not the work."""
     try:
-        return args.func(args) or 0
-    except BatchmlError as exc:
-        print(f"batchml: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("batchml: interrupted; nothing partial was committed", file=sys.stderr)
-        return 130
-    except Exception:  # a crash is a failure (2), never mistaken for an alert (1)
-        return unexpected("batchml")
+        print(text, flush=True)
+    except BrokenPipeError:
+        stdout_gone()
+
+
+def stdout_gone() -> None:
+    """Point stdout at /dev/null: the reader closed the pipe, and flushing at exit must not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def unexpected(prog: str) -> int:
@@ -150,7 +196,61 @@ def scoring_arguments() -> argparse.ArgumentParser:
                          "the largest that fits, halved on out-of-memory)")
     scoring.add_argument("--max-error-ratio", type=float, default=0.01,
                          help="undecodable images above this share fail the run (default %(default)s)")
+    scoring.add_argument("--append", action="store_true",
+                         help="with --images and a run whose prefix has grown: score only the new files into the "
+                         "run (new partitions after its own), then commit it again; monitor it again afterwards")
     return scoring
+
+
+def notify_arguments() -> argparse.ArgumentParser:
+    """Where the night's report goes besides stdout: webhooks and a metrics file (monitor, the nightly job)."""
+    from batchml.notify import FORMATS
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--notify", action="append", default=[], metavar="URL",
+                   help="POST the night's report here (repeatable): status, alerts, figures, a dashboard link. "
+                   "Retried with backoff; never changes the exit code. $BATCHML_NOTIFY_TOKEN, if set, is sent "
+                   "as a bearer token")
+    p.add_argument("--notify-format", choices=FORMATS, default="json",
+                   help="slack (incoming webhook), alertmanager (POST /api/v2/alerts) or json (default)")
+    p.add_argument("--dashboard-url", help="the dashboard's address, linked from notifications and reports")
+    p.add_argument("--metrics-file", metavar="PATH",
+                   help="write Prometheus textfile-collector metrics (batchml_*) here, e.g. "
+                   "/var/lib/node_exporter/textfile/batchml.prom")
+    return p
+
+
+def send_night(args, night) -> None:
+    """The night to the metrics file and the webhooks of ``notify_arguments``; problems are warnings."""
+    from batchml.notify import NotifyConfig, notify, write_metrics
+
+    if args.metrics_file:
+        try:
+            write_metrics(args.metrics_file, night)
+        except OSError as exc:
+            print(f"batchml: WARNING: could not write --metrics-file {args.metrics_file}: {exc}", file=sys.stderr)
+    if args.notify:
+        cfg = NotifyConfig(tuple(args.notify), args.notify_format, os.environ.get("BATCHML_NOTIFY_TOKEN") or None,
+                           secrets=_secrets(args))
+        for problem in notify(night, cfg):
+            print(f"batchml: WARNING: {problem}", file=sys.stderr, flush=True)
+
+
+def _secrets(args) -> tuple[str, ...]:
+    """Values that must never travel in a notification, should an error message quote one."""
+    found = [os.environ.get(k) for k in ("BATCHML_NOTIFY_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    try:
+        options = json.loads(args.storage_options) if args.storage_options else {}
+    except json.JSONDecodeError:
+        options = {}
+    stack = [options]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found += [v for k, v in item.items() if isinstance(v, str) and any(
+                w in k.lower() for w in ("secret", "key", "token", "password"))]
+            stack += list(item.values())
+    return tuple(v for v in found if v and len(v) >= 4)
 
 
 def training_arguments(p: argparse.ArgumentParser) -> None:
@@ -241,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="run id; rerunning an id resumes it (default <dataset>-<UTC time>)")
     p.set_defaults(func=cmd_score)
 
-    p = verbs.add_parser("monitor", parents=[store],
+    p = verbs.add_parser("monitor", parents=[store, notify_arguments()],
                          help="fold a committed run into the monitoring tables, or summarise a date range")
     p.add_argument("--run-id", help="the committed run to monitor")
     p.add_argument("--since", help="instead of --run-id: summarise runs committed from this date (YYYY-MM-DD)")
@@ -256,6 +356,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="alert thresholds from a TOML file (keys: "
                    "batchml.monitoring.MonitorConfig; see the README)")
     p.set_defaults(func=cmd_monitor)
+
+    p = verbs.add_parser("report", parents=[store], help="one self-contained HTML page of a monitored night")
+    p.add_argument("--run-id", required=True, help="a monitored run")
+    p.add_argument("--out", required=True, metavar="FILE.html", help="where to write the page")
+    p.add_argument("--dashboard-url", help="the dashboard's address, linked from the page")
+    p.set_defaults(func=cmd_report)
+
+    p = verbs.add_parser("doctor", parents=[store, cluster],
+                         help="check a store: name each damaged file, what depends on it and its repair")
+    p.add_argument("--repair", action="store_true",
+                   help="move damaged files under <root>/quarantine/ (never deleted), score again the partitions "
+                   "they held (on the cluster), monitor again")
+    p.set_defaults(func=cmd_doctor)
 
     p = verbs.add_parser("dashboard", parents=[store], help="serve the monitoring dashboard (Panel)")
     p.add_argument("--port", type=port_number, default=5006)
@@ -288,7 +401,9 @@ def open_store(args) -> Store:
     try:
         options = json.loads(args.storage_options) if args.storage_options else {}
     except json.JSONDecodeError as exc:
-        raise BatchmlError(f"--storage-options is not valid JSON ({exc}): {args.storage_options!r}") from exc
+        # the value is not echoed: it may hold keys, and errors travel to logs and notifications
+        raise BatchmlError(f"--storage-options (or $BATCHML_STORAGE_OPTIONS) is not valid JSON ({exc}): "
+                           "pass a JSON object, e.g. '{\"anon\": true}'") from exc
     if "://" not in args.root and Path(args.root).expanduser().is_file():  # every reader would fail further on
         raise BatchmlError(f"--root {args.root} is a file: give the store's folder, or "
                            "s3://bucket/prefix")
@@ -368,13 +483,17 @@ def cmd_models_list(args) -> None:
     from batchml.registry import list_registered
 
     store = open_store(args)
-    listed = list_registered(store)
+    listed = list_registered(store, include_damaged=True)
     if not listed:
-        print(f"no models in {store.url()}")
+        say(f"no models in {store.url()}")
     for r in listed:
+        if r.problem:  # one version's damage must not hide the others
+            say(f"{r.version.name}/{r.version.version:<5} DAMAGED: {r.problem} (`batchml doctor` lists what "
+                "depends on it)")
+            continue
         test = r.card.test_accuracy
-        print(f"{r.version.name}/{r.version.version:<5} {r.card.arch:<10} {r.card.created_at}  test accuracy "
-              f"{'-' if test is None else f'{test:.4f}'}  {','.join(r.aliases)}")
+        say(f"{r.version.name}/{r.version.version:<5} {r.card.arch or '-':<10} {r.card.created_at or '-'}  test "
+            f"accuracy {'-' if test is None else f'{test:.4f}'}  {','.join(r.aliases)}")
 
 
 def cmd_models_show(args) -> None:
@@ -404,7 +523,8 @@ def cmd_score(args) -> None:
 
     store = open_store(args)
     cfg = ScoreConfig(dataset=args.dataset, model=args.model, run_id=args.run_id, batch_size=args.batch_size,
-                      max_error_ratio=args.max_error_ratio, images=args.images, partition_size=args.partition_size)
+                      max_error_ratio=args.max_error_ratio, images=args.images, partition_size=args.partition_size,
+                      append=args.append)
     with connect(cluster_config(args), verbose=not args.quiet) as client:
         m = score(client, store, cfg, verbose=not args.quiet)
     rate = f" at {m.images_per_second:,.0f} images/s" if m.images_per_second else ""
@@ -422,6 +542,7 @@ def cmd_monitor(args) -> int:
         monitor_range,
         monitor_run,
     )
+    from batchml.notify import Night
 
     if args.note is not None and not args.accept_baseline:
         raise BatchmlError("--note goes with --accept-baseline RUN_ID (it says why the mix was accepted)")
@@ -431,8 +552,8 @@ def cmd_monitor(args) -> int:
     store = open_store(args)
     if args.accept_baseline:
         r = accept_baseline(store, args.accept_baseline, args.note)
-        print(f"accepted the class mix of run {r.run_id} as the baseline of {r.model_version} "
-              f"(recorded at {layout.accepted_path(r.run_id)})")
+        say(f"accepted the class mix of run {r.run_id} as the baseline of {r.model_version} "
+            f"(recorded at {layout.accepted_path(r.run_id)})")
         if not args.run_id:
             return 0
     if not args.run_id:
@@ -440,12 +561,49 @@ def cmd_monitor(args) -> int:
         if since and until and since > until:
             raise BatchmlError(f"--since {since} is after --until {until}: the range is reversed; swap them")
         model = str(resolve(store, args.model)) if args.model else None
-        print(format_range(monitor_range(store, since, until, model)))
+        say(format_range(monitor_range(store, since, until, model)))
         return 0
-    cfg = MonitorConfig.from_file(args.config) if args.config else MonitorConfig()
-    report = monitor_run(store, args.run_id, cfg, args.config)
-    print(format_report(report))
+    started = time.monotonic()
+    try:
+        cfg = MonitorConfig.from_file(args.config) if args.config else MonitorConfig()
+        report = monitor_run(store, args.run_id, cfg, args.config)
+    except BatchmlError as exc:
+        send_night(args, Night.failed(args.run_id, str(exc), time.monotonic() - started, args.dashboard_url))
+        raise
+    say(format_report(report))
+    send_night(args, Night.of_report(report, time.monotonic() - started, args.dashboard_url))
     return 1 if report.failed else 0
+
+
+def cmd_report(args) -> None:
+    from batchml.report import render
+
+    store = open_store(args)
+    page = render(store, args.run_id, args.dashboard_url)
+    try:
+        Path(args.out).write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise BatchmlError(f"cannot write --out {args.out}: {exc.strerror}: choose a writable path") from None
+    say(f"report of run {args.run_id}: {args.out} ({len(page):,} bytes, self-contained)")
+
+
+def cmd_doctor(args) -> int:
+    from batchml.cluster import connect
+    from batchml.doctor import check_store, lines, repair
+
+    store = open_store(args)
+    checkup = check_store(store)
+    for line in lines(store, checkup):
+        say(line)
+    if checkup.whole or not args.repair:
+        return 0 if checkup.whole else 1
+    failed = repair(store, checkup, lambda: connect(cluster_config(args), verbose=not args.quiet),
+                    verbose=not args.quiet)
+    for line in failed:
+        say(f"not repaired: {line}")
+    after = check_store(store)
+    say(f"doctor: after the repair, {'the store is whole' if after.whole else f'{len(after.findings)} damaged'}")
+    return 0 if after.whole else 1
 
 
 def cmd_dashboard(args) -> None:

@@ -7,7 +7,8 @@
     models/<name>/vN/model.keras, card.json     a model version (committed when its card exists)
     models/<name>/vN/claim.json                 who claimed the version number
     models/<name>/aliases.json                  alias -> version
-    runs/<run_id>/run.json                      what the run scores, written first
+    runs/<run_id>/run.json                      what the run scores, written first (create-exclusive)
+    runs/<run_id>/appends/append-NNNNN.json     files added to the run later (``score --append``)
     runs/<run_id>/predictions|failures|errors/part-NNNNN.parquet
     runs/<run_id>/stats/part-NNNNN.json         a partition's statistics: the partition is done
     runs/<run_id>/manifest.json                 written last: the run is committed
@@ -15,6 +16,7 @@
     sweeps/<id>/trial-NNN/model.keras, card.json
     monitoring/<table>/<run_id>.parquet         tables runs, alerts, failures: one file per run
     monitoring/accepted/<run_id>.json           a run whose class mix was accepted as the baseline
+    quarantine/<UTC time>/<path>                damaged files moved aside by ``batchml doctor --repair``
 """
 
 from __future__ import annotations
@@ -24,17 +26,18 @@ from dataclasses import dataclass
 
 from batchml.errors import BatchmlError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # dataset, model, run and alias names
 _VERSION = re.compile(r"^v(\d+)$")
 
 DATASETS, MODELS, RUNS, SWEEPS, MONITORING = "images", "models", "runs", "sweeps", "monitoring"
+QUARANTINE = "quarantine"
 DATASET_MANIFEST = "dataset.json"
 MODEL_FILE, CARD_FILE, CLAIM_FILE = "model.keras", "card.json", "claim.json"
 
 
 def check_name(kind: str, name: str) -> str:
     """Dataset, model and run names become paths: keep them to safe characters."""
-    if not _NAME.match(name or ""):
+    if not NAME_PATTERN.match(name or ""):
         raise BatchmlError(
             f"invalid {kind} name {name!r}: use letters, digits, '.', '_' and '-', "
             "starting with a letter or digit"
@@ -131,6 +134,16 @@ def run_output(run_id: str, kind: str, partition: str) -> str:
     return f"{run_path(run_id, kind)}/{partition}"
 
 
+def run_appends(run_id: str) -> str:
+    """The folder of a run's append records (``batchml score --append``)."""
+    return run_path(run_id, "appends")
+
+
+def run_append(run_id: str, number: int) -> str:
+    """The ``number``-th append record of a run (0 first)."""
+    return f"{run_appends(run_id)}/append-{number:05d}.json"
+
+
 def stats_name(partition: str) -> str:
     """The statistics file of a partition: ``part-N.parquet`` -> ``part-N.json``."""
     return partition.removesuffix(".parquet") + ".json"
@@ -191,3 +204,11 @@ def accepted_path(run_id: str) -> str:
 def accepted_file(name: str) -> str:
     """An accepted record by its listed name (``<run_id>.json``)."""
     return f"{accepted_folder()}/{name}"
+
+
+# -- quarantine --------------------------------------------------------------------------------
+
+
+def quarantine_path(stamp: str, rel: str) -> str:
+    """Where ``batchml doctor --repair`` moves the damaged file ``rel`` (``stamp``: the repair's UTC time)."""
+    return f"{QUARANTINE}/{stamp}/{rel}"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from batchml import layout
 from batchml.errors import BatchmlError
 from batchml.layout import ModelVersion, check_name
-from batchml.records import Aliases, ModelCard
+from batchml.records import SCORING_NEEDS, Aliases, ModelCard
 from batchml.store import Store
 
 DEFAULT_MODEL_NAME = "cifar10"
@@ -43,24 +43,60 @@ class RegisteredVersion:
     """A committed version as the listings show it (``batchml models list``, the dashboard's Models)."""
 
     version: ModelVersion
-    card: ModelCard
+    card: ModelCard | None  # None where the card is damaged
     aliases: tuple[str, ...]  # those pointing at it
+    problem: str = ""  # what is wrong with its card ("" when whole)
 
 
-def list_registered(store: Store) -> list[RegisteredVersion]:
-    """Every committed version of every model: models by name, each one's versions oldest first."""
+def list_registered(store: Store, include_damaged: bool = False) -> list[RegisteredVersion]:
+    """Every committed version of every model: models by name, each one's versions oldest first. A
+    damaged card or aliases file must not hide the others: a version whose card is damaged is left
+    out with a warning naming it, or with ``include_damaged`` listed with its ``problem``."""
+    from batchml.integrity import skip_damaged
+
     found = []
     for name in list_models(store):
-        aliases = read_aliases(store, name)
+        try:
+            aliases = read_aliases(store, name)
+        except BatchmlError as exc:
+            skip_damaged(store.url(layout.aliases_path(name)), str(exc))
+            aliases = {}
         for v in list_versions(store, name):
-            mv = ModelVersion(name, v)
-            found.append(RegisteredVersion(mv, read_card(store, mv), tuple(a for a, t in aliases.items() if t == v)))
+            mv, tags = ModelVersion(name, v), tuple(a for a, t in aliases.items() if t == v)
+            try:
+                found.append(RegisteredVersion(mv, read_card(store, mv, SCORING_NEEDS), tags))
+            except BatchmlError as exc:
+                if not include_damaged:
+                    skip_damaged(store.url(mv.card_path), str(exc))
+                    continue
+                found.append(RegisteredVersion(mv, None, tags, str(exc)))
     return found
 
 
 def read_aliases(store: Store, name: str) -> dict[str, str]:
-    """Alias -> version tag of a model; empty where none was promoted."""
-    return Aliases.read(store, name).aliases
+    """Alias -> version tag of a model; empty where none was promoted. Each target is checked to
+    be a version (``vN``): the file's content must never lead a path outside the model's folder
+    (``"production": "../../etc"``)."""
+    return _checked_aliases(store, name).aliases
+
+
+def _checked_aliases(store: Store, name: str) -> Aliases:
+    try:
+        record = Aliases.read(store, name)
+    except (ValueError, TypeError, AttributeError) as e:  # not JSON, or not an object
+        raise _bad_aliases(store, name, f"not an object of alias: version ({type(e).__name__}: {e})") from None
+    if not isinstance(record.aliases, dict):
+        raise _bad_aliases(store, name, f"holds a {type(record.aliases).__name__}, not an object of alias: version")
+    for alias, target in record.aliases.items():
+        if not isinstance(target, str) or not layout.is_version(target):
+            raise _bad_aliases(store, name, f"alias {alias!r} points at {target!r}, which is not a version (vN)")
+    return record
+
+
+def _bad_aliases(store: Store, name: str, problem: str) -> BatchmlError:
+    return BatchmlError(f"{store.url(layout.aliases_path(name))} is damaged: {problem}. Point each alias at a "
+                        f"version again: batchml models promote {name}/vN --alias ALIAS (`batchml doctor` lists "
+                        "what else is damaged)")
 
 
 def resolve(store: Store, ref: str, default_name: str = DEFAULT_MODEL_NAME) -> ModelVersion:
@@ -76,11 +112,17 @@ def resolve(store: Store, ref: str, default_name: str = DEFAULT_MODEL_NAME) -> M
     if tag in versions:
         return ModelVersion(name, tag)
     aliases = read_aliases(store, name)
-    if tag in aliases:
+    if tag in aliases and aliases[tag] in versions:
         return ModelVersion(name, aliases[tag])
+    if tag in aliases:
+        raise BatchmlError(f"alias {tag!r} of model {name!r} points at {aliases[tag]}, which is not a committed "
+                           f"version (versions: {', '.join(versions)}): batchml models promote "
+                           f"{name}/{versions[-1]} --alias {tag}")
+    known = f"versions: {', '.join(versions)}; aliases: {', '.join(aliases) or 'none'}"
+    if layout.is_version(tag) or not layout.NAME_PATTERN.match(tag):  # promote would refuse it as an alias
+        raise BatchmlError(f"model {name!r} has no version or alias {tag!r} ({known})")
     raise BatchmlError(
-        f"model {name!r} has no version or alias {tag!r} (versions: {', '.join(versions)}; "
-        f"aliases: {', '.join(aliases) or 'none'}). Promote one with: "
+        f"model {name!r} has no version or alias {tag!r} ({known}). Promote one with: "
         f"batchml models promote {name}/{versions[-1]} --alias {tag}"
     )
 
@@ -125,10 +167,24 @@ def promote(store: Store, mv: ModelVersion, alias: str = DEFAULT_ALIAS) -> None:
     check_name("alias", alias)
     if layout.is_version(alias):
         raise BatchmlError(f"alias {alias!r} looks like a version: choose a name like {DEFAULT_ALIAS!r}")
-    old = Aliases.read(store, mv.name)  # an older file is written back in this version's shape
+    try:
+        old = _checked_aliases(store, mv.name)  # an older file is written back in this version's shape
+    except BatchmlError:  # a damaged file: promoting is how it is mended; its valid entries are kept
+        old = _mended_aliases(store, mv.name)
     new = replace(old, aliases={**old.aliases, alias: mv.version},
                   schema_version=max(old.schema_version, Aliases.SCHEMA_VERSION))
     store.write_json(layout.aliases_path(mv.name), new.to_dict())
+
+
+def _mended_aliases(store: Store, name: str) -> Aliases:
+    """A damaged aliases file's valid entries (none where it cannot be read at all)."""
+    try:
+        found = Aliases.read(store, name).aliases
+    except (ValueError, TypeError, AttributeError):
+        found = {}
+    kept = {a: t for a, t in found.items() if isinstance(t, str) and layout.is_version(t)} if isinstance(
+        found, dict) else {}
+    return Aliases.written({"aliases": kept})
 
 
 def load_model(store: Store, mv: ModelVersion):

@@ -60,7 +60,7 @@ def decode_image(data: bytes, prep: Preprocessing) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             _check_size(img.size)
             img.load()  # decode now: a truncated file fails here, not later
-            return _resized(_eight_bit(img).convert(prep.mode), prep)
+            return _resized(_on_white(_eight_bit(img)).convert(prep.mode), prep)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
 
@@ -77,6 +77,17 @@ def _eight_bit(img: Image.Image) -> Image.Image:
         return img
     pixels = np.asarray(img).astype(np.uint32) >> 8  # the high byte of each 16-bit sample
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """Transparent pixels composited on white, as a viewer shows them (converting to RGB would
+    keep whatever colour they hold, often black)."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode not in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return img
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
 
 def _resized(img: Image.Image, prep: Preprocessing) -> np.ndarray:

@@ -1,15 +1,16 @@
-"""What a run scores: an ingested dataset, or a prefix of raw JPEG/PNG files (local or
+"""What a run scores: an ingested dataset, or a prefix of raw image files (local or
 ``s3://``) grouped into partitions by sorted name, without a separate ingest.
 
-Either way a run sees named partitions and a fingerprint of its input, so resuming a run
-checks that the input has not changed since it started.
+Either way a run sees named partitions and a fingerprint of its input; a prefix's plan also
+lists each file and its size, so a rerun can say which files are new, missing or changed
+since the run started (``ListingChange``) and score only the new ones (``--append``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -34,6 +35,47 @@ class InputPlan:
     partitions: dict[str, tuple[str, ...] | None]  # partition -> its files (a prefix) or None (a dataset)
     images: StoreConfig | None = None  # where a prefix's files live
     partition_size: int | None = None  # a prefix's files per partition; pinned by the run
+    sizes: dict[str, int | None] = field(default_factory=dict)  # a prefix's file -> its size in bytes
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # why -> files under the prefix not scored
+
+
+@dataclass(frozen=True)
+class ListingChange:
+    """How a prefix differs from the files a run pinned."""
+
+    new: list[str]  # listed now, not in the run
+    missing: list[str]  # in the run, gone from the prefix
+    changed: list[str]  # in both, another size now
+
+    def __bool__(self) -> bool:
+        return bool(self.new or self.missing or self.changed)
+
+    def describe(self) -> str:
+        """"3 new files (a.png, b.png, c.png), 1 missing (d.png)"."""
+        parts = [f"{len(names)} {what} ({_some(names)})" for what, names in
+                 (("new files", self.new), ("missing", self.missing), ("changed in size", self.changed)) if names]
+        return ", ".join(parts)
+
+
+def listing_change(pinned: dict[str, int | None], current: dict[str, int | None]) -> ListingChange:
+    """The files of ``current`` (name -> size) that ``pinned`` lacks, has no more, or had at another size."""
+    return ListingChange(
+        new=sorted(set(current) - set(pinned)),
+        missing=sorted(set(pinned) - set(current)),
+        changed=sorted(f for f in set(pinned) & set(current)
+                       if None not in (pinned[f], current[f]) and pinned[f] != current[f]),
+    )
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    more = f", ... {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def cut(files: list[str], partition_size: int, first: int = 0) -> dict[str, tuple[str, ...]]:
+    """``files`` in order, cut into partitions named from the ``first``-th on."""
+    return {layout.partition_name(first + i // partition_size): tuple(files[i:i + partition_size])
+            for i in range(0, len(files), partition_size)}
 
 
 def plan_dataset(store: Store, dataset: str) -> InputPlan:
@@ -43,26 +85,63 @@ def plan_dataset(store: Store, dataset: str) -> InputPlan:
 
 
 def plan_prefix(url: str, storage_options: dict, partition_size: int) -> InputPlan:
-    """Every .jpg/.jpeg/.png under ``url``, sorted by path, cut into partitions.
+    """Every image file (``IMAGE_SUFFIXES``) under ``url``, sorted by path, cut into partitions.
+    What else is there is in ``skipped``, by reason: another kind of file, or not a regular
+    file at all (a FIFO or a device would block the read that opened it: never opened).
 
     Partitions are named by index, so the fingerprint covers the partition size as well
     as the listing: a resume cut differently would skip or repeat files."""
     images = Store(StoreConfig(url.rstrip("/"), storage_options))
+    root = images.path("")
     try:
-        found = images.fs.find(images.path(""), detail=True)
+        found = images.fs.find(root, detail=True)
     except FileNotFoundError:
         found = {}
-    root = images.path("") + "/"
-    files = sorted((p.removeprefix(root), info.get("size")) for p, info in found.items()
-                   if p.lower().endswith(IMAGE_SUFFIXES))
+    if root in found or root.rstrip("/") in found:
+        raise BatchmlError(f"--images {url} is a file: it takes a folder or prefix of images; put the file "
+                           "in a folder of its own and pass the folder")
+    entries = {p.removeprefix(root + "/"): info for p, info in found.items()}
+    files = sorted((p, info.get("size")) for p, info in entries.items()
+                   if info.get("type", "file") == "file" and p.lower().endswith(IMAGE_SUFFIXES))
     if not files:
-        raise BatchmlError(f"no .jpg/.jpeg/.png files under {url}: check the prefix (or pass --dataset)")
+        raise BatchmlError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {url}: check the prefix (or pass --dataset)")
     names = check_utf8([p for p, _ in files], url)
     listing = "\n".join(f"{p} {s}" for p, s in files)
     fingerprint = hashlib.sha256(f"partition_size {partition_size}\n{listing}".encode()).hexdigest()
-    parts = {layout.partition_name(i // partition_size): tuple(names[i:i + partition_size])
-             for i in range(0, len(names), partition_size)}
-    return InputPlan(url, fingerprint, None, parts, images.config, partition_size)
+    return InputPlan(url, fingerprint, None, cut(names, partition_size), images.config, partition_size,
+                     dict(files), _skipped(entries))
+
+
+def _skipped(entries: dict[str, dict]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, info in sorted(entries.items()):
+        if info.get("type", "file") != "file":
+            out.setdefault("not a regular file (a FIFO, socket or device): never opened", []).append(name)
+        elif not name.lower().endswith(IMAGE_SUFFIXES):
+            out.setdefault(f"not an image file ({'/'.join(IMAGE_SUFFIXES)})", []).append(name)
+    return out
+
+
+def skipped_notices(plan: InputPlan) -> list[str]:
+    """A line per reason some files under a prefix are not scored."""
+    return [f"{len(names)} file(s) under {plan.name} skipped, {why}: {_some(names)}"
+            for why, names in plan.skipped.items()]
+
+
+def unknown_label_folders(plan: InputPlan, classes: list[str]) -> list[str]:
+    """Parent folders of a prefix's files that are not class names: their files score unlabelled."""
+    return sorted({parts[-2] for f in plan.sizes if len(parts := f.split("/")) > 1 and parts[-2] not in classes})
+
+
+def read_partition(store: Store, dataset: str, partition: str) -> pa.Table:
+    """An ingested partition, or a clear error naming the damaged file and the fix."""
+    try:
+        return datasets.read_partition(store, dataset, partition)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise BatchmlError(
+            f"input partition {store.url(layout.dataset_path(dataset, partition))} is damaged "
+            f"({type(exc).__name__}: {exc}): ingest dataset {dataset!r} again (`batchml doctor` lists what "
+            "else depends on it)") from exc
 
 
 def read_files(images: StoreConfig, files: tuple[str, ...], classes: tuple[str, ...]) -> pa.Table:

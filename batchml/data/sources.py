@@ -19,7 +19,7 @@ import numpy as np
 from batchml.data.images import encode_png
 from batchml.errors import BatchmlError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")  # the last three: Pillow decodes them
 SPLITS = ("train", "test")
 CIFAR10_ARCHIVE = "cifar10-jpeg.tar.gz"  # the JPEG archive of CIFAR-10, as this project keeps it
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",

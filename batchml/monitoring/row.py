@@ -15,13 +15,14 @@ from scipy.stats import chi2 as chi2_dist
 
 from batchml import layout
 from batchml.errors import BatchmlError
+from batchml.integrity import read_stats
 from batchml.monitoring.baseline import Baseline
 from batchml.monitoring.classes import drop_p_values, per_class_metrics
 from batchml.monitoring.history import history_shift
 from batchml.monitoring.label_free import CotReference, atc_accuracy, output_shift
 from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors, mlls_priors
 from batchml.monitoring.shift import class_shift, degrees_of_freedom, wilson_interval
-from batchml.records import ModelCard, MonitoringRow, RunManifest, ScoredPartition
+from batchml.records import ModelCard, MonitoringRow, RunManifest
 from batchml.stats import BiasCorrection, PartitionStats
 from batchml.store import Store
 
@@ -34,7 +35,7 @@ def fold_run(store: Store, run_id: str) -> tuple[RunManifest, PartitionStats]:
         raise BatchmlError(f"run {run_id!r} in {store.url()}: {hint}")
     manifest = RunManifest.read(store, run_id)
     k = len(manifest.classes)
-    parts = [PartitionStats.from_dict(ScoredPartition.read(store, run_id, p["partition"]).stats)
+    parts = [PartitionStats.from_dict(read_stats(store, run_id, p["partition"]).stats)  # damaged: named
              for p in manifest.partitions]
     return manifest, PartitionStats.total(parts, k)
 

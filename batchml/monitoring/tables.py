@@ -1,7 +1,9 @@
 """The monitoring tables: ``monitoring/runs/<run_id>.parquet`` (one row per run) and
 ``monitoring/alerts/<run_id>.parquet`` (zero or more rows). One file per run, so that
 monitoring a run rewrites only its own rows; read each folder as one table. Their columns:
-``batchml.records.MonitoringRow`` and ``Alert``."""
+``batchml.records.MonitoringRow`` and ``Alert``. A damaged file is left out of what is read,
+with a warning naming it (``batchml.integrity.DamagedFileWarning``): one torn file must not stop
+every night's monitoring and the dashboard; ``batchml doctor --repair`` rebuilds it."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from batchml import layout
+from batchml.integrity import skip_damaged
 from batchml.records import Alert, MonitoringRow
 from batchml.store import Store
 
@@ -44,23 +47,31 @@ class TableReader:
 
     def __init__(self, store: Store, table: str) -> None:
         self.store, self.table = store, table
-        self._files: dict[str, tuple[str, pa.Table]] = {}
+        self._files: dict[str, tuple[str, pa.Table | None]] = {}  # None: damaged, skipped
 
     def read(self) -> pd.DataFrame:
         folder = layout.monitoring_folder(self.table)
         current = self.store.list_versions(folder, ".parquet")
         self._files = {
             name: self._files[name] if name in self._files and self._files[name][0] == tag
-            else (tag, self.store.read_parquet(layout.monitoring_file(self.table, name)))
+            else (tag, self._read_file(name))
             for name, tag in current.items()
         }
-        parts = [t for _, t in self._files.values() if t.num_rows]
+        parts = [t for _, t in self._files.values() if t is not None and t.num_rows]
         if not parts:
             return empty_table(self.table)
         df = pa.concat_tables(parts, promote_options="default").to_pandas()
         # files written before a column existed: the column reads as None, so readers need not ask
         missing = [c for c in RECORDS[self.table].columns() if c not in df]
         return df.assign(**dict.fromkeys(missing)) if missing else df
+
+    def _read_file(self, name: str) -> pa.Table | None:
+        rel = layout.monitoring_file(self.table, name)
+        try:
+            return self.store.read_parquet(rel)
+        except (pa.ArrowException, OSError, ValueError) as exc:  # torn or not Parquet
+            skip_damaged(self.store.url(rel), f"{type(exc).__name__}: {exc}")
+            return None
 
     @property
     def stamp(self) -> tuple:

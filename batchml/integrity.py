@@ -1,0 +1,105 @@
+"""Is a stored file whole? One check per kind of file, shared by the readers that must not
+trust a damaged file and by ``batchml doctor`` (which lists them all and repairs them).
+
+A reader that can go on without a file (a monitoring table read as one table, the accepted
+records) skips a damaged one with a ``DamagedFileWarning`` naming it; a reader that cannot
+(folding a run's statistics) raises ``DamagedFileError``, which names the file and the repair.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+
+from batchml import layout
+from batchml.errors import BatchmlError
+from batchml.records import ScoredPartition
+from batchml.stats import OPTIONAL, PartitionStats
+from batchml.store import Store
+
+REPAIR = "run `batchml doctor --repair` (it moves the damaged file under quarantine/ and rebuilds it)"
+# the statistics every record must hold as non-negative, finite sums: a NaN or a negative count
+# would add into every total it is folded into, and no later night could tell
+_COUNTED = ("rows", "errors", "labelled", "correct", "predicted_counts", "confusion", "prob_sums",
+            "confidence_hist", "confidence_sum", "calibrated_confidence_sum", *OPTIONAL)
+
+
+class DamagedFileError(BatchmlError):
+    """A stored file that cannot be trusted, with why and the command that repairs it."""
+
+    def __init__(self, url: str, problem: str, fix: str = REPAIR) -> None:
+        self.url, self.problem, self.fix = url, problem, fix
+        super().__init__(f"{url} is damaged ({problem}): {fix}")
+
+
+class DamagedFileWarning(UserWarning):
+    """A damaged file a reader skipped (its message names it and the repair)."""
+
+
+def skip_damaged(url: str, problem: str) -> None:
+    """Warn that ``url`` was left out of what was read."""
+    warnings.warn(f"skipped damaged file {url} ({problem}): {REPAIR}", DamagedFileWarning, stacklevel=3)
+
+
+def read_json(store: Store, rel: str) -> Any:
+    """A JSON file's content, or ``DamagedFileError`` where it is missing, torn or not JSON."""
+    try:
+        data = store.read_bytes(rel)
+    except BatchmlError:
+        if store.exists(rel):  # there but unreadable now: the store's error says why
+            raise
+        raise DamagedFileError(store.url(rel), "missing") from None
+    try:
+        return _strict_json(data)
+    except ValueError as exc:
+        raise DamagedFileError(store.url(rel), f"not JSON: {exc}") from None
+
+
+def _strict_json(data: bytes) -> Any:
+    import json
+
+    def refuse(name: str):
+        raise ValueError(f"{name} is not a number JSON allows")
+
+    return json.loads(data, parse_constant=refuse)
+
+
+def stats_problem(record: Any, partition: str) -> str:
+    """What is wrong with a partition's statistics record ("" when it is whole)."""
+    if not isinstance(record, dict) or not isinstance(record.get("stats"), dict):
+        return "not a statistics record: no 'stats' object"
+    if record.get("partition") != partition:
+        return f"it names partition {record.get('partition')!r}, not {partition!r}"
+    try:
+        stats = PartitionStats.from_dict(record["stats"])
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"its statistics do not parse ({type(exc).__name__}: {exc})"
+    for name in _COUNTED:
+        values = np.asarray(getattr(stats, name), dtype=np.float64)
+        if not np.isfinite(values).all():
+            return f"'{name}' holds NaN or infinity"
+        if (values < 0).any():
+            return f"'{name}' holds a negative count"
+    for name in ("rows", "errors"):
+        if record.get(name) != getattr(stats, name):
+            return f"'{name}' is {record.get(name)!r} but its statistics count {getattr(stats, name)}"
+    if stats.labelled > stats.rows or stats.correct > stats.labelled or int(stats.predicted_counts.sum()) != stats.rows:
+        return "its counts disagree (labelled, correct and predicted counts against rows)"
+    return ""
+
+
+def read_stats(store: Store, run_id: str, partition: str) -> ScoredPartition:
+    """A partition's statistics record (``runs/<id>/stats/part-N.json``), checked whole."""
+    rel = layout.run_stats(run_id, partition)
+    record = read_json(store, rel)
+    if problem := stats_problem(record, partition):
+        raise DamagedFileError(store.url(rel), problem)
+    return ScoredPartition.from_dict(record)
+
+
+def finite(value: Any) -> bool:
+    """A number that is neither NaN nor infinite."""
+    return isinstance(value, int | float) and math.isfinite(value)
