@@ -152,8 +152,16 @@ class RunManifest(_Record):
 
     @classmethod
     def read(cls, store, run_id: str) -> RunManifest:
-        """The committed run's manifest (``store``: a ``batchml.store.Store``)."""
-        return cls.from_dict(store.read_json(layout.run_path(run_id, layout.RUN_MANIFEST)))
+        """The committed run's manifest (``store``: a ``batchml.store.Store``); a torn one is a
+        ``DamagedFileError`` naming it and the repair."""
+        from batchml.integrity import DamagedFileError, read_json
+
+        rel = layout.run_path(run_id, layout.RUN_MANIFEST)
+        data = read_json(store, rel)
+        try:
+            return cls.from_dict(data)
+        except (AttributeError, TypeError) as exc:  # not an object, or keys of another shape
+            raise DamagedFileError(store.url(rel), f"not a run manifest: {exc}") from None
 
 
 @dataclass

@@ -1,0 +1,125 @@
+"""Damaged files named, skipped by the readers that can go on, and found by ``batchml doctor``
+(fast lane: a committed run written by hand; the repairs that score again: test_ops_scoring.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from batchml import layout
+from batchml.cli import main
+from batchml.doctor import RESCORE, check_store, quarantine
+from batchml.errors import BatchmlError
+from batchml.integrity import DamagedFileError, DamagedFileWarning, read_stats
+from batchml.monitoring import fold_run, monitor_run, read_table
+from batchml.monitoring.run_monitor import accepted_baseline
+from tests.ops_fixtures import MODEL, fake_run
+
+STATS = layout.run_stats("night-1", "part-00001.parquet")
+
+
+@pytest.fixture
+def night(store):
+    fake_run(store)
+    monitor_run(store, "night-1")
+    return store
+
+
+def _edit_stats(store, change):
+    record = store.read_json(STATS)
+    change(record)
+    store.write_bytes(STATS, json.dumps(record).encode())  # json writes NaN as NaN, as a bad writer would
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda r: r["stats"].__setitem__("confidence_sum", math.nan), "NaN"),
+    (lambda r: r["stats"].__setitem__("predicted_counts", [-5, 30, 15]), "'predicted_counts' holds a negative"),
+    (lambda r: r.pop("stats"), "no 'stats' object"),
+])
+def test_a_damaged_stats_file_is_a_clear_error_naming_it_and_the_repair(night, change, problem):
+    _edit_stats(night, change)
+    with pytest.raises(DamagedFileError, match=rf"{STATS}.*{problem}.*batchml doctor --repair"):
+        fold_run(night, "night-1")
+
+
+def test_a_torn_stats_file_is_named(night):
+    night.write_bytes(STATS, b'{"partition": "part-00001.parq')
+    with pytest.raises(DamagedFileError, match=rf"{STATS} is damaged \(not JSON"):
+        read_stats(night, "night-1", "part-00001.parquet")
+
+
+def test_a_deleted_stats_file_of_a_committed_run_is_named_missing(night):
+    night.delete(STATS)
+    with pytest.raises(DamagedFileError, match=rf"{STATS} is damaged \(missing\): run `batchml doctor --repair`"):
+        monitor_run(night, "night-1")
+    (found,) = check_store(night).findings
+    assert (found.path, found.problem, found.action, found.run_id) == (STATS, "missing", RESCORE, "night-1")
+
+
+def test_a_truncated_monitoring_file_is_skipped_with_a_warning_naming_it(night):
+    fake_run(night, "night-2", seed=1)
+    monitor_run(night, "night-2")
+    rel = layout.monitoring_path("runs", "night-1")
+    night.write_bytes(rel, night.read_bytes(rel)[:100])
+    with pytest.warns(DamagedFileWarning, match=rf"skipped damaged file .*{rel}"):
+        runs = read_table(night, "runs")
+    assert runs.run_id.tolist() == ["night-2"]
+    with pytest.warns(DamagedFileWarning):
+        monitor_run(night, "night-2")  # tonight's monitoring goes on
+
+
+def test_a_malformed_accepted_record_is_skipped_with_a_warning(night):
+    night.write_bytes(layout.accepted_path("night-1"), b"{not json")
+    with pytest.warns(DamagedFileWarning, match=r"accepted/night-1.json"):
+        assert accepted_baseline(night, str(MODEL), "9999") is None
+
+
+def test_doctor_names_each_damaged_file_what_depends_on_it_and_the_repair(night, capsys):
+    night.write_bytes(layout.run_output("night-1", "predictions", "part-00000.parquet"), b"PAR1 torn")
+    night.write_bytes(layout.monitoring_path("alerts", "night-1"), b"")
+    night.write_bytes(layout.accepted_path("night-1"), b"[]")
+    night.write_json(MODEL.card_path, {})
+    night.write_json(layout.aliases_path("tiny"), {"production": "../../../etc"})
+    code = main(["doctor", "--root", night.config.root])
+    out = capsys.readouterr().out
+    assert code == 1
+    for rel in ("runs/night-1/predictions/part-00000.parquet", "monitoring/alerts/night-1.parquet",
+                "monitoring/accepted/night-1.json", "models/tiny/v1/card.json", "models/tiny/aliases.json"):
+        assert f"DAMAGED {night.path(rel)}" in out, rel
+    assert "needed by: run night-1: its predictions rows" in out
+    assert "batchml monitor --accept-baseline night-1" in out
+    assert "5 damaged" in out
+
+
+def test_doctor_exits_0_on_a_whole_store(night, capsys):
+    assert main(["doctor", "--root", night.config.root]) == 0
+    assert "the store is whole" in capsys.readouterr().out
+
+
+def test_repair_quarantines_a_damaged_monitoring_file_and_monitors_the_run_again(night, capsys):
+    rel = layout.monitoring_path("runs", "night-1")
+    torn = night.read_bytes(rel)[:50]
+    night.write_bytes(rel, torn)
+    assert main(["doctor", "--repair", "--root", night.config.root]) == 0
+    (moved,) = [p for p in night.fs.find(night.path(layout.QUARANTINE))]
+    assert moved.endswith(rel) and Path(moved).read_bytes() == torn  # kept, never deleted
+    assert read_table(night, "runs").run_id.tolist() == ["night-1"]
+    assert "the store is whole" in capsys.readouterr().out
+
+
+def test_quarantine_moves_a_file_whole(store):
+    store.write_bytes("runs/x/stats/part-00000.json", b"\x00torn")
+    target = quarantine(store, "runs/x/stats/part-00000.json", "20261130T000000Z")
+    assert target == "quarantine/20261130T000000Z/runs/x/stats/part-00000.json"
+    assert store.read_bytes(target) == b"\x00torn" and not store.exists("runs/x/stats/part-00000.json")
+
+
+def test_a_damaged_manifest_is_named_and_left_for_the_repair(night):
+    night.write_bytes(layout.run_path("night-1", layout.RUN_MANIFEST), b"{")
+    (found,) = check_store(night).findings
+    assert found.path.endswith("manifest.json") and "commits the run again" in found.fix
+    with pytest.raises(BatchmlError):
+        fold_run(night, "night-1")
