@@ -9,11 +9,22 @@ proxy that answers 503 or drops the connection on a share of requests, and:
   resumes with the original one until the run commits (a transient failure may exit 2);
 - registers two model versions at the same instant from two processes;
 - scores a batch of bombs, truncated, 16-bit, empty and oddly named files (each must be
-  a prediction or an error row) and ingests a truncated tar (must exit 2).
+  a prediction or an error row) and ingests a truncated tar (must exit 2);
+- adds files to the committed prefix: a rerun must refuse, naming them (exit 2), and
+  ``--append`` must score each exactly once;
+- scores a local folder holding a FIFO (must be skipped with a notice, never opened);
+- monitors the run, accepts it and then an older run as the baseline;
+- damages a file and deletes another in every store folder (a run's predictions and
+  statistics, the monitoring tables, the accepted baselines, a model version, a dataset):
+  monitoring must go on with a warning naming the damaged table file, ``batchml doctor``
+  must name every one (exit 1), ``--repair`` must score the lost rows again, and once the
+  by-hand ones are restored ``doctor`` must find the store whole (exit 0).
 
 It prints a line per round and, last, one JSON object: rows expected, committed, lost and
-duplicated, runs wedged (not done within ``--timeout``) and wrong exit codes. The bar:
-10 rounds of 20,000 images, all zero. The model is a tiny untrained net: correctness of
+duplicated, runs wedged (not done within ``--timeout``), wrong exit codes, silent skips (a
+change or a damaged file that a command went past without saying so) and the damaged
+files ``doctor`` named (of those planted). The bar: 10 rounds of 20,000 images, all zero
+but ``damaged_named``, which must equal ``damaged_planted``. The model is a tiny untrained net: correctness of
 the plumbing does not depend on its weights.
 
     python benchmarks/chaos.py [--rounds 10] [--images 20000] [--fault-rate 0.03] [--seed 0]
@@ -107,9 +118,14 @@ def register_tiny_model(endpoint: str) -> None:
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255),
                               keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(len(CLASSES), "softmax")])
     store = Store(store_config(endpoint))
+    k = len(CLASSES)
     card = ModelCard.from_dict({"arch": "tiny", "classes": CLASSES, "preprocessing": Preprocessing().to_dict(),
-                                "calibration": {"temperature": 1.0}})
+            "calibration": {"temperature": 1.0},
+            "metrics": {"validation": {"rows": 30, "accuracy": 0.34, "loss": 1.1,
+                                       "confusion": (np.eye(k, dtype=int) * 8 + 1).tolist()}},
+            "reference": {"accuracy": 0.34, "predicted_counts": [10] * k}})
     promote(store, register(store, "chaos", model_bytes(model), card))
+    register(store, "decoy", model_bytes(model), card)  # a version to damage by hand
 
 
 def upload_images(fs, n: int) -> None:
@@ -225,11 +241,10 @@ def run_round(world: dict, fs, r: int, n: int, rng: random.Random, timeout: floa
     wrong = wedged = 0
     code = interrupted_run(world, fs, run_id, size, rng, n_parts)
     wrong += code not in (0, 2, -signal.SIGKILL)
-    committed = fs.exists(f"{BUCKET}/store/{layout.run_path(run_id, layout.RUN_MANIFEST)}")
     code, err = batchml(world, "score", "--images", f"s3://{BUCKET}/in", "--scheduler", world["address"], "--run-id",
                         run_id, "--partition-size", str(other), "--model", "chaos/production", timeout=timeout)
     wedged += code is None
-    wrong += code != (0 if committed else 2) or (not committed and f"partitions of {size} files" not in err)
+    wrong += code != 2 or f"partitions of {size} files" not in err  # committed or not: refused
     for _ in range(5):  # transient faults may fail a resume (exit 2, nothing committed): resume again
         code, err = batchml(world, "score", "--images", f"s3://{BUCKET}/in", "--scheduler", world["address"],
                             "--run-id", run_id, "--partition-size", str(size), "--model", "chaos/production",
@@ -239,14 +254,127 @@ def run_round(world: dict, fs, r: int, n: int, rng: random.Random, timeout: floa
             break
         manifest = f"{BUCKET}/store/{layout.run_path(run_id, layout.RUN_MANIFEST)}"
         wrong += code != 2 or "Traceback" in err or fs.exists(manifest)
-    expected = {f"{CLASSES[i % 3]}/{i:06d}.png" for i in range(n)}
+    expected = {f"{CLASSES[i % 3]}/{i:06d}.png" for i in range(n)} | LATE
+    ops = ops_round(world, fs, r, run_id, size, expected, timeout) if code == 0 else dict(OPS_ZERO)
     rows = check_rows(fs, run_id, expected)
     rows["lost"] += 0 if code == 0 else rows["expected"] - rows["committed"] + rows["duplicated"]
     odd = odd_round(world, fs, r, timeout)
     collisions = registrations(world)
     return {"round": r, "partition_size": size, **rows, "odd_lost": odd["lost"], "odd_duplicated": odd["duplicated"],
-            "wedged": wedged + odd["wedged"], "wrong_exit_codes": wrong + odd["wrong"] + collisions,
-            "registration_collisions": collisions}
+            "wedged": wedged + odd["wedged"] + ops["wedged"],
+            "wrong_exit_codes": wrong + odd["wrong"] + collisions + ops["wrong"],
+            "registration_collisions": collisions, "silent_skips": ops["silent_skips"],
+            "damaged_planted": ops["damaged_planted"], "damaged_named": ops["damaged_named"]}
+
+
+# -- issue 24: grown prefixes, FIFOs, damaged stores --------------------------------------------------
+
+LATE: set[str] = set()  # files added to the prefix by earlier rounds: every later run scores them too
+OPS_ZERO = {"wedged": 0, "wrong": 0, "silent_skips": 0, "damaged_planted": 0, "damaged_named": 0}
+
+
+def retried(world: dict, *args: str, timeout: float, attempts: int = 5) -> tuple[int | None, str]:
+    """A command that transient faults may fail (exit 2): run again until it exits otherwise."""
+    for _ in range(attempts):
+        code, err = batchml(world, *args, timeout=timeout)
+        if code != 2 or "Traceback" in err:
+            break
+    return code, err
+
+
+def ops_round(world: dict, fs, r: int, run_id: str, size: int, expected: set[str], timeout: float) -> dict:
+    out = dict(OPS_ZERO)
+    cluster = ("--scheduler", world["address"])
+    score = ("score", "--images", f"s3://{BUCKET}/in", "--run-id", run_id, "--partition-size", str(size),
+             "--model", "chaos/production", *cluster)
+    late = {f"circle/late-{r}-{i}.png": make_image(0, 10_000 + i) for i in range(5)}
+    fs.pipe({f"{BUCKET}/in/{name}": data for name, data in late.items()})
+    code, err = retried(world, *score, timeout=timeout)
+    out["wedged"] += code is None
+    out["silent_skips"] += code == 0  # the late files were left out, and it said all is done
+    out["wrong"] += code not in (0, 2) or (code == 2 and "5 new files" not in err)
+    code, err = retried(world, *score, "--append", timeout=timeout)
+    out["wedged"] += code is None
+    out["wrong"] += code != 0
+    LATE.update(late)
+    expected |= set(late)
+    fifo = fifo_round(world, r, timeout)
+    for k in fifo:
+        out[k] += fifo[k]
+    damage = damage_round(world, fs, r, run_id, expected, timeout)
+    for k in damage:
+        out[k] += damage[k]
+    return out
+
+
+def fifo_round(world: dict, r: int, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(3):
+            Path(tmp, f"{i}.png").write_bytes(make_image(i, i))
+        os.mkfifo(Path(tmp, "pipe.png"))  # a reader that opened it would wait for a writer forever
+        code, err = batchml(world, "score", "--images", tmp, "--run-id", f"fifo-{r}", "--scheduler", world["address"],
+                            "--model", "chaos/production", timeout=min(timeout, 300))
+        code, err = (retried(world, "score", "--images", tmp, "--run-id", f"fifo-{r}", "--scheduler",
+                             world["address"], "--model", "chaos/production", timeout=min(timeout, 300))
+                     if code == 2 else (code, err))
+    return {"wedged": int(code is None), "wrong": int(code not in (0, None)),
+            "silent_skips": int(code == 0 and "pipe.png" not in err)}
+
+
+def damage_round(world: dict, fs, r: int, run_id: str, expected: set[str], timeout: float) -> dict:
+    """Monitor and accept, then a damaged and a deleted file in every folder of the store: doctor must
+    name each, --repair must bring the rows back, and the store must end whole."""
+    out = dict(OPS_ZERO)
+    root = f"{BUCKET}/store"
+    code, _ = retried(world, "monitor", "--run-id", run_id, timeout=timeout)
+    out["wrong"] += code not in (0, 1)
+    code, err = retried(world, "monitor", "--accept-baseline", run_id, timeout=timeout)
+    out["wrong"] += code != 0
+    if r:  # an older run accepted after a newer one: the latest acceptance wins, or it is refused
+        code, err = retried(world, "monitor", "--accept-baseline", f"chaos-{r - 1}", timeout=timeout)
+        out["wrong"] += code not in (0, 2) or "Traceback" in err
+    if not fs.exists(f"{root}/{layout.dataset_path('tiny', layout.DATASET_MANIFEST)}"):
+        with tempfile.TemporaryDirectory() as tmp:
+            for c, name in enumerate(CLASSES):
+                Path(tmp, "test", name).mkdir(parents=True)
+                for i in range(4):
+                    Path(tmp, "test", name, f"{i}.png").write_bytes(make_image(c, i))
+            retried(world, "ingest", tmp, "--dataset", "tiny", "--split", "test", "--partition-size", "4",
+                    timeout=timeout)
+    parts = sorted(fs.ls(f"{root}/{layout.run_folder(run_id, 'predictions')}"))
+    planted = {  # path relative to the root -> how it was damaged (torn, or deleted)
+        layout.run_output(run_id, "predictions", parts[0].rsplit("/", 1)[1]): "torn",
+        layout.run_stats(run_id, parts[-1].rsplit("/", 1)[1]): "deleted",
+        layout.monitoring_path("runs", run_id): "torn",
+        layout.accepted_path(run_id): "torn",
+        "models/decoy/v1/card.json": "torn",
+        "models/decoy/v1/model.keras": "deleted",
+        layout.dataset_path("tiny", "part-00000.parquet"): "torn",
+        layout.dataset_path("tiny", "part-00001.parquet"): "deleted",
+    }
+    kept = {rel: fs.cat(f"{root}/{rel}") for rel in planted}
+    for rel, how in planted.items():
+        if how == "deleted":
+            fs.rm(f"{root}/{rel}")
+        else:
+            fs.pipe(f"{root}/{rel}", kept[rel][: len(kept[rel]) // 3])
+    code, err = retried(world, "monitor", "--run-id", f"fifo-{r}", timeout=timeout)  # reads the torn table file
+    out["silent_skips"] += code in (0, 1) and layout.monitoring_path("runs", run_id) not in err
+    proc = subprocess.run([sys.executable, "-m", "batchml", "doctor", "--root", f"s3://{BUCKET}/store", "-q"],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**ENV, "AWS_ENDPOINT_URL": world["moto"]})  # the check itself: no faults
+    named = sum(f"{rel}:" in proc.stdout for rel in planted)
+    out["damaged_planted"], out["damaged_named"] = len(planted), named
+    out["silent_skips"] += len(planted) - named
+    out["wrong"] += proc.returncode != 1
+    code, err = retried(world, "doctor", "--repair", *("--scheduler", world["address"]), timeout=timeout)
+    out["wedged"] += code is None
+    for rel in ("models/decoy/v1/card.json", "models/decoy/v1/model.keras", layout.accepted_path(run_id),
+                layout.dataset_path("tiny", "part-00000.parquet"), layout.dataset_path("tiny", "part-00001.parquet")):
+        fs.pipe(f"{root}/{rel}", kept[rel])  # what needs a person, restored by hand
+    code, err = retried(world, "doctor", "--repair", *("--scheduler", world["address"]), timeout=timeout)
+    out["wrong"] += code != 0  # whole again
+    return out
 
 
 def odd_round(world: dict, fs, r: int, timeout: float) -> dict:
@@ -305,16 +433,19 @@ def main(argv: list[str] | None = None) -> dict:
         world["proxy"].stop()
         stop_processes(world["procs"][1:])
         world["procs"][0].kill()
-    total = {k: sum(r[k] for r in rounds) for k in ("expected", "committed", "duplicated", "lost",
-                                                     "odd_lost", "odd_duplicated", "wedged", "wrong_exit_codes")}
+    total = {k: sum(r[k] for r in rounds) for k in ("expected", "committed", "duplicated", "lost", "odd_lost",
+                                                     "odd_duplicated", "wedged", "wrong_exit_codes", "silent_skips",
+                                                     "damaged_planted", "damaged_named")}
     summary = {"rounds": len(rounds), "images_per_round": args.images, "rows_expected": total["expected"],
                "rows_committed": total["committed"], "rows_lost": total["lost"] + total["odd_lost"],
                "rows_duplicated": total["duplicated"] + total["odd_duplicated"], "runs_wedged": total["wedged"],
-               "wrong_exit_codes": total["wrong_exit_codes"], "s3_requests": dict(world["proxy"].counts),
-               "wall_seconds": round(time.monotonic() - started, 1)}
+               "wrong_exit_codes": total["wrong_exit_codes"], "silent_skips": total["silent_skips"],
+               "damaged_planted": total["damaged_planted"], "damaged_named": total["damaged_named"],
+               "s3_requests": dict(world["proxy"].counts), "wall_seconds": round(time.monotonic() - started, 1)}
     print(f"chaos: {summary['rounds']} rounds of {args.images:,} images; rows lost {summary['rows_lost']}, "
           f"duplicated {summary['rows_duplicated']}; runs wedged {summary['runs_wedged']}; wrong exit codes "
-          f"{summary['wrong_exit_codes']}; S3 requests {summary['s3_requests']}")
+          f"{summary['wrong_exit_codes']}; silent skips {summary['silent_skips']}; damaged files named "
+          f"{summary['damaged_named']} of {summary['damaged_planted']}; S3 requests {summary['s3_requests']}")
     print(json.dumps(summary))
     return summary
 
