@@ -164,3 +164,22 @@ def test_a_full_disk_is_a_clear_error_not_a_traceback(store, capsys, monkeypatch
     err = capsys.readouterr().err
     assert "no space left on the device writing /data/store/monitoring/runs/x.parquet" in err
     assert "Traceback" not in err
+
+
+def test_run_json_is_created_exclusively_never_overwritten(store, tmp_path, monkeypatch):
+    """Another job writes run.json between this one's look and its write: this one checks against it."""
+    from batchml.score import scoring
+
+    register_tiny(store)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(make_image(0, 1))
+    plan = plan_prefix(str(tmp_path / "in"), {}, 10)
+    theirs = {"run_id": "r", "dataset": "elsewhere", "model_version": "tiny/v1", "partition_size": 10}
+    store.write_json(layout.run_path("r", layout.RUN_SPEC), theirs)
+    monkeypatch.setattr(scoring, "_check_loadable", lambda store, mv: None)
+    real_exists = store.exists
+    monkeypatch.setattr(store, "exists", lambda rel: False if rel.endswith("run.json") else real_exists(rel))
+    cfg = scoring.ScoreConfig(None, "tiny/production", "r", images=str(tmp_path / "in"))
+    with pytest.raises(BatchmlError, match="run 'r' scores dataset 'elsewhere'"):
+        scoring._start_run(store, cfg, "r", plan, verbose=False)
+    assert store.read_json(layout.run_path("r", layout.RUN_SPEC)) == theirs

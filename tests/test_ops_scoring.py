@@ -112,7 +112,7 @@ def test_doctor_repair_scores_again_what_a_deleted_or_torn_file_lost(client, tin
     assert read_table(tiny_store, "runs").rows.tolist() == [9]
 
 
-def test_a_fifo_among_the_images_does_not_hang_the_run(client, tiny_store, tmp_path):
+def test_a_fifo_among_the_images_does_not_hang_the_run(client, tiny_store, tmp_path, capsys):
     import os
 
     folder = prefix(tmp_path, 4)
@@ -120,3 +120,4 @@ def test_a_fifo_among_the_images_does_not_hang_the_run(client, tiny_store, tmp_p
     m = score(client, tiny_store, ScoreConfig(None, MODEL, "fifo", images=str(folder), partition_size=3),
               verbose=False)
     assert m.rows == 4
+    assert "circle/pipe.png" in capsys.readouterr().err  # said even when quiet
