@@ -8,7 +8,6 @@ records) skips a damaged one with a ``DamagedFileWarning`` naming it; a reader t
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -98,8 +97,3 @@ def read_stats(store: Store, run_id: str, partition: str) -> ScoredPartition:
     if problem := stats_problem(record, partition):
         raise DamagedFileError(store.url(rel), problem)
     return ScoredPartition.from_dict(record)
-
-
-def finite(value: Any) -> bool:
-    """A number that is neither NaN nor infinite."""
-    return isinstance(value, int | float) and math.isfinite(value)
