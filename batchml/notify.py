@@ -147,12 +147,13 @@ class NotifyConfig:
     attempts: int = 4  # tries per URL
     backoff_seconds: float = 1.0  # the wait after the first failed try; doubled after each
     timeout_seconds: float = 10.0  # per try
+    secrets: tuple[str, ...] = ()  # values replaced by *** wherever they appear in the body
 
 
 def notify(night: Night, cfg: NotifyConfig) -> list[str]:
     """POST the night to every URL; the problems (one line per URL that never took it), for the caller
     to print. Never raises: a notification must not fail the night it reports."""
-    body = payload(night, cfg.format)
+    body = _scrubbed(payload(night, cfg.format), (*cfg.secrets, *([cfg.bearer_token] if cfg.bearer_token else [])))
     if cfg.format == "alertmanager" and not body:
         return []
     data = json.dumps(body).encode()
@@ -160,6 +161,16 @@ def notify(night: Night, cfg: NotifyConfig) -> list[str]:
     if cfg.bearer_token:
         headers["Authorization"] = f"Bearer {cfg.bearer_token}"
     return [problem for url in cfg.urls if (problem := _post(url, data, headers, cfg))]
+
+
+def _scrubbed(body, secrets: tuple[str, ...]):
+    """``body`` with every secret value in its strings replaced (an error message may quote one)."""
+    if not secrets:
+        return body
+    text = json.dumps(body)
+    for secret in secrets:
+        text = text.replace(json.dumps(secret)[1:-1], "***")
+    return json.loads(text)
 
 
 def _post(url: str, data: bytes, headers: dict, cfg: NotifyConfig) -> str:

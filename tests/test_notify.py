@@ -171,3 +171,27 @@ def test_a_report_of_a_run_not_monitored_says_how(store, capsys):
     fake_run(store)
     assert main(["report", "--run-id", "night-1", "--out", "x.html", "--root", store.config.root]) == 2
     assert "batchml monitor --run-id night-1` first" in capsys.readouterr().err
+
+
+def test_the_nightly_job_reports_its_own_failure(receiver, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("nightly", Path(__file__).resolve().parents[1] / "jobs/nightly.py")
+    nightly = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nightly)
+    metrics = tmp_path / "batchml.prom"
+    code = nightly.main(["--dataset", "night-{date}", "--date", "2026-11-29", "--root", str(tmp_path / "s"),
+                         "--storage-options", "{not json", "--notify", receiver.url, "--metrics-file", str(metrics)])
+    assert code == 2
+    body = receiver.requests[0]["body"]
+    assert body["status"] == "failed" and body["run_id"] == "nightly-night-2026-11-29"
+    assert "--storage-options (or $BATCHML_STORAGE_OPTIONS) is not valid JSON" in body["error"]
+    assert "batchml_night_status{" in metrics.read_text() and '"} 3' in metrics.read_text()
+
+
+def test_a_secret_an_error_quotes_is_scrubbed_from_the_payload(receiver):
+    night = Night.failed("n", "access denied with key AKIAXYZSECRET123 to s3://b")
+    notify(night, NotifyConfig((receiver.url,), "slack", secrets=("AKIAXYZSECRET123",), **FAST))
+    text = json.dumps(receiver.requests[0]["body"])
+    assert "AKIAXYZSECRET123" not in text and "access denied with key ***" in text
