@@ -134,7 +134,7 @@ def _check_partition(store: Store, run_id: str, partition: str, committed: bool,
     except DamagedFileError as exc:
         out.findings.append(Finding(stats_rel, exc.problem, needed, fix, action, run_id))
         return
-    for kind, expected in (("predictions", record["rows"]), ("errors", record["errors"])):
+    for kind, expected in (("predictions", record.rows), ("errors", record.errors)):
         rel = layout.run_output(run_id, kind, partition)
         if kind == "errors" and not expected:
             continue

@@ -45,8 +45,8 @@ class Night:
 
     @classmethod
     def of_report(cls, report, duration_seconds: float | None = None, dashboard_url: str | None = None) -> Night:
-        """From a ``batchml.monitoring.RunReport`` (its ``row`` and ``alerts``)."""
-        row, alerts = report.row, list(report.alerts)
+        """From a ``batchml.monitoring.RunReport``: its ``row`` (a ``MonitoringRow``) and ``alerts``."""
+        row, alerts = report.row.to_dict(), [a.to_dict() for a in report.alerts]
         status = ("error" if any(a["severity"] == "error" for a in alerts)
                   else "warning" if alerts else "ok")
         figures = {k: _plain(row[k]) for k in FIGURES if k in row and _plain(row[k]) is not None}

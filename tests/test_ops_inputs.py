@@ -148,7 +148,7 @@ def test_monitor_since_resolves_an_alias_and_names_several_models(store, capsys)
     store.write_json("runs/night-2/manifest.json", {**manifest, "model_version": "tiny/v2"})
     monitor_run(store, "night-2")
     assert main(["monitor", "--since", "2000-01-01", "--root", store.config.root]) == 0
-    assert "these runs are of 2 model versions (tiny/v1, tiny/v2)" in capsys.readouterr().out
+    assert "models tiny/v1, tiny/v2 folded together" in capsys.readouterr().out
 
 
 def test_a_full_disk_is_a_clear_error_not_a_traceback(store, capsys, monkeypatch):

@@ -14,6 +14,7 @@ from batchml.data.ingest import ingest
 from batchml.doctor import check_store, repair
 from batchml.errors import BatchmlError
 from batchml.monitoring import monitor_run, read_table
+from batchml.records import ModelCard
 from batchml.registry import model_bytes, promote, register
 from batchml.score.scoring import ScoreConfig, score
 from tests.conftest import CLASSES, make_image
@@ -34,7 +35,7 @@ def tiny_model(lambda_layer: bool = False):
 
 @pytest.fixture
 def tiny_store(store):
-    promote(store, register(store, "tiny", model_bytes(tiny_model()), tiny_card()), "production")
+    promote(store, register(store, "tiny", model_bytes(tiny_model()), ModelCard.from_dict(tiny_card())), "production")
     return store
 
 
@@ -74,13 +75,13 @@ def test_a_committed_run_refuses_another_partition_size_or_model(client, tiny_st
     score(client, tiny_store, cfg, verbose=False)
     with pytest.raises(BatchmlError, match="partitions of 3 files, not 4"):
         score(client, tiny_store, ScoreConfig(**{**cfg.__dict__, "partition_size": 4}), verbose=False)
-    register(tiny_store, "tiny", model_bytes(tiny_model()), tiny_card())
+    register(tiny_store, "tiny", model_bytes(tiny_model()), ModelCard.from_dict(tiny_card()))
     with pytest.raises(BatchmlError, match=r"scores with model tiny/v1 .* not tiny/v2"):
         score(client, tiny_store, ScoreConfig(**{**cfg.__dict__, "model": "tiny/v2"}), verbose=False)
 
 
 def test_a_model_safe_mode_refuses_is_a_clear_error_before_run_json(client, store, tmp_path):
-    mv = register(store, "tiny", model_bytes(tiny_model(lambda_layer=True)), tiny_card())
+    mv = register(store, "tiny", model_bytes(tiny_model(lambda_layer=True)), ModelCard.from_dict(tiny_card()))
     cfg = ScoreConfig(None, str(mv), "lambda", images=str(prefix(tmp_path)), partition_size=3)
     with pytest.raises(BatchmlError, match=r"cannot be loaded for scoring .*Lambda layers"):
         score(client, store, cfg, verbose=False)
