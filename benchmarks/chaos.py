@@ -341,7 +341,7 @@ def damage_round(world: dict, fs, r: int, run_id: str, expected: set[str], timeo
                     Path(tmp, "test", name, f"{i}.png").write_bytes(make_image(c, i))
             retried(world, "ingest", tmp, "--dataset", "tiny", "--split", "test", "--partition-size", "4",
                     timeout=timeout)
-    parts = sorted(fs.ls(f"{root}/{layout.run_folder(run_id, 'predictions')}"))
+    parts = sorted(fs.ls(f"{root}/{layout.run_path(run_id, 'predictions')}"))
     planted = {  # path relative to the root -> how it was damaged (torn, or deleted)
         layout.run_output(run_id, "predictions", parts[0].rsplit("/", 1)[1]): "torn",
         layout.run_stats(run_id, parts[-1].rsplit("/", 1)[1]): "deleted",

@@ -48,7 +48,7 @@ def prefix(tmp_path, n: int = 7):
 
 
 def predictions(store, run_id):
-    return pd.read_parquet(store.path(layout.run_folder(run_id, "predictions")))
+    return pd.read_parquet(store.path(layout.run_path(run_id, "predictions")))
 
 
 def test_a_grown_prefix_is_refused_with_the_difference_then_appended_exactly_once(client, tiny_store, tmp_path):
