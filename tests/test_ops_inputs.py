@@ -183,3 +183,16 @@ def test_run_json_is_created_exclusively_never_overwritten(store, tmp_path, monk
     with pytest.raises(BatchmlError, match="run 'r' scores dataset 'elsewhere'"):
         scoring._start_run(store, cfg, "r", plan, verbose=False)
     assert store.read_json(layout.run_path("r", layout.RUN_SPEC)) == theirs
+
+
+def test_the_dashboards_listing_skips_a_damaged_card_with_a_warning(store):
+    from batchml.integrity import DamagedFileWarning
+    from batchml.registry import list_registered
+
+    register_tiny(store)
+    other = ModelVersion("zeta", "v1")
+    store.write_bytes(other.model_path, b"x")
+    store.write_json(other.card_path, {})
+    with pytest.warns(DamagedFileWarning, match=r"zeta/v1/card.json"):
+        assert [str(r.version) for r in list_registered(store)] == ["tiny/v1"]
+    assert [r.problem != "" for r in list_registered(store, include_damaged=True)] == [False, True]
