@@ -5,11 +5,13 @@
     images/<dataset>/part-NNNNN.parquet         input partitions
     images/<dataset>/dataset.json               the dataset's manifest, written last by ingest
     models/<name>/vN/model.keras, card.json     a model version (committed when its card exists)
+    models/<name>/vN/novelty.npz                its novelty reference (class means, whitening), if any
     models/<name>/vN/claim.json                 who claimed the version number
     models/<name>/aliases.json                  alias -> version
     runs/<run_id>/run.json                      what the run scores, written first (create-exclusive)
     runs/<run_id>/appends/append-NNNNN.json     files added to the run later (``score --append``)
     runs/<run_id>/predictions|failures|errors/part-NNNNN.parquet
+    runs/<run_id>/hashes/part-NNNNN.parquet     per row: image_id, content and perceptual hashes
     runs/<run_id>/stats/part-NNNNN.json         a partition's statistics: the partition is done
     runs/<run_id>/manifest.json                 written last: the run is committed
     sweeps/<id>/sweep.json, trials.parquet      a sweep's plan and result, one row per trial
@@ -33,6 +35,7 @@ DATASETS, MODELS, RUNS, SWEEPS, MONITORING = "images", "models", "runs", "sweeps
 QUARANTINE = "quarantine"
 DATASET_MANIFEST = "dataset.json"
 MODEL_FILE, CARD_FILE, CLAIM_FILE = "model.keras", "card.json", "claim.json"
+NOVELTY_FILE = "novelty.npz"  # a version's novelty reference (``batchml.train.novelty``), written before its card
 
 
 def check_name(kind: str, name: str) -> str:
@@ -115,6 +118,10 @@ class ModelVersion:
     def claim_path(self) -> str:
         return f"{self.prefix}/{CLAIM_FILE}"
 
+    @property
+    def novelty_path(self) -> str:
+        return f"{self.prefix}/{NOVELTY_FILE}"
+
 
 # -- runs --------------------------------------------------------------------------------------
 
@@ -125,12 +132,12 @@ RUN_MANIFEST = "manifest.json"  # written last: it commits the run
 
 def run_path(run_id: str, name: str = "") -> str:
     """A run's folder, or ``name`` in it: a file (``RUN_SPEC``, ``RUN_MANIFEST``) or the folder of a
-    kind of per-partition output (``predictions``, ``failures``, ``errors``, ``stats``)."""
+    kind of per-partition output (``predictions``, ``failures``, ``errors``, ``hashes``, ``stats``)."""
     return "/".join(p for p in (RUNS, check_name("run", run_id), name) if p)
 
 
 def run_output(run_id: str, kind: str, partition: str) -> str:
-    """A partition's Parquet output of ``kind`` (``predictions``, ``failures``, ``errors``)."""
+    """A partition's Parquet output of ``kind`` (``predictions``, ``failures``, ``errors``, ``hashes``)."""
     return f"{run_path(run_id, kind)}/{partition}"
 
 
@@ -142,6 +149,11 @@ def run_appends(run_id: str) -> str:
 def run_append(run_id: str, number: int) -> str:
     """The ``number``-th append record of a run (0 first)."""
     return f"{run_appends(run_id)}/append-{number:05d}.json"
+
+
+def run_hashes(run_id: str, partition: str) -> str:
+    """A partition's hashes (``batchml.records.HASHES_SCHEMA``): duplicates within a run and across nights."""
+    return run_output(run_id, "hashes", partition)
 
 
 def stats_name(partition: str) -> str:

@@ -292,6 +292,12 @@ class ModelCard(_Record):
     # BBSE's bootstrap resamples them; None on cards before it
     validation_rows: dict | None
     reference: Reference
+    # novelty (``batchml.train.novelty.NoveltyReference.card_entry``): method, threshold, quantile,
+    # validation_rate, validation_hist, edges; its arrays in ``novelty.npz`` beside the card. None: before it
+    novelty: dict | None = None
+    # input health of the training split (``batchml.reference.health_reference``): the histograms
+    # ``PartitionStats`` keeps, summed over a sample of the training rows. None: before it
+    input_health: dict | None = None
     schema_version: int = _Record.SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -422,6 +428,17 @@ FAILURE_SCHEMA = pa.schema([
     ("kind", pa.string()),  # misclassified (labelled, most confident first) | uncertain (unlabelled, least)
     ("image_id", pa.string()), ("partition", pa.string()), ("label", pa.int16()),
     ("predicted", pa.int16()), ("confidence", pa.float32()), ("thumbnail", pa.binary()),  # 32x32 PNG
+])
+
+
+# ``runs/<id>/hashes/part-N.parquet``: one row per prediction, for duplicates within a run and against
+# recent nights (``batchml.data.health``: ``content_hashes``, ``dhash``, ``hamming``)
+HASHES_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("content_hash", pa.uint64()),  # BLAKE2b of the bytes as received: equal for exact duplicates
+    ("perceptual_hash", pa.uint64()),  # dHash of the model input: near duplicates differ in few bits
+    ("predicted", pa.int16()),  # the predicted class, for de-duplicated class mixes
+    ("segment", pa.string()),  # the row's segment value; null when the run is not segmented
 ])
 
 

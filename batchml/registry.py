@@ -138,14 +138,18 @@ def read_card(store: Store, mv: ModelVersion, needs: tuple[str, ...] = ()) -> Mo
     return ModelCard.checked(data, store.url(mv.card_path), needs)
 
 
-def register(store: Store, name: str, model_file: str | bytes, card: ModelCard) -> ModelVersion:
+def register(store: Store, name: str, model_file: str | bytes, card: ModelCard,
+             files: dict[str, bytes] | None = None) -> ModelVersion:
     """Store a saved ``.keras`` file (its path or its bytes) and its card as the next
-    version of ``name``; the card is written with that name and version."""
+    version of ``name``; the card is written with that name and version. ``files``: more of
+    the version's files by name (``layout.NOVELTY_FILE``), written before the card."""
     mv = _claim_version(store, name)
     if isinstance(model_file, str):
         with open(model_file, "rb") as f:
             model_file = f.read()
     store.write_bytes(mv.model_path, model_file)
+    for file_name, data in (files or {}).items():
+        store.write_bytes(f"{mv.prefix}/{file_name}", data)
     version = max(card.schema_version, ModelCard.SCHEMA_VERSION)  # a newer writer's card keeps its version
     card = replace(card, name=name, version=mv.version, schema_version=version)
     store.write_json(mv.card_path, card.to_dict())

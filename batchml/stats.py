@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from batchml.data.health import CHANNELS, FORMATS, HEALTH_BINS, MODES, ORIENTATIONS, PROPERTIES, InputHealth
 from batchml.records import is_absent
 
 CONFIDENCE_BINS = 20  # histogram of the top probability over [0, 1]
@@ -19,9 +20,19 @@ SCORE_BINS = 1000
 # per-class probability bins, fine near 0 and 1 where calibrated probabilities crowd
 PROB_EDGES = np.array([0.0, 1e-4, 1e-3, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
                        0.97, 0.99, 0.997, 0.999, 1.0])
+# the novelty score (distance to the training features over the card's threshold: 1.0 is the
+# validation split's 95th percentile) in bins of 0.1 up to 4, the last bin open; 1.0 is an edge
+NOVELTY_EDGES = np.linspace(0.0, 4.0, 41)
+NOVELTY_BINS = len(NOVELTY_EDGES) - 1
 # fields added after the first release: a record without them reads as zeros, and a sum whose
-# histogram does not count every row is treated as lacking that histogram
-OPTIONAL = ("score_hist", "class_prob_hist", "cell_counts", "cell_prob_sums")
+# histogram does not count every row is treated as lacking that histogram (``has``)
+OPTIONAL = ("score_hist", "class_prob_hist", "cell_counts", "cell_prob_sums",
+            # input health (batchml.data.health) and duplicates
+            "health_hist", "mode_counts", "channel_counts", "orientation_counts", "format_counts",
+            "duplicate_rows", "predicted_counts_unique",
+            # novelty (batchml.train.novelty)
+            "novelty_hist", "novel_rows", "novel_predicted", "novel_cell_counts", "novel_confidence_sum",
+            "novel_labelled", "novel_correct")
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,28 @@ class PartitionStats:
     # MLLS/EM estimates class priors (monitoring/label_shift.py) without the rows
     cell_counts: np.ndarray = field(default=None)  # (K, CONFIDENCE_BINS)
     cell_prob_sums: np.ndarray = field(default=None)  # (K, CONFIDENCE_BINS, K)
+    # input health of the prediction rows, on the fixed bins of ``batchml.data.health``
+    health_hist: np.ndarray = field(default=None)  # (len(PROPERTIES), HEALTH_BINS) per property
+    mode_counts: np.ndarray = field(default=None)  # (len(MODES),) PIL mode as received
+    channel_counts: np.ndarray = field(default=None)  # (len(CHANNELS),) 1, 2, 3, 4 channels as received
+    orientation_counts: np.ndarray = field(default=None)  # (ORIENTATIONS,) EXIF tag; [0]: none
+    format_counts: np.ndarray = field(default=None)  # (len(FORMATS),) JPEG, PNG, other
+    # exact duplicates by content hash, within the partition (across partitions and nights: the
+    # run's hashes files, ``layout.run_hashes``)
+    duplicate_rows: int = 0  # rows whose bytes repeat an earlier row's
+    predicted_counts_unique: np.ndarray = field(default=None)  # (K,) predicted_counts over distinct bytes
+    # novelty (``batchml.train.novelty``): rows scored against the card's novelty reference
+    novelty_hist: np.ndarray = field(default=None)  # (NOVELTY_BINS,) of the novelty score
+    novel_rows: int = 0  # rows whose novelty is above 1 (the validation split's 95th percentile)
+    novel_predicted: np.ndarray = field(default=None)  # (K,) novel rows per predicted class
+    # novel rows in the cells of ``cell_counts``: the label-free estimates can take them out
+    novel_cell_counts: np.ndarray = field(default=None)  # (K, CONFIDENCE_BINS)
+    novel_confidence_sum: float = 0.0  # their summed calibrated top probability
+    novel_labelled: int = 0  # labelled novel rows
+    novel_correct: int = 0  # of which predicted right
+    # the same statistics per segment value (``batchml.score.segments``): the top values by rows in
+    # the partition and ``OTHER_SEGMENT``; each folds like the whole, without segments of its own
+    segments: dict[str, PartitionStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         k = self.num_classes
@@ -79,15 +112,30 @@ class PartitionStats:
         self.class_prob_hist = _array(self.class_prob_hist, (k, len(PROB_EDGES) - 1), np.int64)
         self.cell_counts = _array(self.cell_counts, (k, CONFIDENCE_BINS), np.int64)
         self.cell_prob_sums = _array(self.cell_prob_sums, (k, CONFIDENCE_BINS, k), np.float64)
+        self.health_hist = _array(self.health_hist, (len(PROPERTIES), HEALTH_BINS), np.int64)
+        self.mode_counts = _array(self.mode_counts, (len(MODES),), np.int64)
+        self.channel_counts = _array(self.channel_counts, (len(CHANNELS),), np.int64)
+        self.orientation_counts = _array(self.orientation_counts, (ORIENTATIONS,), np.int64)
+        self.format_counts = _array(self.format_counts, (len(FORMATS),), np.int64)
+        self.predicted_counts_unique = _array(self.predicted_counts_unique, (k,), np.int64)
+        self.novelty_hist = _array(self.novelty_hist, (NOVELTY_BINS,), np.int64)
+        self.novel_predicted = _array(self.novel_predicted, (k,), np.int64)
+        self.novel_cell_counts = _array(self.novel_cell_counts, (k, CONFIDENCE_BINS), np.int64)
+        for name in ("duplicate_rows", "novel_rows", "novel_labelled", "novel_correct"):
+            setattr(self, name, int(getattr(self, name) or 0))
+        self.novel_confidence_sum = float(self.novel_confidence_sum or 0.0)
+        self.segments = {str(v): s if isinstance(s, PartitionStats) else PartitionStats.from_dict(
+            {"num_classes": k, **s}) for v, s in (self.segments or {}).items()}
 
     @classmethod
     def from_predictions(
         cls, probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0, errors: int = 0,
-        bcts: BiasCorrection | None = None,
+        bcts: BiasCorrection | None = None, health: InputHealth | None = None, novelty: np.ndarray | None = None,
     ) -> PartitionStats:
         """``probs`` (N, K) class probabilities; ``labels`` (N,) with -1 where unknown; ``temperature``
         the card's calibration, and ``bcts`` its bias-corrected one, for the cells alone (without it the
-        cells hold the temperature-scaled probabilities)."""
+        cells hold the temperature-scaled probabilities). ``health`` (N rows) and ``novelty`` (N,):
+        where scoring measured them; without them their fields stay zero (absent)."""
         n, k = probs.shape
         predicted = probs.argmax(axis=1)
         top = probs.max(axis=1)
@@ -97,6 +145,9 @@ class PartitionStats:
         np.add.at(confusion, (labels[known], predicted[known]), 1)
         corrected = bcts.apply(probs) if bcts else calibrated
         cell_counts, cell_prob_sums = cells(corrected)
+        extra = _health_fields(health, predicted, k) if health is not None else {}
+        if novelty is not None:
+            extra |= _novelty_fields(novelty, predicted, labels, corrected, calibrated.max(axis=1), k)
         return cls(
             num_classes=k,
             rows=n,
@@ -114,30 +165,39 @@ class PartitionStats:
                                       for c in range(k)]),
             cell_counts=cell_counts,
             cell_prob_sums=cell_prob_sums,
+            **extra,
         )
 
     def has(self, name: str) -> bool:
-        """Whether an optional histogram counts every row (False where some part predates it)."""
-        if name == "cell_prob_sums":  # summed probabilities: complete where the counts are
-            name = "cell_counts"
-        hist = getattr(self, name)
-        return self.rows > 0 and int(hist.sum()) == self.rows * (self.num_classes if name == "class_prob_hist" else 1)
+        """Whether an optional field counts every row (False where some part predates it, or was
+        scored without it: a novelty field without a novelty reference, health with --no-diagnostics)."""
+        name = _COMPLETE_WITH.get(name, name)
+        if self.rows <= 0:
+            return False
+        if name == "predicted_counts_unique":  # every row is distinct or a repeat
+            return int(self.predicted_counts_unique.sum()) + self.duplicate_rows == self.rows
+        per_row = {"class_prob_hist": self.num_classes, "health_hist": len(PROPERTIES)}.get(name, 1)
+        return int(getattr(self, name).sum()) == self.rows * per_row
 
     def __add__(self, other: PartitionStats) -> PartitionStats:
         if other.num_classes != self.num_classes:
             raise ValueError(f"cannot add stats of {self.num_classes} and {other.num_classes} classes")
-        return PartitionStats(
-            self.num_classes,
-            *(getattr(self, f) + getattr(other, f) for f in _SUMMED),
-        )
+        segments = dict(self.segments)
+        for value, part in other.segments.items():
+            segments[value] = segments[value] + part if value in segments else part
+        return PartitionStats(self.num_classes, **{f: getattr(self, f) + getattr(other, f) for f in _SUMMED},
+                              segments=segments)
 
     def to_dict(self) -> dict:
-        return {"num_classes": self.num_classes,
-                **{f: _plain(getattr(self, f)) for f in _SUMMED}}
+        out = {"num_classes": self.num_classes, **{f: _plain(getattr(self, f)) for f in _SUMMED}}
+        if self.segments:
+            out["segments"] = {v: _without_classes(s.to_dict()) for v, s in self.segments.items()}
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> PartitionStats:
-        return cls(d["num_classes"], *(_plain(d[f]) if f not in OPTIONAL else _present(d.get(f)) for f in _SUMMED))
+        values = {f: _plain(d[f]) if f not in OPTIONAL else _present(d.get(f)) for f in _SUMMED}
+        return cls(d["num_classes"], **values, segments=_present(d.get("segments")) or {})
 
     @classmethod
     def total(cls, parts: list[PartitionStats], num_classes: int) -> PartitionStats:
@@ -147,8 +207,47 @@ class PartitionStats:
         return out
 
 
+# a field whose completeness another's shows: summed alongside it, or counted only where it is
+_COMPLETE_WITH = {"cell_prob_sums": "cell_counts", "duplicate_rows": "predicted_counts_unique",
+                  "mode_counts": "health_hist", "channel_counts": "health_hist", "orientation_counts": "health_hist",
+                  "format_counts": "health_hist", "novel_rows": "novelty_hist", "novel_predicted": "novelty_hist",
+                  "novel_cell_counts": "novelty_hist", "novel_confidence_sum": "novelty_hist",
+                  "novel_labelled": "novelty_hist", "novel_correct": "novelty_hist"}
+
+
+def _health_fields(health: InputHealth, predicted: np.ndarray, k: int) -> dict:
+    """The input-health counts, and the duplicates by content hash within these rows."""
+    _, first = np.unique(health.content_hash, return_index=True)
+    return {**health.counts(), "duplicate_rows": len(predicted) - len(first),
+            "predicted_counts_unique": np.bincount(predicted[first], minlength=k)}
+
+
+def _novelty_fields(novelty: np.ndarray, predicted: np.ndarray, labels: np.ndarray, corrected: np.ndarray,
+                    calibrated_top: np.ndarray, k: int) -> dict:
+    """The novelty histogram, and the novel rows by predicted class, cell and label."""
+    novel = novelty > 1.0
+    bins = np.clip(np.searchsorted(NOVELTY_EDGES, np.nan_to_num(novelty), side="right") - 1, 0, NOVELTY_BINS - 1)
+    known = novel & (labels >= 0)
+    return {
+        "novelty_hist": np.bincount(bins, minlength=NOVELTY_BINS),
+        "novel_rows": int(novel.sum()),
+        "novel_predicted": np.bincount(predicted[novel], minlength=k),
+        "novel_cell_counts": cells(corrected[novel])[0] if novel.any() else None,
+        "novel_confidence_sum": float(calibrated_top[novel].sum(dtype=np.float64)),
+        "novel_labelled": int(known.sum()),
+        "novel_correct": int((predicted[known] == labels[known]).sum()),
+    }
+
+
+def _without_classes(d: dict) -> dict:
+    d.pop("num_classes", None)
+    return d
+
+
 _SUMMED = ("rows", "errors", "labelled", "correct", "predicted_counts", "confusion",
            "prob_sums", "confidence_hist", "confidence_sum", "calibrated_confidence_sum", *OPTIONAL)
+OTHER_SEGMENT = "(other)"  # the segment of the values outside a partition's top values
+MISSING_SEGMENT = "(none)"  # the segment of rows without a value (null, or a path the pattern missed)
 
 
 def confidence_score(probs: np.ndarray) -> np.ndarray:

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batchml.data.images import ImageDecodeError, Preprocessing, decode_image, decode_images, encode_png
+from batchml.data.images import (
+    ImageDecodeError,
+    Preprocessing,
+    Received,
+    decode_batch,
+    decode_image,
+    decode_images,
+    decode_received,
+    encode_png,
+)
 
 PREP = Preprocessing()
 
@@ -83,3 +92,49 @@ def test_a_16_bit_png_keeps_its_shades():
     pixels = decode_image(buf.getvalue(), PREP)
     assert np.array_equal(pixels[..., 0], (shades >> 8).astype(np.uint8))
     assert pixels[0, 0].tolist() == [0, 0, 0] and pixels[0, -1].tolist() == [255, 255, 255]
+
+
+def _upright() -> np.ndarray:
+    """An image that shows which way is up: a red top half over a blue bottom half."""
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[:16, :, 0] = 250
+    pixels[16:, :, 2] = 250
+    return pixels
+
+
+def _stored_turned(orientation: int = 6) -> bytes:
+    """A JPEG as a camera held on its side stores it: the pixels turned a quarter anticlockwise,
+    and EXIF Orientation 6 telling viewers to turn them back clockwise."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(np.rot90(_upright(), 1)).save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_exif_orientation_6_is_applied_as_a_viewer_would():
+    pixels, received = decode_received(_stored_turned(), PREP)
+    assert np.abs(pixels.astype(int) - _upright()).mean() < 8  # red on top again
+    assert received.orientation == 6 and received.format == "JPEG"
+
+
+def test_raw_orientation_keeps_the_stored_pixels_and_still_records_the_tag():
+    pixels, received = decode_received(_stored_turned(), PREP, raw_orientation=True)
+    assert np.abs(pixels.astype(int) - np.rot90(_upright(), 1)).mean() < 8  # red on the left, as stored
+    assert received.orientation == 6
+
+
+def test_images_without_exif_record_no_orientation():
+    jpeg = encoded(_upright(), "JPEG")
+    assert decode_received(jpeg, PREP)[1].orientation == 0
+    assert decode_received(encode_png(_upright()), PREP)[1] == Received(32, 32, "RGB", "PNG", 0)
+
+
+def test_decode_batch_keeps_what_each_good_image_was():
+    grey = encoded(np.full((40, 30), 7, np.uint8), "PNG")
+    batch = decode_batch([grey, b"junk", _stored_turned()], PREP, measure=True)
+    assert batch.good == [0, 2] and list(batch.bad) == [1]
+    first, second = batch.received
+    assert (first.width, first.height, first.mode, first.format) == (30, 40, "L", "PNG")
+    assert first.properties is not None and second.properties is None  # measured before resizing
+    assert second.orientation == 6

@@ -222,3 +222,61 @@ def test_a_card_whose_bias_correction_does_not_fit_its_classes_is_refused_before
         card = ModelCard.from_dict({"classes": ["a", "b", "c"], "calibration": {"temperature": 1.0, "bcts": bcts}})
         with pytest.raises(BatchmlError, match=f"shapes/v1: calibration.bcts .*{problem}"):
             _bias_correction(card, mv)
+
+
+def _run_stats(store, run_id):
+    from batchml.stats import PartitionStats
+
+    parts = [store.read_json(f"runs/{run_id}/stats/{n}") for n in store.list(f"runs/{run_id}/stats", ".json")]
+    return parts, PartitionStats.total([PartitionStats.from_dict(p["stats"]) for p in parts], 3)
+
+
+def test_scoring_writes_novelty_orientation_hashes_and_input_health(client, run_store):
+    from batchml.registry import read_card, resolve
+
+    card = read_card(run_store, resolve(run_store, MODEL))
+    assert card.novelty["threshold"] > 0 and card.input_health["rows"] > 0  # fitted when trained
+    score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-diag"), verbose=False)
+    preds = pd.read_parquet(run_store.path("runs/r-diag/predictions"))
+    hashes = pd.read_parquet(run_store.path("runs/r-diag/hashes"))
+    assert preds.novelty.notna().all() and (preds.novelty > 0).all() and preds.exif_orientation.isna().all()
+    assert sorted(hashes.image_id) == sorted(preds.image_id) and hashes.content_hash.dtype == np.uint64
+    assert hashes.content_hash.is_unique  # the synthetic images are all different
+    _, total = _run_stats(run_store, "r-diag")
+    assert total.has("health_hist") and total.has("novelty_hist") and total.has("predicted_counts_unique")
+    assert total.novel_rows == int((preds.novelty > 1).sum()) and total.duplicate_rows == 0
+
+
+def test_without_diagnostics_the_new_statistics_read_as_absent(client, run_store):
+    score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-plain", diagnostics=False), verbose=False)
+    preds = pd.read_parquet(run_store.path("runs/r-plain/predictions"))
+    assert preds.novelty.isna().all() and not run_store.exists("runs/r-plain/hashes")
+    _, total = _run_stats(run_store, "r-plain")
+    assert not total.has("health_hist") and not total.has("novelty_hist") and total.rows == 60
+
+
+def test_segments_from_the_path_keep_their_own_statistics_and_labels(client, run_store, tmp_path):
+    from tests.conftest import write_class_folders
+
+    for camera, n in (("cam-a", 4), ("cam-b", 2)):
+        write_class_folders(tmp_path / "feed" / camera, {"x": n})  # cam-a/x/<class>/NNN.png
+    (tmp_path / "feed" / "cam-b" / "x" / "circle" / "copy.png").write_bytes(
+        (tmp_path / "feed" / "cam-b" / "x" / "circle" / "000.png").read_bytes())  # an exact duplicate
+    cfg = ScoreConfig(None, MODEL, "r-seg", images=str(tmp_path / "feed"), partition_size=10,
+                      segment_from_path="{camera}/**")
+    m = score(client, run_store, cfg, verbose=False)
+    preds = pd.read_parquet(run_store.path("runs/r-seg/predictions")).set_index("image_id")
+    assert m["rows"] == 19 and preds.segment.value_counts().to_dict() == {"cam-a": 12, "cam-b": 7}
+    assert preds.label["cam-b/x/square/001.png"] == 1  # class folders still give labels
+    parts, total = _run_stats(run_store, "r-seg")
+    assert {p["segment_by"] for p in parts} == {"camera"}
+    assert {v: s.rows for v, s in total.segments.items()} == {"cam-a": 12, "cam-b": 7}
+    assert total.segments["cam-b"].labelled == 7 and total.segments["cam-b"].has("novelty_hist")
+    assert total.duplicate_rows == total.segments["cam-b"].duplicate_rows == 1  # same partition (sorted paths)
+    assert sum(s.correct for s in total.segments.values()) == total.correct
+
+
+def test_segmenting_by_a_column_the_input_lacks_names_the_columns_it_has(client, run_store):
+    with pytest.raises(BatchmlError, match="no column 'camera' to segment by"):
+        score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-nocol", segment_by="camera"), verbose=False)
+    assert not run_store.exists("runs/r-nocol/manifest.json")

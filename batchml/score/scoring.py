@@ -31,16 +31,19 @@ import pyarrow as pa
 
 from batchml import layout
 from batchml.data import datasets, inputs
-from batchml.data.images import Preprocessing, decode_images
+from batchml.data.health import InputHealth, measure
+from batchml.data.images import DecodedBatch, Preprocessing, decode_batch
 from batchml.device import device_info, device_lock, predict_fitting, start_batch
 from batchml.errors import BatchmlError
 from batchml.integrity import read_json, read_stats
 from batchml.progress import Progress
-from batchml.records import SCORING_NEEDS, RunManifest, RunStart, ScoredPartition
+from batchml.records import HASHES_SCHEMA, SCORING_NEEDS, RunManifest, RunStart, ScoredPartition
 from batchml.registry import DEFAULT_ALIAS, ModelVersion, load_model, read_card, resolve
 from batchml.score import failures
+from batchml.score.segments import Segmenting, groups, segmenting
 from batchml.stats import BiasCorrection, PartitionStats
 from batchml.store import Store, StoreConfig
+from batchml.train.novelty import novelty_model, read_novelty
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,11 @@ class ScoreConfig:
     images: str | None = None  # instead of a dataset: a prefix of raw JPEG/PNG files (folder or s3://)
     partition_size: int = datasets.DEFAULT_PARTITION_SIZE  # images per partition of such a prefix
     append: bool = False  # a committed --images run whose prefix grew: score the new files into it
+    segment_by: str | None = None  # a carried column whose values segment the statistics
+    segment_from_path: str | None = None  # with ``images``: the path part that does, e.g. '{camera}/**'
+    raw_orientation: bool = False  # score the pixels as stored, without applying EXIF orientation
+    # input health, hashes and novelty; off only to measure what they cost
+    diagnostics: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,10 @@ class RunSpec:
     batch_size: int | None
     images: StoreConfig | None = None  # where a prefix's raw files live
     bcts: BiasCorrection | None = None  # the card's, for the MLLS/COT cells; None on older cards
+    segmenting: Segmenting | None = None
+    raw_orientation: bool = False
+    diagnostics: bool = True  # input health and hashes; novelty too where ``novelty`` is set
+    novelty: dict | None = None  # the card's novelty entry (``batchml.train.novelty``); None: no novelty
 
 
 def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunManifest:
@@ -95,10 +107,14 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
     if plan.images and (unknown := inputs.unknown_label_folders(plan, card.classes)):
         _notice(f"score: folders {unknown[:5]} under {plan.name} are not classes of {mv} "
                 f"({', '.join(card.classes)}): their images are scored unlabelled")
+    novelty = card.novelty if cfg.diagnostics else None
+    read_novelty(store, mv, novelty)  # a missing or damaged reference is named now, not on every worker
     spec = RunSpec(
         store.config, run_id, plan.name, mv, tuple(card.classes),
         Preprocessing.from_dict(card.preprocessing), card.calibration.temperature,
         cfg.batch_size, plan.images, _bias_correction(card, mv),
+        segmenting(cfg.segment_by, cfg.segment_from_path, bool(cfg.images)), cfg.raw_orientation,
+        cfg.diagnostics, novelty,
     )
     started = time.perf_counter()
     _run_tasks(client, spec, {n: partitions[n] for n in todo}, len(names), verbose)
@@ -162,6 +178,7 @@ def check_config(cfg: ScoreConfig) -> ScoreConfig:
         raise BatchmlError(f"--batch-size must be at least 1 image, not {cfg.batch_size} (omit it for the device's)")
     if not 0 <= cfg.max_error_ratio <= 1:
         raise BatchmlError(f"--max-error-ratio is a share of the images, from 0 to 1, not {cfg.max_error_ratio}")
+    segmenting(cfg.segment_by, cfg.segment_from_path, bool(cfg.images))
     return cfg
 
 
@@ -378,6 +395,7 @@ _MODELS: OrderedDict[tuple[str, str], object] = OrderedDict()
 _MODEL_LOADS: Counter[str] = Counter()
 _MODELS_LOCK = threading.Lock()
 _MODELS_KEPT = 4  # models kept per worker process, least recently used dropped first
+_SCORERS: OrderedDict[tuple[str, str], tuple] = OrderedDict()  # feature models and novelty references
 
 
 def worker_model(store_cfg: StoreConfig, mv: ModelVersion):
@@ -398,9 +416,26 @@ def model_loads() -> dict[str, int]:
     return dict(_MODEL_LOADS)
 
 
+def worker_scorer(spec: RunSpec) -> tuple[object, bool]:
+    """The model to predict with, built once per worker, and whether it also outputs novelty:
+    with a novelty reference, ``train.novelty.novelty_model``."""
+    model = worker_model(spec.store, spec.model)
+    if not spec.novelty:
+        return model, False
+    key = (spec.store.cache_key(), str(spec.model))
+    with _MODELS_LOCK:
+        if key not in _SCORERS:
+            scorer = novelty_model(model, read_novelty(Store(spec.store), spec.model, spec.novelty))
+            _SCORERS[key] = (scorer, True) if scorer is not None else (model, False)
+            while len(_SCORERS) > _MODELS_KEPT:
+                _SCORERS.popitem(last=False)
+        _SCORERS.move_to_end(key)
+        return _SCORERS[key]
+
+
 def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None = None) -> ScoredPartition:
     """Score one input partition (a dataset's, or ``files`` of a prefix); writes predictions,
-    failure cases and error rows, then its statistics.
+    failure cases, error rows and hashes, then its statistics.
 
     Only inference holds the device lock: with two task threads per worker, one partition
     is read, decoded and written while the model runs on another.
@@ -415,27 +450,29 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
             f"delete it or ingest the dataset again"
         )
     labels = _labels(table, spec, partition)
+    segments = spec.segmenting.values(table, partition) if spec.segmenting else None
     timer.lap("read")
-    pixels, good, bad = decode_images(table["image"].to_pylist(), spec.preprocessing)
+    blobs = table["image"].to_pylist()
+    decoded = decode_batch(blobs, spec.preprocessing, spec.raw_orientation, measure=spec.diagnostics)
+    pixels, good, bad = decoded.pixels, decoded.good, decoded.bad
     timer.lap("decode")
-    model = worker_model(spec.store, spec.model)
+    model, with_novelty = worker_scorer(spec)
     timer.lap("load")
-    key = str(spec.model)
     with device_lock():
         timer.lap("queue")
-        batch = start_batch(spec.batch_size, key)
-        if good:
-            probs, batch = predict_fitting(model.predict_on_batch, pixels, batch, key)
-        else:
-            probs = np.empty((0, len(spec.classes)), np.float32)
+        probs, novelty, batch = _predict(model, with_novelty, pixels, spec)
         timer.lap("predict")
 
-    stats = PartitionStats.from_predictions(probs, labels[good], spec.temperature, errors=len(bad),
-                                            bcts=spec.bcts)
-    predictions = _predictions(spec, partition, table, good, probs)
-    store.write_parquet(layout.run_output(spec.run_id, "predictions", partition), predictions)
-    cases = failures.select(table["image_id"].take(good).to_pylist() if good else [], partition, pixels, probs,
-                            labels[good])
+    health = measure([blobs[i] for i in good], pixels, decoded.received) if spec.diagnostics else None
+    stats = _statistics(spec, probs, labels[good], len(bad), health, novelty, segments, good, list(bad))
+    timer.lap("diagnose")
+    ids = table["image_id"].take(good).to_pylist() if good else []
+    row_segments = [segments[i] for i in good] if segments else None
+    store.write_parquet(layout.run_output(spec.run_id, "predictions", partition),
+                        _predictions(spec, partition, table, good, probs, decoded, novelty, row_segments))
+    if health is not None:
+        store.write_parquet(layout.run_hashes(spec.run_id, partition), _hashes(ids, health, probs, row_segments))
+    cases = failures.select(ids, partition, pixels, probs, labels[good])
     if cases.num_rows:
         store.write_parquet(layout.run_output(spec.run_id, "failures", partition), cases)
     if bad:
@@ -447,12 +484,48 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
         "errors": len(bad),
         "batch_size": batch,
         "stats": stats.to_dict(),
+        "segment_by": spec.segmenting.name if spec.segmenting else None,
         "seconds": timer.laps,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "device": device_info(),
     })
     store.write_json(layout.run_stats(spec.run_id, partition), record.to_dict())  # last: the partition is done
     return record
+
+
+def _predict(model, with_novelty: bool, pixels: np.ndarray, spec: RunSpec) -> tuple:
+    """(probabilities (N, K), novelty (N,) or None, the batch size that fitted): one pass."""
+    key, k = str(spec.model), len(spec.classes)
+    batch = start_batch(spec.batch_size, key)
+    if not len(pixels):
+        return np.empty((0, k), np.float32), np.empty(0) if with_novelty else None, batch
+    if not with_novelty:
+        probs, batch = predict_fitting(model.predict_on_batch, pixels, batch, key)
+        return probs, None, batch
+
+    def both(x: np.ndarray) -> np.ndarray:  # one array, as predict_fitting stacks them: (N, K + 1)
+        probs, novelty = model.predict_on_batch(x)
+        return np.concatenate([np.asarray(probs), np.asarray(novelty).reshape(-1, 1)], axis=1)
+
+    out, batch = predict_fitting(both, pixels, batch, key)
+    return out[:, :k], out[:, k].astype(np.float64), batch
+
+
+def _statistics(spec: RunSpec, probs: np.ndarray, labels: np.ndarray, errors: int, health: InputHealth | None,
+                novelty: np.ndarray | None, segments: list[str] | None, good: list[int],
+                bad: list[int]) -> PartitionStats:
+    """The partition's statistics, with one set per segment where the run is segmented."""
+
+    def of(rows: np.ndarray | slice, errors: int) -> PartitionStats:
+        return PartitionStats.from_predictions(
+            probs[rows], labels[rows], spec.temperature, errors=errors, bcts=spec.bcts,
+            health=health.take(rows) if health is not None else None,
+            novelty=novelty[rows] if novelty is not None else None)
+
+    stats = of(slice(None), errors)
+    if segments:
+        stats.segments = {v: of(rows, n_bad) for v, (rows, n_bad) in groups(segments, good, bad).items()}
+    return stats
 
 
 def _labels(table: pa.Table, spec: RunSpec, partition: str) -> np.ndarray:
@@ -467,7 +540,8 @@ def _labels(table: pa.Table, spec: RunSpec, partition: str) -> np.ndarray:
     return labels
 
 
-def _predictions(spec: RunSpec, partition: str, table: pa.Table, good: list[int], probs: np.ndarray) -> pa.Table:
+def _predictions(spec: RunSpec, partition: str, table: pa.Table, good: list[int], probs: np.ndarray,
+                 decoded: DecodedBatch, novelty: np.ndarray | None, segment: list[str] | None) -> pa.Table:
     n, k = probs.shape
     taken = table.take(pa.array(good, pa.int64()))
     predicted = probs.argmax(axis=1)
@@ -481,11 +555,27 @@ def _predictions(spec: RunSpec, partition: str, table: pa.Table, good: list[int]
         "model_version": pa.array([str(spec.model)] * n, pa.string()),
         "run_id": pa.array([spec.run_id] * n, pa.string()),
         "partition": pa.array([partition] * n, pa.string()),
+        # the EXIF orientation tag as received (null: none); applied unless --raw-orientation
+        "exif_orientation": pa.array([r.orientation or None for r in decoded.received], pa.int16()),
+        # distance to the training features over the card's threshold (above 1: novel); null: no reference
+        "novelty": pa.array(novelty if novelty is not None else [None] * n, pa.float32()),
     }
+    if segment is not None:
+        columns["segment"] = pa.array(segment, pa.string())
     for name in taken.column_names:  # carried columns
         if name not in ("image", "image_id", "label") and name not in columns:
             columns[name] = taken[name]
     return pa.table(columns)
+
+
+def _hashes(ids: list[str], health: InputHealth, probs: np.ndarray, segment: list[str] | None) -> pa.Table:
+    return pa.table({
+        "image_id": pa.array(ids, pa.string()),
+        "content_hash": pa.array(health.content_hash, pa.uint64()),
+        "perceptual_hash": pa.array(health.perceptual_hash, pa.uint64()),
+        "predicted": pa.array(probs.argmax(axis=1), pa.int16()),
+        "segment": pa.array(segment if segment is not None else [None] * len(ids), pa.string()),
+    }, schema=HASHES_SCHEMA)
 
 
 def _errors(table: pa.Table, partition: str, bad: dict[int, str]) -> pa.Table:

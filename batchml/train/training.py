@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from batchml import layout
 from batchml.backend import count_gpus
 from batchml.data import datasets
 from batchml.data.images import Preprocessing
@@ -20,13 +21,14 @@ from batchml.device import cpu_fallback_warning, device_info, device_lock
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
 from batchml.records import Calibration, Evaluation, Fit, Metrics, ModelCard, Reference, TrainingData
-from batchml.reference import atc_reference, encode_rows
+from batchml.reference import atc_reference, encode_rows, health_reference
 from batchml.registry import ModelVersion, load_model, model_bytes, read_card, register, resolve
 from batchml.stats import PartitionStats, scale_temperature
 from batchml.store import Store, StoreConfig
 from batchml.train.calibration import fit_bcts, fit_temperature, nll
 from batchml.train.config import TrainConfig
 from batchml.train.diagnostics import fit_verdict
+from batchml.train.novelty import fit_novelty_on
 from batchml.train.recipes import TUNABLE
 
 TRAIN_TOPIC = "batchml-train"
@@ -79,9 +81,23 @@ def register_trained(store: Store, cfg: TrainConfig, model, card: ModelCard) -> 
     if cfg.test_dataset:
         card.metrics.test, stats, card.data.test_fingerprint = _evaluate_test(store, cfg, card.classes, model)
         card.reference = _reference("test", cfg.test_dataset, stats)
-    mv = register(store, cfg.name, model_bytes(model), card)
+    novelty = _novelty(store, cfg, model)
+    card.novelty = novelty.card_entry() if novelty else None
+    card.input_health = health_reference(store, cfg.dataset, cfg.validation_fraction)
+    files = {layout.NOVELTY_FILE: novelty.to_bytes()} if novelty else None
+    mv = register(store, cfg.name, model_bytes(model), card, files)
     _emit({"stage": "registered", "version": str(mv)})
     return replace(card, name=mv.name, version=mv.version)
+
+
+def _novelty(store: Store, cfg: TrainConfig, model):
+    """The novelty reference on the training and validation splits; None (with a warning) for a
+    model whose features cannot be had: it scores without novelty."""
+    try:
+        return fit_novelty_on(store, cfg.dataset, model, cfg.validation_fraction)
+    except BatchmlError as e:
+        warnings.warn(f"training {cfg.name}: no novelty reference: {e}", stacklevel=2)
+        return None
 
 
 def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, ModelCard]:

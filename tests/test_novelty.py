@@ -1,0 +1,117 @@
+"""Novelty: Mahalanobis distance of the penultimate features to the class means, over a threshold
+set on the validation split; the feature model that gives probabilities and features in one pass."""
+
+import numpy as np
+import pytest
+
+from batchml.errors import BatchmlError
+from batchml.stats import NOVELTY_BINS
+from batchml.train.novelty import NOVELTY_QUANTILE, NoveltyReference, fit_reference
+
+
+def clusters(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Features of 3 classes around 3 centres in 16 dimensions, correlated within a class."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    mix = np.random.default_rng(99).normal(size=(16, 16))  # one shared covariance
+    centres = np.random.default_rng(98).normal(0, 6, (3, 16))
+    return centres[labels] + rng.normal(size=(n, 16)) @ mix + shift, labels
+
+
+def test_the_threshold_scores_the_validation_quantile_at_one():
+    train, labels = clusters(3000, 0)
+    val, _ = clusters(1000, 1)
+    ref = fit_reference(train, labels, val, 3)
+    scores = ref.score(val)
+    assert (scores > 1).mean() == pytest.approx(1 - NOVELTY_QUANTILE, abs=0.01)
+    assert ref.validation_rate == pytest.approx((scores > 1).mean())
+    assert sum(ref.validation_hist) == 1000 and len(ref.validation_hist) == NOVELTY_BINS
+
+
+def test_images_unlike_the_training_features_score_above_one():
+    train, labels = clusters(3000, 0)
+    ref = fit_reference(train, labels, clusters(1000, 1)[0], 3)
+    far, _ = clusters(500, 2, shift=25.0)
+    assert (ref.score(far) > 1).mean() > 0.95
+    assert (ref.score(clusters(500, 3)[0]) > 1).mean() < 0.1
+
+
+def test_the_reference_round_trips_through_its_file_and_card_entry():
+    train, labels = clusters(600, 0)
+    ref = fit_reference(train, labels, clusters(200, 1)[0], 3)
+    back = NoveltyReference.from_bytes(ref.to_bytes(), ref.card_entry())
+    x = clusters(50, 4)[0]
+    assert np.allclose(back.score(x), ref.score(x))
+    assert ref.card_entry()["method"] == "mahalanobis" and ref.card_entry()["feature_dim"] == 16
+
+
+def test_a_class_without_training_rows_is_no_nearest_mean():
+    train, labels = clusters(600, 0)
+    keep = labels != 2
+    ref = fit_reference(train[keep], labels[keep], clusters(200, 1)[0][:50], 3)
+    assert ref.means.shape == (2, 16) and np.isfinite(ref.score(train)).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, tta", [("tutorial", "none"), ("fast", "flip-translate")])
+def test_the_feature_model_gives_the_models_probabilities_and_its_features(arch, tta):
+    from batchml.data.images import Preprocessing
+    from batchml.train.architectures import build, with_tta
+    from batchml.train.novelty import feature_model, predict_features
+
+    model = with_tta(build(arch, 3, Preprocessing(), width=8) if arch == "fast" else
+                     build(arch, 3, Preprocessing()), tta)
+    x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    probs, features = predict_features(feature_model(model), x)
+    assert np.allclose(probs, model.predict_on_batch(x), atol=1e-6)
+    assert features.shape == (6, 512 if arch == "tutorial" else 32)
+
+
+@pytest.mark.slow
+def test_the_novelty_model_scores_as_the_reference_does_in_the_same_pass():
+    from batchml.data.images import Preprocessing
+    from batchml.train.architectures import build
+    from batchml.train.novelty import fit_novelty, novelty_model
+
+    model = build("tutorial", 3, Preprocessing())
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8)
+    ref = fit_novelty(model, x[:30], x[30:45])
+    probs, novelty = novelty_model(model, ref).predict_on_batch(x[45:])  # images it was not fitted on
+    _, features = predict_features_of(model, x[45:])
+    assert np.allclose(probs, model.predict_on_batch(x[45:]), atol=1e-6)
+    assert np.allclose(novelty, ref.score(features), rtol=1e-3, atol=1e-3)
+
+
+def predict_features_of(model, x):
+    from batchml.train.novelty import feature_model, predict_features
+
+    return predict_features(feature_model(model), x)
+
+
+@pytest.mark.slow
+def test_fit_novelty_and_attach_it_to_a_registered_version(store):
+    import keras
+
+    from batchml.data.images import Preprocessing
+    from batchml.records import ModelCard
+    from batchml.registry import read_card, register
+    from batchml.train.architectures import build
+    from batchml.train.novelty import attach_novelty, fit_novelty, read_novelty
+    from tests.test_records import OLD_CARD
+
+    model = build("tutorial", 2, Preprocessing())
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    ref = fit_novelty(model, x[:48], x[48:], train_labels=rng.integers(0, 2, 48), sample=40)
+    assert ref.train_rows == 40 and ref.means.shape == (2, 512)
+    mv = register(store, "m", b"model bytes", ModelCard.from_dict(OLD_CARD))
+    assert read_card(store, mv).novelty is None and read_card(store, mv).input_health is None  # before novelty
+    entry = attach_novelty(store, mv, ref)
+    card = read_card(store, mv)
+    assert card.novelty == entry and card.classes == OLD_CARD["classes"]
+    assert np.allclose(read_novelty(store, mv, card.novelty).score(ref.means), ref.score(ref.means))
+    with pytest.raises(BatchmlError, match="already has a novelty reference"):
+        attach_novelty(store, mv, ref)
+    with pytest.raises(BatchmlError, match="no Dense"):
+        fit_novelty(keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten()]), x, x)
