@@ -231,6 +231,7 @@ def _run_stats(store, run_id):
     return parts, PartitionStats.total([PartitionStats.from_dict(p["stats"]) for p in parts], 3)
 
 
+@pytest.mark.slow
 def test_scoring_writes_novelty_orientation_hashes_and_input_health(client, run_store):
     from batchml.registry import read_card, resolve
 
@@ -247,6 +248,7 @@ def test_scoring_writes_novelty_orientation_hashes_and_input_health(client, run_
     assert total.novel_rows == int((preds.novelty > 1).sum()) and total.duplicate_rows == 0
 
 
+@pytest.mark.slow
 def test_without_diagnostics_the_new_statistics_read_as_absent(client, run_store):
     score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-plain", diagnostics=False), verbose=False)
     preds = pd.read_parquet(run_store.path("runs/r-plain/predictions"))
@@ -255,6 +257,7 @@ def test_without_diagnostics_the_new_statistics_read_as_absent(client, run_store
     assert not total.has("health_hist") and not total.has("novelty_hist") and total.rows == 60
 
 
+@pytest.mark.slow
 def test_segments_from_the_path_keep_their_own_statistics_and_labels(client, run_store, tmp_path):
     from tests.conftest import write_class_folders
 
@@ -266,7 +269,7 @@ def test_segments_from_the_path_keep_their_own_statistics_and_labels(client, run
                       segment_from_path="{camera}/**")
     m = score(client, run_store, cfg, verbose=False)
     preds = pd.read_parquet(run_store.path("runs/r-seg/predictions")).set_index("image_id")
-    assert m["rows"] == 19 and preds.segment.value_counts().to_dict() == {"cam-a": 12, "cam-b": 7}
+    assert m.rows == 19 and preds.segment.value_counts().to_dict() == {"cam-a": 12, "cam-b": 7}
     assert preds.label["cam-b/x/square/001.png"] == 1  # class folders still give labels
     parts, total = _run_stats(run_store, "r-seg")
     assert {p["segment_by"] for p in parts} == {"camera"}
@@ -276,6 +279,7 @@ def test_segments_from_the_path_keep_their_own_statistics_and_labels(client, run
     assert sum(s.correct for s in total.segments.values()) == total.correct
 
 
+@pytest.mark.slow
 def test_segmenting_by_a_column_the_input_lacks_names_the_columns_it_has(client, run_store):
     with pytest.raises(BatchmlError, match="no column 'camera' to segment by"):
         score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-nocol", segment_by="camera"), verbose=False)
