@@ -68,6 +68,21 @@ def test_the_feature_model_gives_the_models_probabilities_and_its_features(arch,
 
 
 @pytest.mark.slow
+def test_a_loaded_test_time_augmentation_model_gets_its_feature_model():
+    import keras
+
+    from batchml.data.images import Preprocessing
+    from batchml.registry import load_model_bytes, model_bytes
+    from batchml.train.architectures import build, with_tta
+    from batchml.train.novelty import feature_model
+
+    saved = model_bytes(with_tta(build("fast", 3, Preprocessing(), width=8), "flip-translate"))
+    keras.backend.clear_session()  # as a fresh worker: layer names count from zero again
+    loaded = load_model_bytes(saved)
+    assert len(feature_model(loaded).outputs) == 2
+
+
+@pytest.mark.slow
 def test_the_novelty_model_scores_as_the_reference_does_in_the_same_pass():
     from batchml.data.images import Preprocessing
     from batchml.train.architectures import build

@@ -172,7 +172,8 @@ def feature_model(model):
         return layer(*args, **kwargs)
 
     rebuilt = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
-    features = views[0] if len(views) == 1 else keras.layers.Average()(views)
+    # named: a loaded model's own layers hold the default names ("average"), which must stay unique
+    features = views[0] if len(views) == 1 else keras.layers.Average(name="batchml_view_features")(views)
     return keras.Model(rebuilt.inputs, [rebuilt.outputs[0], features], name=f"{model.name}_features")
 
 
@@ -207,7 +208,7 @@ def _novelty_layer(keras, reference: NoveltyReference):
             squared = ops.sum(z * z, axis=1, keepdims=True) - 2 * ops.matmul(z, self.centres_t) + self.centres_sq
             return ops.sqrt(ops.maximum(ops.min(squared, axis=1), 0.0)) / reference.threshold
 
-    return MahalanobisNovelty(dtype="float32", name="novelty")
+    return MahalanobisNovelty(dtype="float32", name="batchml_novelty")
 
 
 def _dual(model):

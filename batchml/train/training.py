@@ -92,10 +92,11 @@ def register_trained(store: Store, cfg: TrainConfig, model, card: ModelCard) -> 
 
 def _novelty(store: Store, cfg: TrainConfig, model):
     """The novelty reference on the training and validation splits; None (with a warning) for a
-    model whose features cannot be had: it scores without novelty."""
+    model whose features cannot be had: it scores without novelty. Any failure is a warning, not
+    an error: the trained model is worth registering without it."""
     try:
         return fit_novelty_on(store, cfg.dataset, model, cfg.validation_fraction)
-    except BatchmlError as e:
+    except Exception as e:
         warnings.warn(f"training {cfg.name}: no novelty reference: {e}", stacklevel=2)
         return None
 
