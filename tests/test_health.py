@@ -128,3 +128,15 @@ def test_the_training_reference_samples_every_partition_outside_the_validation_s
     stats = health_stats(entry, 3)
     assert stats.has("health_hist") and stats.mode_counts[MODES.index("RGB")] == entry["rows"]
     assert health_stats(None, 3) is None and health_stats({**entry, "properties": ["width"]}, 3) is None
+
+
+def test_a_turned_or_flipped_image_moves_top_bottom_and_edge_direction():
+    from batchml.data.health import pixel_properties
+
+    sky = np.zeros((1, 32, 32, 3), np.uint8)
+    sky[:, :12] = 220  # bright above
+    sky[:, 20:24] = 90  # a flat horizon band: edges run across, their gradients down
+    upright, upside_down, turned = (pixel_properties(x)[0] for x in (sky, sky[:, ::-1], np.rot90(sky, 1, (1, 2))))
+    top, edges = PIXEL_PROPERTIES.index("top_bottom"), PIXEL_PROPERTIES.index("edge_direction")
+    assert upright[top] > 0.5 and upside_down[top] < -0.5 and abs(turned[top]) < 0.1
+    assert upright[edges] < -3 and turned[edges] > 3

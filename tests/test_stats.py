@@ -85,7 +85,7 @@ def _health(n: int, hashes: list[int]):
     from batchml.data.health import PROPERTIES, InputHealth
 
     values = np.linspace(0, 1, n * len(PROPERTIES)).reshape(n, len(PROPERTIES)) * [32, 32, 1, 900, 1, 0.4, 1, 0.5,
-                                                                                     3000, 0.1]
+                                                                                     3000, 0.1, 0.4, 2]
     zeros = np.zeros(n, np.int64)
     return InputHealth(values, zeros, zeros + 2, np.array([0, 6, 0, 0][:n]), zeros,
                        np.array(hashes, np.uint64), np.arange(n, dtype=np.uint64))

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 # per image, in this order; the first four from the bytes and header, the rest from the pixels
 PROPERTIES = ("width", "height", "aspect", "file_size",
-              "brightness", "contrast", "saturation", "colourfulness", "sharpness", "clipped")
+              "brightness", "contrast", "saturation", "colourfulness", "sharpness", "clipped",
+              "top_bottom", "edge_direction")
 PIXEL_PROPERTIES = PROPERTIES[4:]
 UNITS = {
     "width": "px", "height": "px",  # as encoded, before any EXIF turn
@@ -40,6 +41,9 @@ UNITS = {
     "colourfulness": "Hasler-Suesstrunk M on 0-1 pixels",
     "sharpness": "variance of the luma Laplacian, grey levels squared",
     "clipped": "share of pixels with a channel at 0 or 255",
+    # a turned or flipped camera moves these two alone: skies are above, horizons lie flat
+    "top_bottom": "mean luma of the top third minus the bottom third, -1 to 1",
+    "edge_direction": "log2 of horizontal over vertical gradient energy",
 }
 HEALTH_BINS = 24  # bins per property; the first and last are open-ended (values beyond fall in them)
 # image sides in px: CIFAR's 32 alone in its bin, so a feed that changes size moves a whole bin
@@ -56,6 +60,8 @@ HEALTH_EDGES = np.stack([  # (P, HEALTH_BINS + 1), ascending; bin b holds edges[
     np.linspace(0, 0.72, HEALTH_BINS + 1),  # colourfulness (0.3 is already vivid)
     np.concatenate([[0.0], np.geomspace(1, 1e5, HEALTH_BINS)]),  # sharpness: blur reads low
     np.concatenate([[0.0], np.geomspace(1e-3, 1, HEALTH_BINS)]),  # clipped share
+    np.linspace(-0.48, 0.48, HEALTH_BINS + 1),  # top minus bottom luma
+    np.linspace(-3, 3, HEALTH_BINS + 1),  # edge direction
 ])
 MEASURED_SIDE = 512  # pixel properties of larger images are measured on them reduced to this side
 
@@ -127,8 +133,8 @@ CHUNK = 128  # images measured at once: arrays that stay in cache, which makes i
 
 
 def pixel_properties(pixels: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, 6) float64: brightness, contrast, saturation, colourfulness,
-    sharpness, clipped (``PIXEL_PROPERTIES``), vectorised over the batch."""
+    """(N, H, W, 3) uint8 -> (N, 8) float64: brightness, contrast, saturation, colourfulness,
+    sharpness, clipped, top_bottom, edge_direction (``PIXEL_PROPERTIES``), vectorised over the batch."""
     return _pixels_measured(pixels)[0]
 
 
@@ -140,7 +146,7 @@ def dhash(pixels: np.ndarray) -> np.ndarray:
 
 
 def _pixels_measured(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(pixel properties (N, 6), dHashes (N,)), in chunks of ``CHUNK`` images."""
+    """(pixel properties (N, 8), dHashes (N,)), in chunks of ``CHUNK`` images."""
     if len(pixels) == 0:
         return np.zeros((0, len(PIXEL_PROPERTIES))), np.zeros(0, np.uint64)
     parts = [_chunk_measured(pixels[i: i + CHUNK]) for i in range(0, len(pixels), CHUNK)]
@@ -164,7 +170,20 @@ def _chunk_measured(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     luma = luma.reshape(n, h, w)
     out[:, 4] = _laplacian_variance(luma)
     out[:, 5] = np.count_nonzero((lo8 == 0) | (hi8 == 255), axis=1) / (h * w)
+    third = max(h // 3, 1)
+    out[:, 6] = (luma[:, :third].mean(axis=(1, 2)) - luma[:, h - third:].mean(axis=(1, 2))) / 255
+    out[:, 7] = _edge_direction(luma)
     return out, _dhash(luma)
+
+
+def _edge_direction(luma: np.ndarray) -> np.ndarray:
+    """(N, H, W) -> (N,): log2 of the energy of horizontal over vertical luma differences; 0 for
+    images under 2 px a side."""
+    if luma.shape[1] < 2 or luma.shape[2] < 2:
+        return np.zeros(len(luma))
+    across = np.square(np.diff(luma, axis=2)).mean(axis=(1, 2))
+    down = np.square(np.diff(luma, axis=1)).mean(axis=(1, 2))
+    return np.log2((across + 1.0) / (down + 1.0))
 
 
 def _mean_var(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
