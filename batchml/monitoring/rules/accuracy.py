@@ -1,0 +1,106 @@
+"""Accuracy: measured on labelled rows, estimated without labels, and one class's."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from batchml.monitoring.classes import holm, row_normalised
+from batchml.monitoring.rules.base import alert
+from batchml.monitoring.rules.config import MonitorConfig
+from batchml.records import Alert, MonitoringRow
+
+
+def accuracy_drop(row: MonitoringRow, cfg: MonitorConfig) -> Alert | None:
+    """Error: the 95% interval of labelled accuracy lies wholly more than ``accuracy_drop`` below
+    the reference accuracy (at least ``min_labelled`` labelled rows)."""
+    floor = row.reference_accuracy - cfg.accuracy_drop
+    if row.labelled >= cfg.min_labelled and row.accuracy_high < floor:
+        return alert(row, "accuracy_drop", "error", row.accuracy, floor,
+                      f"accuracy {row.accuracy:.1%} (95% CI {row.accuracy_low:.1%}-{row.accuracy_high:.1%}) "
+                      f"is below the reference {row.reference_accuracy:.1%}")
+    return None
+
+
+def accuracy_divergence(row: MonitoringRow, cfg: MonitorConfig) -> Alert | None:
+    """Warning: the label-free estimate falls outside the measured accuracy's interval widened by
+    ``divergence_tolerance``: the model's confidence no longer tracks its accuracy (concept drift)."""
+    expected, tol = row.label_free_accuracy, cfg.divergence_tolerance
+    if row.labelled < cfg.min_labelled or expected is None:
+        return None
+    if not row.accuracy_low - tol <= expected <= row.accuracy_high + tol:
+        return alert(row, "accuracy_divergence", "warning", expected - row.accuracy, tol,
+                      f"label-free estimate {expected:.1%} disagrees with measured accuracy {row.accuracy:.1%}: "
+                      "the model's confidence no longer tracks its accuracy (concept drift?)")
+    return None
+
+
+def expected_accuracy_drop(row: MonitoringRow, cfg: MonitorConfig, mix_moved: bool = False) -> Alert | None:
+    """Warning: on runs with too few labels, the label-free estimate (COT, else ATC, else calibrated
+    confidence) is ``label_free_drop`` below the reference accuracy."""
+    if row.labelled >= cfg.min_labelled or row.label_free_accuracy is None:
+        return None
+    floor = row.reference_accuracy - cfg.label_free_drop
+    if row.label_free_accuracy < floor:
+        return alert(row, "expected_accuracy_drop", "warning", row.label_free_accuracy, floor,
+                      f"label-free accuracy estimate ({row.label_free_method}) {row.label_free_accuracy:.1%} is "
+                      f"below the reference {row.reference_accuracy:.1%}{_cot_caveat(row, mix_moved)}")
+    return None
+
+
+def class_performance_drop(row: MonitoringRow, cfg: MonitorConfig) -> Alert | None:
+    """Warning: one class's recall or precision on the labelled rows fell by ``class_min_drop`` or
+    more against the reference (and the recent clean nights, where they hold enough labels),
+    Holm-corrected over the 2K tests at ``class_p_value``. Names the class and the confusion that
+    grew: a change confined to a few classes hides in the overall accuracy."""
+    if row.labelled < cfg.min_labelled or row.reference_confusion is None:
+        return None
+    tonight, reference = (row_normalised(np.asarray(m)) for m in (row.confusion, row.reference_confusion))
+    tonight_cols, reference_cols = (_column_normalised(np.asarray(m)) for m in (row.confusion, row.reference_confusion))
+    k = len(row.classes)
+    p = holm([*row.recall_p_value, *row.precision_p_value])
+    found = []
+    for i, adjusted in enumerate(p):
+        c, metric = i % k, ("recall", "precision")[i // k]
+        before, now = (reference[c, c], tonight[c, c]) if metric == "recall" else (reference_cols[c, c],
+                                                                                    tonight_cols[c, c])
+        if adjusted is not None and adjusted < cfg.class_p_value and before - now >= cfg.class_min_drop:
+            found.append((before - now, c, metric, before, now, adjusted))
+    if not found:
+        return None
+    found.sort(reverse=True)
+    drop, c, metric, before, now, adjusted = found[0]
+    name = row.classes[c]
+    if metric == "recall":  # the true class's rows went where?
+        grown = tonight[c] - reference[c]
+        grown[c] = -1
+        j = int(np.argmax(grown))
+        confusion = f"{name} read as {row.classes[j]} {reference[c, j]:.0%} -> {tonight[c, j]:.0%}"
+    else:  # the predictions of the class came from where?
+        grown = tonight_cols[:, c] - reference_cols[:, c]
+        grown[c] = -1
+        j = int(np.argmax(grown))
+        confusion = (f"{name} predictions labelled {row.classes[j]} "
+                     f"{reference_cols[j, c]:.0%} -> {tonight_cols[j, c]:.0%}")
+    also = "; also " + ", ".join(f"{row.classes[o]} {m} {b:.2f} -> {n:.2f}" for _, o, m, b, n, _ in found[1:4]) \
+        if len(found) > 1 else ""
+    against = "the reference and the recent nights" if row.recent_confusion is not None else "the reference"
+    return alert(row, "class_performance_drop", "warning", drop, cfg.class_min_drop,
+                  f"{name} {metric} {before:.2f} -> {now:.2f} (p={adjusted:.1e} against {against}); "
+                  f"{confusion}{also}: check how these classes were labelled tonight, and whether their images "
+                  "changed; retrain if the new labels are right")
+
+
+def _column_normalised(confusion: np.ndarray) -> np.ndarray:
+    """Each predicted class's column as shares of its predictions (a column with none stays 0)."""
+    totals = confusion.sum(axis=0, keepdims=True).astype(np.float64)
+    return np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+
+
+def _cot_caveat(row: MonitoringRow, mix_moved: bool) -> str:
+    """What a COT reading assumed, and what says otherwise: COT counts a moved class mix as errors."""
+    if row.label_free_method != "cot":
+        return ""
+    mix = f"accepted run {row.accepted_run}'s" if row.accepted_run else "the validation split's"
+    atc = f", ATC {row.atc_accuracy:.1%}" if row.atc_accuracy is not None else ""
+    moved = "; the class mix moved too (above), which COT reads as errors" if mix_moved else ""
+    return f" (COT against {mix} class mix{atc}{moved})"
