@@ -168,7 +168,7 @@ def test_a_full_disk_is_a_clear_error_not_a_traceback(store, capsys, monkeypatch
 
 def test_run_json_is_created_exclusively_never_overwritten(store, tmp_path, monkeypatch):
     """Another job writes run.json between this one's look and its write: this one checks against it."""
-    from batchml.score import scoring
+    from batchml.score import run as scoring
 
     register_tiny(store)
     (tmp_path / "in").mkdir()

@@ -212,7 +212,7 @@ def test_the_manifest_records_the_batch_size_and_stage_timings_of_each_partition
 def test_a_card_whose_bias_correction_does_not_fit_its_classes_is_refused_before_scoring():
     from batchml.layout import ModelVersion
     from batchml.records import ModelCard
-    from batchml.score.scoring import _bias_correction
+    from batchml.score.run import _bias_correction
 
     mv = ModelVersion("shapes", "v1")
     card = ModelCard.from_dict({"classes": ["a", "b", "c"], "calibration": {"temperature": 1.0}})

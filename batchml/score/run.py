@@ -1,0 +1,361 @@
+"""A scoring run on the client: its start, the resume and append checks, one Dask task per
+partition to score (``batchml.score.partition``), and its commit.
+
+The run commit protocol (paths: ``batchml.layout``):
+- ``runs/<id>/run.json`` pins what the run scores: dataset, its fingerprint, model version;
+- per partition, under deterministic names: ``predictions/part-N.parquet``, then
+  ``failures/part-N.parquet`` (failure-case candidates) and ``errors/part-N.parquet``
+  (undecodable images) when there are any, then ``stats/part-N.json`` last, which marks
+  the partition done;
+- ``runs/<id>/manifest.json`` last of all: the run is committed.
+A rerun of a run id skips partitions whose statistics exist, so a killed worker or a
+killed job never duplicates a row. A committed run is written again only to add files
+(``--append``: ``appends/append-N.json`` pins them first, create-exclusive) or to score
+again a partition whose statistics went missing; then its manifest is replaced whole.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from batchml import layout
+from batchml.data import datasets, inputs
+from batchml.data.images import Preprocessing
+from batchml.errors import BatchmlError
+from batchml.integrity import read_json, read_stats
+from batchml.progress import Progress
+from batchml.records import SCORING_NEEDS, RunManifest, RunStart
+from batchml.registry import DEFAULT_ALIAS, ModelVersion, load_model, read_card, resolve
+from batchml.score.partition import RunSpec, score_partition
+from batchml.score.segments import segmenting
+from batchml.stats import BiasCorrection
+from batchml.store import Store
+from batchml.train.novelty import read_novelty
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    dataset: str | None  # an ingested dataset; or None with ``images``
+    model: str = DEFAULT_ALIAS  # [NAME/]VERSION_OR_ALIAS
+    run_id: str | None = None  # default: <dataset>-<UTC time>
+    batch_size: int | None = None  # images per predict call; None: the device's (GPU: largest that fits)
+    max_error_ratio: float = 0.01  # undecodable images above this share fail the run
+    images: str | None = None  # instead of a dataset: a prefix of raw JPEG/PNG files (folder or s3://)
+    partition_size: int = datasets.DEFAULT_PARTITION_SIZE  # images per partition of such a prefix
+    append: bool = False  # a committed --images run whose prefix grew: score the new files into it
+    segment_by: str | None = None  # a carried column whose values segment the statistics
+    segment_from_path: str | None = None  # with ``images``: the path part that does, e.g. '{camera}/**'
+    raw_orientation: bool = False  # score the pixels as stored, without applying EXIF orientation
+    # input health, hashes and novelty; off only to measure what they cost
+    diagnostics: bool = True
+
+
+def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunManifest:
+    """Score every partition of the input not yet done in this run, then commit the run.
+
+    A committed run is checked against its input as an unfinished one is: a prefix that has
+    grown since is refused with the difference, unless ``cfg.append`` scores the new files into
+    the run (new partitions after its own). A committed run whose statistics went missing has
+    those partitions scored again (the same names: no row is duplicated)."""
+    check_config(cfg)
+    run_id = cfg.run_id or f"{cfg.dataset or 'images'}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    plan = (inputs.plan_prefix(cfg.images, _options_for(cfg.images, store), cfg.partition_size) if cfg.images
+            else inputs.plan_dataset(store, cfg.dataset))
+    _notice(*inputs.skipped_notices(plan))
+    run = _start_run(store, cfg, run_id, plan, verbose)
+    partitions = _check_input(store, cfg, run, plan, verbose)
+    names = list(partitions)
+    done = set(store.list(layout.run_path(run_id, "stats"), ".json"))
+    todo = [n for n in names if layout.stats_name(n) not in done]
+    if (manifest := _already_committed(store, run_id, names, todo, verbose)) is not None:
+        return manifest
+    mv = ModelVersion.parse(run.model_version)
+    card = read_card(store, mv, SCORING_NEEDS)
+    if plan.images and (unknown := inputs.unknown_label_folders(plan, card.classes)):
+        _notice(f"score: folders {unknown[:5]} under {plan.name} are not classes of {mv} "
+                f"({', '.join(card.classes)}): their images are scored unlabelled")
+    novelty = card.novelty if cfg.diagnostics else None
+    read_novelty(store, mv, novelty)  # a missing or damaged reference is named now, not on every worker
+    spec = RunSpec(
+        store.config, run_id, plan.name, mv, tuple(card.classes),
+        Preprocessing.from_dict(card.preprocessing), card.calibration.temperature,
+        cfg.batch_size, plan.images, _bias_correction(card, mv),
+        segmenting(cfg.segment_by, cfg.segment_from_path, bool(cfg.images)), cfg.raw_orientation,
+        cfg.diagnostics, novelty,
+    )
+    started = time.perf_counter()
+    _run_tasks(client, spec, {n: partitions[n] for n in todo}, len(names), verbose)
+    wall = time.perf_counter() - started
+    return _commit(store, spec, run, names, todo, wall, cfg.max_error_ratio)
+
+
+def _already_committed(store: Store, run_id: str, names: list[str], todo: list[str],
+                       verbose: bool) -> RunManifest | None:
+    """The committed manifest where it holds every partition and nothing is left to do; else None
+    (and a committed run whose statistics went missing says so: they are scored again)."""
+    if not store.exists(layout.run_path(run_id, layout.RUN_MANIFEST)):
+        return None
+    manifest = RunManifest.read(store, run_id)
+    committed = [p["partition"] for p in manifest.partitions]
+    if not todo and committed == names:
+        _say(verbose, f"score: run {run_id} is already committed; nothing to do")
+        return manifest
+    if lost := [n for n in todo if n in committed]:
+        _notice(f"score: run {run_id} is committed but the statistics of {len(lost)} partition(s) are missing "
+                f"({', '.join(lost[:3])}): scoring them again")
+    return None
+
+
+def _say(verbose, *lines: str) -> None:
+    """What was done: silenced by ``-q``."""
+    if verbose:
+        for line in lines:
+            print(line, flush=True)
+
+
+def _notice(*lines: str) -> None:
+    """What was left out of the run or read otherwise than asked, on stderr: never silenced (no silent
+    skips)."""
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _bias_correction(card, mv: ModelVersion) -> BiasCorrection | None:
+    """The card's BCTS for the monitoring cells, checked before any partition is scored."""
+    try:
+        bcts = BiasCorrection.from_dict(card.calibration.bcts)
+    except (KeyError, TypeError, ValueError) as e:
+        bcts, problem = None, f"is malformed ({e!r})"
+    else:
+        problem = (f"has {len(bcts.bias)} biases for {len(card.classes)} classes"
+                   if bcts and len(bcts.bias) != len(card.classes) else "")
+    if problem:
+        raise BatchmlError(f"model {mv}: calibration.bcts in its card.json {problem}: retrain the model, or "
+                           "delete calibration.bcts from the card (monitoring then estimates accuracy by ATC)")
+    return bcts
+
+
+def check_config(cfg: ScoreConfig) -> ScoreConfig:
+    """Refuse settings that cannot work before anything is written."""
+    if bool(cfg.dataset) == bool(cfg.images):
+        raise BatchmlError("score needs either --dataset NAME or --images PREFIX")
+    if cfg.partition_size < 1:
+        raise BatchmlError(f"--partition-size must be at least 1 file, not {cfg.partition_size}")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise BatchmlError(f"--batch-size must be at least 1 image, not {cfg.batch_size} (omit it for the device's)")
+    if not 0 <= cfg.max_error_ratio <= 1:
+        raise BatchmlError(f"--max-error-ratio is a share of the images, from 0 to 1, not {cfg.max_error_ratio}")
+    segmenting(cfg.segment_by, cfg.segment_from_path, bool(cfg.images))
+    return cfg
+
+
+def _options_for(url: str, store: Store) -> dict:
+    """A prefix on the store's kind of storage shares its options (endpoint, keys)."""
+    same = url.split("://")[0] == store.config.root.split("://")[0] if "://" in url else store.is_local
+    return store.config.storage_options if same else {}
+
+
+def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPlan, verbose: bool) -> RunStart:
+    """Create run.json (create-exclusive: of two jobs starting one id, one writes it and the other
+    checks against it), or check that an existing run is rerun with its dataset, cut and model."""
+    rel = layout.run_path(run_id, layout.RUN_SPEC)
+    mv = resolve(store, cfg.model)
+    if not store.exists(rel):
+        # before run.json ties the id to this model: its card must be whole, its classes the input's,
+        # and the model loadable (a Lambda layer, refused by safe mode, would fail every partition)
+        _check_classes(plan, read_card(store, mv, SCORING_NEEDS).classes, mv)
+        _check_loadable(store, mv)
+        run = RunStart.written({
+            "run_id": run_id,
+            "dataset": plan.name,
+            "input": "images" if plan.images else "dataset",
+            "dataset_fingerprint": plan.fingerprint,
+            "partition_size": plan.partition_size,
+            "model_version": str(mv),
+            "model_ref": cfg.model,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            # a prefix's partitions, each file with its size: a rerun names what changed, --append adds to it
+            **({_INPUTS: {n: [[f, plan.sizes[f]] for f in files] for n, files in plan.partitions.items()}}
+               if plan.images else {}),
+        })
+        if store.create(rel, json.dumps(run.to_dict(), indent=1, sort_keys=True).encode() + b"\n"):
+            return run
+    run = _read_run(store, run_id)
+    _check_same_run(run.dataset, plan.name, run_id)
+    was = run.partition_size
+    if plan.images and was != plan.partition_size:  # other cuts would skip or repeat files
+        how = f"resume it with --partition-size {was}" if was else "score the files under a new --run-id"
+        raise BatchmlError(f"run {run_id!r} cut {plan.name} into partitions of {was or 'another number of'} "
+                           f"files, not {plan.partition_size}: {how}, or score them under a new --run-id")
+    if run.model_version != str(mv):
+        if cfg.model != run.model_ref:  # asked for another model, not an alias that moved
+            raise BatchmlError(f"run {run_id!r} scores with model {run.model_version} "
+                               f"(--model {run.model_ref}), not {mv} (--model {cfg.model}): rerun it with "
+                               f"--model {run.model_ref}, or score with {mv} under a new --run-id")
+        _say(verbose, f"score: run {run_id} keeps {run.model_version}, the model it started with "
+             f"({cfg.model!r} is now {mv})")
+    return run
+
+
+_INPUTS = "inputs"  # run.json and append records: partition -> [[file, size], ...] of a prefix
+
+
+def _read_run(store: Store, run_id: str) -> RunStart:
+    return RunStart.from_dict(read_json(store, layout.run_path(run_id, layout.RUN_SPEC)))
+
+
+def _check_loadable(store: Store, mv: ModelVersion) -> None:
+    from batchml.backend import filtered_stderr
+
+    try:
+        with filtered_stderr():  # the framework's start-up chatter stays out of the job's log
+            load_model(store, mv)
+    except BatchmlError:
+        raise
+    except Exception as exc:
+        raise BatchmlError(
+            f"model {mv} cannot be loaded for scoring ({type(exc).__name__}: {str(exc)[:300]}). Keras safe "
+            "mode refuses Lambda layers and unregistered custom objects: retrain the model without them "
+            "(or register their classes), then score. Nothing was written."
+        ) from None
+
+
+def _check_input(store: Store, cfg: ScoreConfig, run: RunStart, plan: inputs.InputPlan, verbose: bool) -> dict:
+    """The run's partitions (name -> a prefix's files, or None for a dataset's), the input checked
+    against what the run pinned; with ``cfg.append``, a grown prefix's new files added to them."""
+    run_id = run.run_id
+    if not plan.images:
+        if cfg.append:
+            raise BatchmlError("--append adds files to an --images run: a dataset is scored whole; "
+                               "ingest the new images as another dataset and score it under a new --run-id")
+        if run.dataset_fingerprint != plan.fingerprint:
+            raise BatchmlError(f"the input {plan.name!r} changed since run {run_id!r} started: finish it with the "
+                               "original images or start a new --run-id")
+        return dict(plan.partitions)
+    if _INPUTS not in run.extra:  # a run started before the listing was kept: the fingerprint alone
+        if run.dataset_fingerprint != plan.fingerprint:
+            raise BatchmlError(f"the input {plan.name!r} changed since run {run_id!r} started: finish it with the "
+                               "original images or start a new --run-id")
+        return dict(plan.partitions)
+    pinned = _pinned(store, run)
+    sizes = {f: size for files in pinned.values() for f, size in files}
+    change = inputs.listing_change(sizes, plan.sizes)
+    partitions = {n: tuple(f for f, _ in files) for n, files in pinned.items()}
+    if not change:
+        return partitions
+    if not cfg.append:
+        raise BatchmlError(
+            f"the input {plan.name!r} changed since run {run_id!r} started: {change.describe()}. Score only the "
+            f"new files into this run with `batchml score --images {plan.name} --run-id {run_id} --append` "
+            f"(then `batchml monitor --run-id {run_id}`), or score the prefix under a new --run-id")
+    if change.missing or change.changed:
+        _notice(f"score: --append scores the new files only; the rows of files since {change.describe()} stay "
+                "as scored")
+    if not change.new:
+        return partitions
+    added = inputs.cut(change.new, run.partition_size, first=len(partitions))
+    record = {"appended_at": datetime.now(UTC).isoformat(timespec="seconds"),
+              _INPUTS: {n: [[f, plan.sizes[f]] for f in files] for n, files in added.items()}}
+    number = len(store.list(layout.run_appends(run_id), ".json"))
+    if not store.create(layout.run_append(run_id, number), json.dumps(record, indent=1).encode() + b"\n"):
+        raise BatchmlError(f"another job appended to run {run_id!r} at the same moment: rerun this command "
+                           "(it then appends what that job did not)")
+    _say(verbose, f"score: appending {len(change.new)} new file(s) to run {run_id} as partitions "
+         f"{next(iter(added))} to {next(reversed(added))}")
+    return {**partitions, **added}
+
+
+def _pinned(store: Store, run: RunStart) -> dict[str, list]:
+    """The partitions a prefix run holds: run.json's, then each append's, in order."""
+    pinned = dict(run.extra[_INPUTS])
+    for name in store.list(layout.run_appends(run.run_id), ".json"):
+        pinned.update(read_json(store, f"{layout.run_appends(run.run_id)}/{name}")[_INPUTS])
+    return pinned
+
+
+def _check_classes(plan: inputs.InputPlan, classes: list[str], mv: ModelVersion) -> None:
+    if plan.classes and plan.classes != classes:
+        raise BatchmlError(
+            f"dataset {plan.name!r} labels classes {plan.classes} but model {mv} predicts "
+            f"{classes}: score with a model trained on these classes"
+        )
+
+
+def _check_same_run(scored: str, dataset: str, run_id: str) -> None:
+    if scored != dataset:
+        raise BatchmlError(
+            f"run {run_id!r} scores dataset {scored!r}, not {dataset!r}: "
+            "choose another --run-id"
+        )
+
+
+def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int, verbose: bool) -> None:
+    from distributed import as_completed
+
+    from batchml.cluster import SCORE_GPU_SHARE, gpu_resources
+
+    progress = Progress(f"score {spec.run_id}", total=total, unit="partitions", enabled=verbose,
+                        done=total - len(todo))
+    if not todo:
+        progress.close()
+        return
+    attempt = uuid.uuid4().hex[:8]  # task keys must not collide with a previous attempt's
+    resources = gpu_resources(client, SCORE_GPU_SHARE)
+    futures = [client.submit(score_partition, spec, name, files, key=f"score-{spec.run_id}-{name}-{attempt}",
+                             resources=resources)
+               for name, files in todo.items()]
+    rows = 0
+    try:
+        for future in as_completed(futures):
+            rows += future.result().rows
+            progress.update(1, f"{rows:,} rows")
+    except BaseException:
+        client.cancel(futures)  # stop the rest: the run stays uncommitted, a rerun resumes it
+        raise
+    finally:
+        progress.close()
+
+
+def _commit(store: Store, spec: RunSpec, run: RunStart, names: list[str], todo: list[str],
+            wall: float, max_error_ratio: float) -> RunManifest:
+    parts = [read_stats(store, spec.run_id, n) for n in names]
+    rows = sum(p.rows for p in parts)
+    errors = sum(p.errors for p in parts)
+    if errors > max_error_ratio * (rows + errors):
+        raise BatchmlError(
+            f"run {spec.run_id!r}: {errors} of {rows + errors} images could not be decoded "
+            f"({errors / (rows + errors):.1%}, above --max-error-ratio {max_error_ratio:.1%}); "
+            f"see {store.url(layout.run_path(spec.run_id, 'errors'))}. The run is not committed: fix the images, "
+            "or rerun with the same --run-id and a higher --max-error-ratio."
+        )
+    scored_now = sum(p.rows + p.errors for p in parts if p.partition in todo)
+    manifest = RunManifest.written({
+        **{k: v for k, v in run.to_dict().items() if k != _INPUTS},  # the listing stays in run.json
+        "appended_partitions": len(names) - len(run.extra.get(_INPUTS) or names),
+        "classes": list(spec.classes),
+        "batch_size": spec.batch_size or "auto",  # as asked; per partition: the size that fitted
+        "max_error_ratio": max_error_ratio,
+        "rows": rows,
+        "errors": errors,
+        "labelled": sum(p.stats["labelled"] for p in parts),
+        "batch_sizes_used": sorted({p.batch_size for p in parts if p.batch_size}),
+        # where the partitions were computed: backend, device kind and name, framework versions
+        "devices": [json.loads(d) for d in sorted({json.dumps(p.device, sort_keys=True) for p in parts
+                                                   if p.device})],
+        "partitions": [{k: getattr(p, k) for k in ("partition", "rows", "errors", "batch_size", "seconds", "worker")}
+                       for p in parts],
+        "wall_seconds": round(wall, 3),
+        "images_per_second": round(scored_now / wall, 1) if todo else None,
+        "committed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    })
+    manifest_rel = layout.run_path(spec.run_id, layout.RUN_MANIFEST)
+    if store.exists(manifest_rel):  # recommitted (appended, or mended): the night keeps its place in time
+        first = read_json(store, manifest_rel)
+        manifest.extra["recommitted_at"], manifest.committed_at = manifest.committed_at, first["committed_at"]
+    store.write_json(manifest_rel, manifest.to_dict())
+    return manifest
