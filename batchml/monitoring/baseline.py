@@ -90,7 +90,8 @@ def with_cusum(row: MonitoringRow, stats: PartitionStats, baseline: Baseline, co
     state = baseline.cusum
     counted = counted and len(baseline.history) >= MIN_NIGHTS and stats.rows > 0
     if counted:
-        evidence = sequential.night_evidence(stats.predicted_counts, baseline_mix(baseline.history),
+        counts = row.predicted_counts_unique if row.duplicate_within is not None else stats.predicted_counts
+        evidence = sequential.night_evidence(np.asarray(counts), baseline_mix(baseline.history),
                                              dispersion(baseline.history))
         state = sequential.cusum_step(state, evidence)
     state = np.zeros((2, len(stats.predicted_counts))) if state is None else np.asarray(state)

@@ -8,6 +8,9 @@ benchmarks and tests that chain nights.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
+
 import pandas as pd
 
 from batchml import layout
@@ -15,10 +18,12 @@ from batchml.errors import BatchmlError
 from batchml.layout import ModelVersion
 from batchml.monitoring import failure_cases, rules
 from batchml.monitoring.baseline import Baseline, history, with_cusum
+from batchml.monitoring.duplicates import duplicates, read_hashes
 from batchml.monitoring.report import RunReport
-from batchml.monitoring.row import build_row, fold_run, summarise_rows
+from batchml.monitoring.row import build_row, fold_run, segment_by, summarise_rows
 from batchml.monitoring.rules import MonitorConfig
-from batchml.monitoring.tables import read_table, write_alerts, write_run_row
+from batchml.monitoring.segments import judge_segments, locate
+from batchml.monitoring.tables import read_table, write_alerts, write_run_row, write_segment_rows
 from batchml.records import MONITORING_NEEDS, ModelCard, RunManifest
 from batchml.registry import read_card
 from batchml.stats import PartitionStats
@@ -26,31 +31,54 @@ from batchml.store import Store
 
 
 def evaluate(run: RunManifest, stats: PartitionStats, card: ModelCard, baseline: Baseline | None = None,
-             cfg: MonitorConfig = MonitorConfig()) -> RunReport:
-    """One run's row and alerts from its summed statistics, its card and its baseline; each rule
-    runs once."""
+             cfg: MonitorConfig = MonitorConfig(), hashes: pd.DataFrame | None = None,
+             recent: dict[str, pd.DataFrame] | None = None, segment_by: str | None = None) -> RunReport:
+    """One run's row, its segments' rows and its alerts, most likely cause first, from its summed
+    statistics, its card, its baseline and (where kept) its hashes and the recent nights'; each rule
+    runs once on the run and once on each segment."""
     baseline = baseline or Baseline()
-    row = build_row(run, stats, card, baseline)
+    duplicated = duplicates(hashes, recent or {}, len(run.classes)) if hashes is not None else None
+    row = build_row(run, stats, card, baseline, duplicated or None, None, segment_by)
     single = rules.single_night_alerts(row, cfg)
     counted = not any(a.kind in rules.SINGLE_NIGHT for a in single)
     row = with_cusum(row, stats, baseline, counted)
-    alerts = rules.with_persistent(row, cfg, single)
+    segment_rows, raised = judge_segments(run, stats, card, baseline, cfg, segment_by, hashes, recent)
+    alerts = locate(rules.with_persistent(row, cfg, single), raised, segment_by)
+    alerts = [replace(a, cause=rules.cause_of(a.kind), rank=i) for i, a in enumerate(rules.ranked(alerts, row), 1)]
     row.alert_kinds = [a.kind for a in alerts]  # the next nights' baseline leaves these out
-    return RunReport(row, alerts)
+    return RunReport(row, alerts, segments=segment_rows)
 
 
 def monitor_run(store: Store, run_id: str, cfg: MonitorConfig = MonitorConfig(),
                 config_source: str | None = None) -> RunReport:
-    """Monitor a committed run: write its row, alerts and failure-case snapshot."""
+    """Monitor a committed run: write its row, its segments' rows, its alerts and failure-case snapshot."""
     manifest, stats = fold_run(store, run_id)
     card = read_card(store, ModelVersion.parse(manifest.model_version), MONITORING_NEEDS)
-    report = evaluate(manifest, stats, card, history(store, manifest, cfg.history_nights), cfg)
+    hashes = read_hashes(store, manifest)
+    recent = _recent_hashes(store, manifest, cfg.duplicate_nights) if len(hashes) else {}
+    report = evaluate(manifest, stats, card, history(store, manifest, cfg.history_nights), cfg,
+                      hashes if len(hashes) else None, recent, segment_by(store, manifest))
     report.config_source = config_source
     write_run_row(store, report.row)
+    write_segment_rows(store, run_id, report.segments)
     write_alerts(store, run_id, report.alerts)
     snapshot = failure_cases.snapshot(store, run_id, [p["partition"] for p in manifest.partitions], manifest.classes)
     store.write_parquet(layout.monitoring_path("failures", run_id), snapshot)
     return report
+
+
+def _recent_hashes(store: Store, run: RunManifest, nights: int) -> dict[str, pd.DataFrame]:
+    """The hashes of the model's last ``nights`` monitored runs committed before this one."""
+    runs = read_table(store, "runs")
+    earlier = runs[(runs.model_version == run.model_version) & (runs.run_id != run.run_id)
+                   & (runs.committed_at <= run.committed_at)].sort_values("committed_at").tail(nights)
+    out = {}
+    for run_id in earlier.run_id:
+        try:
+            out[run_id] = read_hashes(store, RunManifest.read(store, run_id))
+        except BatchmlError as e:  # a damaged neighbour must not stop tonight's monitoring
+            print(f"warning: the hashes of run {run_id} are not compared with tonight's ({e})", file=sys.stderr)
+    return out
 
 
 def monitor_range(store: Store, since: str | None = None, until: str | None = None,

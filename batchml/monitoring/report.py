@@ -19,6 +19,7 @@ class RunReport:
     row: MonitoringRow
     alerts: list[Alert] = field(default_factory=list)
     config_source: str | None = None  # the --config file, None for the defaults
+    segments: list[MonitoringRow] = field(default_factory=list)  # one row per segment, where segmented
 
     @property
     def failed(self) -> bool:
@@ -29,13 +30,15 @@ def format_report(report: RunReport) -> str:
     r = report.row
     lines = [f"run {r.run_id}: {r.rows:,} predictions, {r.errors} errors, "
              f"model {r.model_version}, dataset {r.dataset}"]
+    # what changed leads, most likely cause first; the figures follow
+    lines += [alert_line(a) for a in report.alerts] or ["OK: no alerts"]
     if report.config_source:
         lines.append(f"thresholds from {report.config_source}")
     if r.labelled:
         lines.append(f"accuracy {r.accuracy:.4f} ({r.correct}/{r.labelled} labelled rows correct; "
                      f"95% CI {r.accuracy_low:.4f}-{r.accuracy_high:.4f}; reference {r.reference_accuracy:.4f})")
     if not r.rows:  # nothing scored: no estimates, mix, outputs or shares to show
-        return "\n".join(lines + [alert_line(a) for a in report.alerts])
+        return "\n".join(lines)
     estimates = label_free_estimates(r, (("COT", "cot_accuracy"), ("ATC", "atc_accuracy"),
                                          ("calibrated confidence", "expected_accuracy")))
     lines.append(f"label-free accuracy estimates: {estimates} (alerts use {r.label_free_method})")
@@ -50,8 +53,42 @@ def format_report(report: RunReport) -> str:
     if r.cusum_up:
         lines.append(f"accumulated evidence (CUSUM): {max(max(r.cusum_up), max(r.cusum_down)):.1f} "
                      f"of {sequential.THRESHOLD:.0f} nats")
-    lines += _class_table(r)
-    return "\n".join(lines + [alert_line(a) for a in report.alerts] + ([] if report.alerts else ["OK: no alerts"]))
+    lines += _inputs(r) + _class_table(r) + _segment_table(report)
+    return "\n".join(lines)
+
+
+def _inputs(r: MonitoringRow) -> list[str]:
+    """What came in: duplicates, novel images, the property that moved most."""
+    out = []
+    if r.duplicate_within is not None:
+        out.append(f"duplicates: {r.duplicate_within} within the run, {r.duplicate_recent} of the last "
+                   f"{r.recent_nights_compared} runs, {r.near_duplicate} near copies")
+    if r.novel_share is not None:
+        out.append(f"novel images: {r.novel_share:.1%} (validation split {r.novel_reference_share:.1%})")
+    if r.input_ks:
+        worst = max(range(len(r.input_ks)), key=lambda i: r.input_ks[i])
+        out.append(f"input properties vs training: largest KS {r.input_ks[worst]:.3f} ({r.input_properties[worst]})")
+    return out
+
+
+def _segment_table(report: RunReport) -> list[str]:
+    """Per segment: rows, label-free accuracy, novel share, largest input KS, its alerts."""
+    if not report.segments:
+        return []
+    raised = {}
+    for a in report.alerts:
+        for value in (a.segment or "").partition("=")[2].split(", "):
+            raised.setdefault(value, []).append(a.kind)
+    width = max(len(s.segment) for s in report.segments)
+    lines = [f"  {report.row.segment_by or 'segment':<{width}}  {'rows':>7}  {'est.':>6}  {'novel':>6}  "
+             f"{'KS':>5}  alerts"]
+    for s in report.segments:
+        novel = f"{s.novel_share:6.1%}" if s.novel_share is not None else f"{'-':>6}"
+        ks = f"{max(s.input_ks):5.2f}" if s.input_ks else f"{'-':>5}"
+        est = f"{s.label_free_accuracy:6.1%}" if s.label_free_accuracy is not None else f"{'-':>6}"
+        kinds = " ".join(raised.get(s.segment, []))
+        lines.append(f"  {s.segment:<{width}}  {s.rows:>7,}  {est}  {novel}  {ks}  {kinds}")
+    return lines
 
 
 def _class_table(r: MonitoringRow) -> list[str]:
@@ -97,4 +134,5 @@ def label_free_estimates(values: MonitoringRow | dict, named: tuple[tuple[str, s
 
 def alert_line(a: Alert) -> str:
     # the kind goes last: nightly logs are searched for "ERROR: " and "WARNING: "
-    return f"{a.severity.upper()}: {a.message} [{a.kind}]"
+    cause = f"{a.cause}: " if a.cause else ""
+    return f"{a.severity.upper()}: {cause}{a.message} [{a.kind}]"

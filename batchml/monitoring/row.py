@@ -19,6 +19,7 @@ from batchml.integrity import read_stats
 from batchml.monitoring.baseline import Baseline
 from batchml.monitoring.classes import drop_p_values, per_class_metrics
 from batchml.monitoring.history import history_shift
+from batchml.monitoring.inputs import discount_novel, input_shift, novelty
 from batchml.monitoring.label_free import CotReference, atc_accuracy, output_shift
 from batchml.monitoring.label_shift import bootstrap_priors, estimate_priors, mlls_priors
 from batchml.monitoring.shift import class_shift, degrees_of_freedom, wilson_interval
@@ -40,15 +41,26 @@ def fold_run(store: Store, run_id: str) -> tuple[RunManifest, PartitionStats]:
     return manifest, PartitionStats.total(parts, k)
 
 
+def segment_by(store: Store, run: RunManifest) -> str | None:
+    """The column (or path capture) the run was segmented by; None for a run without segments."""
+    if not run.partitions:
+        return None
+    return read_stats(store, run.run_id, run.partitions[0]["partition"]).extra.get("segment_by")
+
+
 def summarise(stats: PartitionStats, classes: list[str], atc_threshold: float | None = None,
-              cot: CotReference | None = None) -> dict:
+              cot: CotReference | None = None, card: ModelCard | None = None) -> dict:
     """The labelled-sample statistics of any sum of partitions (a run, or a date range) with the
     label-free estimates: COT (given what it needs, ``cot``), ATC (the card's threshold) and
-    calibrated confidence; the first present is ``label_free_accuracy``."""
+    calibrated confidence; the first present is ``label_free_accuracy``. Given the ``card``, novel
+    images beyond the validation split's rate count as wrong in each estimate."""
     labelled = stats.labelled
     expected = stats.calibrated_confidence_sum / stats.rows if stats.rows else None
     estimates = {"cot": cot.accuracy(stats) if cot else None, "atc": atc_accuracy(stats, atc_threshold),
                  "confidence": expected}
+    if card is not None:
+        estimates = {m: discount_novel(v, stats, card) for m, v in estimates.items()}
+        expected = estimates["confidence"]
     method = next((m for m, v in estimates.items() if v is not None), "confidence")
     low, high = wilson_interval(stats.correct, labelled)
     return {
@@ -67,7 +79,8 @@ def summarise(stats: PartitionStats, classes: list[str], atc_threshold: float | 
         "label_free_accuracy": estimates[method],
         "label_free_method": method,
         "classes": classes,
-        **{k: v for k, v in stats.to_dict().items() if k not in ("rows", "errors", "labelled", "correct")},
+        # the summed statistics, so that rows fold over any range of nights; segments have rows of their own
+        **{k: v for k, v in stats.to_dict().items() if k not in ("rows", "errors", "labelled", "correct", "segments")},
         **per_class_metrics(stats.confusion),
     }
 
@@ -79,13 +92,17 @@ def summarise_rows(rows, classes: list[str], atc_threshold: float | None = None)
     return summarise(PartitionStats.total(parts, len(classes)), classes, atc_threshold)
 
 
-def build_row(run: RunManifest, stats: PartitionStats, card: ModelCard, baseline: Baseline | None = None
+def build_row(run: RunManifest, stats: PartitionStats, card: ModelCard, baseline: Baseline | None = None,
+              duplicated: dict | None = None, segment: str | None = None, segment_by: str | None = None
               ) -> MonitoringRow:
-    """The monitoring row of one run from its summed statistics, its model's card and what earlier
-    nights tell, before the CUSUM (``baseline.with_cusum``). Pure: benchmarks call it too."""
+    """The monitoring row of one run (or of one ``segment`` of it) from its summed statistics, its
+    model's card, what earlier nights tell and its duplicates (``duplicates.duplicates``), before the
+    CUSUM (``baseline.with_cusum``). The class-mix tests count each copy within tonight once. Pure:
+    benchmarks call it too."""
     baseline = baseline or Baseline()
     reference, accepted = card.reference, baseline.accepted
     ref_counts = np.asarray(accepted.predicted_counts if accepted else reference.predicted_counts)
+    counts = np.asarray(duplicated["predicted_counts_unique"]) if duplicated else stats.predicted_counts
     row = {
         "run_id": run.run_id,
         "dataset": run.dataset,
@@ -95,17 +112,22 @@ def build_row(run: RunManifest, stats: PartitionStats, card: ModelCard, baseline
         "max_error_ratio": run.max_error_ratio,
         "reference_accuracy": reference.accuracy,
         "accepted_run": accepted.run_id if accepted else None,
-        **summarise(stats, run.classes, card.atc_threshold, cot_reference(card, baseline)),
-        **class_shift(stats.predicted_counts, ref_counts),
-        **(history_shift(baseline.history, stats.predicted_counts) or {"history_nights": len(baseline.history)}),
+        "segment": segment,
+        "segment_by": segment_by,
+        **summarise(stats, run.classes, card.atc_threshold, cot_reference(card, baseline), card),
+        **class_shift(counts, ref_counts),
+        **(history_shift(baseline.history, counts) or {"history_nights": len(baseline.history)}),
         **output_shift(stats, card.atc or {}),
-        **_label_shift(card, stats),
+        **(_label_shift(card, stats) if segment is None else {}),  # the bootstrap is the run's
         **_class_performance(card, stats, baseline),
+        **input_shift(stats, card),
+        **novelty(stats, card),
+        **(duplicated or {}),
     }
     row["sustained_p_value"] = _sustained_p(row)
     # the mix against the model's own reference, whatever was accepted since: the output test
     # compares with the validation split, whose mix that is
-    own = class_shift(stats.predicted_counts, np.asarray(reference.predicted_counts)) if accepted else row
+    own = class_shift(counts, np.asarray(reference.predicted_counts)) if accepted else row
     row["model_reference_p_value"], row["model_reference_js_distance"] = own["p_value"], own["js_distance"]
     return MonitoringRow.written(row)
 

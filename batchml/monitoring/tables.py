@@ -15,17 +15,27 @@ from batchml.integrity import skip_damaged
 from batchml.records import Alert, MonitoringRow
 from batchml.store import Store
 
-RECORDS = {"runs": MonitoringRow, "alerts": Alert}
+RECORDS = {"runs": MonitoringRow, "alerts": Alert, "segments": MonitoringRow}
 ALERT_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("kind", pa.string()), ("severity", pa.string()),
     ("statistic", pa.float64()), ("threshold", pa.float64()), ("message", pa.string()),
-    ("schema_version", pa.int64()),
+    ("cause", pa.string()), ("segment", pa.string()), ("rank", pa.int64()), ("schema_version", pa.int64()),
 ])
 
 
 def write_run_row(store: Store, row: MonitoringRow) -> None:
     """Write a run's row; columns this version does not know (``extra``) are kept."""
     store.write_parquet(layout.monitoring_path("runs", row.run_id), pa.Table.from_pylist([row.to_dict()]))
+
+
+def write_segment_rows(store: Store, run_id: str, rows: list[MonitoringRow]) -> None:
+    """A run's rows per segment (``monitoring/segments/<run_id>.parquet``); none for a run without
+    segments (an earlier file of the run is replaced)."""
+    path = layout.monitoring_path("segments", run_id)
+    if rows:
+        store.write_parquet(path, pa.Table.from_pylist([r.to_dict() for r in rows]))
+    elif store.exists(path):
+        store.delete(path)
 
 
 def write_alerts(store: Store, run_id: str, alerts: list[Alert]) -> None:

@@ -106,6 +106,32 @@ class MonitoringRow(_Record):
     cusum_down: list[float]
     cusum_counted: bool  # whether tonight added evidence (not if it alarmed on its own, or without a baseline)
     alert_kinds: list[str] | None  # the kinds of alert this night raised; None on rows written before
+    # where: a row of ``monitoring/segments/<run_id>.parquet`` is one segment value's; the run's own row
+    # has segment None and names the column the run was segmented by
+    segment: str | None
+    segment_by: str | None
+    # input health against the card's training split (``monitoring.inputs.input_shift``); None without it
+    input_properties: list[str] | None
+    input_ks: list[float] | None  # per property: KS distance of tonight's histogram from training's
+    input_p_value: list[float] | None  # uncorrected
+    input_median: list[float | None] | None
+    input_reference_median: list[float | None] | None
+    input_category_tv: list[float] | None  # mode, channels, format, EXIF orientation: total variation
+    input_category_p_value: list[float] | None
+    input_category_change: list[str] | None  # the largest change of each, in words
+    # duplicates (``monitoring.duplicates``), from the runs' hashes files; None without them
+    duplicate_within: int | None  # rows whose bytes repeat an earlier row tonight
+    duplicate_recent: int | None  # rows whose bytes repeat a recent night's row
+    near_duplicate: int | None  # near copies of an earlier row tonight (not exact)
+    near_duplicate_method: str | None
+    duplicate_example: str | None
+    recent_nights_compared: int | None
+    predicted_counts_unique: list[int] | None  # the class mix with each copy within tonight counted once
+    # novel images (``monitoring.inputs.novelty``); None for cards or stats without novelty
+    novel_share: float | None
+    novel_reference_share: float | None  # the validation split's share above the threshold
+    novel_p_value: float | None
+    novelty_ks: float | None
     schema_version: int = _Record.SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -120,6 +146,9 @@ class Alert(_Record):
     statistic: float  # the value that crossed the threshold
     threshold: float
     message: str  # what happened, and what to do
+    cause: str | None = None  # what changed (``monitoring.rules.CAUSES``); None on alerts written before
+    segment: str | None = None  # where: "COLUMN=VALUE[, VALUE...]"; None for the whole run
+    rank: int | None = None  # 1: the most likely cause of the night's alerts
     schema_version: int = _Record.SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
 

@@ -1,0 +1,108 @@
+"""Where: the run's rules applied to each segment (a camera, a site) alone, so that every alert
+names the segments that drive it, and a fault confined to one segment is found even where the
+whole night dilutes it below every threshold.
+
+Each segment with at least ``segment_min_rows`` rows gets its own row (``monitoring/segments/``),
+judged against the same references as the run (the card, the accepted run) at thresholds divided
+by the number of segments judged (Bonferroni), by the rules that need no history of the segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from batchml.monitoring import rules
+from batchml.monitoring.baseline import Baseline
+from batchml.monitoring.duplicates import duplicates
+from batchml.monitoring.row import build_row
+from batchml.monitoring.rules import MonitorConfig
+from batchml.records import Alert, ModelCard, MonitoringRow, RunManifest
+from batchml.stats import OTHER_SEGMENT, PartitionStats
+
+# what a segment is judged on alone: rules with a test of their own, not the history's
+SEGMENT_RULES = (rules.no_rows, rules.duplicates, rules.input_shift, rules.novel_inputs, rules.sustained_shift,
+                 rules.accuracy_drop, rules.class_performance_drop)
+NOISE_Z = 3.0  # a segment's label-free estimate must fall this many standard errors further to alert
+
+
+def segment_stats(stats: PartitionStats, most: int) -> dict[str, PartitionStats]:
+    """The ``most`` largest segments by rows, and the rest folded into ``OTHER_SEGMENT``."""
+    ordered = sorted(stats.segments.items(), key=lambda kv: (-kv[1].rows, kv[0]))
+    kept = {v: s for v, s in ordered if v != OTHER_SEGMENT}
+    top = dict(list(kept.items())[:most])
+    rest = [s for v, s in ordered if v not in top]
+    if rest:
+        top[OTHER_SEGMENT] = PartitionStats.total(rest, stats.num_classes)
+    return top
+
+
+def judge_segments(run: RunManifest, stats: PartitionStats, card: ModelCard, baseline: Baseline,
+                   cfg: MonitorConfig, segment_by: str | None, hashes: pd.DataFrame | None = None,
+                   recent: dict[str, pd.DataFrame] | None = None) -> tuple[list[MonitoringRow], dict[str, list[Alert]]]:
+    """Each segment's row, and the alerts of those large enough to judge."""
+    segments = segment_stats(stats, cfg.segments_max) if stats.segments else {}
+    judged = [v for v, s in segments.items() if s.rows >= cfg.segment_min_rows]
+    if len(judged) < 2:  # one segment is the run itself
+        return [], {}
+    strict = _bonferroni(cfg, len(judged))
+    rows, raised = [], {}
+    for value, s in segments.items():
+        duplicated = None
+        if hashes is not None and len(hashes):
+            mine = hashes[hashes.segment.astype(str) == value] if "segment" in hashes else hashes.iloc[:0]
+            duplicated = duplicates(mine, recent or {}, stats.num_classes) or None
+        row = build_row(run, s, card, Baseline(accepted=baseline.accepted), duplicated, value, segment_by)
+        rows.append(row)
+        if value in judged:
+            found = [a for rule in SEGMENT_RULES if (a := rule(row, strict))]
+            found += [a for a in [_label_free_drop(row, strict)] if a]
+            raised[value] = found
+    return rows, raised
+
+
+def _bonferroni(cfg: MonitorConfig, n: int) -> MonitorConfig:
+    return replace(cfg, shift_p_value=cfg.shift_p_value / n, input_p_value=cfg.input_p_value / n,
+                   novel_p_value=cfg.novel_p_value / n, class_p_value=cfg.class_p_value / n)
+
+
+def _label_free_drop(row: MonitoringRow, cfg: MonitorConfig) -> Alert | None:
+    """``expected_accuracy_drop`` on a segment, beyond its sampling noise as well (a segment of a few
+    hundred rows reads a few points either way)."""
+    if row.rows == 0:
+        return None
+    margin = NOISE_Z * np.sqrt(row.reference_accuracy * (1 - row.reference_accuracy) / row.rows)
+    return rules.expected_accuracy_drop(replace(row, reference_accuracy=row.reference_accuracy - margin), cfg)
+
+
+def locate(alerts: list[Alert], raised: dict[str, list[Alert]], segment_by: str | None) -> list[Alert]:
+    """The run's alerts with the segments that raised the same kind named (none named where every
+    judged segment did); then the kinds only some segments raised, each as one alert of the
+    segment that moved most."""
+    out, kinds = [], {a.kind for a in alerts}
+    for a in alerts:
+        where = [v for v, found in raised.items() if any(f.kind == a.kind for f in found)]
+        if where and len(where) < len(raised):
+            worst = max((f for v in where for f in raised[v] if f.kind == a.kind), key=lambda f: f.statistic)
+            a = replace(worst, segment=_named(segment_by, where), message=_in(segment_by, where, worst.message))
+        out.append(a)
+    alone: dict[str, list[tuple[str, Alert]]] = {}
+    for value, found in raised.items():
+        for f in found:
+            if f.kind not in kinds:
+                alone.setdefault(f.kind, []).append((value, f))
+    for hits in alone.values():
+        where = [v for v, _ in hits]
+        worst = max((f for _, f in hits), key=lambda f: f.statistic)
+        out.append(replace(worst, segment=_named(segment_by, where), message=_in(segment_by, where, worst.message)))
+    return out
+
+
+def _named(segment_by: str | None, values: list[str]) -> str:
+    return f"{segment_by or 'segment'}={', '.join(values)}"
+
+
+def _in(segment_by: str | None, values: list[str], message: str) -> str:
+    return f"in {_named(segment_by, values)}: {message}"
