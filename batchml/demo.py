@@ -99,7 +99,9 @@ def make_nights(store: Store, test_dataset: str, stamp: str, cfg: DemoConfig) ->
 
     k = classes.index(cfg.shifted_class) if cfg.shifted_class in classes else 0
     share = min(0.9, cfg.boost * float(np.mean(labels == k)))
-    mine, others = np.flatnonzero(labels == k), np.flatnonzero(labels != k)
+    # night 2 takes none of night 1's images: a repeated image is a duplicate, which would alert first
+    unused = np.setdiff1d(np.arange(len(rows)), clean)
+    mine, others = unused[labels[unused] == k], unused[labels[unused] != k]
     n_mine = min(len(mine), round(n * share))
     n_others = min(len(others), round(n_mine * (1 - share) / share))
     shifted = np.concatenate([rng.choice(mine, n_mine, replace=False), rng.choice(others, n_others, replace=False)])
