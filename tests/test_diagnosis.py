@@ -157,3 +157,18 @@ def test_rules_stay_quiet_without_their_statistics(kind):
 
     row = MonitoringRow.from_dict({"run_id": "r", "rows": 100})
     assert getattr(rules, kind)(row, MonitorConfig()) is None
+
+
+def test_a_segments_report_holds_its_figures_and_the_alerts_that_name_it():
+    from batchml.errors import BatchmlError
+    from batchml.monitoring import segment_report
+
+    rng = np.random.default_rng(8)
+    cameras = [_night(rng, 400, segment=f"cam-{i}", **({"saturation": 0.01} if i == 1 else {})) for i in range(5)]
+    report = evaluate(RUN, PartitionStats.total(cameras, K), _card(rng), segment_by="camera")
+    one = segment_report(report, "cam-1")
+    assert one.row.segment == "cam-1" and [a.kind for a in one.alerts] == ["input_shift"]
+    assert format_report(one).startswith("run night (camera=cam-1): 400 predictions")
+    assert segment_report(report, "cam-3").alerts == []
+    with pytest.raises(BatchmlError, match="no segment 'cam-9'.*cam-0, cam-1"):
+        segment_report(report, "cam-9")

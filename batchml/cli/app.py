@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--note keeps the earlier one)")
     p.add_argument("--config", metavar="FILE", help="alert thresholds from a TOML file (keys: "
                    "batchml.monitoring.MonitorConfig; see the README)")
+    p.add_argument("--segment", metavar="VALUE", help="with --run-id: report this segment of a run scored with "
+                   "--segment-by (its figures and the alerts that name it)")
     p.set_defaults(func=cmd_monitor)
 
     p = verbs.add_parser("report", parents=[store], help="one self-contained HTML page of a monitored night")

@@ -42,6 +42,7 @@ def cmd_monitor(args) -> int:
         format_report,
         monitor_range,
         monitor_run,
+        segment_report,
     )
     from batchml.notify import Night
 
@@ -57,6 +58,8 @@ def cmd_monitor(args) -> int:
             f"(recorded at {layout.accepted_path(r.run_id)})")
         if not args.run_id:
             return 0
+    if args.segment and not args.run_id:
+        raise BatchmlError("--segment goes with --run-id ID (a segment of one monitored run)")
     if not args.run_id:
         since, until = iso_date("--since", args.since), iso_date("--until", args.until)
         if since and until and since > until:
@@ -71,7 +74,7 @@ def cmd_monitor(args) -> int:
     except BatchmlError as exc:
         send_night(args, Night.failed(args.run_id, str(exc), time.monotonic() - started, args.dashboard_url))
         raise
-    say(format_report(report))
+    say(format_report(segment_report(report, args.segment) if args.segment else report))
     send_night(args, Night.of_report(report, time.monotonic() - started, args.dashboard_url))
     return 1 if report.failed else 0
 

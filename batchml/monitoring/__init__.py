@@ -9,7 +9,7 @@ reads: ``shift``, ``history``, ``sequential``, ``label_free``, ``label_shift``, 
 
 from batchml.monitoring.baseline import accept_baseline
 from batchml.monitoring.monitor import evaluate, monitor_range, monitor_run
-from batchml.monitoring.report import RunReport, format_range, format_report
+from batchml.monitoring.report import RunReport, format_range, format_report, segment_report
 from batchml.monitoring.row import fold_run
 from batchml.monitoring.rules import MonitorConfig
 from batchml.monitoring.tables import read_table
@@ -25,4 +25,5 @@ __all__ = [
     "monitor_range",
     "monitor_run",
     "read_table",
+    "segment_report",
 ]

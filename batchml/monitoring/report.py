@@ -28,7 +28,8 @@ class RunReport:
 
 def format_report(report: RunReport) -> str:
     r = report.row
-    lines = [f"run {r.run_id}: {r.rows:,} predictions, {r.errors} errors, "
+    where = f" ({r.segment_by or 'segment'}={r.segment})" if r.segment else ""
+    lines = [f"run {r.run_id}{where}: {r.rows:,} predictions, {r.errors} errors, "
              f"model {r.model_version}, dataset {r.dataset}"]
     # what changed leads, most likely cause first; the figures follow
     lines += [alert_line(a) for a in report.alerts] or ["OK: no alerts"]
@@ -55,6 +56,18 @@ def format_report(report: RunReport) -> str:
                      f"of {sequential.THRESHOLD:.0f} nats")
     lines += _inputs(r) + _class_table(r) + _segment_table(report)
     return "\n".join(lines)
+
+
+def segment_report(report: RunReport, value: str) -> RunReport:
+    """One segment's part of a run's report: its row and the alerts that name it."""
+    rows = {s.segment: s for s in report.segments}
+    if value not in rows:
+        from batchml.errors import BatchmlError
+
+        known = ", ".join(sorted(rows)) or "none: the run was not scored with --segment-by"
+        raise BatchmlError(f"run {report.row.run_id} has no segment {value!r}; its segments: {known}")
+    named = [a for a in report.alerts if a.segment and value in a.segment.partition("=")[2].split(", ")]
+    return RunReport(rows[value], named, report.config_source)
 
 
 def _inputs(r: MonitoringRow) -> list[str]:
