@@ -20,7 +20,10 @@ def snapshot(store: Store, run_id: str, partitions: list[str], classes: list[str
     df = pa.concat_tables(parts).to_pandas() if parts else SCHEMA.empty_table().to_pandas()
     wrong = df[df.kind == "misclassified"].sort_values("confidence", ascending=False).head(KEEP)
     unsure = df[df.kind == "uncertain"].sort_values("confidence").head(KEEP)
-    out = pa.concat_tables([pa.Table.from_pandas(t, SCHEMA, preserve_index=False) for t in (wrong, unsure)])
+    novel = df[df.kind == "novel"].sort_values("confidence", ascending=False).head(KEEP)  # by novelty score
+    copies = df[df.kind == "duplicate"].head(KEEP)
+    out = pa.concat_tables([pa.Table.from_pandas(t, SCHEMA, preserve_index=False)
+                            for t in (wrong, unsure, novel, copies)])
     names = np.asarray(classes, dtype=object)
     label = out["label"].to_numpy(zero_copy_only=False)
     true_class = [names[int(v)] if v == v else None for v in label]  # NaN for unknown labels

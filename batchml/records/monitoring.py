@@ -13,7 +13,9 @@ FAILURES_KEPT = 24  # images of each kind per run (and per partition)
 # ``runs/<id>/failures/part-N.parquet`` (a partition's candidates) and, with ``true_class`` and
 # ``predicted_class`` added, ``monitoring/failures/<run_id>.parquet`` (the run's snapshot)
 FAILURE_SCHEMA = pa.schema([
-    ("kind", pa.string()),  # misclassified (labelled, most confident first) | uncertain (unlabelled, least)
+    # misclassified (labelled, most confident first) | uncertain (unlabelled, least) | novel (most novel first;
+    # ``confidence`` holds the novelty score) | duplicate (a copy of an image scored before it)
+    ("kind", pa.string()),
     ("image_id", pa.string()), ("partition", pa.string()), ("label", pa.int16()),
     ("predicted", pa.int16()), ("confidence", pa.float32()), ("thumbnail", pa.binary()),  # 32x32 PNG
 ])

@@ -12,6 +12,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from batchml import layout
@@ -130,7 +131,8 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
                         _predictions(spec, partition, table, good, probs, decoded, novelty, row_segments))
     if health is not None:
         store.write_parquet(layout.run_hashes(spec.run_id, partition), _hashes(ids, health, probs, row_segments))
-    cases = failures.select(ids, partition, pixels, probs, labels[good])
+    copies = None if health is None else pd.Series(health.content_hash).duplicated().to_numpy()
+    cases = failures.select(ids, partition, pixels, probs, labels[good], novelty, copies)
     if cases.num_rows:
         store.write_parquet(layout.run_output(spec.run_id, "failures", partition), cases)
     if bad:

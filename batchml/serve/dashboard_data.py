@@ -64,6 +64,11 @@ class MonitoringData:
     def alerts_of(self, run_id: str) -> pd.DataFrame:
         return self.alerts[self.alerts.run_id == run_id]
 
+    def segments(self, run_id: str) -> pd.DataFrame:
+        """The run's rows per segment; empty for a run scored without segments."""
+        rel = layout.monitoring_path("segments", run_id)
+        return self.store.read_parquet(rel).to_pandas() if self.store.exists(rel) else pd.DataFrame()
+
     def failures(self, run_id: str) -> pd.DataFrame:
         rel = layout.monitoring_path("failures", run_id)
         return self.store.read_parquet(rel).to_pandas() if self.store.exists(rel) else pd.DataFrame()

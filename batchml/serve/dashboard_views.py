@@ -81,10 +81,8 @@ def overview(data: MonitoringData, runs: pd.DataFrame) -> pn.Column:
         _value("label-free estimate", _pct(label_free(runs).iloc[-1]), "bm-expected"),
         _value("open alerts", str(len(alerts)), "bm-open-alerts"),
     ])
-    rows = "".join(f"<li class='bm-alert-{a.severity}'><b>{a.severity}</b> {html.escape(a.kind)}: "
-                   f"{html.escape(a.message)}</li>" for a in alerts.itertuples())
-    return pn.Column(_html(figures), _html(f"<h3>Alerts of {html.escape(latest.run_id)}</h3>"
-                                           f"<ul class='bm-alerts'>{rows or '<li>none</li>'}</ul>"),
+    return pn.Column(_html(figures), _html(f"<h3>What changed in {html.escape(latest.run_id)}, most likely cause "
+                                           f"first</h3>{alert_list(alerts)}"),
                      _html("<h3>Recent nights</h3>"), _table(recent_nights(data, runs), "bm-recent"))
 
 
@@ -177,12 +175,52 @@ def mix_heatmap(runs: pd.DataFrame, classes: list[str]):
     return fig
 
 
+def alert_list(alerts: pd.DataFrame) -> str:
+    """The alerts ranked, each leading with its cause and where (alerts written before causes keep
+    their kind)."""
+    if alerts.empty:
+        return "<ul class='bm-alerts'><li>none</li></ul>"
+    ranked = alerts.sort_values("rank", na_position="last") if "rank" in alerts else alerts
+    items = []
+    for a in ranked.itertuples():
+        cause = a.cause if isinstance(getattr(a, "cause", None), str) else a.kind
+        items.append(f"<li class='bm-alert-{a.severity}'><b>{html.escape(cause)}</b> {html.escape(a.message)} "
+                     f"<span class='bm-kind'>[{html.escape(a.kind)}]</span></li>")
+    return f"<ol class='bm-alerts'>{''.join(items)}</ol>"
+
+
+def segments_table(data: MonitoringData, run_id: str) -> pd.DataFrame:
+    """Per segment of a run: rows, accuracy, the label-free estimate, novel share, duplicates, the
+    input property that moved most, and the alerts that name it."""
+    seg = data.segments(run_id)
+    if seg.empty:
+        return seg
+    alerts = data.alerts_of(run_id)
+    named = {}
+    for a in alerts.itertuples():
+        for value in (a.segment if isinstance(a.segment, str) else "").partition("=")[2].split(", "):
+            named.setdefault(value, []).append(a.kind)
+
+    def worst(r) -> str:
+        ks = r.input_ks if r.input_ks is not None and len(r.input_ks) else None
+        return "-" if ks is None else f"{r.input_properties[int(np.argmax(ks))]} (KS {max(ks):.2f})"
+
+    return pd.DataFrame([{
+        "segment": r.segment, "rows": int(r.rows), "accuracy": _pct(r.accuracy),
+        "label-free": _pct(r.label_free_accuracy), "novel": _pct(r.novel_share),
+        "duplicates": "-" if is_absent(r.duplicate_within) else int(r.duplicate_within + r.duplicate_recent),
+        "moved most": worst(r), "alerts": " ".join(named.get(r.segment, [])),
+    } for r in seg.itertuples()])
+
+
 def gallery(data: MonitoringData, run_id: str | None) -> pn.Column:
     cases = data.failures(run_id) if run_id else pd.DataFrame()
     if cases.empty:
         return pn.Column(_html("<p>No failure cases for this run.</p>"))
     parts = []
-    for kind, title in (("misclassified", "Most confident mistakes"), ("uncertain", "Least confident, unlabelled")):
+    for kind, title in (("misclassified", "Most confident mistakes"), ("uncertain", "Least confident, unlabelled"),
+                        ("novel", "Most unlike the training data (novelty score)"),
+                        ("duplicate", "Copies of images scored before them")):
         figs = "".join(
             f"<figure><img src='data:image/png;base64,{base64.b64encode(c.thumbnail).decode()}' "
             f"title='{html.escape(c.image_id)}'><figcaption>{_class_name(c.true_class)} &rarr; "
@@ -223,5 +261,7 @@ def runs_view(data: MonitoringData, run_id: str | None) -> pn.Column:
                     _value("rows", f"{m.rows:,}", "bm-runs-rows"),
                     _value("images/s", f"{m.images_per_second or 0:,.0f}", "bm-runs-speed"),
                     _value("wall seconds", f"{m.wall_seconds:.1f}", "bm-runs-wall")])
-    return pn.Column(_html(head), _html("<h3>Partitions</h3>"), _table(parts, "bm-partitions"),
+    segments = segments_table(data, run_id)
+    by_segment = [_html("<h3>Segments</h3>"), _table(segments, "bm-segments")] if not segments.empty else []
+    return pn.Column(_html(head), *by_segment, _html("<h3>Partitions</h3>"), _table(parts, "bm-partitions"),
                      _html("<h3>Error rows</h3>"), _table(data.errors(run_id).head(200), "bm-errors"))
