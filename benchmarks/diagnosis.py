@@ -268,8 +268,8 @@ def streams(sizes: list[int], faults: list[Fault], large_faults: list[str]) -> l
             stream(f"s{size}", size, plan, warmup=3)
         else:
             stream(f"s{size}", size, [(f, m) for f in unlabelled for m in modes])
-    label_fault = next(f for f in faults if f.name == "labels_changed")
-    stream("labelled", 2000, [(label_fault, m) for m in (None, "cam-02") for _ in range(5)], labelled=True)
+    for label_fault in [f for f in faults if f.name == "labels_changed"]:
+        stream("labelled", 2000, [(label_fault, m) for m in (None, "cam-02") for _ in range(5)], labelled=True)
     return out
 
 
