@@ -170,5 +170,5 @@ def test_a_segments_report_holds_its_figures_and_the_alerts_that_name_it():
     assert one.row.segment == "cam-1" and [a.kind for a in one.alerts] == ["input_shift"]
     assert format_report(one).startswith("run night (camera=cam-1): 400 predictions")
     assert segment_report(report, "cam-3").alerts == []
-    with pytest.raises(BatchmlError, match="no segment 'cam-9'.*cam-0, cam-1"):
+    with pytest.raises(BatchmlError, match=r"no segment 'cam-9'.*cam-0, cam-1"):
         segment_report(report, "cam-9")
