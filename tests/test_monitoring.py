@@ -589,8 +589,9 @@ def _row(**overrides):
         ({"accuracy": 0.6, "accuracy_low": 0.57, "accuracy_high": 0.63, "label_free_accuracy": 0.6},
          ["accuracy_drop"]),
         ({"label_free_accuracy": 0.9}, ["accuracy_divergence"]),
-        ({"labelled": 0, "label_free_accuracy": 0.76}, ["expected_accuracy_drop"]),
-        ({"labelled": 0, "label_free_accuracy": 0.78}, []),
+        # 3 points, and the sampling noise of 1,000 rows (2.33 x 1.3 points)
+        ({"labelled": 0, "label_free_accuracy": 0.735}, ["expected_accuracy_drop"]),
+        ({"labelled": 0, "label_free_accuracy": 0.76}, []),
     ],
 )
 def test_alert_rules(overrides, kinds):

@@ -1,5 +1,6 @@
-"""Novelty: Mahalanobis distance of the penultimate features to the class means, over a threshold
-set on the validation split; the feature model that gives probabilities and features in one pass."""
+"""Novelty: cosine distance of the penultimate features to the K-th nearest training feature, over a
+threshold set on the validation split; the feature model that gives probabilities and features in
+one pass, and the layer that scores inside it."""
 
 import numpy as np
 import pytest
@@ -9,13 +10,14 @@ from batchml.stats import NOVELTY_BINS
 from batchml.train.novelty import NOVELTY_QUANTILE, NoveltyReference, fit_reference
 
 
-def clusters(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Features of 3 classes around 3 centres in 16 dimensions, correlated within a class."""
+def clusters(n: int, seed: int, other: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Features of 3 classes around 3 directions in 16 dimensions (``other``: 3 directions no
+    training class has), correlated within a class."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, n)
-    mix = np.random.default_rng(99).normal(size=(16, 16))  # one shared covariance
-    centres = np.random.default_rng(98).normal(0, 6, (3, 16))
-    return centres[labels] + rng.normal(size=(n, 16)) @ mix + shift, labels
+    mix = np.random.default_rng(99).normal(size=(16, 16)) * 0.3
+    centres = np.random.default_rng(97 if other else 98).normal(0, 6, (3, 16))
+    return centres[labels] + rng.normal(size=(n, 16)) @ mix, labels
 
 
 def test_the_threshold_scores_the_validation_quantile_at_one():
@@ -31,7 +33,7 @@ def test_the_threshold_scores_the_validation_quantile_at_one():
 def test_images_unlike_the_training_features_score_above_one():
     train, labels = clusters(3000, 0)
     ref = fit_reference(train, labels, clusters(1000, 1)[0], 3)
-    far, _ = clusters(500, 2, shift=25.0)
+    far, _ = clusters(500, 2, other=True)
     assert (ref.score(far) > 1).mean() > 0.95
     assert (ref.score(clusters(500, 3)[0]) > 1).mean() < 0.1
 
@@ -42,14 +44,29 @@ def test_the_reference_round_trips_through_its_file_and_card_entry():
     back = NoveltyReference.from_bytes(ref.to_bytes(), ref.card_entry())
     x = clusters(50, 4)[0]
     assert np.allclose(back.score(x), ref.score(x))
-    assert ref.card_entry()["method"] == "mahalanobis" and ref.card_entry()["feature_dim"] == 16
+    assert ref.card_entry()["method"] == "knn" and ref.card_entry()["feature_dim"] == 16
 
 
-def test_a_class_without_training_rows_is_no_nearest_mean():
-    train, labels = clusters(600, 0)
+def test_a_class_held_out_of_training_reads_as_novel():
+    train, labels = clusters(3000, 0)
     keep = labels != 2
-    ref = fit_reference(train[keep], labels[keep], clusters(200, 1)[0][:50], 3)
-    assert ref.means.shape == (2, 16) and np.isfinite(ref.score(train)).all()
+    ref = fit_reference(train[keep], labels[keep], clusters(1000, 1)[0][clusters(1000, 1)[1] != 2], 3)
+    held, held_labels = clusters(600, 5)
+    assert (ref.score(held[held_labels == 2]) > 1).mean() > 0.9 and np.isfinite(ref.score(train)).all()
+
+
+@pytest.mark.slow
+def test_the_layer_inside_the_model_scores_as_the_reference_does():
+    from batchml.data.images import Preprocessing
+    from batchml.train.architectures import build
+    from batchml.train.novelty import feature_model, novelty_model, predict_features
+
+    model = build("fast", 3, Preprocessing(), width=8)
+    x = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    _, features = predict_features(feature_model(model), x)
+    ref = fit_reference(features[:30], None, features[30:])
+    _, inside = novelty_model(model, ref).predict_on_batch(x)
+    assert np.allclose(np.asarray(inside).ravel(), ref.score(features), atol=1e-3)
 
 
 @pytest.mark.slow
@@ -119,13 +136,13 @@ def test_fit_novelty_and_attach_it_to_a_registered_version(store):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     ref = fit_novelty(model, x[:48], x[48:], train_labels=rng.integers(0, 2, 48), sample=40)
-    assert ref.train_rows == 40 and ref.means.shape == (2, 512)
+    assert ref.train_rows == 40 and ref.bank.shape == (40, 512)
     mv = register(store, "m", b"model bytes", ModelCard.from_dict(OLD_CARD))
     assert read_card(store, mv).novelty is None and read_card(store, mv).input_health is None  # before novelty
     entry = attach_novelty(store, mv, ref)
     card = read_card(store, mv)
     assert card.novelty == entry and card.classes == OLD_CARD["classes"]
-    assert np.allclose(read_novelty(store, mv, card.novelty).score(ref.means), ref.score(ref.means))
+    assert np.allclose(read_novelty(store, mv, card.novelty).score(ref.bank), ref.score(ref.bank))
     with pytest.raises(BatchmlError, match="already has a novelty reference"):
         attach_novelty(store, mv, ref)
     with pytest.raises(BatchmlError, match="no Dense"):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from batchml.monitoring import rules
 from batchml.monitoring.baseline import Baseline
@@ -25,7 +25,6 @@ from batchml.stats import OTHER_SEGMENT, PartitionStats
 # what a segment is judged on alone: rules with a test of their own, not the history's
 SEGMENT_RULES = (rules.no_rows, rules.duplicates, rules.input_shift, rules.novel_inputs, rules.sustained_shift,
                  rules.accuracy_drop, rules.class_performance_drop)
-NOISE_Z = 3.0  # a segment's label-free estimate must fall this many standard errors further to alert
 
 
 def segment_stats(stats: PartitionStats, most: int) -> dict[str, PartitionStats]:
@@ -58,23 +57,15 @@ def judge_segments(run: RunManifest, stats: PartitionStats, card: ModelCard, bas
         rows.append(row)
         if value in judged:
             found = [a for rule in SEGMENT_RULES if (a := rule(row, strict))]
-            found += [a for a in [_label_free_drop(row, strict)] if a]
+            found += [a for a in [rules.expected_accuracy_drop(row, strict)] if a]
             raised[value] = found
     return rows, raised
 
 
 def _bonferroni(cfg: MonitorConfig, n: int) -> MonitorConfig:
+    z = float(norm.isf(norm.sf(cfg.label_free_noise_z) / n))  # the same one-sided level, shared by n segments
     return replace(cfg, shift_p_value=cfg.shift_p_value / n, input_p_value=cfg.input_p_value / n,
-                   novel_p_value=cfg.novel_p_value / n, class_p_value=cfg.class_p_value / n)
-
-
-def _label_free_drop(row: MonitoringRow, cfg: MonitorConfig) -> Alert | None:
-    """``expected_accuracy_drop`` on a segment, beyond its sampling noise as well (a segment of a few
-    hundred rows reads a few points either way)."""
-    if row.rows == 0:
-        return None
-    margin = NOISE_Z * np.sqrt(row.reference_accuracy * (1 - row.reference_accuracy) / row.rows)
-    return rules.expected_accuracy_drop(replace(row, reference_accuracy=row.reference_accuracy - margin), cfg)
+                   novel_p_value=cfg.novel_p_value / n, class_p_value=cfg.class_p_value / n, label_free_noise_z=z)
 
 
 def locate(alerts: list[Alert], raised: dict[str, list[Alert]], segment_by: str | None) -> list[Alert]:

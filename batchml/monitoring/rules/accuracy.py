@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from batchml.monitoring.classes import holm, row_normalised
@@ -36,10 +38,13 @@ def accuracy_divergence(row: MonitoringRow, cfg: MonitorConfig) -> Alert | None:
 
 def expected_accuracy_drop(row: MonitoringRow, cfg: MonitorConfig, mix_moved: bool = False) -> Alert | None:
     """Warning: on runs with too few labels, the label-free estimate (COT, else ATC, else calibrated
-    confidence) is ``label_free_drop`` below the reference accuracy."""
-    if row.labelled >= cfg.min_labelled or row.label_free_accuracy is None:
+    confidence) is ``label_free_drop`` below the reference accuracy, and further than the night's
+    own sampling noise (``label_free_noise_z`` standard errors of an accuracy at the reference on
+    this many rows): a clean night of 500 reads a few points either way."""
+    if row.labelled >= cfg.min_labelled or row.label_free_accuracy is None or not row.rows:
         return None
-    floor = row.reference_accuracy - cfg.label_free_drop
+    ref = row.reference_accuracy
+    floor = ref - cfg.label_free_drop - cfg.label_free_noise_z * math.sqrt(ref * (1 - ref) / row.rows)
     if row.label_free_accuracy < floor:
         return alert(row, "expected_accuracy_drop", "warning", row.label_free_accuracy, floor,
                       f"label-free accuracy estimate ({row.label_free_method}) {row.label_free_accuracy:.1%} is "

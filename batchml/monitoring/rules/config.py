@@ -18,13 +18,14 @@ class MonitorConfig:
     history_nights: int = 30  # recent clean runs of the same model forming the nightly baseline
     accuracy_drop: float = 0.05  # labelled accuracy this far below the reference is an error
     label_free_drop: float = 0.03  # unlabelled: how far below the reference the estimate may fall
+    label_free_noise_z: float = 2.33  # ... beyond this many standard errors of the night's own sampling noise
     output_min_ks: float = 0.03  # smallest KS distance of the output histograms worth an alert
     divergence_tolerance: float = 0.02  # label-free vs measured accuracy, beyond the interval
     min_labelled: int = 30  # fewer labelled rows: no accuracy verdicts
     class_p_value: float = 1e-3  # family-wise false alarm bound of the per-class recall/precision tests
     class_min_drop: float = 0.10  # smallest fall of one class's recall or precision worth an alert
     input_p_value: float = 1e-3  # per-night false alarm bound of the input-property tests (Bonferroni)
-    input_min_ks: float = 0.10  # smallest KS distance of a property's histogram from training's worth an alert
+    input_min_ks: float = 0.15  # smallest KS distance of a property's histogram from training's worth an alert
     input_min_tv: float = 0.10  # smallest total variation distance of a categorical property (mode, format...)
     duplicate_min_share: float = 0.01  # exact copies (within the run or of the recent nights) worth an alert
     near_duplicate_min_share: float = 0.05  # near copies within the run worth an alert (clean CIFAR: about 1%)
