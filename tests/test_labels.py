@@ -375,3 +375,23 @@ def test_a_card_is_not_needed_to_add_labels(store, tmp_path, night):
     assert not store.exists("models")
     [added] = add_labels(store, labels_file(tmp_path, ["img-00001"], ["c"]), ["late"])
     assert added.new == 1
+
+
+def test_the_dashboard_shows_the_nights_estimate_beside_the_realized_accuracy_as_labels_arrive(store, tmp_path):
+    from batchml.monitoring import read_table
+    from batchml.serve.dashboard_data import accuracy_frame
+    from batchml.serve.dashboard_views import accuracy_over_time
+
+    two_class_card(store)
+    rng = np.random.default_rng(9)
+    for night in (1, 2):
+        write_run(store, f"n{night}", night_probs(rng, 1000, k=2), np.full(1000, -1), classes=["a", "b"], night=night)
+        monitor_run(store, f"n{night}")
+    estimate = read_table(store, "runs").set_index("run_id").label_free_accuracy["n1"]
+    add_labels(store, labels_file(tmp_path, ids_of(range(500)), [0] * 500), ["n1"])
+    monitor_run(store, "n1")
+    acc = accuracy_frame(read_table(store, "runs").sort_values("committed_at")).set_index("run_id")
+    assert acc.night_estimate["n1"] == estimate and acc.label_coverage["n1"] == 0.5
+    assert acc.estimate_error["n1"] == pytest.approx(estimate - acc.realized_accuracy["n1"])
+    assert np.isnan(acc.realized_accuracy["n2"]) and acc.label_coverage["n2"] == 0
+    assert accuracy_over_time(read_table(store, "runs")) is not None
