@@ -26,7 +26,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -44,7 +43,7 @@ from batchml.data import datasets
 from batchml.data.ingest import ingest, write_dataset
 from batchml.data.sources import Source, SourceImage
 from batchml.errors import BatchmlError
-from batchml.labels import add_labels, realized
+from batchml.labels import realized
 from batchml.labels.join import delta, match_partition
 from batchml.monitoring import fold_run
 from batchml.monitoring.classes import per_class_metrics
@@ -139,20 +138,26 @@ def write_batches(store: Store, run: RunManifest, truth: dict[str, int], classes
     return files, {r[0] for rows in chosen for r in rows}
 
 
+# run in a fresh process that imports no more than ``batchml labels add`` needs (no Keras): its peak
+# RSS is what adding labels costs
+MEASURE = """
+import json, resource, sys, time
+from batchml.labels import add_labels
+from batchml.store import Store, StoreConfig
+root, run_id, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+store = Store(StoreConfig(root))
+started = time.perf_counter()
+added = [a for f in files for a in add_labels(store, f, [run_id])]
+print(json.dumps({"seconds": time.perf_counter() - started, "labels": sum(a.new + a.replaced for a in added),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
 def add_measured(root: str, run_id: str, files: list[str]) -> dict:
     """``labels add`` of ``files`` in a fresh process: seconds and that process's peak RSS (MB)."""
-    out = subprocess.run([sys.executable, __file__, "--root", root, "--measure", run_id, *files],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", MEASURE, root, run_id, *files], capture_output=True, text=True,
+                         check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def measure_add(root: str, run_id: str, files: list[str]) -> dict:
-    store = Store(StoreConfig(root))
-    started = time.perf_counter()
-    added = [a for f in files for a in add_labels(store, f, [run_id])]
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "labels": sum(a.new + a.replaced for a in added)}
 
 
 def files_under(store: Store, rel: str) -> dict[str, int]:
@@ -233,11 +238,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=str(Path(__file__).parent / "out" / "late-labels-store"))
     parser.add_argument("--images", type=int, default=1_000_000)
-    parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)  # RUN_ID FILE...
     args = parser.parse_args()
-    if args.measure:
-        print(json.dumps(measure_add(args.root, args.measure[0], args.measure[1:])))
-        return 0
     store = Store(StoreConfig(args.root))
     out = Path(args.root).parent
     t = time.perf_counter()

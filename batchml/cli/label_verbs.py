@@ -41,6 +41,8 @@ def cmd_labels_add(args) -> None:
     for a in added:
         if a.already_added:
             say(f"run {a.run_id}: batch {a.batch.batch_id} was added before ({a.batch.created_at}): nothing written")
+        elif a.rows == 0:
+            say(f"run {a.run_id}: none of the file's images were scored in this run: nothing written")
         elif a.batch is None:
             say(f"run {a.run_id}: {a.rows} row(s) matched, every label already known: nothing written")
         else:
