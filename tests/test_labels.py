@@ -395,3 +395,13 @@ def test_the_dashboard_shows_the_nights_estimate_beside_the_realized_accuracy_as
     assert acc.estimate_error["n1"] == pytest.approx(estimate - acc.realized_accuracy["n1"])
     assert np.isnan(acc.realized_accuracy["n2"]) and acc.label_coverage["n2"] == 0
     assert accuracy_over_time(read_table(store, "runs")) is not None
+
+
+def test_a_torn_batch_record_is_named_with_its_repair(store, tmp_path, night):
+    from batchml.integrity import DamagedFileError
+
+    add_labels(store, labels_file(tmp_path, ids_of(night["chosen"]), night["truth"][night["chosen"]].tolist()),
+               ["late"])
+    store.write_bytes(layout.label_commit("late", 0), b'{"batch_id": "ab", "del')
+    with pytest.raises(DamagedFileError, match=r"commit-00000.json is damaged .*add that batch's labels file again"):
+        fold_run(store, "late")

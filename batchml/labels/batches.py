@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from batchml import layout
 from batchml.errors import BatchmlError
+from batchml.integrity import DamagedFileError, read_json
 from batchml.labels.file import SHOWN, LabelsError, read_labels
 from batchml.labels.join import delta, delta_dict, delta_stats, match_partition
 from batchml.records import LABEL_SCHEMA, SAMPLINGS, LabelBatch, RunManifest
@@ -159,9 +160,22 @@ def _conflict_problem(run_id: str, conflicts: pa.Table, classes: list[str]) -> s
 
 
 def committed(store: Store, run_id: str) -> list[LabelBatch]:
-    """The run's committed batches, in commit order."""
+    """The run's committed batches, in commit order; a torn record is a ``DamagedFileError`` naming it."""
     names = [n for n in store.list(layout.run_labels(run_id), ".json") if layout.LABEL_COMMIT.match(n)]
-    return [LabelBatch.from_dict(store.read_json(f"{layout.run_labels(run_id)}/{n}")) for n in names]
+    return [_read_batch(store, f"{layout.run_labels(run_id)}/{n}") for n in names]
+
+
+def _read_batch(store: Store, rel: str) -> LabelBatch:
+    fix = ("move it away, then add that batch's labels file again (`batchml labels add FILE --run-id RUN`): "
+           "the later batches were checked against it, so add theirs again too")
+    try:
+        data = read_json(store, rel)
+    except DamagedFileError as exc:
+        raise DamagedFileError(exc.url, exc.problem, fix) from None
+    batch = LabelBatch.from_dict(data) if isinstance(data, dict) else None
+    if batch is None or not isinstance(batch.delta, dict) or not isinstance(batch.batch_id, str):
+        raise DamagedFileError(store.url(rel), "not a label batch record", fix)
+    return batch
 
 
 def known_labels(store: Store, run_id: str, ids: pa.Array | pa.ChunkedArray,
