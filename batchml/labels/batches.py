@@ -49,6 +49,8 @@ def add_labels(store: Store, file: str, run_ids: list[str] | None = None, since:
     ``LabelsError`` before anything is written."""
     if sampling not in SAMPLINGS:
         raise BatchmlError(f"sampling {sampling!r}: use one of {', '.join(SAMPLINGS)}")
+    if run_ids is None and since is None and until is None:
+        raise BatchmlError("say which runs the labels are for: run ids, or a range of commit dates (since/until)")
     runs = [RunManifest.read(store, r) for r in _committed(store, run_ids)] if run_ids is not None \
         else runs_between(store, since, until)
     classes = _one_class_list(runs)
