@@ -14,6 +14,8 @@
     runs/<run_id>/hashes/part-NNNNN.parquet     per row: image_id, content and perceptual hashes
     runs/<run_id>/stats/part-NNNNN.json         a partition's statistics: the partition is done
     runs/<run_id>/manifest.json                 written last: the run is committed
+    runs/<run_id>/labels/<batch>.parquet        a batch of late labels (``batchml labels add``)
+    runs/<run_id>/labels/commit-NNNNN.json      its record, written last: the batch counts
     sweeps/<id>/sweep.json, trials.parquet      a sweep's plan and result, one row per trial
     sweeps/<id>/trial-NNN/model.keras, card.json
     monitoring/<table>/<run_id>.parquet         tables runs, alerts, failures: one file per run
@@ -163,6 +165,26 @@ def stats_name(partition: str) -> str:
 
 def run_stats(run_id: str, partition: str) -> str:
     return f"{run_path(run_id, 'stats')}/{stats_name(partition)}"
+
+
+def run_labels(run_id: str) -> str:
+    """The folder of a run's late labels (``batchml.labels``)."""
+    return run_path(run_id, "labels")
+
+
+def label_rows(run_id: str, batch_id: str) -> str:
+    """A batch's label rows (``batchml.records.LABEL_SCHEMA``); ``batch_id`` derived from its content."""
+    if not re.fullmatch(r"[0-9a-f]{16,64}", batch_id):
+        raise BatchmlError(f"label batch id {batch_id!r} is not a hex digest")
+    return f"{run_labels(run_id)}/{batch_id}.parquet"
+
+
+LABEL_COMMIT = re.compile(r"^commit-(\d{5})\.json$")
+
+
+def label_commit(run_id: str, number: int) -> str:
+    """The ``number``-th batch committed to the run (0 first), created exclusively: the batches' order."""
+    return f"{run_labels(run_id)}/commit-{number:05d}.json"
 
 
 # -- sweeps ------------------------------------------------------------------------------------

@@ -32,7 +32,13 @@ OPTIONAL = ("score_hist", "class_prob_hist", "cell_counts", "cell_prob_sums",
             "duplicate_rows", "predicted_counts_unique",
             # novelty (batchml.train.novelty)
             "novelty_hist", "novel_rows", "novel_predicted", "novel_cell_counts", "novel_confidence_sum",
-            "novel_labelled", "novel_correct")
+            "novel_labelled", "novel_correct",
+            # late labels (batchml.labels): the labelled rows by confidence bin, to reweight a sample
+            # that was not drawn at random
+            "labelled_hist", "correct_hist")
+# the fields a label changes: what a batch of late labels adds to a run's statistics (batchml.labels)
+LABEL_FIELDS = ("labelled", "correct", "confusion", "novel_labelled", "novel_correct", "labelled_hist",
+                "correct_hist")
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,10 @@ class PartitionStats:
     # the same statistics per segment value (``batchml.score.segments``): the top values by rows in
     # the partition and ``OTHER_SEGMENT``; each folds like the whole, without segments of its own
     segments: dict[str, PartitionStats] = field(default_factory=dict)
+    # the labelled rows, and those predicted right, by bin of the top probability (the bins of
+    # ``confidence_hist``): a sample drawn by confidence is reweighted to the night's rows (``batchml.labels``)
+    labelled_hist: np.ndarray = field(default=None)  # (CONFIDENCE_BINS,)
+    correct_hist: np.ndarray = field(default=None)  # (CONFIDENCE_BINS,)
 
     def __post_init__(self) -> None:
         k = self.num_classes
@@ -121,6 +131,8 @@ class PartitionStats:
         self.novelty_hist = _array(self.novelty_hist, (NOVELTY_BINS,), np.int64)
         self.novel_predicted = _array(self.novel_predicted, (k,), np.int64)
         self.novel_cell_counts = _array(self.novel_cell_counts, (k, CONFIDENCE_BINS), np.int64)
+        self.labelled_hist = _array(self.labelled_hist, (CONFIDENCE_BINS,), np.int64)
+        self.correct_hist = _array(self.correct_hist, (CONFIDENCE_BINS,), np.int64)
         for name in ("duplicate_rows", "novel_rows", "novel_labelled", "novel_correct"):
             setattr(self, name, int(getattr(self, name) or 0))
         self.novel_confidence_sum = float(self.novel_confidence_sum or 0.0)
@@ -166,6 +178,7 @@ class PartitionStats:
             cell_counts=cell_counts,
             cell_prob_sums=cell_prob_sums,
             **extra,
+            **labelled_by_confidence(top, predicted, labels),
         )
 
     def has(self, name: str) -> bool:
@@ -176,6 +189,8 @@ class PartitionStats:
             return False
         if name == "predicted_counts_unique":  # every row is distinct or a repeat
             return int(self.predicted_counts_unique.sum()) + self.duplicate_rows == self.rows
+        if name in ("labelled_hist", "correct_hist"):  # they count the labelled rows
+            return int(self.labelled_hist.sum()) == self.labelled
         per_row = {"class_prob_hist": self.num_classes, "health_hist": len(PROPERTIES)}.get(name, 1)
         return int(getattr(self, name).sum()) == self.rows * per_row
 
@@ -237,6 +252,15 @@ def _novelty_fields(novelty: np.ndarray, predicted: np.ndarray, labels: np.ndarr
         "novel_labelled": int(known.sum()),
         "novel_correct": int((predicted[known] == labels[known]).sum()),
     }
+
+
+def labelled_by_confidence(top: np.ndarray, predicted: np.ndarray, labels: np.ndarray) -> dict:
+    """``labelled_hist`` and ``correct_hist`` of rows with top probability ``top`` (the bins of
+    ``confidence_hist``, computed alike so that a row falls in the same bin), ``labels`` -1 where unknown."""
+    known = labels >= 0
+    right = known & (predicted == labels)
+    return {"labelled_hist": np.histogram(top[known], bins=CONFIDENCE_BINS, range=(0.0, 1.0))[0],
+            "correct_hist": np.histogram(top[right], bins=CONFIDENCE_BINS, range=(0.0, 1.0))[0]}
 
 
 def _without_classes(d: dict) -> dict:

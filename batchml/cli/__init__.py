@@ -2,8 +2,8 @@
 
 ``app`` holds the console script and the parser of the verbs; ``args`` the arguments that the
 verbs and the jobs share and the values they become; ``output`` how it prints and exits; the
-verbs by stage: ``train_verbs`` (ingest, train, sweep, models) and ``run_verbs`` (score,
-monitor, report, doctor, dashboard, demo). Import from here.
+verbs by stage: ``train_verbs`` (ingest, train, sweep, models), ``run_verbs`` (score,
+monitor, report, doctor, dashboard, demo) and ``label_verbs`` (labels add). Import from here.
 """
 
 from batchml.cli.app import build_parser, main, run

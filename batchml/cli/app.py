@@ -1,8 +1,8 @@
-"""The ``batchml`` command line: ingest, train, sweep, models, score, monitor, report, doctor,
-dashboard, demo.
+"""The ``batchml`` command line: ingest, train, sweep, models, score, monitor, labels, report,
+doctor, dashboard, demo.
 
 Here: the console script and the parser of its verbs (the verbs: ``batchml.cli.train_verbs``,
-``batchml.cli.run_verbs``; the arguments they share: ``batchml.cli.args``).
+``batchml.cli.run_verbs``, ``batchml.cli.label_verbs``; the arguments they share: ``batchml.cli.args``).
 
 Environment read by ``batchml.cli``, and nowhere else in batchml: ``BATCHML_ROOT`` (default store),
 ``BATCHML_STORAGE_OPTIONS`` (JSON fsspec options), ``AWS_ENDPOINT_URL`` (S3 endpoint),
@@ -29,6 +29,7 @@ from batchml.cli.args import (
     store_arguments,
     training_arguments,
 )
+from batchml.cli.label_verbs import add_label_verbs
 from batchml.cli.output import disk_full, exit_now, show_warning, stdout_gone, unexpected
 from batchml.cli.run_verbs import cmd_dashboard, cmd_demo, cmd_doctor, cmd_monitor, cmd_report, cmd_score
 from batchml.cli.train_verbs import (
@@ -155,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment", metavar="VALUE", help="with --run-id: report this segment of a run scored with "
                    "--segment-by (its figures and the alerts that name it)")
     p.set_defaults(func=cmd_monitor)
+
+    add_label_verbs(verbs, store)
 
     p = verbs.add_parser("report", parents=[store], help="one self-contained HTML page of a monitored night")
     p.add_argument("--run-id", required=True, help="a monitored run")

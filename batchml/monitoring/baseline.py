@@ -61,7 +61,10 @@ def baseline_from_rows(rows: list[dict], accepted: AcceptedBaseline | None = Non
 
 
 def _breaks_baseline(row: dict) -> bool:
-    return any(k != "error_ratio" for k in listed(row.get("alert_kinds")))
+    """Whether the night itself raised an alert other than ``error_ratio``: its ``night_alert_kinds``,
+    so that label-based alerts raised when labels arrive days later leave the baseline as it was."""
+    night = row.get("night_alert_kinds")
+    return any(k != "error_ratio" for k in listed(row.get("alert_kinds") if is_absent(night) else night))
 
 
 def _cusum_state(row: dict) -> np.ndarray | None:

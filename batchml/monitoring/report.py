@@ -35,9 +35,7 @@ def format_report(report: RunReport) -> str:
     lines += [alert_line(a) for a in report.alerts] or ["OK: no alerts"]
     if report.config_source:
         lines.append(f"thresholds from {report.config_source}")
-    if r.labelled:
-        lines.append(f"accuracy {r.accuracy:.4f} ({r.correct}/{r.labelled} labelled rows correct; "
-                     f"95% CI {r.accuracy_low:.4f}-{r.accuracy_high:.4f}; reference {r.reference_accuracy:.4f})")
+    lines += label_lines(r)
     if not r.rows:  # nothing scored: no estimates, mix, outputs or shares to show
         return "\n".join(lines)
     estimates = label_free_estimates(r, (("COT", "cot_accuracy"), ("ATC", "atc_accuracy"),
@@ -101,6 +99,34 @@ def _segment_table(report: RunReport) -> list[str]:
         est = f"{s.label_free_accuracy:6.1%}" if s.label_free_accuracy is not None else f"{'-':>6}"
         kinds = " ".join(raised.get(s.segment, []))
         lines.append(f"  {s.segment:<{width}}  {s.rows:>7,}  {est}  {novel}  {ks}  {kinds}")
+    return lines
+
+
+def label_lines(r: MonitoringRow) -> list[str]:
+    """What the labels say: the realized accuracy once they can be judged, "too few labels to judge
+    (N of M)" until then, and the label-free estimate the night made beside it."""
+    if not r.labelled:
+        return []
+    raw = f"{r.correct}/{r.labelled} labelled rows correct"
+    coverage = f"; {r.label_coverage:.1%} of the rows labelled" if r.label_coverage is not None else ""
+    late = f", {r.label_batches} late batch(es)" if r.label_batches else ""
+    if r.labels_needed is not None and r.labelled < r.labels_needed:
+        lines = [f"too few labels to judge ({r.labelled:,} of {r.labels_needed:,}): {raw}{coverage}{late}"]
+    elif r.realized_method == "not representative":
+        drawn = ", ".join(r.label_sampling or [])
+        lines = [f"labels not representative (drawn as: {drawn}): accuracy {r.accuracy:.4f} on them ({raw}"
+                 f"{coverage}{late}); no accuracy verdict"]
+    elif r.realized_method == "reweighted":
+        lines = [f"accuracy {r.realized_accuracy:.4f} reweighted by confidence bin (labels drawn uncertain-first: "
+                 f"{r.accuracy:.4f} as drawn, {raw}; 95% CI {r.realized_accuracy_low:.4f}-"
+                 f"{r.realized_accuracy_high:.4f}{coverage}{late}; reference {r.reference_accuracy:.4f})"]
+    else:
+        lines = [f"accuracy {r.accuracy:.4f} ({raw}; 95% CI {r.accuracy_low:.4f}-{r.accuracy_high:.4f}"
+                 f"{coverage}{late}; reference {r.reference_accuracy:.4f})"]
+    if r.label_free_error is not None:
+        lines.append(f"the night's label-free estimate {r.night_label_free_accuracy:.4f} "
+                     f"({r.night_label_free_method}, {(r.night_monitored_at or '')[:10]}): "
+                     f"off by {r.label_free_error:+.4f}")
     return lines
 
 

@@ -16,6 +16,7 @@ from scipy.stats import chi2 as chi2_dist
 from batchml import layout
 from batchml.errors import BatchmlError
 from batchml.integrity import read_stats
+from batchml.labels import LabelSources, label_sources, late_delta, realized
 from batchml.monitoring.baseline import Baseline
 from batchml.monitoring.classes import drop_p_values, per_class_metrics
 from batchml.monitoring.history import history_shift
@@ -29,7 +30,8 @@ from batchml.store import Store
 
 
 def fold_run(store: Store, run_id: str) -> tuple[RunManifest, PartitionStats]:
-    """A committed run's manifest and the sum of its partition statistics."""
+    """A committed run's manifest and the sum of its partition statistics, with the deltas of its
+    committed batches of late labels (``batchml.labels``): the predictions are never rescanned."""
     if not store.exists(layout.run_path(run_id, layout.RUN_MANIFEST)):
         hint = ("it is not committed yet: rerun `batchml score --run-id " + run_id + "` to finish it"
                 if store.exists(layout.run_path(run_id, layout.RUN_SPEC)) else "no such run")
@@ -38,7 +40,7 @@ def fold_run(store: Store, run_id: str) -> tuple[RunManifest, PartitionStats]:
     k = len(manifest.classes)
     parts = [PartitionStats.from_dict(read_stats(store, run_id, p["partition"]).stats)  # damaged: named
              for p in manifest.partitions]
-    return manifest, PartitionStats.total(parts, k)
+    return manifest, PartitionStats.total(parts, k) + late_delta(store, run_id, k)
 
 
 def segment_by(store: Store, run: RunManifest) -> str | None:
@@ -93,13 +95,14 @@ def summarise_rows(rows, classes: list[str], atc_threshold: float | None = None)
 
 
 def build_row(run: RunManifest, stats: PartitionStats, card: ModelCard, baseline: Baseline | None = None,
-              duplicated: dict | None = None, segment: str | None = None, segment_by: str | None = None
-              ) -> MonitoringRow:
+              duplicated: dict | None = None, segment: str | None = None, segment_by: str | None = None,
+              labels: LabelSources | None = None) -> MonitoringRow:
     """The monitoring row of one run (or of one ``segment`` of it) from its summed statistics, its
-    model's card, what earlier nights tell and its duplicates (``duplicates.duplicates``), before the
-    CUSUM (``baseline.with_cusum``). The class-mix tests count each copy within tonight once. Pure:
-    benchmarks call it too."""
+    model's card, what earlier nights tell, its duplicates (``duplicates.duplicates``) and where its
+    labels came from (default: at ingest, if any), before the CUSUM (``baseline.with_cusum``). The
+    class-mix tests count each copy within tonight once. Pure: benchmarks call it too."""
     baseline = baseline or Baseline()
+    labels = labels or label_sources(run, [])
     reference, accepted = card.reference, baseline.accepted
     ref_counts = np.asarray(accepted.predicted_counts if accepted else reference.predicted_counts)
     counts = np.asarray(duplicated["predicted_counts_unique"]) if duplicated else stats.predicted_counts
@@ -123,6 +126,9 @@ def build_row(run: RunManifest, stats: PartitionStats, card: ModelCard, baseline
         **input_shift(stats, card),
         **novelty(stats, card),
         **(duplicated or {}),
+        **realized(stats, labels.sampling),
+        "label_batches": labels.batches,
+        "label_sampling": list(labels.sampling),
     }
     row["sustained_p_value"] = _sustained_p(row)
     # the mix against the model's own reference, whatever was accepted since: the output test

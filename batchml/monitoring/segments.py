@@ -14,6 +14,7 @@ from dataclasses import replace
 import pandas as pd
 from scipy.stats import norm
 
+from batchml.labels import LabelSources
 from batchml.monitoring import rules
 from batchml.monitoring.baseline import Baseline
 from batchml.monitoring.duplicates import duplicates
@@ -40,8 +41,10 @@ def segment_stats(stats: PartitionStats, most: int) -> dict[str, PartitionStats]
 
 def judge_segments(run: RunManifest, stats: PartitionStats, card: ModelCard, baseline: Baseline,
                    cfg: MonitorConfig, segment_by: str | None, hashes: pd.DataFrame | None = None,
-                   recent: dict[str, pd.DataFrame] | None = None) -> tuple[list[MonitoringRow], dict[str, list[Alert]]]:
-    """Each segment's row, and the alerts of those large enough to judge."""
+                   recent: dict[str, pd.DataFrame] | None = None, labels: LabelSources | None = None
+                   ) -> tuple[list[MonitoringRow], dict[str, list[Alert]]]:
+    """Each segment's row, and the alerts of those large enough to judge (``labels``: where the run's
+    labels came from, as for the run's row)."""
     segments = segment_stats(stats, cfg.segments_max) if stats.segments else {}
     judged = [v for v, s in segments.items() if s.rows >= cfg.segment_min_rows]
     if len(judged) < 2:  # one segment is the run itself
@@ -53,7 +56,7 @@ def judge_segments(run: RunManifest, stats: PartitionStats, card: ModelCard, bas
         if hashes is not None and len(hashes):
             mine = hashes[hashes.segment.astype(str) == value] if "segment" in hashes else hashes.iloc[:0]
             duplicated = duplicates(mine, recent or {}, stats.num_classes) or None
-        row = build_row(run, s, card, Baseline(accepted=baseline.accepted), duplicated, value, segment_by)
+        row = build_row(run, s, card, Baseline(accepted=baseline.accepted), duplicated, value, segment_by, labels)
         rows.append(row)
         if value in judged:
             found = [a for rule in SEGMENT_RULES if (a := rule(row, strict))]

@@ -38,6 +38,16 @@ def write_segment_rows(store: Store, run_id: str, rows: list[MonitoringRow]) -> 
         store.delete(path)
 
 
+def read_run_row(store: Store, run_id: str) -> MonitoringRow | None:
+    """The run's row as last written; None where it was never monitored or the file is damaged
+    (skipped with a warning, as ``read_table`` does)."""
+    name = f"{run_id}.parquet"
+    if not store.exists(layout.monitoring_file("runs", name)):
+        return None
+    table = TableReader(store, "runs")._read_file(name)
+    return MonitoringRow.from_dict(table.to_pylist()[0]) if table is not None and table.num_rows else None
+
+
 def write_alerts(store: Store, run_id: str, alerts: list[Alert]) -> None:
     rows = [a.to_dict() for a in alerts]
     unknown = list(dict.fromkeys(k for r in rows for k in r if k not in ALERT_SCHEMA.names))

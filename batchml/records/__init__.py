@@ -9,7 +9,7 @@ per record that knows older shapes. A key older writers lacked reads as None; ke
 writer added are kept in ``extra`` and written back, so an older reader loses nothing.
 
 The records, by what writes them: ``base`` (what they share), ``runs`` (a dataset, a run's
-start, partitions and manifest, the hashes table), ``card`` (the model card), ``registry``
+start, partitions and manifest, the hashes table, a batch of late labels), ``card`` (the model card), ``registry``
 (aliases, sweeps), ``monitoring`` (the failure-case table, monitoring rows, alerts, an accepted
 baseline). Import them from here.
 """
@@ -28,13 +28,24 @@ from batchml.records.card import (
 )
 from batchml.records.monitoring import FAILURE_SCHEMA, FAILURES_KEPT, AcceptedBaseline, Alert, MonitoringRow
 from batchml.records.registry import Aliases, Sweep
-from batchml.records.runs import HASHES_SCHEMA, DatasetManifest, RunManifest, RunStart, ScoredPartition
+from batchml.records.runs import (
+    HASHES_SCHEMA,
+    LABEL_SCHEMA,
+    SAMPLINGS,
+    DatasetManifest,
+    LabelBatch,
+    RunManifest,
+    RunStart,
+    ScoredPartition,
+)
 
 __all__ = [
     "FAILURES_KEPT",
     "FAILURE_SCHEMA",
     "HASHES_SCHEMA",
+    "LABEL_SCHEMA",
     "MONITORING_NEEDS",
+    "SAMPLINGS",
     "SCORING_NEEDS",
     "AcceptedBaseline",
     "Alert",
@@ -43,6 +54,7 @@ __all__ = [
     "DatasetManifest",
     "Evaluation",
     "Fit",
+    "LabelBatch",
     "Metrics",
     "ModelCard",
     "MonitoringRow",

@@ -134,6 +134,26 @@ class MonitoringRow(_Record):
     novel_reference_share: float | None  # the validation split's share above the threshold
     novel_p_value: float | None
     novelty_ks: float | None
+    # late labels (``batchml.labels``); None on rows written before them
+    labelled_hist: list[int] | None  # (bins,) labelled rows by bin of the top probability
+    correct_hist: list[int] | None  # (bins,) of which predicted right
+    label_coverage: float | None  # labelled / rows
+    labels_needed: int | None  # labelled rows the label-based rules wait for (min_labelled, min_label_coverage)
+    label_batches: int | None  # late batches folded in
+    label_sampling: list[str] | None  # how the labels were drawn: ingest, random, uncertain, other
+    # the night's accuracy as its labels tell it: the labelled rows' where they were drawn at random,
+    # reweighted by confidence bin where some were drawn uncertain-first; None where the labels are
+    # not representative (``realized_method``) or there are none
+    realized_accuracy: float | None
+    realized_accuracy_low: float | None  # 95% interval
+    realized_accuracy_high: float | None
+    realized_method: str | None  # labelled | reweighted | not representative
+    # as the first monitoring of the run made them, kept when labels arrive later
+    night_label_free_accuracy: float | None
+    night_label_free_method: str | None
+    night_alert_kinds: list[str] | None  # what the nightly baseline and the CUSUM read
+    night_monitored_at: str | None
+    label_free_error: float | None  # night_label_free_accuracy - realized_accuracy
     schema_version: int = _Record.SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
 

@@ -123,3 +123,40 @@ HASHES_SCHEMA = pa.schema([
     ("predicted", pa.int16()),  # the predicted class, for de-duplicated class mixes
     ("segment", pa.string()),  # the row's segment value; null when the run is not segmented
 ])
+
+
+# -- late labels ------------------------------------------------------------------------------------
+
+SAMPLINGS = ("random", "uncertain", "other")  # how a batch of late labels was chosen (``LabelBatch.sampling``)
+# ``runs/<id>/labels/<batch>.parquet``: one row per image of the batch whose label is new or replaced
+LABEL_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("partition", pa.string()),
+    ("label", pa.int16()),  # the class index
+    ("previous", pa.int16()),  # the label it replaced (at ingest or by an earlier batch); null: none
+    ("labelled_at", pa.string()),  # as the file gave it; null where it did not
+    ("source", pa.string()),
+])
+
+
+@dataclass
+class LabelBatch(_Record):
+    """``runs/<run_id>/labels/commit-NNNNN.json`` (``batchml.labels``): a batch of late labels, written
+    after its rows (``layout.label_rows``): the batch counts once this exists. ``delta`` is what it adds
+    to the run's summed statistics, so monitoring folds labels without reading them."""
+
+    batch_id: str  # a digest of the rows and how they were drawn: the same content is the same batch
+    run_id: str
+    sequence: int  # the commit number in its run: batches apply in this order
+    file: str  # the labels file as given
+    sampling: str  # random | uncertain | other (``SAMPLINGS``)
+    replace: bool  # whether it could replace earlier labels
+    rows: int  # rows of the file that matched the run's predictions
+    new: int  # images labelled for the first time
+    replaced: int  # images whose earlier label it replaced
+    unchanged: int  # rows that repeat the label already known (not stored again)
+    # ``batchml.stats.LABEL_FIELDS`` of the change, and per segment: a replaced label's old
+    # contribution is subtracted
+    delta: dict
+    created_at: str  # UTC, ISO 8601
+    schema_version: int = _Record.SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)

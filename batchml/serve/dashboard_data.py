@@ -35,6 +35,30 @@ def label_free(runs: pd.DataFrame) -> pd.Series:
     return runs.label_free_accuracy.fillna(runs.expected_accuracy)
 
 
+def accuracy_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run, oldest first: the label-free estimate the night made, the realized accuracy its labels
+    give as they arrive (``realized_*``; rows monitored before late labels: their labelled accuracy)
+    with its 95% interval, how it was found, the label coverage, and the estimate's error."""
+    def column(name: str) -> pd.Series:
+        return pd.to_numeric(runs[name], errors="coerce") if name in runs else pd.Series(float("nan"), runs.index)
+
+    before = runs.realized_method.isna() if "realized_method" in runs else pd.Series(True, runs.index)
+    realized = column("realized_accuracy").where(~before, column("accuracy"))
+    night = column("night_label_free_accuracy").fillna(pd.to_numeric(label_free(runs), errors="coerce"))
+    coverage = column("label_coverage").fillna(column("labelled") / column("rows").where(column("rows") > 0))
+    return pd.DataFrame({
+        "run_id": runs.run_id, "committed_at": runs.committed_at, "labelled": runs.labelled,
+        "label_coverage": coverage,
+        "realized_accuracy": realized,
+        "realized_low": column("realized_accuracy_low").where(~before, column("accuracy_low")),
+        "realized_high": column("realized_accuracy_high").where(~before, column("accuracy_high")),
+        "realized_method": runs.realized_method.where(~before, "labelled") if "realized_method" in runs
+        else "labelled",
+        "night_estimate": night,
+        "estimate_error": night - realized,
+    }).reset_index(drop=True)
+
+
 class MonitoringData:
     """What the dashboard reads, cached between refreshes."""
 

@@ -10,7 +10,7 @@ import html
 import numpy as np
 import pandas as pd
 import panel as pn
-from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
+from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Span
 from bokeh.palettes import RdBu11
 from bokeh.plotting import figure
 
@@ -18,7 +18,7 @@ from batchml.monitoring.classes import row_normalised
 from batchml.monitoring.row import summarise_rows
 from batchml.records import is_absent
 from batchml.registry import list_registered
-from batchml.serve.dashboard_data import MonitoringData, label_free, recent_nights
+from batchml.serve.dashboard_data import MonitoringData, accuracy_frame, label_free, recent_nights
 from batchml.store import Store
 
 # -- small rendering helpers ---------------------------------------------------------------------
@@ -87,25 +87,36 @@ def overview(data: MonitoringData, runs: pd.DataFrame) -> pn.Column:
 
 
 def accuracy_over_time(runs: pd.DataFrame) -> pn.Column:
-    labelled = runs[runs.labelled > 0]
+    """The label-free estimate each night made, the realized accuracy as its labels arrive (with its
+    interval and the labelled share), and the estimate's error: whether the estimator can be trusted."""
+    acc = accuracy_frame(runs)
+    labelled = acc[acc.realized_accuracy.notna()]
     fig = figure(height=320, sizing_mode="stretch_width", x_axis_type="datetime", y_range=(0, 1),
-                 title="Accuracy on labelled samples (band: 95% interval)", tools="pan,wheel_zoom,reset,save")
+                 title="Accuracy: realized from labels (band: 95% interval) and the night's label-free estimate",
+                 tools="pan,wheel_zoom,reset,save")
+    errors = figure(height=200, sizing_mode="stretch_width", x_axis_type="datetime", x_range=fig.x_range,
+                    title="Error of the night's estimate (estimate - realized), points", tools="pan,wheel_zoom,reset")
     if not runs.empty:
-        src = ColumnDataSource(dict(t=pd.to_datetime(labelled.committed_at), acc=labelled.accuracy,
-                                    low=labelled.accuracy_low, high=labelled.accuracy_high, run=labelled.run_id))
+        src = ColumnDataSource(dict(t=pd.to_datetime(labelled.committed_at), acc=labelled.realized_accuracy,
+                                    low=labelled.realized_low, high=labelled.realized_high, run=labelled.run_id,
+                                    coverage=labelled.label_coverage, method=labelled.realized_method))
         fig.varea("t", "low", "high", source=src, alpha=0.2, color="#1f77b4")
-        fig.line("t", "acc", source=src, line_width=2, legend_label="measured")
+        fig.line("t", "acc", source=src, line_width=2, legend_label="realized")
         fig.scatter("t", "acc", source=src, size=5)
-        est = ColumnDataSource(dict(t=pd.to_datetime(runs.committed_at), est=label_free(runs), run=runs.run_id))
-        fig.line("t", "est", source=est, line_dash="dashed", color="#ff7f0e", legend_label="label-free estimate")
-        unlabelled = runs[runs.labelled == 0]
-        fig.scatter(pd.to_datetime(unlabelled.committed_at), label_free(unlabelled), size=6, marker="triangle",
-                    color="#ff7f0e", legend_label="unlabelled night (estimate)")
-        fig.add_tools(HoverTool(tooltips=[("run", "@run"), ("accuracy", "@acc{0.000}")]))
+        est = ColumnDataSource(dict(t=pd.to_datetime(acc.committed_at), est=acc.night_estimate, run=acc.run_id))
+        fig.line("t", "est", source=est, line_dash="dashed", color="#ff7f0e", legend_label="estimate on the night")
+        unlabelled = acc[acc.realized_accuracy.isna()]
+        fig.scatter(pd.to_datetime(unlabelled.committed_at), unlabelled.night_estimate, size=6, marker="triangle",
+                    color="#ff7f0e", legend_label="no labels yet (estimate)")
+        fig.add_tools(HoverTool(tooltips=[("run", "@run"), ("accuracy", "@acc{0.000}"), ("labelled", "@coverage{0.0%}"),
+                                          ("how", "@method")]))
         fig.legend.location = "bottom_left"
-    cols = ["run_id", "committed_at", "labelled", "accuracy", "accuracy_low", "accuracy_high", "expected_accuracy"]
-    table = _table(runs[cols].iloc[::-1], "bm-accuracy-table")
-    return pn.Column(pn.pane.Bokeh(fig, sizing_mode="stretch_width"), table)
+        judged = acc[acc.estimate_error.notna()]
+        errors.vbar(pd.to_datetime(judged.committed_at), 0.8 * 86_400_000, 100 * judged.estimate_error,
+                    color="#9467bd")
+        errors.add_layout(Span(location=0, dimension="width", line_color="#666"))
+    table = _table(acc.iloc[::-1], "bm-accuracy-table")
+    return pn.Column(*(pn.pane.Bokeh(f, sizing_mode="stretch_width") for f in (fig, errors)), table)
 
 
 def confusion_view(runs: pd.DataFrame, normalised: bool) -> pn.Column:

@@ -11,7 +11,9 @@ single-night shift rules raise at most 3 N x ``shift_p_value`` false alarms in e
 the README's measured section.
 
 Nights that raise any alert but ``error_ratio`` are kept out of the nightly baseline; nights that
-raise a single-night alert are kept out of the CUSUM, whose evidence they would swamp.
+raise a single-night alert are kept out of the CUSUM, whose evidence they would swamp. Both read the
+alerts of the night's first monitoring (``night_alert_kinds``): labels that arrive days later raise
+their alerts on the night's row without changing what later nights were compared with.
 """
 
 
@@ -23,6 +25,8 @@ from batchml.monitoring.rules.accuracy import (
     accuracy_drop,
     class_performance_drop,
     expected_accuracy_drop,
+    labels_judged,
+    labels_needed,
 )
 from batchml.monitoring.rules.base import Rule, alert
 from batchml.monitoring.rules.config import MonitorConfig
@@ -33,8 +37,9 @@ from batchml.records import Alert, MonitoringRow
 
 __all__ = ["ORDER", "SINGLE_NIGHT", "MonitorConfig", "Rule", "accuracy_divergence", "accuracy_drop", "alert",
            "cause_of", "class_performance_drop", "duplicates", "error_ratio", "expected_accuracy_drop",
-           "input_shift", "largest_change", "new_shift", "no_rows", "novel_inputs", "output_shift",
-           "persistent_shift", "ranked", "single_night_alerts", "sustained_shift", "with_persistent"]
+           "input_shift", "labels_judged", "labels_needed", "largest_change", "new_shift", "no_rows",
+           "novel_inputs", "output_shift", "persistent_shift", "ranked", "single_night_alerts", "sustained_shift",
+           "with_persistent"]
 
 # -- the rules in force ---------------------------------------------------------------------------
 

@@ -12,28 +12,55 @@ from batchml.monitoring.rules.config import MonitorConfig
 from batchml.records import Alert, MonitoringRow
 
 
+def labels_needed(row: MonitoringRow, cfg: MonitorConfig) -> int:
+    """Labelled rows the label-based rules wait for: ``min_labelled``, and ``min_label_coverage`` of the rows."""
+    return max(cfg.min_labelled, math.ceil(cfg.min_label_coverage * (row.rows or 0) - 1e-9))
+
+
+def labels_judged(row: MonitoringRow, cfg: MonitorConfig) -> bool:
+    """Whether the labels can be judged: enough of them, and an estimate of the night's accuracy
+    from them (``realized``: none where they are not representative)."""
+    return row.labelled >= labels_needed(row, cfg) and realized(row)[0] is not None
+
+
+def realized(row: MonitoringRow) -> tuple[float | None, float | None, float | None]:
+    """The night's accuracy by its labels, with its 95% interval: ``realized_accuracy`` (a row made
+    before late labels: its labelled rows', which were drawn at ingest)."""
+    if row.realized_method is None:
+        return row.accuracy, row.accuracy_low, row.accuracy_high
+    return row.realized_accuracy, row.realized_accuracy_low, row.realized_accuracy_high
+
+
 def accuracy_drop(row: MonitoringRow, cfg: MonitorConfig) -> Alert | None:
-    """Error: the 95% interval of labelled accuracy lies wholly more than ``accuracy_drop`` below
-    the reference accuracy (at least ``min_labelled`` labelled rows)."""
-    floor = row.reference_accuracy - cfg.accuracy_drop
-    if row.labelled >= cfg.min_labelled and row.accuracy_high < floor:
-        return alert(row, "accuracy_drop", "error", row.accuracy, floor,
-                      f"accuracy {row.accuracy:.1%} (95% CI {row.accuracy_low:.1%}-{row.accuracy_high:.1%}) "
-                      f"is below the reference {row.reference_accuracy:.1%}")
+    """Error: the 95% interval of the realized accuracy (``batchml.labels.realized``: the labelled
+    rows', reweighted where they were drawn uncertain-first) lies wholly more than ``accuracy_drop``
+    below the reference accuracy, once the labels can be judged (``labels_judged``)."""
+    floor, (accuracy, low, high) = row.reference_accuracy - cfg.accuracy_drop, realized(row)
+    if labels_judged(row, cfg) and high < floor:
+        return alert(row, "accuracy_drop", "error", accuracy, floor,
+                     f"accuracy {accuracy:.1%}{_reweighted(row)} (95% CI {low:.1%}-{high:.1%}) "
+                     f"is below the reference {row.reference_accuracy:.1%}")
     return None
 
 
 def accuracy_divergence(row: MonitoringRow, cfg: MonitorConfig) -> Alert | None:
-    """Warning: the label-free estimate falls outside the measured accuracy's interval widened by
+    """Warning: the label-free estimate falls outside the realized accuracy's interval widened by
     ``divergence_tolerance``: the model's confidence no longer tracks its accuracy (concept drift)."""
     expected, tol = row.label_free_accuracy, cfg.divergence_tolerance
-    if row.labelled < cfg.min_labelled or expected is None:
+    if not labels_judged(row, cfg) or expected is None:
         return None
-    if not row.accuracy_low - tol <= expected <= row.accuracy_high + tol:
-        return alert(row, "accuracy_divergence", "warning", expected - row.accuracy, tol,
-                      f"label-free estimate {expected:.1%} disagrees with measured accuracy {row.accuracy:.1%}: "
-                      "the model's confidence no longer tracks its accuracy (concept drift?)")
+    accuracy, low, high = realized(row)
+    if not low - tol <= expected <= high + tol:
+        return alert(row, "accuracy_divergence", "warning", expected - accuracy, tol,
+                     f"label-free estimate {expected:.1%} disagrees with measured accuracy "
+                     f"{accuracy:.1%}{_reweighted(row)}: the model's confidence no longer tracks "
+                     "its accuracy (concept drift?)")
     return None
+
+
+def _reweighted(row: MonitoringRow) -> str:
+    return " (reweighted by confidence: the labels were drawn uncertain-first)" \
+        if row.realized_method == "reweighted" else ""
 
 
 def expected_accuracy_drop(row: MonitoringRow, cfg: MonitorConfig, mix_moved: bool = False) -> Alert | None:
@@ -41,7 +68,7 @@ def expected_accuracy_drop(row: MonitoringRow, cfg: MonitorConfig, mix_moved: bo
     confidence) is ``label_free_drop`` below the reference accuracy, and further than the night's
     own sampling noise (``label_free_noise_z`` standard errors of an accuracy at the reference on
     this many rows): a clean night of 500 reads a few points either way."""
-    if row.labelled >= cfg.min_labelled or row.label_free_accuracy is None or not row.rows:
+    if labels_judged(row, cfg) or row.label_free_accuracy is None or not row.rows:
         return None
     ref = row.reference_accuracy
     floor = ref - cfg.label_free_drop - cfg.label_free_noise_z * math.sqrt(ref * (1 - ref) / row.rows)
@@ -56,8 +83,10 @@ def class_performance_drop(row: MonitoringRow, cfg: MonitorConfig) -> Alert | No
     """Warning: one class's recall or precision on the labelled rows fell by ``class_min_drop`` or
     more against the reference (and the recent clean nights, where they hold enough labels),
     Holm-corrected over the 2K tests at ``class_p_value``. Names the class and the confusion that
-    grew: a change confined to a few classes hides in the overall accuracy."""
-    if row.labelled < cfg.min_labelled or row.reference_confusion is None:
+    grew: a change confined to a few classes hides in the overall accuracy. Only on labels drawn at
+    random: an uncertain-first sample's confusion is not the night's, and is not reweighted."""
+    if row.labelled < labels_needed(row, cfg) or row.realized_method not in (None, "labelled") \
+            or row.reference_confusion is None:
         return None
     tonight, reference = (row_normalised(np.asarray(m)) for m in (row.confusion, row.reference_confusion))
     tonight_cols, reference_cols = (_column_normalised(np.asarray(m)) for m in (row.confusion, row.reference_confusion))

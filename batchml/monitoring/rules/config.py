@@ -22,6 +22,9 @@ class MonitorConfig:
     output_min_ks: float = 0.03  # smallest KS distance of the output histograms worth an alert
     divergence_tolerance: float = 0.02  # label-free vs measured accuracy, beyond the interval
     min_labelled: int = 30  # fewer labelled rows: no accuracy verdicts
+    # a smaller labelled share of the night's rows: no accuracy verdicts either (labels that arrive
+    # later are judged once enough of the night is labelled; until then "too few labels to judge")
+    min_label_coverage: float = 0.01
     class_p_value: float = 1e-3  # family-wise false alarm bound of the per-class recall/precision tests
     class_min_drop: float = 0.10  # smallest fall of one class's recall or precision worth an alert
     input_p_value: float = 1e-3  # per-night false alarm bound of the input-property tests (Bonferroni)
