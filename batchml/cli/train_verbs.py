@@ -12,7 +12,7 @@ from batchml.registry import resolve
 
 def cmd_sweep(args) -> None:
     from batchml.cluster import connect
-    from batchml.registry import ModelVersion, promote
+    from batchml.registry import ModelVersion
     from batchml.train.sweep import SweepConfig, parse_space, sweep
 
     store = open_store(args)
@@ -24,9 +24,7 @@ def cmd_sweep(args) -> None:
           f"{result.best_params} validation accuracy {result.best_validation_accuracy:.4f}{test}; "
           f"registered {result.registered}; "
           f"trials at {store.url(layout.sweep_path(result.sweep_id, layout.SWEEP_TRIALS))}")
-    if args.promote:
-        promote(store, ModelVersion.parse(result.registered), args.promote)
-        print(f"{args.promote} -> {result.registered}")
+    _promote_if_asked(store, args, ModelVersion.parse(result.registered))
 
 
 def cmd_ingest(args) -> None:
@@ -42,7 +40,6 @@ def cmd_ingest(args) -> None:
 def cmd_train(args) -> None:
     from batchml.cluster import connect
     from batchml.device import device_label
-    from batchml.registry import promote
     from batchml.train.training import train
 
     store, cfg = open_store(args), train_config(args)
@@ -53,6 +50,13 @@ def cmd_train(args) -> None:
           f"{card.training_seconds:.0f}s on {device_label(card.device)}; "
           f"{card.fit.verdict} ({card.fit.reason}); "
           f"{store.url(mv.prefix)}")
+    _promote_if_asked(store, args, mv)
+
+
+def _promote_if_asked(store, args, mv) -> None:
+    """``--promote ALIAS``: point the alias at the version just registered."""
+    from batchml.registry import promote
+
     if args.promote:
         promote(store, mv, args.promote)
         print(f"{args.promote} -> {mv}")
