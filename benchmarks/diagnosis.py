@@ -6,7 +6,8 @@ Trains the fast net on half of the 50,000 training images (its other half and th
 images, flipped and cropped a few pixels for their second and third use, are the nights' fresh
 images), and a nine-class net without cats for the near-novelty figure. Then runs nightly streams
 through `batchml score --segment-by camera` and `batchml monitor`, exactly as a nightly job does:
-each stream starts with clean nights, then fault nights each followed by two clean nights. A night
+each stream starts with clean nights, then fault nights each followed by clean nights (two at
+500 images, one at 2,000 and 20,000). A night
 has five cameras; a fault hits the whole night or one camera. Faults (benchmarks/faults.py):
 pixel faults (blur, noise, contrast, exposure, fog, pixelate, colour cast, swapped or dead
 channel, turned or upside-down camera, occlusion, vignetting), encoding faults (grey JPEGs, heavy
@@ -239,7 +240,8 @@ def run_night(client, store: Store, model: str, night: Night, fresh: FreshImages
     first = report.alerts[0] if report.alerts else None
     return {
         "night": night.name, "size": night.size, "fault": night.fault.name if night.fault else None,
-        "expected_cause": night.fault.cause if night.fault else None, "camera": night.camera,
+        "expected_cause": night.fault.cause if night.fault else None,
+        "accepted_causes": list(night.fault.causes) if night.fault else [], "camera": night.camera,
         "labelled": night.labelled, "kinds": [a.kind for a in report.alerts],
         "first_cause": first.cause if first else None, "first_segment": first.segment if first else None,
         "segments_named": sorted({a.segment for a in report.alerts if a.segment}),
@@ -253,10 +255,10 @@ def streams(sizes: list[int], faults: list[Fault], large_faults: list[str]) -> l
     """The nightly sequences: clean nights first, then each fault followed by two clean nights."""
     out = []
 
-    def stream(tag, size, plan, labelled=False, warmup=6):
+    def stream(tag, size, plan, labelled=False, warmup=6, after=2):
         nights = [Night(f"{tag}-{i:03d}", size, None, None, labelled) for i in range(warmup)]
         for fault, camera in plan:
-            for f in (fault, None, None):
+            for f in (fault, *[None] * after):
                 nights.append(Night(f"{tag}-{len(nights):03d}", size, f, camera if f else None, labelled))
         out.append(nights)
 
@@ -267,7 +269,7 @@ def streams(sizes: list[int], faults: list[Fault], large_faults: list[str]) -> l
             plan = [(f, "cam-02") for f in unlabelled if f.name in large_faults]
             stream(f"s{size}", size, plan, warmup=3)
         else:
-            stream(f"s{size}", size, [(f, m) for f in unlabelled for m in modes])
+            stream(f"s{size}", size, [(f, m) for f in unlabelled for m in modes], after=2 if size < 1000 else 1)
     for label_fault in [f for f in faults if f.name == "labels_changed"]:
         stream("labelled", 2000, [(label_fault, m) for m in (None, "cam-02") for _ in range(5)], labelled=True)
     return out
@@ -334,7 +336,10 @@ def summarise(nights: list[dict]) -> dict:
     free = [n for n in faults if n["label_free"] is not None and not n["labelled"]]
     return {
         "fault_nights": len(faults), "alerted": sum(bool(n["kinds"]) for n in faults),
-        "cause_named": sum(n["first_cause"] == n["expected_cause"] for n in faults),
+        # the first cause is one the fault allows (pixel faults: the properties or the novelty, both
+        # saying the images changed); strict: the first of them
+        "cause_named": sum(n["first_cause"] in n["accepted_causes"] for n in faults),
+        "cause_named_strict": sum(n["first_cause"] == n["expected_cause"] for n in faults),
         "camera_fault_nights": len(cameras),
         "segment_named": sum(bool(n["first_segment"]) and n["camera"] in n["first_segment"] for n in cameras),
         "clean_nights": len(clean), "clean_false_alarms": sum(bool(n["kinds"]) for n in clean),
@@ -348,7 +353,7 @@ def summarise(nights: list[dict]) -> dict:
 def report(nights: list[dict]) -> None:
     frame = pd.DataFrame([n for n in nights if n["fault"]])
     frame["alerted"] = frame.kinds.map(bool)
-    frame["cause_ok"] = frame.first_cause == frame.expected_cause
+    frame["cause_ok"] = [c in ok for c, ok in zip(frame.first_cause, frame.accepted_causes, strict=True)]
     frame["where_ok"] = [bool(s) and c in s if c else None for s, c in zip(frame.first_segment, frame.camera,
                                                                            strict=True)]
     print(frame.groupby(["fault", "size"])[["alerted", "cause_ok"]].mean().unstack().to_string())
@@ -399,7 +404,8 @@ def main() -> int:
     report(nights)
     figures = {**summarise(nights), **figures, "seconds": round(time.perf_counter() - started)}
     print(f"fault nights {figures['fault_nights']}: alerted {figures['alerted']}, first cause the injected one "
-          f"{figures['cause_named']}; one camera broken: named {figures['segment_named']} of "
+          f"{figures['cause_named']} ({figures['cause_named_strict']} its first choice); one camera broken: named "
+          f"{figures['segment_named']} of "
           f"{figures['camera_fault_nights']}; clean nights {figures['clean_nights']}: false alarms "
           f"{figures['clean_false_alarms']}; nights 5+ points below the reference {figures['drop_nights']}: alerted "
           f"{figures['drop_nights_alerted']}; a class's labels changed (2,000 labelled rows): detected "

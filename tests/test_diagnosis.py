@@ -139,9 +139,11 @@ def test_the_upstream_cause_leads_the_ranking():
 
     order = ranked([alert("expected_accuracy_drop"), alert("sustained_shift"), alert("duplicates")], row)
     assert [a.kind for a in order] == ["duplicates", "sustained_shift", "expected_accuracy_drop"]
-    # input properties and novel images both move when the images change: the larger move leads
-    assert ranked([alert("novel_inputs"), alert("input_shift", 0.9)], row)[0].kind == "input_shift"
-    assert ranked([alert("novel_inputs"), alert("input_shift", 0.12)], row)[0].kind == "novel_inputs"
+    # input properties and novel images both move when the images change: the properties lead
+    # unless most images are unlike the training data, further than the properties moved
+    assert ranked([alert("novel_inputs", 0.4), alert("input_shift", 0.3)], row)[0].kind == "input_shift"
+    assert ranked([alert("novel_inputs", 0.9), alert("input_shift", 0.95)], row)[0].kind == "input_shift"
+    assert ranked([alert("novel_inputs", 0.9), alert("input_shift", 0.6)], row)[0].kind == "novel_inputs"
 
 
 def test_the_report_leads_with_what_changed():

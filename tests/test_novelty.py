@@ -20,39 +20,53 @@ def clusters(n: int, seed: int, other: bool = False) -> tuple[np.ndarray, np.nda
     return centres[labels] + rng.normal(size=(n, 16)) @ mix, labels
 
 
+def sure(labels: np.ndarray, confidence: float = 0.9) -> np.ndarray:
+    """Probabilities that put ``confidence`` on each row's label among 3 classes."""
+    probs = np.full((len(labels), 3), (1 - confidence) / 2)
+    probs[np.arange(len(labels)), labels] = confidence
+    return probs
+
+
+def fit(train, val, val_labels):
+    return fit_reference(train, val, sure(val_labels))
+
+
 def test_the_threshold_scores_the_validation_quantile_at_one():
-    train, labels = clusters(3000, 0)
-    val, _ = clusters(1000, 1)
-    ref = fit_reference(train, labels, val, 3)
-    scores = ref.score(val)
+    train, _ = clusters(3000, 0)
+    val, val_labels = clusters(1000, 1)
+    ref = fit(train, val, val_labels)
+    scores = ref.score(val, sure(val_labels))
     assert (scores > 1).mean() == pytest.approx(1 - NOVELTY_QUANTILE, abs=0.01)
     assert ref.validation_rate == pytest.approx((scores > 1).mean())
     assert sum(ref.validation_hist) == 1000 and len(ref.validation_hist) == NOVELTY_BINS
 
 
 def test_images_unlike_the_training_features_score_above_one():
-    train, labels = clusters(3000, 0)
-    ref = fit_reference(train, labels, clusters(1000, 1)[0], 3)
-    far, _ = clusters(500, 2, other=True)
-    assert (ref.score(far) > 1).mean() > 0.95
-    assert (ref.score(clusters(500, 3)[0]) > 1).mean() < 0.1
+    train, _ = clusters(3000, 0)
+    ref = fit(train, *clusters(1000, 1))
+    far, far_labels = clusters(500, 2, other=True)
+    assert (ref.score(far, sure(far_labels)) > 1).mean() > 0.95  # the model is sure of them: the neighbours tell
+    near, near_labels = clusters(500, 3)
+    assert (ref.score(near, sure(near_labels)) > 1).mean() < 0.1
+    assert (ref.score(near, sure(near_labels, 0.34)) > 1).mean() > 0.9  # between classes: the entropy tells
 
 
 def test_the_reference_round_trips_through_its_file_and_card_entry():
-    train, labels = clusters(600, 0)
-    ref = fit_reference(train, labels, clusters(200, 1)[0], 3)
+    train, _ = clusters(600, 0)
+    ref = fit(train, *clusters(200, 1))
     back = NoveltyReference.from_bytes(ref.to_bytes(), ref.card_entry())
-    x = clusters(50, 4)[0]
-    assert np.allclose(back.score(x), ref.score(x))
+    x, x_labels = clusters(50, 4)
+    assert np.allclose(back.score(x, sure(x_labels)), ref.score(x, sure(x_labels)))
     assert ref.card_entry()["method"] == "knn" and ref.card_entry()["feature_dim"] == 16
 
 
 def test_a_class_held_out_of_training_reads_as_novel():
     train, labels = clusters(3000, 0)
-    keep = labels != 2
-    ref = fit_reference(train[keep], labels[keep], clusters(1000, 1)[0][clusters(1000, 1)[1] != 2], 3)
+    val, val_labels = clusters(1000, 1)
+    ref = fit(train[labels != 2], val[val_labels != 2], val_labels[val_labels != 2])
     held, held_labels = clusters(600, 5)
-    assert (ref.score(held[held_labels == 2]) > 1).mean() > 0.9 and np.isfinite(ref.score(train)).all()
+    mine = held_labels == 2
+    assert (ref.score(held[mine], sure(np.zeros(mine.sum(), int))) > 1).mean() > 0.9
 
 
 @pytest.mark.slow
@@ -63,10 +77,10 @@ def test_the_layer_inside_the_model_scores_as_the_reference_does():
 
     model = build("fast", 3, Preprocessing(), width=8)
     x = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
-    _, features = predict_features(feature_model(model), x)
-    ref = fit_reference(features[:30], None, features[30:])
+    probs, features = predict_features(feature_model(model), x)
+    ref = fit_reference(features[:30], features[30:], probs[30:])
     _, inside = novelty_model(model, ref).predict_on_batch(x)
-    assert np.allclose(np.asarray(inside).ravel(), ref.score(features), atol=1e-3)
+    assert np.allclose(np.asarray(inside).ravel(), ref.score(features, probs), atol=1e-3)
 
 
 @pytest.mark.slow
@@ -112,7 +126,7 @@ def test_the_novelty_model_scores_as_the_reference_does_in_the_same_pass():
     probs, novelty = novelty_model(model, ref).predict_on_batch(x[45:])  # images it was not fitted on
     _, features = predict_features_of(model, x[45:])
     assert np.allclose(probs, model.predict_on_batch(x[45:]), atol=1e-6)
-    assert np.allclose(novelty, ref.score(features), rtol=1e-3, atol=1e-3)
+    assert np.allclose(novelty, ref.score(features, probs), rtol=1e-3, atol=1e-3)
 
 
 def predict_features_of(model, x):
@@ -142,7 +156,8 @@ def test_fit_novelty_and_attach_it_to_a_registered_version(store):
     entry = attach_novelty(store, mv, ref)
     card = read_card(store, mv)
     assert card.novelty == entry and card.classes == OLD_CARD["classes"]
-    assert np.allclose(read_novelty(store, mv, card.novelty).score(ref.bank), ref.score(ref.bank))
+    probs = np.full((len(ref.bank), 2), 0.5)
+    assert np.allclose(read_novelty(store, mv, card.novelty).score(ref.bank, probs), ref.score(ref.bank, probs))
     with pytest.raises(BatchmlError, match="already has a novelty reference"):
         attach_novelty(store, mv, ref)
     with pytest.raises(BatchmlError, match="no Dense"):

@@ -1,13 +1,16 @@
 """Novelty: how unlike the training images an image is, from the model's penultimate features.
 
-The score is the cosine distance of an image's features to its ``K_NEIGHBOURS``-th nearest
-neighbour in a bank of training features (deep nearest neighbours; Sun et al., ICML 2022),
-divided by a threshold: the validation split's 95th percentile. So 1.0 means "as far as the 5%
+The score adds two distances, each over its validation split's 95th percentile: the cosine
+distance of an image's features to its ``K_NEIGHBOURS``-th nearest neighbour in a bank of
+training features (deep nearest neighbours; Sun et al., ICML 2022), which finds images far from
+anything trained on, and the entropy of its probabilities, which finds images between classes (a
+class the model never saw reads as a mix of the nearest ones). The sum is divided by a threshold:
+the validation split's 95th percentile. So 1.0 means "as far as the 5%
 least typical validation images", and a feed of images of no class reads well above it while its
 softmax can still be confident. On this project's fast net (README, measured section) it
-separates generated images and a class held out of training far better than the Mahalanobis
-distance to the class means with a shared covariance, which read images with small features as
-typical.
+separates generated images and a class held out of training better than the Mahalanobis distance
+to the class means with a shared covariance, which read images with small features as typical,
+and better than either distance alone.
 
 The reference (the bank: a sample of the training split's features, L2-normalised, float16) is
 fitted when a model is trained and kept beside it (``models/<name>/vN/novelty.npz``); the card
@@ -42,12 +45,19 @@ def normalised(features: np.ndarray) -> np.ndarray:
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
 
+def entropy(probs: np.ndarray) -> np.ndarray:
+    p = np.asarray(probs, np.float64)
+    return -(p * np.log(np.maximum(p, 1e-12))).sum(axis=1)
+
+
 @dataclass(frozen=True)
 class NoveltyReference:
-    """A bank of normalised training features, with the threshold that scores 1.0."""
+    """A bank of normalised training features and the thresholds that scale the two distances."""
 
     bank: np.ndarray  # (M, D) float16: L2-normalised penultimate features of training images
-    threshold: float  # the cosine distance to the K-th neighbour at the validation split's NOVELTY_QUANTILE
+    neighbour_threshold: float  # the validation split's 95th percentile of the neighbour distance
+    entropy_threshold: float  # ... of the entropy of the probabilities
+    threshold: float  # ... of the sum of the two, each over its own: the score that reads 1.0
     validation_rate: float  # share of the validation split scoring above 1.0 (about 1 - NOVELTY_QUANTILE)
     validation_hist: tuple[int, ...]  # (NOVELTY_BINS,) the validation split's scores
     train_rows: int  # training images in the bank
@@ -63,16 +73,20 @@ class NoveltyReference:
                for i in range(0, len(features), chunk)]
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """(N, D) features -> (N,) novelty: distance over the threshold (above 1.0: novel)."""
-        return self.distances(features) / self.threshold
+    def raw(self, features: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        return self.distances(features) / self.neighbour_threshold + entropy(probs) / self.entropy_threshold
+
+    def score(self, features: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """(N, D) features and (N, K) probabilities -> (N,) novelty (above 1.0: novel)."""
+        return self.raw(features, probs) / self.threshold
 
     def card_entry(self) -> dict:
         """What the card keeps (``card.novelty``); the bank lives in ``layout.NOVELTY_FILE``."""
-        return {"method": METHOD, "k": self.k, "threshold": self.threshold, "quantile": NOVELTY_QUANTILE,
-                "validation_rate": self.validation_rate, "validation_hist": list(self.validation_hist),
-                "edges": NOVELTY_EDGES.tolist(), "feature_dim": int(self.bank.shape[1]),
-                "train_rows": self.train_rows}
+        return {"method": METHOD, "k": self.k, "neighbour_threshold": self.neighbour_threshold,
+                "entropy_threshold": self.entropy_threshold, "threshold": self.threshold,
+                "quantile": NOVELTY_QUANTILE, "validation_rate": self.validation_rate,
+                "validation_hist": list(self.validation_hist), "edges": NOVELTY_EDGES.tolist(),
+                "feature_dim": int(self.bank.shape[1]), "train_rows": self.train_rows}
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -84,21 +98,28 @@ class NoveltyReference:
         """The reference from ``novelty.npz``'s bytes and the card's ``novelty`` entry."""
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             bank = arrays["bank"]
-        return cls(bank, float(entry["threshold"]), float(entry["validation_rate"]),
+        return cls(bank, float(entry["neighbour_threshold"]), float(entry["entropy_threshold"]),
+                   float(entry["threshold"]), float(entry["validation_rate"]),
                    tuple(int(c) for c in entry["validation_hist"]), int(entry.get("train_rows", len(bank))))
 
 
-def fit_reference(train_features: np.ndarray, train_labels: np.ndarray | None, val_features: np.ndarray,
-                  num_classes: int | None = None) -> NoveltyReference:
-    """The bank from (N, D) training features; the threshold from the validation features. (The
-    labels and classes are not needed by the neighbours; kept for callers that pass them.)"""
-    draft = NoveltyReference(normalised(train_features).astype(np.float16), 1.0, 0.0, (), len(train_features))
-    distances = draft.distances(val_features)
-    threshold = float(np.quantile(distances, NOVELTY_QUANTILE)) if len(distances) else 1.0
-    threshold = threshold if threshold > 0 else 1.0
-    scores = distances / threshold
+def _quantile(values: np.ndarray) -> float:
+    q = float(np.quantile(values, NOVELTY_QUANTILE)) if len(values) else 1.0
+    return q if q > 0 else 1.0
+
+
+def fit_reference(train_features: np.ndarray, val_features: np.ndarray, val_probs: np.ndarray) -> NoveltyReference:
+    """The bank from (N, D) training features; the thresholds from the validation features and
+    probabilities."""
+    bank = normalised(train_features).astype(np.float16)
+    draft = NoveltyReference(bank, 1.0, 1.0, 1.0, 0.0, (), len(train_features))
+    neighbour, spread = _quantile(draft.distances(val_features)), _quantile(entropy(val_probs))
+    draft = NoveltyReference(bank, neighbour, spread, 1.0, 0.0, (), len(train_features))
+    raw = draft.raw(val_features, val_probs)
+    threshold = _quantile(raw)
+    scores = raw / threshold
     bins = np.clip(np.searchsorted(NOVELTY_EDGES, scores, side="right") - 1, 0, NOVELTY_BINS - 1)
-    return NoveltyReference(draft.bank, threshold, float((scores > 1.0).mean()) if len(scores) else 0.0,
+    return NoveltyReference(bank, neighbour, spread, threshold, float((scores > 1.0).mean()) if len(scores) else 0.0,
                             tuple(np.bincount(bins, minlength=NOVELTY_BINS).tolist()), len(train_features))
 
 
@@ -115,10 +136,9 @@ def fit_novelty(model, train_images: np.ndarray, val_images: np.ndarray,
         keep = np.sort(np.random.default_rng(seed).choice(len(train_images), sample, replace=False))
         train_images = train_images[keep]
         train_labels = None if train_labels is None else np.asarray(train_labels)[keep]
-    probs, train_features = predict_features(fm, train_images)
-    labels = probs.argmax(axis=1) if train_labels is None else np.asarray(train_labels, np.int64)
-    _, val_features = predict_features(fm, val_images)
-    return fit_reference(train_features, labels, val_features, probs.shape[1])
+    _, train_features = predict_features(fm, train_images)
+    val_probs, val_features = predict_features(fm, val_images)
+    return fit_reference(train_features, val_features, val_probs)
 
 
 def fit_novelty_on(store, dataset: str, model, validation_fraction: float = 0.1,
@@ -179,27 +199,29 @@ def novelty_model(model, reference: NoveltyReference):
     fm = feature_model(model)
     if fm is None:
         return None
-    novelty = _novelty_layer(keras, reference)(fm.outputs[1])
+    novelty = _novelty_layer(keras, reference)([fm.outputs[1], fm.outputs[0]])
     return keras.Model(fm.inputs, [fm.outputs[0], novelty], name=f"{model.name}_novelty")
 
 
 def _novelty_layer(keras, reference: NoveltyReference):
-    """A layer: (N, D) features -> (N,) cosine distance to the K-th nearest bank feature over the threshold."""
+    """A layer: [(N, D) features, (N, K) probabilities] -> (N,) novelty (``NoveltyReference.score``)."""
     bank_t, k = reference.bank.astype(np.float32).T, reference.k
 
-    class NeighbourNovelty(keras.layers.Layer):
+    class Novelty(keras.layers.Layer):
         def build(self, input_shape) -> None:
             self.bank_t = self.add_weight(shape=bank_t.shape, initializer="zeros", trainable=False, name="bank_t")
             self.bank_t.assign(bank_t)
 
-        def call(self, features):
+        def call(self, inputs):
             ops = keras.ops
-            f = ops.cast(features, "float32")
-            f = f / ops.maximum(ops.sqrt(ops.sum(f * f, axis=1, keepdims=True)), 1e-12)
+            features, probs = (ops.cast(x, "float32") for x in inputs)
+            f = features / ops.maximum(ops.sqrt(ops.sum(features * features, axis=1, keepdims=True)), 1e-12)
             nearest, _ = ops.top_k(ops.matmul(f, self.bank_t), k)  # (N, k), largest first
-            return (1.0 - nearest[:, -1]) / reference.threshold
+            spread = -ops.sum(probs * ops.log(ops.maximum(probs, 1e-12)), axis=1)
+            raw = (1.0 - nearest[:, -1]) / reference.neighbour_threshold + spread / reference.entropy_threshold
+            return raw / reference.threshold
 
-    return NeighbourNovelty(dtype="float32", name="batchml_novelty")
+    return Novelty(dtype="float32", name="batchml_novelty")
 
 
 def _dual(model):

@@ -99,10 +99,14 @@ def cause_of(kind: str) -> str:
 
 def ranked(alerts: list[Alert], row: MonitoringRow) -> list[Alert]:
     """The alerts, most likely cause first. Input properties and novel images both move when the
-    images change; the one that moved further (its KS distance from training's) leads."""
-    def effect(a: Alert) -> float:
-        if a.kind == "input_shift":
-            return a.statistic
-        return row.novelty_ks or 0.0 if a.kind == "novel_inputs" else 0.0
+    images change; the properties lead (the camera, the pipeline: something to check) unless most
+    images are unlike the training data and their share passes the largest property's KS distance
+    (images of another kind in the feed)."""
+    shares = {a.kind: a.statistic for a in alerts if a.kind in ("input_shift", "novel_inputs")}
+    novel_first = len(shares) == 2 and shares["novel_inputs"] >= max(0.5, shares["input_shift"])
 
-    return sorted(alerts, key=lambda a: (TIERS.get(cause_of(a.kind), 9), -effect(a)))
+    def order(a: Alert) -> tuple[int, int]:
+        tier = TIERS.get(cause_of(a.kind), 9)
+        return tier, (a.kind == "input_shift") == novel_first if tier == TIERS["input properties"] else 0
+
+    return sorted(alerts, key=order)
