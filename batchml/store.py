@@ -47,6 +47,14 @@ def s3_options(given: dict[str, Any]) -> dict[str, Any]:
     return {**S3_DEFAULTS, **given, "config_kwargs": config}
 
 
+def options_for(url: str, store: Store) -> dict[str, Any]:
+    """The storage options for a URL beside the store: the store's own where it is the same kind of
+    storage (the same endpoint and keys), or where the store is a local folder (which takes none: the
+    options given can only be meant for the URL); none otherwise."""
+    same = url.split("://")[0] == store.config.root.split("://")[0] if "://" in url else store.is_local
+    return store.config.storage_options if same or store.is_local else {}
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     """Where the store lives: a root URL and fsspec storage options (endpoint, keys...)."""

@@ -151,13 +151,13 @@ def read_files(images: StoreConfig, files: tuple[str, ...], classes: tuple[str, 
     """A partition table from raw files; a parent folder named like a class gives the label.
     A file that cannot be read even after retries fails the partition (see ``READ_ATTEMPTS``)."""
     store = Store(images)
-    blobs = _read_with_retries(store, [store.path(f) for f in files])
+    blobs = read_with_retries(store, [store.path(f) for f in files])
     labels = [classes.index(parts[-2]) if len(parts := f.split("/")) > 1 and parts[-2] in classes else None
               for f in files]
     return datasets.partition_table(list(files), [blobs[store.path(f)] for f in files], labels)
 
 
-def _read_with_retries(store: Store, paths: list[str]) -> dict[str, bytes]:
+def read_with_retries(store: Store, paths: list[str]) -> dict[str, bytes]:
     """Every path's bytes; raises BatchmlError when one is gone or still unreadable."""
     got: dict[str, bytes] = {}
     failed: dict[str, BaseException] = dict.fromkeys(paths, OSError("not read yet"))
