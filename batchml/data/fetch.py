@@ -15,6 +15,7 @@ stopped it: retrying, and which errors are transient, is the caller's (``inputs`
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import threading
 import time
@@ -42,6 +43,7 @@ class InFlight:
     latency_s: float = FIRST_LATENCY_S
     size_bytes: float = FIRST_SIZE_BYTES
     peak: int = 0
+    seen: int = 0  # requests observed
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def limit(self, remaining: int) -> int:
@@ -53,8 +55,10 @@ class InFlight:
 
     def observe(self, seconds: float, size: int) -> None:
         with self._lock:
-            self.latency_s += _SMOOTHING * (seconds - self.latency_s)
-            self.size_bytes += _SMOOTHING * (size - self.size_bytes)
+            self.seen += 1
+            weight = max(_SMOOTHING, 1 / self.seen)  # the plain mean until it has seen enough, then moving
+            self.latency_s += weight * (seconds - self.latency_s)
+            self.size_bytes += weight * (size - self.size_bytes)
 
 
 _OBSERVED: dict[int, InFlight] = {}  # id(filesystem) -> what was seen on it in this process
@@ -84,6 +88,9 @@ async def _gather(fs, paths: list[str], in_flight: InFlight) -> list:
     """A pool of reader coroutines that grows as latency is learnt: each takes the next path
     until none is left, and starts another reader while fewer run than ``limit`` wants."""
     out: list = [None] * len(paths)
+    # s3fs asks for an object's size (a HEAD: another round trip) before each GET, to split large
+    # objects into ranges; small ones are read whole in one GET
+    options = {"max_concurrency": 1} if "max_concurrency" in inspect.signature(fs._cat_file).parameters else {}
     queue = iter(range(len(paths)))
     running = 0
     readers: list[asyncio.Task] = []
@@ -91,7 +98,7 @@ async def _gather(fs, paths: list[str], in_flight: InFlight) -> list:
     async def reader() -> None:
         nonlocal running
         for i in queue:
-            out[i] = await _timed(fs._cat_file(paths[i]), in_flight)
+            out[i] = await _timed(fs._cat_file(paths[i], **options), in_flight)
             remaining = len(paths) - i - 1
             while running < in_flight.limit(remaining):
                 running += 1
