@@ -59,6 +59,7 @@ def prepare(root: Path, n_images: int) -> tuple[Path, Store]:
     from batchml.cli import cifar10_source
     from batchml.data import datasets
     from batchml.data.ingest import ingest
+    from batchml.data.sources import CIFAR10_CLASSES
     from batchml.registry import DEFAULT_ALIAS, promote, resolve
 
     store = Store(StoreConfig(str(root / "store")))
@@ -80,7 +81,7 @@ def prepare(root: Path, n_images: int) -> tuple[Path, Store]:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
     if not store.exists(layout.dataset_path("cifar", layout.DATASET_MANIFEST)):
-        ingest(store, str(objects), "cifar", "train", verbose=False)
+        ingest(store, str(objects), "cifar", "train", classes=list(CIFAR10_CLASSES), verbose=False)
     try:
         resolve(store, DEFAULT_ALIAS)
     except Exception:
