@@ -26,8 +26,10 @@ DEFAULT_ROOT = "batchml-store"
 # Unattended jobs must fail, not hang, when object storage is down: bounded connect and
 # read timeouts and a few retries, unless the options say otherwise. Listings are never
 # cached: other processes (the workers) write into the same prefixes all the time.
+# The connection pool holds as many connections as a worker keeps requests in flight
+# (botocore's default of 10 would cap reads near 10 / latency objects per second).
 S3_DEFAULTS = {"use_listings_cache": False,
-               "config_kwargs": {"connect_timeout": 10, "read_timeout": 60,
+               "config_kwargs": {"connect_timeout": 10, "read_timeout": 60, "max_pool_connections": 256,
                                  "retries": {"max_attempts": 4, "mode": "standard"}}}
 try:  # s3fs raises botocore's own errors when the endpoint cannot be reached
     from botocore.exceptions import BotoCoreError, ClientError
@@ -36,6 +38,21 @@ try:  # s3fs raises botocore's own errors when the endpoint cannot be reached
 except ImportError:
     _REMOTE_ERRORS = (OSError,)
 _TMP_PREFIX = ".tmp-"
+
+
+def s3_options(given: dict[str, Any]) -> dict[str, Any]:
+    """``S3_DEFAULTS`` under the given options; ``config_kwargs`` merged key by key, so that
+    setting one (``retries``) keeps the others (the timeouts, the connection pool)."""
+    config = {**S3_DEFAULTS["config_kwargs"], **given.get("config_kwargs", {})}
+    return {**S3_DEFAULTS, **given, "config_kwargs": config}
+
+
+def options_for(url: str, store: Store) -> dict[str, Any]:
+    """The storage options for a URL beside the store: the store's own where it is the same kind of
+    storage (the same endpoint and keys), or where the store is a local folder (which takes none: the
+    options given can only be meant for the URL); none otherwise."""
+    same = url.split("://")[0] == store.config.root.split("://")[0] if "://" in url else store.is_local
+    return store.config.storage_options if same or store.is_local else {}
 
 
 @dataclass(frozen=True)
@@ -57,7 +74,7 @@ class Store:
         self.config = config
         options = config.storage_options
         if config.root.startswith(("s3://", "s3a://")):
-            options = {**S3_DEFAULTS, **options}
+            options = s3_options(options)
         try:
             self.fs, self._root = fsspec.core.url_to_fs(config.root, **options)
         except (ImportError, ValueError, TypeError) as exc:

@@ -5,17 +5,21 @@
 Builds datasets of CIFAR-10 test images (the 10,000 JPEGs repeated, every other copy
 flipped left-right and re-encoded) in partitions of 2,000: a large one of ``--images``
 and a small one of a fifth of that. Then, in one run:
-(a) the bare model: ``predict`` on in-memory uint8 arrays of the large set's pixels, at the
-    best of several batch sizes (the median of five slices of the set);
+(a) the bare model: the fastest bare path it has here, ``predict_on_batch`` (what scoring calls)
+    or ``predict``, on in-memory uint8 arrays of the large set's pixels, at the best of several
+    batch sizes (the median of five slices of the set);
 (b) ``batchml score`` end to end on the large dataset (read Parquet, decode, predict,
     write predictions and statistics, commit), on a local cluster of one worker process
     (started, with Keras imported, before the clock starts: a nightly job on a running
     cluster does not pay that), with the same model and batch size, from a fresh client process;
-(a) and (b) alternate for ``--rounds`` rounds and the medians are compared;
+(c) the plain loop: one process reading the same partitions, decoding with batchml's decoder,
+    ``predict_on_batch`` and a Parquet file per partition, no cluster and no statistics;
+(a), (b) and (c) alternate for ``--rounds`` rounds and the medians are compared;
 and the peak resident memory of that worker scoring the small and the large dataset
 (a fresh client and cluster for each). The model is the store's production model, else the tutorial
 CNN trained for one epoch (weights do not change its speed). The last line is one JSON
-object with `bare_images_per_s`, `score_images_per_s`, `ratio`, `peak_rss_mb_small`,
+object with `bare_images_per_s`, `score_images_per_s`, `ratio`, `plain_loop_images_per_s`,
+`ratio_to_plain_loop`, `peak_rss_mb_small`,
 `peak_rss_mb_large`.
 """
 
@@ -90,34 +94,63 @@ def prepare(store: Store, n_images: int):
 
 
 def bare_speed(store: Store, mv, test: list, copies: int, batch: int | None) -> tuple[float, int]:
-    """Images/s of ``model.predict`` on the large set's pixels held in memory, at ``batch``
-    or else the best batch size (each tried on three slices of 10,000: the median)."""
+    """Images/s of the fastest bare path the model has here, on the large set's pixels held in
+    memory: ``predict_on_batch`` slice by slice (what scoring calls) or ``model.predict``, at
+    ``batch`` or else the best batch size (each tried on three slices of 10,000: the median)."""
     configure_backend()
     model = load_model(store, mv)
     blobs = [t["image"] for t in test]
     px, _, _ = decode_images(blobs, Preprocessing())
     pxf, _, _ = decode_images([flipped(b) for b in blobs], Preprocessing())
     x = np.concatenate([pxf if c % 2 else px for c in range(copies)])
-    model.predict(x[:2048], batch_size=256, verbose=0)  # compile
-    best = batch
-    if best is None:
-        trial = {}
-        for bs in BATCH_SIZES:
+    paths = {"predict_on_batch": lambda xs, bs: [model.predict_on_batch(xs[i:i + bs]) for i in range(0, len(xs), bs)],
+             "predict": lambda xs, bs: model.predict(xs, batch_size=bs, verbose=0)}
+    for run in paths.values():
+        run(x[:2048], 256)  # compile
+    trial = {}
+    for name, run in paths.items():
+        for bs in ([batch] if batch else BATCH_SIZES):
             rates = []
             for part in np.array_split(np.arange(min(len(x), 30_000)), 3):
                 started = time.perf_counter()
-                model.predict(x[part], batch_size=bs, verbose=0)
+                run(x[part], bs)
                 rates.append(len(part) / (time.perf_counter() - started))
-            trial[bs] = float(np.median(rates))
-        best = max(trial, key=trial.get)
-        print("bare model, batch size trial (images/s): " + ", ".join(f"{b}: {v:,.0f}" for b, v in trial.items()))
+            trial[name, bs] = float(np.median(rates))
+    (name, best), run = max(trial, key=trial.get), None
+    run = paths[name]
+    print("bare model, trial (images/s): " + ", ".join(f"{n} {b}: {v:,.0f}" for (n, b), v in trial.items()))
     rates = []  # the whole set in five timed slices: the median resists this machine's noise
     for part in np.array_split(np.arange(len(x)), 5):
         started = time.perf_counter()
-        model.predict(x[part], batch_size=best, verbose=0)
+        run(x[part], best)
         rates.append(len(part) / (time.perf_counter() - started))
-    print("bare model, five slices (images/s): " + ", ".join(f"{r:,.0f}" for r in rates))
+    print(f"bare model ({name}, batch {best}), five slices (images/s): " + ", ".join(f"{r:,.0f}" for r in rates))
     return float(np.median(rates)), best
+
+
+def plain_loop(store: Store, mv, dataset: str, batch: int, out: Path) -> float:
+    """Images/s end to end of one process with no cluster and no statistics: read each input
+    partition, batchml's decoder, ``predict_on_batch``, a Parquet file of predictions per partition.
+    Timed as ``scored`` is: Keras imported before the clock starts, the model's load inside it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from batchml.data.images import decode_batch
+
+    configure_backend()
+    started = time.perf_counter()
+    model = load_model(store, mv)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    for p in datasets.read_manifest(store, dataset).partitions:
+        table = datasets.read_partition(store, dataset, p["name"])
+        pixels = decode_batch(table["image"].to_pylist(), Preprocessing()).pixels
+        probs = np.concatenate([np.asarray(model.predict_on_batch(pixels[i:i + batch]))
+                                for i in range(0, len(pixels), batch)])
+        pq.write_table(pa.table({"image_id": table["image_id"], "predicted": probs.argmax(1).astype(np.int16),
+                                 "probability": probs.max(1)}), out / p["name"])
+        rows += table.num_rows
+    return rows / (time.perf_counter() - started)
 
 
 def scored(store: Store, dataset: str, batch_size: int, run_id: str) -> tuple[float, float, dict]:
@@ -151,12 +184,17 @@ def main() -> int:
     parser.add_argument("--root", default=str(Path(__file__).parent / "out" / "throughput-store"))
     parser.add_argument("--images", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3, help="alternating bare/score measurements")
-    parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)  # bare | DATASET BATCH RUN_ID
+    parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)  # bare; plain DATA BATCH; DATA BATCH RUN
     args = parser.parse_args()
     store = Store(StoreConfig(args.root))
     if args.measure and args.measure[0] == "bare":
         mv, test, copies = prepare(store, args.images)
         print(json.dumps(bare_speed(store, mv, test, copies, int(args.measure[1]) if args.measure[1:] else None)))
+        return 0
+    if args.measure and args.measure[0] == "plain":
+        _, dataset, batch = args.measure
+        out = Path(args.root) / "plain-loop"
+        print(json.dumps(plain_loop(store, resolve(store, DEFAULT_ALIAS), dataset, int(batch), out)))
         return 0
     if args.measure:
         dataset, batch, run_id = args.measure
@@ -172,16 +210,19 @@ def main() -> int:
     rate_small, rss_small, _ = apart(args.root, f"bulk-{small}x", str(best), "throughput-small")
     # This machine's speed drifts by 2x from minute to minute: alternate the two
     # measurements and compare their medians.
-    bares, rates, rss_large = [], [], 0.0
+    bares, rates, plains, rss_large = [], [], [], 0.0
     for r in range(args.rounds):
         bares.append(apart(args.root, "bare", str(best), "--images", str(args.images))[0])
         rate, rss, stages = apart(args.root, f"bulk-{copies}x", str(best), f"throughput-large-{r}")
         rates.append(rate)
+        plains.append(apart(args.root, "plain", f"bulk-{copies}x", str(best)))
         rss_large = max(rss_large, rss)
-        print(f"round {r + 1}: bare {bares[-1]:,.0f} images/s, score {rate:,.0f} images/s")
-    bare, rate = float(np.median(bares)), float(np.median(rates))
+        print(f"round {r + 1}: bare {bares[-1]:,.0f} images/s, score {rate:,.0f} images/s, plain loop "
+              f"{plains[-1]:,.0f} images/s")
+    bare, rate, plain = float(np.median(bares)), float(np.median(rates)), float(np.median(plains))
     figures = {"bare_images_per_s": round(bare, 1), "score_images_per_s": round(rate, 1),
                "ratio": round(rate / bare, 3), "rounds": args.rounds,
+               "plain_loop_images_per_s": round(plain, 1), "ratio_to_plain_loop": round(rate / plain, 3),
                "bare_by_round": [round(b) for b in bares], "score_by_round": [round(r) for r in rates],
                "peak_rss_mb_small": round(rss_small, 1),
                "peak_rss_mb_large": round(rss_large, 1), "batch_size": best, "images": copies * len(test),

@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("ingest", parents=[store], help="write input partitions from images")
-    p.add_argument("source", help="folder or .tar(.gz) of class folders, CIFAR-10 python batches, or 'cifar10'")
+    p.add_argument("source", help="folder or .tar(.gz) of class folders, CIFAR-10 python batches, 'cifar10', or "
+                   "a URL of class folders or images (s3://bucket/prefix/, any fsspec URL; a local --root "
+                   "passes its --storage-options to it)")
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="train", choices=("train", "test"))
     p.add_argument("--partition-size", type=positive, default=DEFAULT_PARTITION_SIZE, help="images per partition")

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from batchml import layout
 from batchml.data import datasets
+from batchml.data.fetch import fetch_many
+from batchml.data.listing import Listed, iter_listing
 from batchml.data.sources import IMAGE_SUFFIXES, check_utf8
 from batchml.errors import BatchmlError
 from batchml.store import Store, StoreConfig
@@ -89,37 +92,37 @@ def plan_prefix(url: str, storage_options: dict, partition_size: int) -> InputPl
     What else is there is in ``skipped``, by reason: another kind of file, or not a regular
     file at all (a FIFO or a device would block the read that opened it: never opened).
 
+    The listing is streamed page by page (``listing``); the client keeps a name and a size per file.
     Partitions are named by index, so the fingerprint covers the partition size as well
     as the listing: a resume cut differently would skip or repeat files."""
     images = Store(StoreConfig(url.rstrip("/"), storage_options))
     root = images.path("")
-    try:
-        found = images.fs.find(root, detail=True)
-    except FileNotFoundError:
-        found = {}
-    if root in found or root.rstrip("/") in found:
+    if images.fs.isfile(root):
         raise BatchmlError(f"--images {url} is a file: it takes a folder or prefix of images; put the file "
                            "in a folder of its own and pass the folder")
-    entries = {p.removeprefix(root + "/"): info for p, info in found.items()}
-    files = sorted((p, info.get("size")) for p, info in entries.items()
-                   if info.get("type", "file") == "file" and p.lower().endswith(IMAGE_SUFFIXES))
+    files, skipped = image_files(iter_listing(images.fs, root))
     if not files:
         raise BatchmlError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {url}: check the prefix (or pass --dataset)")
     names = check_utf8([p for p, _ in files], url)
-    listing = "\n".join(f"{p} {s}" for p, s in files)
-    fingerprint = hashlib.sha256(f"partition_size {partition_size}\n{listing}".encode()).hexdigest()
-    return InputPlan(url, fingerprint, None, cut(names, partition_size), images.config, partition_size,
-                     dict(files), _skipped(entries))
+    digest = hashlib.sha256(f"partition_size {partition_size}\n".encode())
+    for i, (p, s) in enumerate(files):
+        digest.update(f"{chr(10) if i else ''}{p} {s}".encode())
+    return InputPlan(url, digest.hexdigest(), None, cut(names, partition_size), images.config, partition_size,
+                     dict(files), skipped)
 
 
-def _skipped(entries: dict[str, dict]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for name, info in sorted(entries.items()):
-        if info.get("type", "file") != "file":
-            out.setdefault("not a regular file (a FIFO, socket or device): never opened", []).append(name)
-        elif not name.lower().endswith(IMAGE_SUFFIXES):
-            out.setdefault(f"not an image file ({'/'.join(IMAGE_SUFFIXES)})", []).append(name)
-    return out
+def image_files(listed: Iterable[Listed]) -> tuple[list[tuple[str, int | None]], dict[str, list[str]]]:
+    """(the image files of a listing as (name, size), sorted by name; the rest by why it is skipped)."""
+    files, skipped = [], {}
+    for entry in listed:
+        if entry.kind != "file":
+            skipped.setdefault("not a regular file (a FIFO, socket or device): never opened", []).append(entry.name)
+        elif not entry.name.lower().endswith(IMAGE_SUFFIXES):
+            skipped.setdefault(f"not an image file ({'/'.join(IMAGE_SUFFIXES)})", []).append(entry.name)
+        else:
+            files.append((entry.name, entry.size))
+    files.sort()
+    return files, {why: sorted(names) for why, names in skipped.items()}
 
 
 def skipped_notices(plan: InputPlan) -> list[str]:
@@ -148,13 +151,13 @@ def read_files(images: StoreConfig, files: tuple[str, ...], classes: tuple[str, 
     """A partition table from raw files; a parent folder named like a class gives the label.
     A file that cannot be read even after retries fails the partition (see ``READ_ATTEMPTS``)."""
     store = Store(images)
-    blobs = _read_with_retries(store, [store.path(f) for f in files])
+    blobs = read_with_retries(store, [store.path(f) for f in files])
     labels = [classes.index(parts[-2]) if len(parts := f.split("/")) > 1 and parts[-2] in classes else None
               for f in files]
     return datasets.partition_table(list(files), [blobs[store.path(f)] for f in files], labels)
 
 
-def _read_with_retries(store: Store, paths: list[str]) -> dict[str, bytes]:
+def read_with_retries(store: Store, paths: list[str]) -> dict[str, bytes]:
     """Every path's bytes; raises BatchmlError when one is gone or still unreadable."""
     got: dict[str, bytes] = {}
     failed: dict[str, BaseException] = dict.fromkeys(paths, OSError("not read yet"))
@@ -181,9 +184,10 @@ def _read_with_retries(store: Store, paths: list[str]) -> dict[str, bytes]:
 
 
 def _cat(store: Store, paths: list[str]) -> dict[str, bytes | BaseException]:
-    """One concurrent read of many files: each path's bytes or the exception that stopped it.
-    (``cat_ranges``, not ``cat``: ``cat`` would take a name holding ``[`` or ``*`` for a glob.)"""
+    """One concurrent read of many files: each path's bytes or the exception that stopped it,
+    with as many requests in flight as the store's latency needs (``fetch``). (``cat_file`` per
+    path, never ``cat``: ``cat`` would take a name holding ``[`` or ``*`` for a glob.)"""
     try:
-        return dict(zip(paths, store.fs.cat_ranges(paths, None, None, on_error="return"), strict=True))
+        return fetch_many(store.fs, paths)
     except Exception as exc:  # a failed call is retried like a failed file
         return dict.fromkeys(paths, exc)

@@ -136,6 +136,21 @@ def check_classes(classes: list[str]) -> list[str]:
     return classes
 
 
+def split_files(names: list[str], split: str, classes: list[str] | None,
+                where: str) -> tuple[list[tuple[str, tuple[str, ...]]], list[str]]:
+    """The image files of ``names`` (relative, '/'-separated) in ``split``, each with its path within the
+    split (``(class, file)`` or ``(file,)``), and the class names: as for a local folder of class folders."""
+    names = check_utf8([n for n in names if _is_image(n)], where)
+    rel = _within_split([tuple(n.split("/")) for n in names], split, where)
+    chosen = [(n, r) for n, r in zip(names, rel, strict=True) if r is not None]
+    return chosen, _classes_of([r for _, r in chosen], classes, f"{where} (split {split})")
+
+
+def image_record(parts: tuple[str, ...], split: str, data: bytes, classes: list[str]) -> SourceImage:
+    """A source image from its path within the split: labelled by its class folder, if it has one."""
+    return _record(parts, split, data, classes)
+
+
 def _record(parts: tuple[str, ...], split: str, data: bytes, classes: list[str]) -> SourceImage:
     label = classes.index(parts[0]) if len(parts) == 2 else None
     return SourceImage(image_id="/".join((split, *parts)), data=data, label=label)

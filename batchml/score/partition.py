@@ -4,6 +4,7 @@ partition is done). What a task needs travels in a small ``RunSpec``; the model 
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -24,6 +25,7 @@ from batchml.errors import BatchmlError
 from batchml.records import HASHES_SCHEMA, ScoredPartition
 from batchml.registry import ModelVersion, load_model
 from batchml.score import failures
+from batchml.score.prefetch import Prefetcher
 from batchml.score.segments import Segmenting, groups
 from batchml.stats import BiasCorrection, PartitionStats
 from batchml.store import Store, StoreConfig
@@ -92,17 +94,30 @@ def worker_scorer(spec: RunSpec) -> tuple[object, bool]:
         return _SCORERS[key]
 
 
-def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None = None) -> ScoredPartition:
+def warm_model(spec: RunSpec) -> None:
+    """Load the run's model (and novelty scorer) into this worker's cache, ahead of its first partition."""
+    worker_scorer(spec)
+
+
+Then = tuple[str, tuple[str, ...] | None]  # the partition (and its files) a worker is likely to score next
+
+
+def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None = None,
+                    then: Then | None = None) -> ScoredPartition:
     """Score one input partition (a dataset's, or ``files`` of a prefix); writes predictions,
-    failure cases, error rows and hashes, then its statistics.
+    failure cases, error rows and hashes, then its statistics. ``then``: read it ahead, in the
+    background, once this partition's input is in memory (``prefetch``).
 
     Only inference holds the device lock: with two task threads per worker, one partition
     is read, decoded and written while the model runs on another.
     """
     store = Store(spec.store)
     timer = _Timer()
-    table = (inputs.read_files(spec.images, files, spec.classes) if files is not None
-             else inputs.read_partition(store, spec.dataset, partition))
+    table = _PREFETCHED.take(_input_key(spec, partition, files))
+    if table is None:
+        table = _read_input(spec, partition, files)
+    if then is not None:
+        _PREFETCHED.start(_input_key(spec, *then), functools.partial(_read_input, spec, *then))
     if table.num_rows == 0:
         raise BatchmlError(
             f"partition {partition} of dataset {spec.dataset!r} is empty: "
@@ -151,6 +166,19 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
     })
     store.write_json(layout.run_stats(spec.run_id, partition), record.to_dict())  # last: the partition is done
     return record
+
+
+_PREFETCHED = Prefetcher()
+
+
+def _input_key(spec: RunSpec, partition: str, files: tuple[str, ...] | None) -> tuple:
+    where = spec.images.cache_key() if spec.images else spec.store.cache_key()
+    return where, spec.dataset, partition, hash(files)
+
+
+def _read_input(spec: RunSpec, partition: str, files: tuple[str, ...] | None) -> pa.Table:
+    return (inputs.read_files(spec.images, files, spec.classes) if files is not None
+            else inputs.read_partition(Store(spec.store), spec.dataset, partition))
 
 
 def _predict(model, with_novelty: bool, pixels: np.ndarray, spec: RunSpec) -> tuple:

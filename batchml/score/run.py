@@ -31,10 +31,10 @@ from batchml.integrity import read_json, read_stats
 from batchml.progress import Progress
 from batchml.records import SCORING_NEEDS, RunManifest, RunStart
 from batchml.registry import DEFAULT_ALIAS, ModelVersion, load_model, read_card, resolve
-from batchml.score.partition import RunSpec, score_partition
+from batchml.score.partition import RunSpec, score_partition, warm_model
 from batchml.score.segments import segmenting
 from batchml.stats import BiasCorrection
-from batchml.store import Store
+from batchml.store import Store, options_for
 from batchml.train.novelty import read_novelty
 
 
@@ -64,10 +64,11 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
     those partitions scored again (the same names: no row is duplicated)."""
     check_config(cfg)
     run_id = cfg.run_id or f"{cfg.dataset or 'images'}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    plan = (inputs.plan_prefix(cfg.images, _options_for(cfg.images, store), cfg.partition_size) if cfg.images
+    warming = _warm_workers(client, store, cfg)  # the workers load the model while the client lists
+    plan = (inputs.plan_prefix(cfg.images, options_for(cfg.images, store), cfg.partition_size) if cfg.images
             else inputs.plan_dataset(store, cfg.dataset))
     _notice(*inputs.skipped_notices(plan))
-    run = _start_run(store, cfg, run_id, plan, verbose)
+    run = _start_run(store, cfg, run_id, plan, verbose, warming)
     partitions = _check_input(store, cfg, run, plan, verbose)
     names = list(partitions)
     done = set(store.list(layout.run_path(run_id, "stats"), ".json"))
@@ -154,13 +155,35 @@ def check_config(cfg: ScoreConfig) -> ScoreConfig:
     return cfg
 
 
-def _options_for(url: str, store: Store) -> dict:
-    """A prefix on the store's kind of storage shares its options (endpoint, keys)."""
-    same = url.split("://")[0] == store.config.root.split("://")[0] if "://" in url else store.is_local
-    return store.config.storage_options if same else {}
+def _warm_workers(client, store: Store, cfg: ScoreConfig) -> tuple[ModelVersion, list] | None:
+    """Each worker loads the model asked for, in the background: it is needed there anyway, and
+    the load then overlaps the client's listing and checks instead of delaying the first partition.
+    (A run that pins another version loads that one in its first task.)"""
+    try:
+        mv = resolve(store, cfg.model)
+        card = read_card(store, mv, SCORING_NEEDS)
+    except BatchmlError:
+        return None  # named by the checks further on
+    novelty = card.novelty if cfg.diagnostics else None
+    spec = RunSpec(store.config, "warm", "", mv, tuple(card.classes), Preprocessing(), 1.0, None, novelty=novelty)
+    workers = list(client.scheduler_info()["workers"])
+    return mv, [client.submit(warm_model, spec, workers=[w], allow_other_workers=False, pure=False,
+                              key=f"warm-{mv}-{uuid.uuid4().hex[:8]}") for w in workers]
 
 
-def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPlan, verbose: bool) -> RunStart:
+def _check_warmed(mv: ModelVersion, futures: list) -> None:
+    """The model loaded on a worker, or the error that says why it cannot be scored with."""
+    for future in futures[:1]:
+        try:
+            future.result()
+        except BatchmlError:
+            raise
+        except Exception as exc:
+            raise _not_loadable(mv, exc) from None
+
+
+def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPlan, verbose: bool,
+               warming: tuple[ModelVersion, list] | None = None) -> RunStart:
     """Create run.json (create-exclusive: of two jobs starting one id, one writes it and the other
     checks against it), or check that an existing run is rerun with its dataset, cut and model."""
     rel = layout.run_path(run_id, layout.RUN_SPEC)
@@ -169,7 +192,10 @@ def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPl
         # before run.json ties the id to this model: its card must be whole, its classes the input's,
         # and the model loadable (a Lambda layer, refused by safe mode, would fail every partition)
         _check_classes(plan, read_card(store, mv, SCORING_NEEDS).classes, mv)
-        _check_loadable(store, mv)
+        if warming and warming[0] == mv and warming[1]:
+            _check_warmed(mv, warming[1])
+        else:
+            _check_loadable(store, mv)
         run = RunStart.written({
             "run_id": run_id,
             "dataset": plan.name,
@@ -218,11 +244,14 @@ def _check_loadable(store: Store, mv: ModelVersion) -> None:
     except BatchmlError:
         raise
     except Exception as exc:
-        raise BatchmlError(
-            f"model {mv} cannot be loaded for scoring ({type(exc).__name__}: {str(exc)[:300]}). Keras safe "
-            "mode refuses Lambda layers and unregistered custom objects: retrain the model without them "
-            "(or register their classes), then score. Nothing was written."
-        ) from None
+        raise _not_loadable(mv, exc) from None
+
+
+def _not_loadable(mv: ModelVersion, exc: BaseException) -> BatchmlError:
+    return BatchmlError(
+        f"model {mv} cannot be loaded for scoring ({type(exc).__name__}: {str(exc)[:300]}). Keras safe "
+        "mode refuses Lambda layers and unregistered custom objects: retrain the model without them "
+        "(or register their classes), then score. Nothing was written.")
 
 
 def _check_input(store: Store, cfg: ScoreConfig, run: RunStart, plan: inputs.InputPlan, verbose: bool) -> dict:
@@ -306,9 +335,13 @@ def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int,
         return
     attempt = uuid.uuid4().hex[:8]  # task keys must not collide with a previous attempt's
     resources = gpu_resources(client, SCORE_GPU_SHARE)
-    futures = [client.submit(score_partition, spec, name, files, key=f"score-{spec.run_id}-{name}-{attempt}",
-                             resources=resources)
-               for name, files in todo.items()]
+    items = list(todo.items())
+    # Dask hands queued tasks out in submission order: when a task ends, its worker is given the
+    # one as many tasks further on as the cluster runs at once. That one is read ahead.
+    ahead = max(1, sum(client.nthreads().values()))
+    futures = [client.submit(score_partition, spec, name, files, items[i + ahead] if i + ahead < len(items) else None,
+                             key=f"score-{spec.run_id}-{name}-{attempt}", resources=resources)
+               for i, (name, files) in enumerate(items)]
     rows = 0
     try:
         for future in as_completed(futures):

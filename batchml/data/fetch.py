@@ -1,0 +1,144 @@
+"""Many small objects read at once, on any fsspec filesystem: enough requests in flight to
+cover the store's latency, and no more than a memory bound allows.
+
+On object storage one GET of a small JPEG takes 10 to 50 ms, whatever its size: a worker
+that should read 4,000 images/s at 20 ms needs about 80 requests in flight all the time.
+How many is derived from what is observed (``InFlight``): the typical time of one request
+and the typical size of an object, per filesystem and process, so a worker learns its
+store's latency from its first partition and keeps it for the next.
+
+Async filesystems (s3fs, gcsfs, http) get coroutines on their own event loop; the others
+(a local disk, sftp...) a thread pool. Each path's bytes come back, or the exception that
+stopped it: retrying, and which errors are transient, is the caller's (``inputs``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from fsspec.asyn import AsyncFileSystem, sync
+
+# the knobs, per worker process
+MIN_IN_FLIGHT = 8  # requests in flight even where a request is instant (a local disk)
+MAX_IN_FLIGHT = 256  # and at most: also the size of s3fs's connection pool (store.S3_DEFAULTS)
+TARGET_REQUESTS_PER_S = 5_000  # what one worker should be able to read: above what it decodes and predicts
+MEMORY_BOUND_BYTES = 256 << 20  # object bytes being received at once (large objects get fewer requests)
+FIRST_LATENCY_S = 0.02  # the latency assumed before the first request has answered
+FIRST_SIZE_BYTES = 64 << 10  # and the object size
+_SMOOTHING = 0.1  # weight of each new observation in the moving averages
+
+
+@dataclass
+class InFlight:
+    """How many requests to keep in flight on one filesystem: the latency and object size
+    seen so far (moving averages), and the most that were in flight (for benchmarks)."""
+
+    latency_s: float = FIRST_LATENCY_S
+    size_bytes: float = FIRST_SIZE_BYTES
+    peak: int = 0
+    seen: int = 0  # requests observed
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def limit(self, remaining: int) -> int:
+        """Requests to have in flight for ``remaining`` objects: Little's law (rate x latency),
+        within ``MIN_IN_FLIGHT``..``MAX_IN_FLIGHT`` and the memory bound."""
+        wanted = math.ceil(TARGET_REQUESTS_PER_S * self.latency_s)
+        by_memory = max(1, int(MEMORY_BOUND_BYTES // max(self.size_bytes, 1)))
+        return max(1, min(remaining, by_memory, MAX_IN_FLIGHT, max(MIN_IN_FLIGHT, wanted)))
+
+    def observe(self, seconds: float, size: int) -> None:
+        with self._lock:
+            self.seen += 1
+            weight = max(_SMOOTHING, 1 / self.seen)  # the plain mean until it has seen enough, then moving
+            self.latency_s += weight * (seconds - self.latency_s)
+            self.size_bytes += weight * (size - self.size_bytes)
+
+
+_OBSERVED: dict[int, InFlight] = {}  # id(filesystem) -> what was seen on it in this process
+_OBSERVED_LOCK = threading.Lock()
+
+
+def observed(fs) -> InFlight:
+    """The ``InFlight`` of a filesystem instance (fsspec caches instances, so one per store)."""
+    with _OBSERVED_LOCK:
+        return _OBSERVED.setdefault(id(fs), InFlight())
+
+
+def fetch_many(fs, paths: list[str], in_flight: InFlight | None = None) -> dict[str, bytes | BaseException]:
+    """Each path's bytes, or the exception that stopped it, read with ``in_flight.limit``
+    requests at once (the filesystem's own ``observed`` by default)."""
+    if not paths:
+        return {}
+    in_flight = in_flight or observed(fs)
+    if isinstance(fs, AsyncFileSystem) and getattr(fs, "async_impl", False):
+        got = sync(fs.loop, _gather, fs, paths, in_flight)
+    else:
+        got = _threaded(fs, paths, in_flight)
+    return dict(zip(paths, got, strict=True))
+
+
+async def _gather(fs, paths: list[str], in_flight: InFlight) -> list:
+    """A pool of reader coroutines that grows as latency is learnt: each takes the next path
+    until none is left, and starts another reader while fewer run than ``limit`` wants."""
+    out: list = [None] * len(paths)
+    # s3fs asks for an object's size (a HEAD: another round trip) before each GET, to split large
+    # objects into ranges; small ones are read whole in one GET
+    options = {"max_concurrency": 1} if "max_concurrency" in inspect.signature(fs._cat_file).parameters else {}
+    queue = iter(range(len(paths)))
+    running = 0
+    readers: list[asyncio.Task] = []
+
+    async def reader() -> None:
+        nonlocal running
+        for i in queue:
+            out[i] = await _timed(fs._cat_file(paths[i], **options), in_flight)
+            remaining = len(paths) - i - 1
+            while running < in_flight.limit(remaining):
+                running += 1
+                in_flight.peak = max(in_flight.peak, running)
+                readers.append(asyncio.ensure_future(reader()))
+        running -= 1
+
+    running = min(len(paths), in_flight.limit(len(paths)))
+    in_flight.peak = max(in_flight.peak, running)
+    readers.extend(asyncio.ensure_future(reader()) for _ in range(running))
+    while readers:  # readers spawned while we wait are awaited too
+        await readers.pop()
+    return out
+
+
+async def _timed(call, in_flight: InFlight):
+    started = time.perf_counter()
+    try:
+        data = await call
+    except Exception as exc:
+        return exc
+    in_flight.observe(time.perf_counter() - started, len(data))
+    return data
+
+
+def _threaded(fs, paths: list[str], in_flight: InFlight) -> list:
+    def one(path: str):
+        return _call_timed(lambda: fs.cat_file(path), in_flight)
+
+    workers = in_flight.limit(len(paths))
+    in_flight.peak = max(in_flight.peak, workers)
+    with ThreadPoolExecutor(workers, thread_name_prefix="batchml-fetch") as pool:
+        return list(pool.map(one, paths))
+
+
+def _call_timed(call: Callable[[], bytes], in_flight: InFlight):
+    started = time.perf_counter()
+    try:
+        data = call()
+    except Exception as exc:
+        return exc
+    in_flight.observe(time.perf_counter() - started, len(data))
+    return data
