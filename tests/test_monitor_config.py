@@ -27,6 +27,9 @@ def test_thresholds_read_from_a_toml_file(tmp_path):
     ("accuracy_drop = true\n", "accuracy_drop must be a number"),
     ("accuracy_drop = -0.1\n", "must not be negative"),
     ("accuracy_drop = \n", "not a readable TOML file"),
+    ("shift_p_value = nan\n", "shift_p_value must be a finite number"),  # NaN compares false: no alert ever
+    ("history_nights = inf\n", "history_nights must be a finite number"),
+    ("shift_p_value = 5.0\n", "shift_p_value is a probability: between 0 and 1"),
 ])
 def test_a_bad_thresholds_file_is_refused_naming_it_and_the_key(tmp_path, text, problem):
     path = tmp_path / "bad.toml"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -57,10 +58,14 @@ class MonitorConfig:
         values = {}
         for key, value in data.items():
             want = int if known[key].type in ("int", int) else float
+            if isinstance(value, float) and not math.isfinite(value):  # NaN compares false: its rule never fires
+                raise BatchmlError(f"--config {path}: {key} must be a finite number, not {value}")
             if isinstance(value, bool) or not isinstance(value, int | float) or (want is int and value != int(value)):
                 raise BatchmlError(f"--config {path}: {key} must be a{'n integer' if want is int else ' number'}, "
                                    f"not {value!r}")
             if value < 0:
                 raise BatchmlError(f"--config {path}: {key} must not be negative ({value})")
+            if key.endswith("_p_value") and value > 1:
+                raise BatchmlError(f"--config {path}: {key} is a probability: between 0 and 1, not {value}")
             values[key] = want(value)
         return replace(cls(), **values)
