@@ -8,10 +8,13 @@ records) skips a damaged one with a ``DamagedFileWarning`` naming it; a reader t
 
 from __future__ import annotations
 
+import io
 import warnings
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from batchml import layout
 from batchml.errors import BatchmlError
@@ -55,6 +58,15 @@ def read_json(store: Store, rel: str) -> Any:
         return _strict_json(data)
     except ValueError as exc:
         raise DamagedFileError(store.url(rel), f"not JSON: {exc}") from None
+
+
+def read_parquet(store: Store, rel: str) -> pa.Table:
+    """A Parquet file's table, or ``DamagedFileError`` where it is torn or not Parquet."""
+    data = store.read_bytes(rel)
+    try:
+        return pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as exc:  # pyarrow raises several kinds for a torn file
+        raise DamagedFileError(store.url(rel), f"not readable as Parquet ({type(exc).__name__}: {exc})") from None
 
 
 def _strict_json(data: bytes) -> Any:

@@ -123,3 +123,15 @@ def test_a_damaged_manifest_is_named_and_left_for_the_repair(night):
     assert found.path.endswith("manifest.json") and "commits the run again" in found.fix
     with pytest.raises(BatchmlError):
         fold_run(night, "night-1")
+
+
+@pytest.mark.parametrize("kind", ["hashes", "failures"])
+def test_a_torn_hashes_or_failures_file_is_named_with_the_repair_not_a_traceback(night, kind):
+    rel = (layout.run_hashes if kind == "hashes" else lambda r, p: layout.run_output(r, kind, p))(
+        "night-1", "part-00000.parquet")
+    night.write_bytes(rel, b"PAR1 torn")
+    with pytest.raises(DamagedFileError, match=rf"{rel} is damaged \(not readable as Parquet.*doctor --repair"):
+        monitor_run(night, "night-1")
+    (found,) = check_store(night).findings
+    assert (found.path, found.action, found.run_id) == (rel, RESCORE, "night-1")
+

@@ -13,6 +13,7 @@ import pandas as pd
 
 from batchml import layout
 from batchml.data.health import hamming
+from batchml.integrity import read_parquet
 from batchml.records import RunManifest
 from batchml.store import Store
 
@@ -24,7 +25,7 @@ CHUNK = 512  # rows compared at once
 def read_hashes(store: Store, run: RunManifest) -> pd.DataFrame:
     """A committed run's hashes (image_id, content_hash, perceptual_hash, predicted, segment), in
     partition order; empty for runs scored before hashes were kept."""
-    parts = [store.read_parquet(path).to_pandas() for p in run.partitions
+    parts = [read_parquet(store, path).to_pandas() for p in run.partitions
              if store.exists(path := layout.run_hashes(run.run_id, p["partition"]))]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["image_id", "content_hash", "perceptual_hash", "predicted", "segment"])

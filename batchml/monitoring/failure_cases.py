@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchml import layout
+from batchml.integrity import read_parquet
 from batchml.records import FAILURE_SCHEMA as SCHEMA
 from batchml.records import FAILURES_KEPT as KEEP
 from batchml.store import Store
@@ -16,7 +17,7 @@ from batchml.store import Store
 def snapshot(store: Store, run_id: str, partitions: list[str], classes: list[str]) -> pa.Table:
     """Merge a run's per-partition candidates into its snapshot (the top ``KEEP`` of each kind)."""
     done = set(store.list(layout.run_path(run_id, "failures"), ".parquet"))
-    parts = [store.read_parquet(layout.run_output(run_id, "failures", p)) for p in partitions if p in done]
+    parts = [read_parquet(store, layout.run_output(run_id, "failures", p)) for p in partitions if p in done]
     df = pa.concat_tables(parts).to_pandas() if parts else SCHEMA.empty_table().to_pandas()
     wrong = df[df.kind == "misclassified"].sort_values("confidence", ascending=False).head(KEEP)
     unsure = df[df.kind == "uncertain"].sort_values("confidence").head(KEEP)
