@@ -122,3 +122,20 @@ def test_a_fifo_among_the_images_does_not_hang_the_run(client, tiny_store, tmp_p
               verbose=False)
     assert m.rows == 4
     assert "circle/pipe.png" in capsys.readouterr().err  # said even when quiet
+
+
+def test_a_repair_or_an_append_keeps_the_segmenting_the_run_was_scored_with(client, tiny_store, tmp_path):
+    folder = prefix(tmp_path, 9)
+    cfg = ScoreConfig(None, MODEL, "night", images=str(folder), partition_size=3, segment_from_path="{site}/*")
+    score(client, tiny_store, cfg, verbose=False)
+    monitor_run(tiny_store, "night")
+    tiny_store.delete(layout.run_stats("night", "part-00001.parquet"))
+    assert repair(tiny_store, check_store(tiny_store), lambda: contextlib.nullcontext(client), verbose=False) == []
+    (folder / "circle" / "late.png").write_bytes(make_image(0, 99))
+    plain = ScoreConfig(None, MODEL, "night", images=str(folder), partition_size=3, append=True)  # as the error says
+    score(client, tiny_store, plain, verbose=False)
+    for partition in ("part-00001.parquet", "part-00003.parquet"):
+        stats = tiny_store.read_json(layout.run_stats("night", partition))
+        assert stats["segment_by"] == "site" and stats["stats"]["segments"], partition
+    with pytest.raises(BatchmlError, match=r"segments by --segment-from-path '\{site\}/\*'"):
+        score(client, tiny_store, ScoreConfig(**{**cfg.__dict__, "segment_from_path": "{cam}/*"}), verbose=False)

@@ -78,7 +78,9 @@ def test_an_old_run_start_reads_and_is_written_back_with_its_version(store):
     store.write_json(layout.run_path("night-1", layout.RUN_SPEC), OLD_START)
     run = RunStart.read(store, "night-1")
     assert (run.model_version, run.partition_size, run.schema_version) == ("cifar10/v2", None, 0)
-    assert RunStart.written(run.to_dict()).to_dict() == {**OLD_START, "partition_size": None, "schema_version": 1}
+    assert RunStart.written(run.to_dict()).to_dict() == {**OLD_START, "partition_size": None, "schema_version": 1,
+                                                         "segment_by": None, "segment_from_path": None,
+                                                         "raw_orientation": None}
 
 
 def test_an_old_scored_partition_reads_without_its_batch_size_and_device(store):

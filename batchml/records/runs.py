@@ -42,6 +42,11 @@ class RunStart(_Record):
     model_version: str  # NAME/vN (``batchml.layout.ModelVersion.parse``)
     model_ref: str  # as asked: a version or an alias
     created_at: str  # UTC, ISO 8601
+    # how its rows are segmented and read: a resume, an append or a repair scores the same way
+    # (None: a run started before they were pinned)
+    segment_by: str | None = None
+    segment_from_path: str | None = None
+    raw_orientation: bool | None = None
     schema_version: int = _Record.SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
 

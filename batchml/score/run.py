@@ -20,7 +20,7 @@ import json
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from batchml import layout
@@ -69,6 +69,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
             else inputs.plan_dataset(store, cfg.dataset))
     _notice(*inputs.skipped_notices(plan))
     run = _start_run(store, cfg, run_id, plan, verbose, warming)
+    cfg = _as_pinned(cfg, run)
     partitions = _check_input(store, cfg, run, plan, verbose)
     names = list(partitions)
     done = set(store.list(layout.run_path(run_id, "stats"), ".json"))
@@ -205,6 +206,9 @@ def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPl
             "model_version": str(mv),
             "model_ref": cfg.model,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "segment_by": cfg.segment_by,
+            "segment_from_path": cfg.segment_from_path,
+            "raw_orientation": cfg.raw_orientation,
             # a prefix's partitions, each file with its size: a rerun names what changed, --append adds to it
             **({_INPUTS: {n: [[f, plan.sizes[f]] for f in files] for n, files in plan.partitions.items()}}
                if plan.images else {}),
@@ -226,6 +230,24 @@ def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPl
         _say(verbose, f"score: run {run_id} keeps {run.model_version}, the model it started with "
              f"({cfg.model!r} is now {mv})")
     return run
+
+
+def _as_pinned(cfg: ScoreConfig, run: RunStart) -> ScoreConfig:
+    """``cfg`` with the segmenting and orientation the run pinned: a rerun that leaves them out (a
+    resume, ``--append``, ``doctor --repair``) scores the same way, one that asks otherwise is refused
+    (its partitions would not fold with the run's)."""
+    if run.raw_orientation is None:  # started before they were pinned
+        return cfg
+    pinned = {"segment_by": run.segment_by, "segment_from_path": run.segment_from_path}
+    asked = {k: getattr(cfg, k) for k in pinned if getattr(cfg, k)}
+    if asked and asked != {k: v for k, v in pinned.items() if v}:
+        was = " ".join(f"--{k.replace('_', '-')} {v!r}" for k, v in pinned.items() if v) or "none (no --segment-by)"
+        raise BatchmlError(f"run {run.run_id!r} segments by {was}: rerun it so (or leave the option out), "
+                           "or score with the new segmenting under a new --run-id")
+    if cfg.raw_orientation and not run.raw_orientation:
+        raise BatchmlError(f"run {run.run_id!r} applies EXIF orientation: rerun it without --raw-orientation, "
+                           "or score the raw pixels under a new --run-id")
+    return replace(cfg, **pinned, raw_orientation=run.raw_orientation)
 
 
 _INPUTS = "inputs"  # run.json and append records: partition -> [[file, size], ...] of a prefix
