@@ -95,6 +95,7 @@ def _check_run(store: Store, run_id: str, out: Checkup) -> None:
         n.removesuffix(".json") + ".parquet" for n in store.list(layout.run_path(run_id, "stats"), ".json")]
     for partition in partitions:
         _check_partition(store, run_id, partition, committed, out)
+    _check_label_batches(store, run_id, out)
 
 
 def _manifest(store: Store, run_id: str, out: Checkup) -> RunManifest | None:
@@ -145,6 +146,25 @@ def _check_partition(store: Store, run_id: str, partition: str, committed: bool,
                       (layout.run_hashes(run_id, partition), "its duplicates (and later nights')")):
         if store.exists(rel) and (problem := _parquet_problem(store, rel, None)):
             out.findings.append(Finding(rel, problem, f"run {run_id}: {what}", fix, action, run_id, (stats_rel,)))
+
+
+def _check_label_batches(store: Store, run_id: str, out: Checkup) -> None:
+    from batchml.labels.batches import BATCH_FIX, read_batch
+
+    folder = layout.run_labels(run_id)
+    for name in store.list(folder, ".json"):
+        if not layout.LABEL_COMMIT.match(name):
+            continue
+        rel, needed = f"{folder}/{name}", f"run {run_id}: its late labels (monitoring it, `batchml labels add`)"
+        out.checked += 1
+        try:
+            batch = read_batch(store, rel)
+        except DamagedFileError as exc:
+            out.findings.append(Finding(rel, exc.problem, needed, BATCH_FIX, run_id=run_id))
+            continue
+        rows = layout.label_rows(run_id, batch.batch_id)
+        if problem := _parquet_problem(store, rows, None):
+            out.findings.append(Finding(rows, problem, needed, BATCH_FIX, run_id=run_id))
 
 
 def _parquet_problem(store: Store, rel: str, rows: int | None) -> str:

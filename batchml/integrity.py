@@ -60,13 +60,14 @@ def read_json(store: Store, rel: str) -> Any:
         raise DamagedFileError(store.url(rel), f"not JSON: {exc}") from None
 
 
-def read_parquet(store: Store, rel: str) -> pa.Table:
-    """A Parquet file's table, or ``DamagedFileError`` where it is torn or not Parquet."""
+def read_parquet(store: Store, rel: str, columns: list[str] | None = None, fix: str = REPAIR) -> pa.Table:
+    """A Parquet file's table (``columns`` of it), or ``DamagedFileError`` where it is torn or not Parquet."""
     data = store.read_bytes(rel)
     try:
-        return pq.read_table(io.BytesIO(data))
+        return pq.read_table(io.BytesIO(data), columns=columns)
     except (pa.ArrowException, OSError) as exc:  # pyarrow raises several kinds for a torn file
-        raise DamagedFileError(store.url(rel), f"not readable as Parquet ({type(exc).__name__}: {exc})") from None
+        raise DamagedFileError(store.url(rel), f"not readable as Parquet ({type(exc).__name__}: {exc})",
+                               fix) from None
 
 
 def _strict_json(data: bytes) -> Any:

@@ -8,6 +8,7 @@ The same on a real Dask run: ``test_labels_scored.py``.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -405,3 +406,20 @@ def test_a_torn_batch_record_is_named_with_its_repair(store, tmp_path, night):
     store.write_bytes(layout.label_commit("late", 0), b'{"batch_id": "ab", "del')
     with pytest.raises(DamagedFileError, match=r"commit-00000.json is damaged .*add that batch's labels file again"):
         fold_run(store, "late")
+
+
+def test_a_torn_batch_rows_file_is_named_by_labels_add_and_by_doctor(store, tmp_path, night):
+    from batchml.doctor import check_store
+    from batchml.integrity import DamagedFileError
+
+    path = labels_file(tmp_path, ids_of(night["chosen"]), night["truth"][night["chosen"]].tolist())
+    [added] = add_labels(store, path, ["late"])
+    rows = layout.label_rows("late", added.batch.batch_id)
+    store.write_bytes(rows, store.read_bytes(rows)[:100])
+    with pytest.raises(DamagedFileError, match=rf"{added.batch.batch_id}.parquet is damaged .*labels file again"):
+        add_labels(store, path, ["late"])  # was a pyarrow traceback
+    store.write_bytes(layout.label_commit("late", 0), b'{"batch_id": "ab", "del')
+    labels_found = lambda: {f.path for f in check_store(store).findings if "/labels/" in f.path}  # noqa: E731
+    assert labels_found() == {layout.label_commit("late", 0)}
+    store.write_bytes(layout.label_commit("late", 0), json.dumps(added.batch.to_dict()).encode())
+    assert labels_found() == {rows}

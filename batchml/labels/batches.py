@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from batchml import layout
 from batchml.errors import BatchmlError
-from batchml.integrity import DamagedFileError, read_json
+from batchml.integrity import DamagedFileError, read_json, read_parquet
 from batchml.labels.file import SHOWN, LabelsError, read_labels
 from batchml.labels.join import delta, delta_dict, delta_stats, match_partition
 from batchml.records import LABEL_SCHEMA, SAMPLINGS, LabelBatch, RunManifest
@@ -164,19 +164,23 @@ def _conflict_problem(run_id: str, conflicts: pa.Table, classes: list[str]) -> s
 def committed(store: Store, run_id: str) -> list[LabelBatch]:
     """The run's committed batches, in commit order; a torn record is a ``DamagedFileError`` naming it."""
     names = [n for n in store.list(layout.run_labels(run_id), ".json") if layout.LABEL_COMMIT.match(n)]
-    return [_read_batch(store, f"{layout.run_labels(run_id)}/{n}") for n in names]
+    return [read_batch(store, f"{layout.run_labels(run_id)}/{n}") for n in names]
 
 
-def _read_batch(store: Store, rel: str) -> LabelBatch:
-    fix = ("move it away, then add that batch's labels file again (`batchml labels add FILE --run-id RUN`): "
-           "the later batches were checked against it, so add theirs again too")
+# a torn batch record or rows file: its labels file is the only copy of what it held
+BATCH_FIX = ("move it away, then add that batch's labels file again (`batchml labels add FILE --run-id RUN`): "
+             "the later batches were checked against it, so add theirs again too")
+
+
+def read_batch(store: Store, rel: str) -> LabelBatch:
+    """A batch record (``commit-N.json``), or ``DamagedFileError`` naming it and its repair."""
     try:
         data = read_json(store, rel)
     except DamagedFileError as exc:
-        raise DamagedFileError(exc.url, exc.problem, fix) from None
+        raise DamagedFileError(exc.url, exc.problem, BATCH_FIX) from None
     batch = LabelBatch.from_dict(data) if isinstance(data, dict) else None
     if batch is None or not isinstance(batch.delta, dict) or not isinstance(batch.batch_id, str):
-        raise DamagedFileError(store.url(rel), "not a label batch record", fix)
+        raise DamagedFileError(store.url(rel), "not a label batch record", BATCH_FIX)
     return batch
 
 
@@ -185,7 +189,7 @@ def known_labels(store: Store, run_id: str, ids: pa.Array | pa.ChunkedArray,
     """image_id -> the label the latest committed batch gave it, for ``ids`` the batches labelled."""
     out: dict[str, int] = {}
     for batch in committed(store, run_id) if batches is None else batches:
-        rows = store.read_parquet(layout.label_rows(run_id, batch.batch_id), columns=["image_id", "label"])
+        rows = read_parquet(store, layout.label_rows(run_id, batch.batch_id), ["image_id", "label"], BATCH_FIX)
         rows = rows.filter(pc.is_in(rows["image_id"], value_set=ids))
         out.update(zip(rows["image_id"].to_pylist(), rows["label"].to_pylist(), strict=True))
     return out
