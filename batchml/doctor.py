@@ -184,7 +184,7 @@ def _parquet_problem(store: Store, rel: str, rows: int | None) -> str:
 
 def _check_monitoring(store: Store, out: Checkup) -> None:
     committed = set(store.list(layout.RUNS))
-    for table in ("runs", "alerts", "failures"):
+    for table in ("runs", "alerts", "failures", "segments"):
         for name in store.list(layout.monitoring_folder(table), ".parquet"):
             rel = layout.monitoring_file(table, name)
             out.checked += 1
@@ -254,8 +254,22 @@ def _check_version(store: Store, mv: layout.ModelVersion, out: Checkup) -> None:
             problem = str(exc).removeprefix(store.url(mv.card_path)).split(": the card")[0].strip()
     if problem:
         out.findings.append(Finding(mv.card_path, problem, f"scoring and monitoring with {mv}; models list", fix))
+    elif problem := _novelty_problem(store, mv, data.get("novelty")):
+        out.findings.append(Finding(mv.novelty_path, problem, f"scoring with {mv} (novel-image scores)",
+                                    f"{fix}; or delete 'novelty' from its card (scored without novelty)"))
     if not store.exists(mv.model_path):
         out.findings.append(Finding(mv.model_path, "missing", f"scoring with {mv}", fix))
+
+
+def _novelty_problem(store: Store, mv: layout.ModelVersion, entry) -> str:
+    """What keeps the card's novelty reference from loading ("" when it loads, or the card has none)."""
+    from batchml.train.novelty import read_novelty
+
+    try:
+        read_novelty(store, mv, entry if isinstance(entry, dict) else None)
+    except BatchmlError as exc:
+        return f"not readable as a novelty reference ({exc.__cause__!r})"
+    return ""
 
 
 def _check_datasets(store: Store, out: Checkup) -> None:

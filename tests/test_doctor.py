@@ -135,3 +135,16 @@ def test_a_torn_hashes_or_failures_file_is_named_with_the_repair_not_a_traceback
     (found,) = check_store(night).findings
     assert (found.path, found.action, found.run_id) == (rel, RESCORE, "night-1")
 
+
+
+def test_doctor_finds_a_torn_segments_table_and_a_torn_novelty_reference(night):
+    from batchml.records import ModelCard
+
+    rel = layout.monitoring_path("segments", "night-1")
+    night.write_bytes(rel, b"PAR1 torn")
+    card = night.read_json(MODEL.card_path)
+    night.write_json(MODEL.card_path, {**card, "novelty": ModelCard.from_dict(card).novelty or {"method": "knn"}})
+    night.write_bytes(MODEL.novelty_path, b"PK torn")
+    found = {f.path: f for f in check_store(night).findings}
+    assert set(found) == {rel, MODEL.novelty_path}
+    assert found[rel].action == "remonitor" and "restore it" in found[MODEL.novelty_path].fix
