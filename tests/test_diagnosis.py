@@ -174,3 +174,14 @@ def test_a_segments_report_holds_its_figures_and_the_alerts_that_name_it():
     assert segment_report(report, "cam-3").alerts == []
     with pytest.raises(BatchmlError, match=r"no segment 'cam-9'.*cam-0, cam-1"):
         segment_report(report, "cam-9")
+
+
+def test_a_segmented_run_whose_segments_are_too_small_to_judge_is_not_said_unsegmented():
+    from batchml.errors import BatchmlError
+    from batchml.monitoring import segment_report
+
+    rng = np.random.default_rng(8)
+    cameras = [_night(rng, 50, segment=f"cam-{i}") for i in range(3)]
+    report = evaluate(RUN, PartitionStats.total(cameras, K), _card(rng), segment_by="camera")
+    with pytest.raises(BatchmlError, match=r"no segment 'cam-1'.*fewer than segment_min_rows rows \(200"):
+        segment_report(report, "cam-1")

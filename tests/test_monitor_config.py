@@ -119,3 +119,11 @@ def test_each_rule_runs_once_per_run(monkeypatch):
     stats = PartitionStats(2, rows=100, predicted_counts=np.array([50, 50]), calibrated_confidence_sum=70.0)
     evaluate(run, stats, card)
     assert sorted(calls) == sorted(set(calls)) and "sustained_shift" in calls
+
+
+def test_an_empty_segment_is_refused_not_read_as_the_whole_run(store, capsys):
+    from tests.ops_fixtures import fake_run
+
+    fake_run(store)
+    assert main(["monitor", "--run-id", "night-1", "--segment", "", "--root", store.config.root]) == 2
+    assert "no segment ''" in capsys.readouterr().err

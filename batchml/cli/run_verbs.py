@@ -58,7 +58,7 @@ def cmd_monitor(args) -> int:
             f"(recorded at {layout.accepted_path(r.run_id)})")
         if not args.run_id:
             return 0
-    if args.segment and not args.run_id:
+    if args.segment is not None and not args.run_id:
         raise BatchmlError("--segment goes with --run-id ID (a segment of one monitored run)")
     if not args.run_id:
         since, until = iso_date("--since", args.since), iso_date("--until", args.until)
@@ -74,7 +74,7 @@ def cmd_monitor(args) -> int:
     except BatchmlError as exc:
         send_night(args, Night.failed(args.run_id, str(exc), time.monotonic() - started, args.dashboard_url))
         raise
-    say(format_report(segment_report(report, args.segment) if args.segment else report))
+    say(format_report(segment_report(report, args.segment) if args.segment is not None else report))
     send_night(args, Night.of_report(report, time.monotonic() - started, args.dashboard_url))
     return 1 if report.failed else 0
 

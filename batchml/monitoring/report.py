@@ -62,7 +62,9 @@ def segment_report(report: RunReport, value: str) -> RunReport:
     if value not in rows:
         from batchml.errors import BatchmlError
 
-        known = ", ".join(sorted(rows)) or "none: the run was not scored with --segment-by"
+        known = ", ".join(sorted(rows)) or ("none judged alone: the run was scored without --segment-by (or "
+                                            "--segment-from-path), or each of its segments holds fewer than "
+                                            "segment_min_rows rows (200 unless --config sets it)")
         raise BatchmlError(f"run {report.row.run_id} has no segment {value!r}; its segments: {known}")
     named = [a for a in report.alerts if a.segment and value in a.segment.partition("=")[2].split(", ")]
     return RunReport(rows[value], named, report.config_source)
