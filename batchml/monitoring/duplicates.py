@@ -1,5 +1,6 @@
 """Duplicated images: exact copies (the same bytes) and near copies (a difference hash within a few
-bits: re-encoded, resized or brightened), within a run and against the recent nights.
+bits: re-encoded, resized or brightened): exact copies within a run and against the recent nights,
+near copies within the run.
 
 A replayed batch or an upstream job that writes some files twice is not n independent images: the
 class-mix tests then count the de-duplicated mix. Reads the runs' hashes files
@@ -45,8 +46,9 @@ def duplicates(tonight: pd.DataFrame, recent: dict[str, pd.DataFrame], num_class
     in_recent = (np.isin(content, earlier.content_hash.to_numpy(np.uint64)) if earlier is not None
                  else np.zeros(len(tonight), bool))
     exact = within | in_recent
-    near, partner, method = _near(tonight.perceptual_hash.to_numpy(np.uint64),
-                                  None if earlier is None else earlier.perceptual_hash.to_numpy(np.uint64))
+    # near copies within tonight only: against a week of nights, images with flat regions (dark
+    # corners, plain skies) share most hash bits by chance
+    near, partner, method = _near(tonight.perceptual_hash.to_numpy(np.uint64), None)
     near &= ~exact
     unique = ~(within | near & (partner < len(tonight)))  # copies within tonight go; firsts stay
     counts = np.bincount(tonight.predicted.to_numpy(np.int64)[unique], minlength=num_classes)
