@@ -341,7 +341,8 @@ def summarise(nights: list[dict]) -> dict:
         "cause_named": sum(n["first_cause"] in n["accepted_causes"] for n in faults),
         "cause_named_strict": sum(n["first_cause"] == n["expected_cause"] for n in faults),
         "camera_fault_nights": len(cameras),
-        "segment_named": sum(bool(n["first_segment"]) and n["camera"] in n["first_segment"] for n in cameras),
+        "segment_named": sum(isinstance(n["first_segment"], str) and n["camera"] in n["first_segment"]
+                             for n in cameras),
         "clean_nights": len(clean), "clean_false_alarms": sum(bool(n["kinds"]) for n in clean),
         "drop_nights": len(drops), "drop_nights_alerted": sum(bool(n["kinds"]) for n in drops),
         "class_drop_nights": len(whole_label),
@@ -354,8 +355,8 @@ def report(nights: list[dict]) -> None:
     frame = pd.DataFrame([n for n in nights if n["fault"]])
     frame["alerted"] = frame.kinds.map(bool)
     frame["cause_ok"] = [c in ok for c, ok in zip(frame.first_cause, frame.accepted_causes, strict=True)]
-    frame["where_ok"] = [bool(s) and c in s if c else None for s, c in zip(frame.first_segment, frame.camera,
-                                                                           strict=True)]
+    frame["where_ok"] = [isinstance(s, str) and c in s if isinstance(c, str) else None
+                         for s, c in zip(frame.first_segment, frame.camera, strict=True)]
     print(frame.groupby(["fault", "size"])[["alerted", "cause_ok"]].mean().unstack().to_string())
     missed = frame[~frame.cause_ok]
     for _, n in missed.iterrows():
