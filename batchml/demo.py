@@ -20,6 +20,7 @@ from batchml.cluster import ClusterConfig, connect
 from batchml.data import datasets
 from batchml.data.ingest import ingest, write_dataset
 from batchml.data.sources import Source, SourceImage
+from batchml.errors import BatchmlError
 from batchml.monitoring import RunReport, format_report
 from batchml.night import score_and_monitor
 from batchml.registry import DEFAULT_ALIAS, promote
@@ -94,7 +95,7 @@ def make_nights(store: Store, test_dataset: str, stamp: str, cfg: DemoConfig) ->
             .select(["image_id", "image", "label"]).to_pylist()]
     labels = np.array([-1 if r["label"] is None else r["label"] for r in rows])
     rng = np.random.default_rng(cfg.seed)
-    n = min(cfg.night_size, len(rows))
+    n = min(cfg.night_size, len(rows) // 2)  # night 2 needs images night 1 did not take
     clean = rng.choice(len(rows), n, replace=False)
 
     k = classes.index(cfg.shifted_class) if cfg.shifted_class in classes else 0
@@ -103,6 +104,9 @@ def make_nights(store: Store, test_dataset: str, stamp: str, cfg: DemoConfig) ->
     unused = np.setdiff1d(np.arange(len(rows)), clean)
     mine, others = unused[labels[unused] == k], unused[labels[unused] != k]
     n_mine = min(len(mine), round(n * share))
+    if n_mine == 0:
+        raise BatchmlError(f"demo: dataset {test_dataset!r} has too few {classes[k]!r} images left for the "
+                           f"shifted night ({len(rows)} images in all): ingest a larger test set")
     n_others = min(len(others), round(n_mine * (1 - share) / share))
     shifted = np.concatenate([rng.choice(mine, n_mine, replace=False), rng.choice(others, n_others, replace=False)])
     rng.shuffle(shifted)

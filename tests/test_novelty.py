@@ -51,6 +51,20 @@ def test_images_unlike_the_training_features_score_above_one():
     assert (ref.score(near, sure(near_labels, 0.34)) > 1).mean() > 0.9  # between classes: the entropy tells
 
 
+def test_a_model_whose_images_sit_on_its_training_images_does_not_read_rounding_as_novel():
+    """An easy dataset: validation features all but equal to training ones, probabilities all but
+    certain. The float16 bank's rounding and a sliver of doubt must not make clean images novel."""
+    train, labels = clusters(300, 0)
+    centres = np.stack([train[labels == c].mean(axis=0) for c in range(3)])
+    tight = centres[labels] + np.random.default_rng(5).normal(0, 1e-4, train.shape)
+    ref = fit_reference(tight, tight[:100], sure(labels[:100], 0.999999))
+    fresh = centres[labels[100:]] + np.random.default_rng(6).normal(0, 1e-3, (200, 16))
+    scores = ref.score(fresh, sure(labels[100:], 0.9999))
+    assert (scores >= 0).all() and (scores > 1).mean() < 0.05
+    far, far_labels = clusters(100, 2, other=True)
+    assert (ref.score(far, sure(far_labels)) > 1).all()  # still: what is unlike them is novel
+
+
 def test_the_reference_round_trips_through_its_file_and_card_entry():
     train, _ = clusters(600, 0)
     ref = fit(train, *clusters(200, 1))

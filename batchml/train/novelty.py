@@ -38,6 +38,11 @@ TRAIN_SAMPLE = 10_000  # training images whose features form the bank
 K_NEIGHBOURS = 10  # the neighbour whose distance is the score: steadier than the nearest alone
 PREDICT_BATCH = 512
 METHOD = "knn"
+# A model whose validation images sit almost on its training images (a small, easy dataset) has
+# quantiles near zero: the float16 bank's rounding, or a sliver less confidence, would then read as
+# novel. Below these floors two images are the same to the model.
+DISTANCE_FLOOR = 0.01  # cosine distance
+ENTROPY_FLOOR = 0.05  # nats
 
 
 def normalised(features: np.ndarray) -> np.ndarray:
@@ -69,7 +74,7 @@ class NoveltyReference:
     def distances(self, features: np.ndarray, chunk: int = 2048) -> np.ndarray:
         """(N, D) features -> (N,) cosine distance to the K-th nearest bank feature."""
         bank = self.bank.astype(np.float32).T
-        out = [1.0 - np.sort(normalised(features[i: i + chunk]) @ bank, axis=1)[:, -self.k]
+        out = [np.maximum(0.0, 1.0 - np.sort(normalised(features[i: i + chunk]) @ bank, axis=1)[:, -self.k])
                for i in range(0, len(features), chunk)]
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
@@ -103,9 +108,9 @@ class NoveltyReference:
                    tuple(int(c) for c in entry["validation_hist"]), int(entry.get("train_rows", len(bank))))
 
 
-def _quantile(values: np.ndarray) -> float:
+def _quantile(values: np.ndarray, floor: float = 0.0) -> float:
     q = float(np.quantile(values, NOVELTY_QUANTILE)) if len(values) else 1.0
-    return q if q > 0 else 1.0
+    return max(q, floor) if q > 0 else 1.0
 
 
 def fit_reference(train_features: np.ndarray, val_features: np.ndarray, val_probs: np.ndarray) -> NoveltyReference:
@@ -113,10 +118,11 @@ def fit_reference(train_features: np.ndarray, val_features: np.ndarray, val_prob
     probabilities."""
     bank = normalised(train_features).astype(np.float16)
     draft = NoveltyReference(bank, 1.0, 1.0, 1.0, 0.0, (), len(train_features))
-    neighbour, spread = _quantile(draft.distances(val_features)), _quantile(entropy(val_probs))
+    neighbour = _quantile(draft.distances(val_features), DISTANCE_FLOOR)
+    spread = _quantile(entropy(val_probs), ENTROPY_FLOOR)
     draft = NoveltyReference(bank, neighbour, spread, 1.0, 0.0, (), len(train_features))
     raw = draft.raw(val_features, val_probs)
-    threshold = _quantile(raw)
+    threshold = _quantile(raw, 1.0)  # floored too: an image at both floors is not novel
     scores = raw / threshold
     bins = np.clip(np.searchsorted(NOVELTY_EDGES, scores, side="right") - 1, 0, NOVELTY_BINS - 1)
     return NoveltyReference(bank, neighbour, spread, threshold, float((scores > 1.0).mean()) if len(scores) else 0.0,
@@ -218,7 +224,8 @@ def _novelty_layer(keras, reference: NoveltyReference):
             f = features / ops.maximum(ops.sqrt(ops.sum(features * features, axis=1, keepdims=True)), 1e-12)
             nearest, _ = ops.top_k(ops.matmul(f, self.bank_t), k)  # (N, k), largest first
             spread = -ops.sum(probs * ops.log(ops.maximum(probs, 1e-12)), axis=1)
-            raw = (1.0 - nearest[:, -1]) / reference.neighbour_threshold + spread / reference.entropy_threshold
+            distance = ops.maximum(0.0, 1.0 - nearest[:, -1])  # float16 rounding can go below 0
+            raw = distance / reference.neighbour_threshold + spread / reference.entropy_threshold
             return raw / reference.threshold
 
     return Novelty(dtype="float32", name="batchml_novelty")
