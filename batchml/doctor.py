@@ -142,9 +142,11 @@ def _check_partition(store: Store, run_id: str, partition: str, committed: bool,
         if problem := _parquet_problem(store, rel, expected):
             out.findings.append(Finding(rel, problem, f"run {run_id}: its {kind} rows ({expected} in partition "
                                         f"{partition}, counted by {stats_rel})", fix, action, run_id, (stats_rel,)))
-    for rel, what in ((layout.run_output(run_id, "failures", partition), "its failure-case snapshot"),
-                      (layout.run_hashes(run_id, partition), "its duplicates (and later nights')")):
-        if store.exists(rel) and (problem := _parquet_problem(store, rel, None)):
+    # a partition scored with input health wrote its hashes (even for no rows): missing, they were lost
+    hashed = "health_hist" in record.stats
+    for rel, what, required in ((layout.run_output(run_id, "failures", partition), "its failure-case snapshot", False),
+                                (layout.run_hashes(run_id, partition), "its duplicates (and later nights')", hashed)):
+        if (required or store.exists(rel)) and (problem := _parquet_problem(store, rel, None)):
             out.findings.append(Finding(rel, problem, f"run {run_id}: {what}", fix, action, run_id, (stats_rel,)))
 
 

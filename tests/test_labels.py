@@ -173,6 +173,11 @@ def test_a_file_without_the_columns_is_refused_naming_them(store, tmp_path, nigh
     pd.DataFrame({"id": ["img-00001"], "class": ["a"]}).to_csv(path, index=False)
     with pytest.raises(LabelsError, match="no column 'image_id', 'label' \\(it has id, class\\)"):
         add_labels(store, path, ["late"])
+    header_only = str(tmp_path / "empty.csv")
+    pd.DataFrame({"image_id": [], "label": []}).to_csv(header_only, index=False)
+    with pytest.raises(LabelsError, match=r"no rows \(only a header\): export the labels again"):
+        add_labels(store, header_only, ["late"])
+    assert not store.exists("runs/late/labels")
 
 
 def test_conflicting_labels_are_refused_unless_replaced_and_a_replacement_folds_exactly(store, tmp_path, night):

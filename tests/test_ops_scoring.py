@@ -103,14 +103,17 @@ def test_doctor_repair_scores_again_what_a_deleted_or_torn_file_lost(client, tin
     tiny_store.delete(layout.run_stats("night", "part-00001.parquet"))
     torn = layout.run_output("night", "predictions", "part-00002.parquet")
     tiny_store.write_bytes(torn, tiny_store.read_bytes(torn)[:64])
+    lost = layout.run_hashes("night", "part-00000.parquet")  # deleted: later nights' duplicates would miss it
+    tiny_store.delete(lost)
     checkup = check_store(tiny_store)
-    assert {f.path for f in checkup.findings} == {layout.run_stats("night", "part-00001.parquet"), torn}
+    assert {f.path for f in checkup.findings} == {layout.run_stats("night", "part-00001.parquet"), torn, lost}
     assert repair(tiny_store, checkup, lambda: contextlib.nullcontext(client), verbose=False) == []
     assert check_store(tiny_store).whole
     preds = predictions(tiny_store, "night")
     assert len(preds) == 9 and preds.image_id.is_unique
     assert tiny_store.exists(layout.quarantine_path(tiny_store.list(layout.QUARANTINE)[0], torn))
     assert read_table(tiny_store, "runs").rows.tolist() == [9]
+    assert len(pd.read_parquet(tiny_store.path(lost))) == 3
 
 
 def test_a_fifo_among_the_images_does_not_hang_the_run(client, tiny_store, tmp_path, capsys):

@@ -52,6 +52,8 @@ def read_labels(path: str, classes: list[str]) -> LabelsFile:
         raise LabelsError(path, [f"no column {', '.join(map(repr, missing))} (it has {', '.join(raw.column_names)}): "
                                  "a labels file holds image_id and label (a class name or index), optionally "
                                  "labelled_at and source"])
+    if raw.num_rows == 0:  # an export that went wrong: exiting 0 would say the labels are in
+        raise LabelsError(path, ["no rows (only a header): export the labels again"])
     text = {c: _as_strings(raw[c]) if c in raw.column_names else pa.nulls(raw.num_rows, pa.string())
             for c in (*REQUIRED, *OPTIONAL)}
     problems = []
