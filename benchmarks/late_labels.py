@@ -34,25 +34,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from cifar_store import cifar10_store
 from PIL import Image
 
 from batchml import layout
-from batchml.cli import cifar10_source
 from batchml.cluster import ClusterConfig, connect
 from batchml.data import datasets
-from batchml.data.ingest import ingest, write_dataset
+from batchml.data.ingest import write_dataset
 from batchml.data.sources import Source, SourceImage
-from batchml.errors import BatchmlError
 from batchml.labels import realized
 from batchml.labels.join import delta, match_partition
 from batchml.monitoring import fold_run
 from batchml.monitoring.classes import per_class_metrics
 from batchml.records import RunManifest
-from batchml.registry import DEFAULT_ALIAS, promote, resolve
 from batchml.score.scoring import ScoreConfig, score
 from batchml.stats import LABEL_FIELDS, PartitionStats
 from batchml.store import Store, StoreConfig
-from batchml.train.training import TrainConfig, train
 
 COVERAGE = 0.10  # labelled share of the rows, in three batches
 BATCH_SHARES = (0.4, 0.3, 0.3)
@@ -70,18 +67,7 @@ def flipped(jpeg: bytes) -> bytes:
 
 def prepare(store: Store, n_images: int) -> tuple[str, dict[str, int], list[str]]:
     """The unlabelled dataset's name, the true label of each test image id, and the classes."""
-    source = cifar10_source()
-    for split in ("train", "test"):
-        ingest(store, source, f"cifar10-{split}", split, verbose=False)
-    try:
-        resolve(store, DEFAULT_ALIAS)
-    except BatchmlError:
-        with connect(ClusterConfig()) as client:
-            mv, _ = train(client, store, TrainConfig("cifar10-train", epochs=1), verbose=False)
-        promote(store, mv)
-    manifest = datasets.read_manifest(store, "cifar10-test")
-    test = [row for p in manifest.partitions
-            for row in datasets.read_partition(store, "cifar10-test", p["name"]).to_pylist()]
+    _, test, classes = cifar10_store(store)
     copies = max(1, n_images // len(test))
     name = f"unlabelled-{copies}x"
     if not store.exists(layout.dataset_path(name, layout.DATASET_MANIFEST)):
@@ -92,9 +78,9 @@ def prepare(store: Store, n_images: int) -> tuple[str, dict[str, int], list[str]
                 for t, m in zip(test, mirrored, strict=True):
                     yield SourceImage(f"{t['image_id']}#{c}", m if c % 2 else t["image"], None)
 
-        write_dataset(store, Source(f"CIFAR-10 test x{copies}, unlabelled", manifest.classes, images()), name,
+        write_dataset(store, Source(f"CIFAR-10 test x{copies}, unlabelled", classes, images()), name,
                       "test", datasets.DEFAULT_PARTITION_SIZE, verbose=False)
-    return name, {t["image_id"]: t["label"] for t in test}, manifest.classes
+    return name, {t["image_id"]: t["label"] for t in test}, classes
 
 
 def scored(store: Store, dataset: str, run_id: str) -> tuple[RunManifest, float]:

@@ -35,21 +35,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cifar_store import cifar10_store
 from PIL import Image
 
 from batchml import layout
 from batchml.backend import configure_backend
-from batchml.cli import cifar10_source
 from batchml.cluster import ClusterConfig, connect
 from batchml.data import datasets
 from batchml.data.images import Preprocessing, decode_images
-from batchml.data.ingest import ingest, write_dataset
+from batchml.data.ingest import write_dataset
 from batchml.data.sources import Source, SourceImage
-from batchml.errors import BatchmlError
-from batchml.registry import DEFAULT_ALIAS, load_model, promote, resolve
+from batchml.registry import DEFAULT_ALIAS, load_model, resolve
 from batchml.score.scoring import ScoreConfig, score
 from batchml.store import Store, StoreConfig
-from batchml.train.training import TrainConfig, train
 
 BATCH_SIZES = (128, 256, 512, 1024)
 
@@ -75,21 +73,10 @@ def build(store: Store, name: str, test: list, classes: list[str], copies: int) 
 
 
 def prepare(store: Store, n_images: int):
-    source = cifar10_source()
-    for split in ("train", "test"):
-        ingest(store, source, f"cifar10-{split}", split, verbose=False)
-    try:
-        mv = resolve(store, DEFAULT_ALIAS)
-    except BatchmlError:
-        with connect(ClusterConfig()) as client:
-            mv, _ = train(client, store, TrainConfig("cifar10-train", epochs=1), verbose=False)
-        promote(store, mv)
-    manifest = datasets.read_manifest(store, "cifar10-test")
-    test = [row for p in manifest.partitions
-            for row in datasets.read_partition(store, "cifar10-test", p["name"]).to_pylist()]
+    mv, test, classes = cifar10_store(store)
     copies = max(1, n_images // len(test))
-    build(store, f"bulk-{copies}x", test, manifest.classes, copies)
-    build(store, f"bulk-{max(1, copies // 5)}x", test, manifest.classes, max(1, copies // 5))
+    build(store, f"bulk-{copies}x", test, classes, copies)
+    build(store, f"bulk-{max(1, copies // 5)}x", test, classes, max(1, copies // 5))
     return mv, test, copies
 
 

@@ -288,12 +288,16 @@ def test_labels_arriving_later_keep_the_nights_estimate_and_baseline(store, tmp_
     assert "off by" in format_report(report)
 
 
-def test_label_based_alerts_wait_for_enough_labels(store, tmp_path):
+def unlabelled_two_class_night(store, run_id: str, rows: int, seed: int) -> np.ndarray:
+    """A committed unlabelled night of a two-class model; returns the label each row must not have."""
     two_class_card(store)
-    rng = np.random.default_rng(4)
-    probs = night_probs(rng, 5000, k=2)
-    write_run(store, "big", probs, np.full(5000, -1), classes=["a", "b"])
-    wrong = 1 - probs.argmax(axis=1)
+    probs = night_probs(np.random.default_rng(seed), rows, k=2)
+    write_run(store, run_id, probs, np.full(rows, -1), classes=["a", "b"])
+    return 1 - probs.argmax(axis=1)
+
+
+def test_label_based_alerts_wait_for_enough_labels(store, tmp_path):
+    wrong = unlabelled_two_class_night(store, "big", 5000, seed=4)
     add_labels(store, labels_file(tmp_path, ids_of(range(40)), wrong[:40].tolist()), ["big"])
     report = monitor_run(store, "big")  # 40 labelled: over min_labelled, under 1% of 5,000
     assert "accuracy_drop" not in report.row.alert_kinds and report.row.labels_needed == 50
@@ -305,11 +309,7 @@ def test_label_based_alerts_wait_for_enough_labels(store, tmp_path):
 
 
 def test_labels_drawn_some_other_way_are_reported_not_judged(store, tmp_path):
-    two_class_card(store)
-    rng = np.random.default_rng(6)
-    probs = night_probs(rng, 1000, k=2)
-    write_run(store, "r", probs, np.full(1000, -1), classes=["a", "b"])
-    wrong = 1 - probs.argmax(axis=1)
+    wrong = unlabelled_two_class_night(store, "r", 1000, seed=6)
     add_labels(store, labels_file(tmp_path, ids_of(range(300)), wrong[:300].tolist()), ["r"], sampling="other")
     report = monitor_run(store, "r")
     assert report.row.realized_method == "not representative" and report.row.realized_accuracy is None
