@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import sys
 import tarfile
@@ -33,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from faults import ENCODING_FAULTS, PIXEL_FAULTS, Fault, decode, encode, fault_list, generated_images
+from faults import ENCODING_FAULTS, PIXEL_FAULTS, QUALITY, Fault, decode, encode, fault_list, generated_images
+from PIL import Image
 
 from batchml import layout
 from batchml.cluster import ClusterConfig, connect
@@ -161,17 +163,18 @@ class FreshImages:
 
 
 def _variant(blob: bytes, v: int) -> bytes:
-    """The ``v``-th pass's copy of an image: mirrored on odd passes, shifted ``v // 2`` pixels left (the
-    edge column repeated), so that all six differ in pixels and bytes (a lossless re-encoding alone
-    gives the same bytes every time: a benchmark artefact read, rightly, as a replayed batch)."""
+    """The ``v``-th pass's copy of an image: mirrored on odd passes (as the model saw it in training),
+    re-encoded with the pass in a JPEG comment, so that all six differ in bytes while the model sees
+    the same pixels (re-encoding alone repeats the same bytes: a benchmark artefact read, rightly, as
+    a replayed batch; any change to the pixels moves the outputs measurably over a week of nights)."""
     if v == 0:
         return blob
-    pixels = decode([blob])
+    pixels = decode([blob])[0]
     if v % 2:
-        pixels = pixels[:, :, ::-1]
-    if shift := v // 2:
-        pixels = np.concatenate([pixels[:, :, shift:], np.repeat(pixels[:, :, -1:], shift, axis=2)], axis=2)
-    return encode(pixels)[0]
+        pixels = pixels[:, ::-1]
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, "JPEG", quality=QUALITY, comment=f"pass {v}")
+    return buf.getvalue()
 
 
 @dataclass
