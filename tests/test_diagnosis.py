@@ -128,6 +128,25 @@ def test_clean_cameras_raise_no_segment_alert():
         assert not [a for a in evaluate(RUN, night, card, segment_by="camera").alerts if a.segment], "false alarm"
 
 
+def test_an_alert_no_segment_is_judged_by_is_named_where_its_cause_is():
+    from batchml.monitoring.segments import locate
+
+    def alert(kind, segment=None):
+        return Alert.from_dict({"run_id": "r", "kind": kind, "severity": "warning", "statistic": 0.5,
+                                "threshold": 0, "message": kind, "segment": segment})
+
+    raised = {"cam-0": [], "cam-1": [alert("sustained_shift")], "cam-2": []}
+    out = {a.kind: a for a in locate([alert("new_shift"), alert("sustained_shift"), alert("output_shift")],
+                                     raised, "camera")}
+    # the mix against the recent nights is not judged per camera: it moved where the mix against the reference did
+    assert out["new_shift"].segment == "camera=cam-1" and out["new_shift"].message == "in camera=cam-1: new_shift"
+    assert out["sustained_shift"].segment == "camera=cam-1"
+    assert out["output_shift"].segment is None  # another cause: not borrowed
+    everywhere = {v: [alert("sustained_shift")] for v in raised}
+    assert [a.segment for a in locate([alert("new_shift"), alert("sustained_shift")], everywhere, "camera")] \
+        == [None, None]  # every camera moved: the whole night, no segment to name
+
+
 def test_the_upstream_cause_leads_the_ranking():
     from batchml.monitoring.rules import ranked
 

@@ -26,6 +26,7 @@ from batchml.stats import OTHER_SEGMENT, PartitionStats
 # what a segment is judged on alone: rules with a test of their own, not the history's
 SEGMENT_RULES = (rules.no_rows, rules.duplicates, rules.input_shift, rules.novel_inputs, rules.sustained_shift,
                  rules.accuracy_drop, rules.class_performance_drop)
+JUDGED_KINDS = {r.__name__ for r in SEGMENT_RULES} | {"expected_accuracy_drop"}
 
 
 def segment_stats(stats: PartitionStats, most: int) -> dict[str, PartitionStats]:
@@ -75,13 +76,19 @@ def locate(alerts: list[Alert], raised: dict[str, list[Alert]], segment_by: str 
     """The run's alerts with the segments that raised the same kind named (none named where every
     judged segment did); then the kinds only some segments raised, each as one alert of the
     segment that moved most."""
-    out, kinds = [], {a.kind for a in alerts}
+    out, kinds, by_cause = [], {a.kind for a in alerts}, {}
     for a in alerts:
         where = [v for v, found in raised.items() if any(f.kind == a.kind for f in found)]
         if where and len(where) < len(raised):
             worst = max((f for v in where for f in raised[v] if f.kind == a.kind), key=lambda f: f.statistic)
             a = replace(worst, segment=_named(segment_by, where), message=_in(segment_by, where, worst.message))
+            by_cause.setdefault(rules.cause_of(a.kind), where)
         out.append(a)
+    # a kind no segment is judged by (the mix against the recent nights needs each segment's history)
+    # is where another alert of the same cause is: the class mix moved in camera 2, by both tests
+    out = [replace(a, segment=_named(segment_by, where), message=_in(segment_by, where, a.message))
+           if a.segment is None and a.kind not in JUDGED_KINDS and (where := by_cause.get(rules.cause_of(a.kind)))
+           else a for a in out]
     alone: dict[str, list[tuple[str, Alert]]] = {}
     for value, found in raised.items():
         for f in found:
