@@ -205,11 +205,25 @@ def _laplacian_variance(luma: np.ndarray) -> np.ndarray:
 
 
 def _dhash(luma: np.ndarray) -> np.ndarray:
-    """(N, H, W) luma -> (N,) uint64: 8 x 9 block means (two small matrix products), then the bits."""
+    """(N, H, W) luma -> (N,) uint64: 8 x 9 block means (two small matrix products), their logarithm
+    less its best quadratic surface, then the bits. The surface takes out what lighting lays over a
+    whole picture: vignetting (a factor falling to the corners, a sum in logarithms) set most bits of
+    the plain hash alike, so unrelated vignetted images read as near copies (358 pairs among 2,000
+    CIFAR-10 test images, against 3 here; a JPEG re-encoding stays within 6 bits for 99%, 97% plain)."""
     n, h, w = luma.shape
     blocks = _averaging(h, 8).T @ luma @ _averaging(w, 9)  # (N, 8, 9)
+    blocks = (np.log(blocks.reshape(n, 72) + 8.0) @ _detrending()).reshape(n, 8, 9)
     bits = (blocks[:, :, :-1] > blocks[:, :, 1:]).reshape(n, 64)
     return np.packbits(bits, axis=1).view(">u8").astype(np.uint64).ravel()
+
+
+@lru_cache(maxsize=1)
+def _detrending() -> np.ndarray:
+    """(72, 72) float32: the residual of a least-squares fit of 1, y, x, y^2, x^2, xy over the 8 x 9 blocks."""
+    y, x = np.mgrid[:8, :9].astype(np.float64)
+    y, x = ((y - 3.5) / 3.5).ravel(), ((x - 4) / 4).ravel()
+    design = np.stack([np.ones(72), y, x, y * y, x * x, y * x], axis=1)
+    return (np.eye(72) - design @ np.linalg.pinv(design)).T.astype(np.float32)
 
 
 @lru_cache(maxsize=16)

@@ -48,7 +48,8 @@ def duplicates(tonight: pd.DataFrame, recent: dict[str, pd.DataFrame], num_class
     exact = within | in_recent
     # near copies within tonight only: against a week of nights, images with flat regions (dark
     # corners, plain skies) share most hash bits by chance
-    near, partner, method = _near(tonight.perceptual_hash.to_numpy(np.uint64), None)
+    near, partner, method = _near(tonight.perceptual_hash.to_numpy(np.uint64), None,
+                                  tonight.predicted.to_numpy(np.int64))
     near &= ~exact
     unique = ~(within | near & (partner < len(tonight)))  # copies within tonight go; firsts stay
     counts = np.bincount(tonight.predicted.to_numpy(np.int64)[unique], minlength=num_classes)
@@ -58,14 +59,19 @@ def duplicates(tonight: pd.DataFrame, recent: dict[str, pd.DataFrame], num_class
             "recent_nights_compared": len(recent), "predicted_counts_unique": counts.tolist()}
 
 
-def _near(tonight: np.ndarray, earlier: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
+def _near(tonight: np.ndarray, earlier: np.ndarray | None, predicted: np.ndarray | None = None
+          ) -> tuple[np.ndarray, np.ndarray, str]:
     """For each row of tonight: whether its difference hash is within ``NEAR_BITS`` of an earlier row of
-    tonight or of any recent row, and which (an index into tonight, then the recent rows; -1: none)."""
+    tonight or of any recent row, and which (an index into tonight, then the recent rows; -1: none).
+    Given tonight's ``predicted`` classes, a near copy within tonight must also be read as the same
+    class: a re-encoded copy is, while unrelated images that a strong common gradient (vignetting,
+    flat synthetic scenes) gives the same hash are read as all sorts of classes."""
     pool = tonight if earlier is None else np.concatenate([tonight, earlier])
     n = len(tonight)
     partner = np.full(n, -1)
     if n * len(pool) > NEAR_PAIRS_MAX:  # a large night: equal hashes only
-        first = pd.Series(np.arange(n)).groupby(tonight).transform("min").to_numpy()
+        key = pd.Series(tonight) if predicted is None else pd.Series(list(zip(tonight, predicted, strict=True)))
+        first = pd.Series(np.arange(n)).groupby(key).transform("min").to_numpy()
         partner[first < np.arange(n)] = first[first < np.arange(n)]
         if earlier is not None:
             seen = pd.Series(np.arange(len(earlier)) + n).groupby(earlier).min()
@@ -76,6 +82,8 @@ def _near(tonight: np.ndarray, earlier: np.ndarray | None) -> tuple[np.ndarray, 
         rows = np.arange(start, min(start + CHUNK, n))
         bits = hamming(tonight[rows, None], pool[None, :]).astype(np.int16)
         later = np.arange(n)[None, :] >= rows[:, None]  # compare with earlier rows of tonight only
+        if predicted is not None:
+            later |= predicted[None, :] != predicted[rows, None]
         bits[:, :n][later] = 99
         best = bits.argmin(axis=1)
         close = bits[np.arange(len(rows)), best] <= NEAR_BITS
