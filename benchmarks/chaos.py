@@ -62,6 +62,7 @@ from tests.conftest import (
 )
 
 BUCKET = "chaos"
+COMMANDS_LOG = Path(__file__).parent / "out" / "chaos-commands.log"  # appended to by every run
 PARTITION_SIZES = (400, 500, 800, 1000, 1250)  # drawn per round; a resume tries another
 ENV = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
        "AWS_DEFAULT_REGION": "us-east-1", "KERAS_BACKEND": "tensorflow"}
@@ -172,8 +173,18 @@ def batchml(world: dict, *args: str, timeout: float) -> tuple[int | None, str]:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
+        _logged(args, None, "wedged")
         return None, "wedged"
+    _logged(args, proc.returncode, proc.stderr)
     return proc.returncode, proc.stderr
+
+
+def _logged(args: tuple[str, ...], code: int | None, err: str) -> None:
+    """Every command, its exit code and its last line of stderr, to find a wrong exit code afterwards."""
+    last = next((line for line in reversed(err.strip().splitlines()) if line.strip()), "")
+    COMMANDS_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with open(COMMANDS_LOG, "a") as log:
+        log.write(f"{' '.join(args)} -> {code}: {last[:300]}\n")
 
 
 def interrupted_run(world: dict, fs, run_id: str, size: int, rng: random.Random, n_parts: int) -> int:
