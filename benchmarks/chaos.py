@@ -175,16 +175,16 @@ def batchml(world: dict, *args: str, timeout: float) -> tuple[int | None, str]:
     except subprocess.TimeoutExpired:
         _logged(args, None, "wedged")
         return None, "wedged"
-    _logged(args, proc.returncode, proc.stderr)
+    _logged(args, proc.returncode, proc.stderr + (proc.stdout if proc.returncode else ""))
     return proc.returncode, proc.stderr
 
 
 def _logged(args: tuple[str, ...], code: int | None, err: str) -> None:
-    """Every command, its exit code and its last line of stderr, to find a wrong exit code afterwards."""
-    last = next((line for line in reversed(err.strip().splitlines()) if line.strip()), "")
+    """Every command, its exit code and the last lines it wrote, to find a wrong exit code afterwards."""
+    last = " | ".join(line for line in err.strip().splitlines()[-6:] if line.strip())
     COMMANDS_LOG.parent.mkdir(parents=True, exist_ok=True)
     with open(COMMANDS_LOG, "a") as log:
-        log.write(f"{' '.join(args)} -> {code}: {last[:300]}\n")
+        log.write(f"{' '.join(args)} -> {code}: {last[:1500]}\n")
 
 
 def interrupted_run(world: dict, fs, run_id: str, size: int, rng: random.Random, n_parts: int) -> int:

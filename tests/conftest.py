@@ -141,12 +141,13 @@ def register_at_the_barrier(config: StoreConfig, barrier, tag: str, times: int, 
     (model bytes and card naming ``tag`` and the attempt); put the versions on ``out``."""
     from batchml.records import ModelCard
     from batchml.registry import register
+    from tests.ops_fixtures import tiny_card
 
     store, versions = Store(config), []
     barrier.wait()
     for i in range(times):
-        name = f"{tag}{i}"
-        versions.append(str(register(store, "race", name.encode(), ModelCard.from_dict({"arch": name}))))
+        name = f"{tag}{i}"  # a whole card: `batchml doctor` afterwards (the chaos rounds) must find it whole
+        versions.append(str(register(store, "race", name.encode(), ModelCard.from_dict({**tiny_card(), "arch": name}))))
     out.put(versions)
 
 
