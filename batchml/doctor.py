@@ -27,6 +27,7 @@ from batchml.errors import BatchmlError
 from batchml.integrity import DamagedFileError, read_json, read_stats
 from batchml.records import SCORING_NEEDS, AcceptedBaseline, DatasetManifest, ModelCard, RunManifest
 from batchml.registry import list_models, read_aliases
+from batchml.stats import PartitionStats
 from batchml.store import Store
 
 # what --repair does about a finding: move it aside and score its run again, move it aside and
@@ -143,7 +144,7 @@ def _check_partition(store: Store, run_id: str, partition: str, committed: bool,
             out.findings.append(Finding(rel, problem, f"run {run_id}: its {kind} rows ({expected} in partition "
                                         f"{partition}, counted by {stats_rel})", fix, action, run_id, (stats_rel,)))
     # a partition scored with input health wrote its hashes (even for no rows): missing, they were lost
-    hashed = "health_hist" in record.stats
+    hashed = PartitionStats.from_dict(record.stats).has("health_hist")
     for rel, what, required in ((layout.run_output(run_id, "failures", partition), "its failure-case snapshot", False),
                                 (layout.run_hashes(run_id, partition), "its duplicates (and later nights')", hashed)):
         if (required or store.exists(rel)) and (problem := _parquet_problem(store, rel, None)):
