@@ -223,3 +223,23 @@ def load_model_file(path: str):
     import batchml.train.learning  # noqa: F401  (HorizontalFlip, OneCycle)
 
     return keras.saving.load_model(path, safe_mode=True)
+
+
+def check_loadable(store: Store, mv: ModelVersion) -> None:
+    """Load ``mv`` as scoring will, here, before any run file is written: a clear error if it cannot be."""
+    from batchml.backend import filtered_stderr
+
+    try:
+        with filtered_stderr():  # the framework's start-up chatter stays out of the job's log
+            load_model(store, mv)
+    except BatchmlError:
+        raise
+    except Exception as exc:
+        raise not_loadable(mv, exc) from None
+
+
+def not_loadable(mv: ModelVersion, exc: BaseException) -> BatchmlError:
+    return BatchmlError(
+        f"model {mv} cannot be loaded for scoring ({type(exc).__name__}: {str(exc)[:300]}). Keras safe "
+        "mode refuses Lambda layers and unregistered custom objects: retrain the model without them "
+        "(or register their classes), then score. Nothing was written.")

@@ -11,11 +11,12 @@ import pytest
 
 from batchml import layout
 from batchml.cli import main
-from batchml.doctor import RESCORE, check_store, quarantine
+from batchml.doctor import RESCORE, check_store
 from batchml.errors import BatchmlError
 from batchml.integrity import DamagedFileError, DamagedFileWarning, read_stats
 from batchml.monitoring import fold_run, monitor_run, read_table
 from batchml.monitoring.baseline import accepted_baseline
+from batchml.repair import quarantine
 from tests.ops_fixtures import MODEL, fake_run
 
 STATS = layout.run_stats("night-1", "part-00001.parquet")

@@ -176,7 +176,7 @@ def test_run_json_is_created_exclusively_never_overwritten(store, tmp_path, monk
     plan = plan_prefix(str(tmp_path / "in"), {}, 10)
     theirs = {"run_id": "r", "dataset": "elsewhere", "model_version": "tiny/v1", "partition_size": 10}
     store.write_json(layout.run_path("r", layout.RUN_SPEC), theirs)
-    monkeypatch.setattr(scoring, "_check_loadable", lambda store, mv: None)
+    monkeypatch.setattr(scoring, "check_loadable", lambda store, mv: None)
     real_exists = store.exists
     monkeypatch.setattr(store, "exists", lambda rel: False if rel.endswith("run.json") else real_exists(rel))
     cfg = scoring.ScoreConfig(None, "tiny/production", "r", images=str(tmp_path / "in"))

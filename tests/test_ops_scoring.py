@@ -11,11 +11,12 @@ import pytest
 
 from batchml import layout
 from batchml.data.ingest import ingest
-from batchml.doctor import check_store, repair
+from batchml.doctor import check_store
 from batchml.errors import BatchmlError
 from batchml.monitoring import monitor_run, read_table
 from batchml.records import ModelCard
 from batchml.registry import model_bytes, promote, register
+from batchml.repair import repair
 from batchml.score.scoring import ScoreConfig, score
 from tests.conftest import CLASSES, make_image
 from tests.ops_fixtures import tiny_card

@@ -93,7 +93,8 @@ def cmd_report(args) -> None:
 
 def cmd_doctor(args) -> int:
     from batchml.cluster import connect
-    from batchml.doctor import check_store, lines, repair
+    from batchml.doctor import check_store, lines
+    from batchml.repair import repair
 
     store = open_store(args)
     checkup = check_store(store)

@@ -30,7 +30,7 @@ from batchml.errors import BatchmlError
 from batchml.integrity import read_json, read_stats
 from batchml.progress import Progress
 from batchml.records import SCORING_NEEDS, RunManifest, RunStart
-from batchml.registry import DEFAULT_ALIAS, ModelVersion, load_model, read_card, resolve
+from batchml.registry import DEFAULT_ALIAS, ModelVersion, check_loadable, not_loadable, read_card, resolve
 from batchml.score.partition import RunSpec, score_partition, warm_model
 from batchml.score.segments import segmenting
 from batchml.stats import BiasCorrection
@@ -180,7 +180,7 @@ def _check_warmed(mv: ModelVersion, futures: list) -> None:
         except BatchmlError:
             raise
         except Exception as exc:
-            raise _not_loadable(mv, exc) from None
+            raise not_loadable(mv, exc) from None
 
 
 def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPlan, verbose: bool,
@@ -196,7 +196,7 @@ def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPl
         if warming and warming[0] == mv and warming[1]:
             _check_warmed(mv, warming[1])
         else:
-            _check_loadable(store, mv)
+            check_loadable(store, mv)
         run = RunStart.written({
             "run_id": run_id,
             "dataset": plan.name,
@@ -255,25 +255,6 @@ _INPUTS = "inputs"  # run.json and append records: partition -> [[file, size], .
 
 def _read_run(store: Store, run_id: str) -> RunStart:
     return RunStart.from_dict(read_json(store, layout.run_path(run_id, layout.RUN_SPEC)))
-
-
-def _check_loadable(store: Store, mv: ModelVersion) -> None:
-    from batchml.backend import filtered_stderr
-
-    try:
-        with filtered_stderr():  # the framework's start-up chatter stays out of the job's log
-            load_model(store, mv)
-    except BatchmlError:
-        raise
-    except Exception as exc:
-        raise _not_loadable(mv, exc) from None
-
-
-def _not_loadable(mv: ModelVersion, exc: BaseException) -> BatchmlError:
-    return BatchmlError(
-        f"model {mv} cannot be loaded for scoring ({type(exc).__name__}: {str(exc)[:300]}). Keras safe "
-        "mode refuses Lambda layers and unregistered custom objects: retrain the model without them "
-        "(or register their classes), then score. Nothing was written.")
 
 
 def _check_input(store: Store, cfg: ScoreConfig, run: RunStart, plan: inputs.InputPlan, verbose: bool) -> dict:
