@@ -70,8 +70,8 @@ def _near(tonight: np.ndarray, earlier: np.ndarray | None, predicted: np.ndarray
     n = len(tonight)
     partner = np.full(n, -1)
     if n * len(pool) > NEAR_PAIRS_MAX:  # a large night: equal hashes only
-        key = pd.Series(tonight) if predicted is None else pd.Series(list(zip(tonight, predicted, strict=True)))
-        first = pd.Series(np.arange(n)).groupby(key).transform("min").to_numpy()
+        keys = [tonight] if predicted is None else [tonight, predicted]  # grouped by columns, not by Python tuples
+        first = pd.Series(np.arange(n)).groupby(keys).transform("min").to_numpy()
         partner[first < np.arange(n)] = first[first < np.arange(n)]
         if earlier is not None:
             seen = pd.Series(np.arange(len(earlier)) + n).groupby(earlier).min()
