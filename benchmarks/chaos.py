@@ -170,21 +170,22 @@ def batchml(world: dict, *args: str, timeout: float) -> tuple[int | None, str]:
     """Run the CLI against the store through the faulty proxy; (exit code or None if wedged, stderr)."""
     env = {**ENV, "AWS_ENDPOINT_URL": world["proxy"].endpoint}
     cmd = [sys.executable, "-m", "batchml", *args, "--root", f"s3://{BUCKET}/store", "-q"]
+    started = time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        _logged(args, None, "wedged")
+        _logged(args, None, "wedged", timeout)
         return None, "wedged"
-    _logged(args, proc.returncode, proc.stderr + (proc.stdout if proc.returncode else ""))
+    _logged(args, proc.returncode, proc.stderr + (proc.stdout if proc.returncode else ""), time.monotonic() - started)
     return proc.returncode, proc.stderr
 
 
-def _logged(args: tuple[str, ...], code: int | None, err: str) -> None:
-    """Every command, its exit code and the last lines it wrote, to find a wrong exit code afterwards."""
+def _logged(args: tuple[str, ...], code: int | None, err: str, seconds: float) -> None:
+    """Every command, its exit code, time and the last lines it wrote, to find a wrong exit code afterwards."""
     last = " | ".join(line for line in err.strip().splitlines()[-6:] if line.strip())
     COMMANDS_LOG.parent.mkdir(parents=True, exist_ok=True)
     with open(COMMANDS_LOG, "a") as log:
-        log.write(f"{' '.join(args)} -> {code}: {last[:1500]}\n")
+        log.write(f"{' '.join(args)} -> {code} in {seconds:.1f} s: {last[:1500]}\n")
 
 
 def interrupted_run(world: dict, fs, run_id: str, size: int, rng: random.Random, n_parts: int) -> int:
@@ -284,11 +285,12 @@ LATE: set[str] = set()  # files added to the prefix by earlier rounds: every lat
 OPS_ZERO = {"wedged": 0, "wrong": 0, "silent_skips": 0, "damaged_planted": 0, "damaged_named": 0}
 
 
-def retried(world: dict, *args: str, timeout: float, attempts: int = 5) -> tuple[int | None, str]:
-    """A command that transient faults may fail (exit 2): run again until it exits otherwise."""
+def retried(world: dict, *args: str, timeout: float, attempts: int = 5, refusal: str = "") -> tuple[int | None, str]:
+    """A command that transient faults may fail (exit 2): run again until it exits otherwise, or
+    is refused for the reason expected (``refusal`` in its message: running it again changes nothing)."""
     for _ in range(attempts):
         code, err = batchml(world, *args, timeout=timeout)
-        if code != 2 or "Traceback" in err:
+        if code != 2 or "Traceback" in err or (refusal and refusal in err):
             break
     return code, err
 
@@ -300,7 +302,7 @@ def ops_round(world: dict, fs, r: int, run_id: str, size: int, expected: set[str
              "--model", "chaos/production", *cluster)
     late = {f"circle/late-{r}-{i}.png": make_image(0, 10_000 + i) for i in range(5)}
     fs.pipe({f"{BUCKET}/in/{name}": data for name, data in late.items()})
-    code, err = retried(world, *score, timeout=timeout)
+    code, err = retried(world, *score, timeout=timeout, refusal="5 new files")
     out["wedged"] += code is None
     out["silent_skips"] += code == 0  # the late files were left out, and it said all is done
     out["wrong"] += code not in (0, 2) or (code == 2 and "5 new files" not in err)

@@ -241,19 +241,22 @@ def test_cards_and_manifests_name_the_device_each_task_computed_on(client, train
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", ["gpu", "gpu-cu12"])
-@pytest.mark.parametrize("python", ["3.11", "3.12"])
-def test_gpu_extras_resolve_on_linux_x86_64(extra, python, tmp_path):
+def test_gpu_extras_resolve_on_linux_x86_64(tmp_path):
     """The resolver on ``pip install '.[gpu]'``'s requirements, for a Linux GPU machine (uv
-    resolves for another platform and Python from the wheels' metadata alone)."""
+    resolves for another platform and Python from the wheels' metadata alone). The four
+    resolutions wait on the package index, so they run at once."""
     uv = Path(sys.executable).with_name("uv")
-    out = subprocess.run([str(uv), "pip", "compile", "-q", str(ROOT / "pyproject.toml"), "--extra", extra,
-                          "--python-version", python, "--python-platform", "x86_64-manylinux_2_28",
-                          "-o", str(tmp_path / "lock.txt")], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    lock = (tmp_path / "lock.txt").read_text()
-    cuda = "cu12" if extra == "gpu-cu12" else "cu13"
-    assert "dask-cuda==" in lock and f"jax-cuda{cuda[2:]}-plugin==" in lock and "cuda-core" in lock
+    combos = [(extra, python) for extra in ("gpu", "gpu-cu12") for python in ("3.11", "3.12")]
+    procs = {(extra, python): subprocess.Popen(
+        [str(uv), "pip", "compile", "-q", str(ROOT / "pyproject.toml"), "--extra", extra, "--python-version", python,
+         "--python-platform", "x86_64-manylinux_2_28", "-o", str(tmp_path / f"{extra}-{python}.txt")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for extra, python in combos}
+    for (extra, python), proc in procs.items():
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, (extra, python, err[-3000:])
+        lock = (tmp_path / f"{extra}-{python}.txt").read_text()
+        cuda = "cu12" if extra == "gpu-cu12" else "cu13"
+        assert "dask-cuda==" in lock and f"jax-cuda{cuda[2:]}-plugin==" in lock and "cuda-core" in lock, (extra, python)
 
 
 @pytest.mark.slow
