@@ -264,7 +264,10 @@ class FaultyS3Proxy:
         from http.server import ThreadingHTTPServer
 
         handler = type("Relay", (_Relay,), {"proxy": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        # a reader opens a hundred connections at once: the default backlog of 5 would drop their SYNs
+        # (a client then waits 1, 3, 7... s to try again), as no object store does
+        server_class = type("Relay", (ThreadingHTTPServer,), {"request_queue_size": 1024})
+        self._server = server_class(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
         self._server.handle_error = lambda request, address: None  # a client killed mid-request is expected
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
