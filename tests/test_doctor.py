@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
 
 from batchml import layout
 from batchml.cli import main
+from batchml.cli.output import warning_printer
 from batchml.doctor import RESCORE, check_store
 from batchml.errors import BatchmlError
-from batchml.integrity import DamagedFileError, DamagedFileWarning, read_stats
+from batchml.integrity import DamagedFileError, DamagedFileWarning, read_stats, skip_damaged
 from batchml.monitoring import fold_run, monitor_run, read_table
 from batchml.monitoring.baseline import accepted_baseline
 from batchml.repair import quarantine
@@ -70,6 +72,24 @@ def test_a_truncated_monitoring_file_is_skipped_with_a_warning_naming_it(night):
     assert runs.run_id.tolist() == ["night-2"]
     with pytest.warns(DamagedFileWarning):
         monitor_run(night, "night-2")  # tonight's monitoring goes on
+
+
+def test_the_command_line_names_a_damaged_file_once(night, capsys):
+    fake_run(night, "night-2", seed=1)
+    rel = layout.monitoring_path("runs", "night-1")
+    night.write_bytes(rel, night.read_bytes(rel)[:100])
+    assert main(["monitor", "--run-id", "night-2", "--root", night.config.root]) in (0, 1)
+    err = capsys.readouterr().err
+    assert err.count(f"batchml: WARNING: skipped damaged file {night.url(rel)}") == 1, err
+    # however many readers skip it, from however many places (one monitor on S3 printed it twice)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = warning_printer()
+        for _ in range(2):
+            skip_damaged("s3://b/monitoring/runs/x.parquet", "torn")
+        skip_damaged("s3://b/monitoring/runs/x.parquet", "torn")
+        skip_damaged("s3://b/monitoring/runs/y.parquet", "torn")
+    assert capsys.readouterr().err.count("batchml: WARNING: skipped damaged file") == 2
 
 
 def test_a_malformed_accepted_record_is_skipped_with_a_warning(night, capsys):

@@ -30,7 +30,7 @@ from batchml.cli.args import (
     training_arguments,
 )
 from batchml.cli.label_verbs import add_label_verbs
-from batchml.cli.output import disk_full, exit_now, show_warning, stdout_gone, unexpected
+from batchml.cli.output import disk_full, exit_now, stdout_gone, unexpected, warning_printer
 from batchml.cli.run_verbs import cmd_dashboard, cmd_demo, cmd_doctor, cmd_monitor, cmd_report, cmd_score
 from batchml.cli.train_verbs import (
     cmd_ingest,
@@ -55,7 +55,7 @@ def run(argv: list[str] | None = None) -> NoReturn:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
-        warnings.showwarning = show_warning
+        warnings.showwarning = warning_printer()
         try:
             return args.func(args) or 0
         except BatchmlError as exc:

@@ -7,6 +7,7 @@ import os
 import sys
 import traceback
 import warnings
+from collections.abc import Callable
 from typing import NoReturn
 
 
@@ -25,14 +26,22 @@ def disk_full(prog: str, exc: OSError) -> str:
             "free space (or point --root elsewhere), then rerun the same command; a run resumes where it stopped")
 
 
-def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """batchml's own warnings as one line each ("batchml: WARNING: ..."); others as Python shows them."""
+def warning_printer() -> Callable[..., None]:
+    """A ``warnings.showwarning`` for one command: batchml's own warnings as one line each
+    ("batchml: WARNING: ..."), each once however many readers skipped the same file; others
+    as Python shows them."""
     from batchml.integrity import DamagedFileWarning
 
-    if issubclass(category, DamagedFileWarning):
-        print(f"batchml: WARNING: {message}", file=sys.stderr, flush=True)
-    else:
-        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if not issubclass(category, DamagedFileWarning):
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+        elif str(message) not in shown:
+            shown.add(str(message))
+            print(f"batchml: WARNING: {message}", file=sys.stderr, flush=True)
+
+    return show
 
 
 def say(text: str) -> None:
