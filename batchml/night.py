@@ -3,15 +3,22 @@ earlier attempt stopped), then monitor it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 from batchml.monitoring import MonitorConfig, RunReport, monitor_run
 from batchml.records import RunManifest
-from batchml.score.scoring import ScoreConfig, score
+from batchml.score.scoring import ScoreConfig, committed_already, score
 from batchml.store import Store
 
 
-def score_and_monitor(client, store: Store, cfg: ScoreConfig, thresholds: MonitorConfig = MonitorConfig(),
-                      config_source: str | None = None, verbose: bool = True) -> tuple[RunManifest, RunReport]:
+def score_and_monitor(open_client: Callable[[], AbstractContextManager], store: Store, cfg: ScoreConfig,
+                      thresholds: MonitorConfig = MonitorConfig(), config_source: str | None = None,
+                      verbose: bool = True) -> tuple[RunManifest, RunReport]:
     """The committed run's manifest and its monitoring report (``config_source``: the file the
-    thresholds came from, named in the report)."""
-    manifest = score(client, store, cfg, verbose=verbose)
+    thresholds came from, named in the report). ``open_client`` gives a Dask client, opened only
+    when there is scoring to do: a night committed already is monitored at once."""
+    if (manifest := committed_already(store, cfg, verbose)) is None:
+        with open_client() as client:
+            manifest = score(client, store, cfg, verbose=verbose)
     return manifest, monitor_run(store, manifest.run_id, thresholds, config_source)

@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         run_id = cfg.run_id  # a failure from here on is reported as this run's
         store = open_store(args)
         thresholds = MonitorConfig.from_file(args.config) if args.config else MonitorConfig()
-        with connect(cluster_config(args), verbose=not args.quiet) as client:
-            _, report = score_and_monitor(client, store, cfg, thresholds, args.config, verbose=not args.quiet)
+        _, report = score_and_monitor(lambda: connect(cluster_config(args), verbose=not args.quiet), store, cfg,
+                                      thresholds, args.config, verbose=not args.quiet)
     except BatchmlError as exc:
         print(f"nightly: FAILED: {exc}", file=sys.stderr)
         send_night(args, Night.failed(run_id, str(exc), time.monotonic() - started, args.dashboard_url))

@@ -80,7 +80,7 @@ def test_nightly_passes_the_partition_size_and_the_nights_date_to_the_run(monkey
 
     job, seen = load_job(), {}
 
-    def score_and_monitor(client, store, cfg, thresholds, config_source, verbose):
+    def score_and_monitor(open_client, store, cfg, thresholds, config_source, verbose):
         seen["cfg"] = cfg
         raise job.BatchmlError("stop here")
 

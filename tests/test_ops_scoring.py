@@ -17,7 +17,7 @@ from batchml.monitoring import monitor_run, read_table
 from batchml.records import ModelCard
 from batchml.registry import model_bytes, promote, register
 from batchml.repair import repair
-from batchml.score.scoring import ScoreConfig, score
+from batchml.score.scoring import ScoreConfig, committed_already, score
 from tests.conftest import CLASSES, make_image
 from tests.ops_fixtures import tiny_card
 
@@ -60,6 +60,8 @@ def test_a_grown_prefix_is_refused_with_the_difference_then_appended_exactly_onc
         (folder / "circle" / f"late{i}.png").write_bytes(make_image(0, i))
     with pytest.raises(BatchmlError, match=r"2 new files \(circle/late7.png, circle/late8.png\).*--append"):
         score(client, tiny_store, cfg, verbose=False)
+    with pytest.raises(BatchmlError, match=r"2 new files"):  # refused before any cluster is started too
+        committed_already(tiny_store, cfg, verbose=False)
     appended = score(client, tiny_store, ScoreConfig(**{**cfg.__dict__, "append": True}), verbose=False)
     preds = predictions(tiny_store, "night")
     assert appended.rows == len(preds) == 9 and preds.image_id.is_unique
@@ -68,6 +70,10 @@ def test_a_grown_prefix_is_refused_with_the_difference_then_appended_exactly_onc
     assert appended.committed_at == first.committed_at  # the night keeps its place among the nights
     again = score(client, tiny_store, ScoreConfig(**{**cfg.__dict__, "append": True}), verbose=False)
     assert again.to_dict() == appended.to_dict() and len(predictions(tiny_store, "night")) == 9
+    # a rerun with nothing to do is answered without a cluster; --append always goes to ``score``
+    assert committed_already(tiny_store, cfg, verbose=False).to_dict() == appended.to_dict()
+    assert committed_already(tiny_store, ScoreConfig(**{**cfg.__dict__, "append": True}), verbose=False) is None
+    assert committed_already(tiny_store, ScoreConfig(**{**cfg.__dict__, "run_id": "new"}), verbose=False) is None
 
 
 def test_a_committed_run_refuses_another_partition_size_or_model(client, tiny_store, tmp_path):

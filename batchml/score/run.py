@@ -65,8 +65,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
     check_config(cfg)
     run_id = cfg.run_id or f"{cfg.dataset or 'images'}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     warming = _warm_workers(client, store, cfg)  # the workers load the model while the client lists
-    plan = (inputs.plan_prefix(cfg.images, options_for(cfg.images, store), cfg.partition_size) if cfg.images
-            else inputs.plan_dataset(store, cfg.dataset))
+    plan = _plan(store, cfg)
     _notice(*inputs.skipped_notices(plan))
     run = _start_run(store, cfg, run_id, plan, verbose, warming)
     cfg = _as_pinned(cfg, run)
@@ -94,6 +93,32 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
     _run_tasks(client, spec, {n: partitions[n] for n in todo}, len(names), verbose)
     wall = time.perf_counter() - started
     return _commit(store, spec, run, names, todo, wall, cfg.max_error_ratio)
+
+
+def committed_already(store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunManifest | None:
+    """The manifest of a committed run with nothing left to do, found without a cluster, so that a
+    rerun of a finished night ends at once (and a rerun the run refuses, another input, cut or
+    model, is refused before a cluster starts). None where ``score`` has work or checks to do: a
+    new or unfinished run, ``--append``, statistics gone missing, a run record to rebuild."""
+    check_config(cfg)
+    run_id = cfg.run_id
+    if cfg.append or not run_id or not all(store.exists(layout.run_path(run_id, name))
+                                           for name in (layout.RUN_SPEC, layout.RUN_MANIFEST)):
+        return None
+    plan = _plan(store, cfg)
+    run = _start_run(store, cfg, run_id, plan, verbose=False)
+    partitions = _check_input(store, _as_pinned(cfg, run), run, plan, verbose=False)
+    names = list(partitions)
+    done = set(store.list(layout.run_path(run_id, "stats"), ".json"))
+    if any(layout.stats_name(n) not in done for n in names):
+        return None
+    _notice(*inputs.skipped_notices(plan))
+    return _already_committed(store, run_id, names, [], verbose)
+
+
+def _plan(store: Store, cfg: ScoreConfig) -> inputs.InputPlan:
+    return (inputs.plan_prefix(cfg.images, options_for(cfg.images, store), cfg.partition_size) if cfg.images
+            else inputs.plan_dataset(store, cfg.dataset))
 
 
 def _already_committed(store: Store, run_id: str, names: list[str], todo: list[str],
