@@ -3,6 +3,7 @@ the Prometheus metrics file, and the self-contained HTML report."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -10,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from batchml import notify as notify_module
 from batchml.cli import main
 from batchml.monitoring import monitor_run
 from batchml.notify import Night, NotifyConfig, metrics_text, notify, write_metrics
@@ -124,6 +126,8 @@ def test_the_token_travels_in_the_header_never_in_the_payload(receiver, report):
 def test_monitor_notifies_and_keeps_its_exit_code_when_a_receiver_is_down(store, receiver, capsys, monkeypatch):
     fake_run(store)
     monkeypatch.setenv("BATCHML_NOTIFY_TOKEN", "tok")
+    # the retries' waits (1 + 2 + 4 s) are tested above: here only what the command does after them
+    monkeypatch.setattr(notify_module, "NotifyConfig", functools.partial(NotifyConfig, backoff_seconds=0.01))
     dead = "http://127.0.0.1:9/hook"  # the discard port: nothing listens
     code = main(["monitor", "--run-id", "night-1", "--root", store.config.root, "--notify", receiver.url,
                  "--notify", dead, "--notify-format", "json", "--dashboard-url", "https://dash.example/"])

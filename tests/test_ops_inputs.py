@@ -196,3 +196,15 @@ def test_the_dashboards_listing_skips_a_damaged_card_with_a_warning(store):
     with pytest.warns(DamagedFileWarning, match=r"zeta/v1/card.json"):
         assert [str(r.version) for r in list_registered(store)] == ["tiny/v1"]
     assert [r.problem != "" for r in list_registered(store, include_damaged=True)] == [False, True]
+
+
+def test_an_input_that_is_not_there_is_named_before_a_cluster_starts(store, tmp_path, capsys):
+    from batchml.score.scoring import ScoreConfig, committed_already
+
+    with pytest.raises(BatchmlError, match="unknown dataset 'nope'"):
+        committed_already(store, ScoreConfig("nope", run_id="night-1"))
+    with pytest.raises(BatchmlError, match=r"no .* files under .*gone"):
+        committed_already(store, ScoreConfig(None, images=str(tmp_path / "gone"), run_id="night-1"))
+    # the CLI never reaches its cluster (none is reachable at this address)
+    code = main(["score", "--dataset", "nope", "--scheduler", "tcp://127.0.0.1:9", "--root", store.config.root])
+    assert code == 2 and "unknown dataset 'nope'" in capsys.readouterr().err

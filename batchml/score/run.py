@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 from batchml import layout
 from batchml.data import datasets, inputs
@@ -98,9 +99,14 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
 def committed_already(store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunManifest | None:
     """The manifest of a committed run with nothing left to do, found without a cluster, so that a
     rerun of a finished night ends at once (and a rerun the run refuses, another input, cut or
-    model, is refused before a cluster starts). None where ``score`` has work or checks to do: a
-    new or unfinished run, ``--append``, statistics gone missing, a run record to rebuild."""
+    model, is refused before a cluster starts, as is a dataset or local folder that is not there).
+    None where ``score`` has work or checks to do: a new or unfinished run, ``--append``,
+    statistics gone missing, a run record to rebuild."""
     check_config(cfg)
+    if not cfg.images:
+        inputs.plan_dataset(store, cfg.dataset)  # one small file: an unknown dataset is named now
+    elif "://" not in cfg.images and not Path(cfg.images).exists():
+        inputs.plan_prefix(cfg.images, {}, cfg.partition_size)  # names the missing folder
     run_id = cfg.run_id
     if cfg.append or not run_id or not all(store.exists(layout.run_path(run_id, name))
                                            for name in (layout.RUN_SPEC, layout.RUN_MANIFEST)):
