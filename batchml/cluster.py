@@ -239,15 +239,23 @@ def _local_cluster(cfg: ClusterConfig):
 
 
 @contextmanager
+def check_cluster(cfg: ClusterConfig) -> None:
+    """The flags of ``cfg`` that cannot work together, named before anything is read or started."""
+    if cfg.scheduler:
+        if cfg.scheduler.startswith("tls://") and not (cfg.tls_ca_file and cfg.tls_cert and cfg.tls_key):
+            raise BatchmlError(f"the scheduler {cfg.scheduler} speaks TLS: pass --tls-ca-file, --tls-cert "
+                               "and --tls-key (the certificates the cluster was started with)")
+    else:
+        local_workers(cfg, visible_gpu_ids() if cfg.use_gpus else [])
+
+
 def connect(cfg: ClusterConfig, verbose: bool = False) -> Iterator[Client]:
     """A Dask client for ``cfg``, with every worker set up by the Keras backend plugin and
     its device checked (``check_devices``)."""
     cluster = None
+    check_cluster(cfg)
     try:
         if cfg.scheduler:
-            if cfg.scheduler.startswith("tls://") and not (cfg.tls_ca_file and cfg.tls_cert and cfg.tls_key):
-                raise BatchmlError(f"the scheduler {cfg.scheduler} speaks TLS: pass --tls-ca-file, --tls-cert "
-                                   "and --tls-key (the certificates the cluster was started with)")
             client = Client(cfg.scheduler, security=_security(cfg), timeout="30s")
         else:
             cluster = _local_cluster(cfg)

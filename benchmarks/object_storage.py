@@ -18,7 +18,8 @@ fresh ``batchml`` process timed end to end (start-up included; one local worker)
 and ``batchml ingest s3://bench/cifar/`` at 20 ms. The last line is one JSON object: `images_per_s`
 (system -> figure), `ratio_s3_20ms_to_local`, `ratio_s3_50ms_to_local`,
 `requests_in_flight_median` (at 20 ms, per worker), `ratio_to_plain_loop`, `peak_rss_mb` (the
-largest process of a run), `ingest_s3_images_per_s`.
+largest process of a run), `ingest_s3_images_per_s`, and `s3_server_cpu_seconds` (per latency: the
+CPU the S3 server took from the cores the run had).
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ class Bench:
             out, objects, store, remote, moto, env, n
         self.in_flight: list[float] = []
         self.ingest_rates: list[float] = []
+        self.server_cpu: dict[str, list[float]] = {}  # run -> CPU seconds the S3 server spent on it
 
     def run(self, name: str, ms: int | None, run_id: str) -> tuple[float, float]:
         root = self.store.config.root
@@ -189,9 +191,11 @@ class Bench:
 
         with serving(self.objects.parents[1], ms / 1000) as endpoint:
             options = json.dumps({"client_kwargs": {"endpoint_url": endpoint}})
-            stats(endpoint, reset=True)
+            before = stats(endpoint, reset=True)["cpu_seconds"]
             measured = timed(batchml("score", "--root", self.store.config.root, "--storage-options", options,
                                      "--images", f"s3://{BUCKET}/cifar", "--run-id", run_id), self.env)
+            # the server shares this machine's cores with the run it serves: what it took is reported
+            self.server_cpu.setdefault(f"images_s3_{ms}ms", []).append(stats(endpoint)["cpu_seconds"] - before)
             if ms == 20:
                 self.in_flight.append(stats(endpoint)["in_flight_median"])  # one worker: per worker
                 shutil.rmtree(self.out / "ingested", ignore_errors=True)
@@ -259,7 +263,10 @@ def main() -> int:
         "ratio_to_plain_loop": round(med["images_local"] / med["plain_loop"], 3),
         "peak_rss_mb": round(max(rss), 1),
         "ingest_s3_images_per_s": round(statistics.median(ingest_rates), 1),
+        "s3_server_cpu_seconds": {k: round(statistics.median(v), 1) for k, v in bench.server_cpu.items()},
     }
+    for name, seconds in figures["s3_server_cpu_seconds"].items():
+        print(f"{name}: the S3 server itself used {seconds} CPU seconds of this machine's cores")
     print(json.dumps(figures))
     return 0
 

@@ -38,7 +38,7 @@ from batchml.cli import (
     store_arguments,
     unexpected,
 )
-from batchml.cluster import connect
+from batchml.cluster import check_cluster, connect
 from batchml.errors import BatchmlError
 from batchml.monitoring import MonitorConfig, format_report
 from batchml.night import score_and_monitor
@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         run_id = cfg.run_id  # a failure from here on is reported as this run's
         store = open_store(args)
         thresholds = MonitorConfig.from_file(args.config) if args.config else MonitorConfig()
-        _, report = score_and_monitor(lambda: connect(cluster_config(args), verbose=not args.quiet), store, cfg,
+        cluster = cluster_config(args)
+        check_cluster(cluster)
+        _, report = score_and_monitor(lambda: connect(cluster, verbose=not args.quiet), store, cfg,
                                       thresholds, args.config, verbose=not args.quiet)
     except BatchmlError as exc:
         print(f"nightly: FAILED: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ from batchml.registry import resolve
 
 
 def cmd_score(args) -> None:
-    from batchml.cluster import connect
+    from batchml.cluster import check_cluster, connect
     from batchml.device import device_label
     from batchml.score.scoring import ScoreConfig, committed_already, score
 
@@ -26,8 +26,10 @@ def cmd_score(args) -> None:
                       segment_by=args.segment_by, segment_from_path=args.segment_from_path,
                       raw_orientation=args.raw_orientation, diagnostics=args.diagnostics,
                       append=args.append)
+    cluster = cluster_config(args)
+    check_cluster(cluster)  # flags at odds are named before the input is looked at
     if (m := committed_already(store, cfg, verbose=not args.quiet)) is None:
-        with connect(cluster_config(args), verbose=not args.quiet) as client:
+        with connect(cluster, verbose=not args.quiet) as client:
             m = score(client, store, cfg, verbose=not args.quiet)
     rate = f" at {m.images_per_second:,.0f} images/s" if m.images_per_second else ""
     rate += f" on {', '.join(device_label(d) for d in m.devices)}" if m.devices else ""
