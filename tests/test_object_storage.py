@@ -210,6 +210,15 @@ def test_signed_gets_carry_botocores_own_signature(monkeypatch):
                 assert ours["host"] == url.raw_authority
 
 
+def test_signed_gets_address_by_host_name_only_the_buckets_botocore_does():
+    """On AWS a bucket whose name is not a DNS label (legacy capitals or underscores, dots, over 63
+    characters) is addressed by path, as botocore does, not at a host name that is not the bucket's."""
+    signer = SignedGet(None, "https://s3.eu-west-1.amazonaws.com", "eu-west-1", 1, (1.0, 1.0), None, True)
+    assert str(signer.where("bkt/k")[0]) == "https://bkt.s3.eu-west-1.amazonaws.com/k"
+    for bucket in ("My_Bucket", "under_score", "my.bucket", "b" * 64):
+        assert str(signer.where(f"{bucket}/k")[0]) == f"https://s3.eu-west-1.amazonaws.com/{bucket}/k", bucket
+
+
 @pytest.mark.slow
 def test_s3_reads_retry_what_is_transient_and_leave_the_rest_to_s3fs(s3_endpoint):
     bucket = _bucket(s3_endpoint)

@@ -119,11 +119,12 @@ class SignedGet:
 
     def where(self, path: str) -> tuple[object, str, str]:
         """(the URL, its host, the canonical URI) of ``bucket/key``."""
+        from botocore.utils import check_dns_name
         from yarl import URL
 
         bucket, _, key = path.partition("/")
         parts = urlsplit(self.endpoint)
-        if self.virtual_host and "." not in bucket:
+        if self.virtual_host and check_dns_name(bucket):  # as botocore: no dots, 3 to 63 of [a-z0-9-]
             host, canonical = f"{bucket}.{parts.netloc}", "/" + quote(key, safe="/~")
         else:
             host, canonical = parts.netloc, "/" + quote(f"{bucket}/{key}", safe="/~")
