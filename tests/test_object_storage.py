@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -217,6 +219,12 @@ def test_signed_gets_address_by_host_name_only_the_buckets_botocore_does():
     assert str(signer.where("bkt/k")[0]) == "https://bkt.s3.eu-west-1.amazonaws.com/k"
     for bucket in ("My_Bucket", "under_score", "my.bucket", "b" * 64):
         assert str(signer.where(f"{bucket}/k")[0]) == f"https://s3.eu-west-1.amazonaws.com/{bucket}/k", bucket
+
+
+def test_importing_the_signed_get_alone_leaves_nothing_on_stderr_at_exit():
+    done = subprocess.run([sys.executable, "-c", "import batchml.data.signed_get"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stderr == ""
 
 
 @pytest.mark.slow

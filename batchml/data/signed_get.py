@@ -177,6 +177,8 @@ _OPEN: list[SignedGet] = []  # closed at exit: an unclosed aiohttp session logs 
 
 
 def _close_all() -> None:
+    if not _OPEN:  # nothing opened (an import at exit would fail: "can't register atexit after shutdown")
+        return
     from fsspec.asyn import sync
 
     for signed in _OPEN:
