@@ -14,13 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pytest
-from fsspec.asyn import AsyncFileSystem
+from fsspec.asyn import AsyncFileSystem, sync
+from yarl import URL
 
 from batchml import layout
-from batchml.data import fetch
+from batchml.data import fetch, inputs
 from batchml.data.fetch import InFlight, fetch_many
 from batchml.data.ingest import ingest
-from batchml.data.inputs import read_files
+from batchml.data.inputs import read_files, read_with_retries
 from batchml.data.listing import iter_listing
 from batchml.data.signed_get import EMPTY_SHA256, Credentials, SignedGet
 from batchml.score.prefetch import Prefetcher
@@ -219,6 +220,40 @@ def test_signed_gets_address_by_host_name_only_the_buckets_botocore_does():
     assert str(signer.where("bkt/k")[0]) == "https://bkt.s3.eu-west-1.amazonaws.com/k"
     for bucket in ("My_Bucket", "under_score", "my.bucket", "b" * 64):
         assert str(signer.where(f"{bucket}/k")[0]) == f"https://s3.eu-west-1.amazonaws.com/{bucket}/k", bucket
+
+
+def test_s3_reads_send_no_netrc_entry_with_the_signature(tmp_path, monkeypatch):
+    """A ~/.netrc entry for the store's host is not sent with the signed GET (aiohttp's trust_env
+    sent it as Basic auth, and refused it beside the signature: every read failed, ValueError)."""
+    (tmp_path / "objects" / "bkt").mkdir(parents=True)
+    (tmp_path / "objects" / "bkt" / "a.png").write_bytes(b"png")
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login someone password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setattr(inputs, "READ_BACKOFF_SECONDS", 0)
+    with serving(tmp_path / "objects") as endpoint:
+        store = Store(StoreConfig("s3://bkt", {"client_kwargs": {"endpoint_url": endpoint}, "key": "k", "secret": "s"}))
+        assert read_with_retries(store, ["bkt/a.png"]) == {"bkt/a.png": b"png"}
+        assert fetch._SIGNED[id(store.fs)].declined == 0
+
+
+def test_signed_gets_take_the_environments_proxies_and_leave_what_they_cannot_to_s3fs(tmp_path, monkeypatch):
+    """The environment's proxies are used (trust_env is off); botocore's configured proxies, and a
+    CA bundle that cannot be loaded (missing on this worker: each read said the file was "gone
+    now"), leave the reads to s3fs and its own errors."""
+    monkeypatch.setenv("HTTP_PROXY", "http://user:pw@proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "inside.example")
+    signer = SignedGet(None, "http://store.example", "us-east-1", 1, (1.0, 1.0), None, False)
+    proxy, headers = signer._proxy(URL("http://store.example/bkt/k"))
+    assert str(proxy) == "http://proxy.example:3128" and headers["Proxy-Authorization"].startswith("Basic ")
+    assert signer._proxy(URL("http://inside.example/bkt/k")) == (None, None)
+    endpoint = {"endpoint_url": "http://store.example"}
+    for options in ({"client_kwargs": endpoint, "config_kwargs": {"proxies": {"http": "http://proxy.example:3128"}}},
+                    {"client_kwargs": {**endpoint, "verify": str(tmp_path / "no-ca.pem")}}):
+        fs = Store(StoreConfig("s3://bkt", {**options, "key": "k", "secret": "s"})).fs
+        sync(fs.loop, fetch._whole_object_reader, fs)
+        assert fetch._SIGNED[id(fs)] is None, options
 
 
 def test_importing_the_signed_get_alone_leaves_nothing_on_stderr_at_exit():
