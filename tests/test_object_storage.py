@@ -256,6 +256,23 @@ def test_signed_gets_take_the_environments_proxies_and_leave_what_they_cannot_to
         assert fetch._SIGNED[id(fs)] is None, options
 
 
+def test_signed_gets_of_two_partitions_at_once_share_the_clients_connection_pool(tmp_path):
+    """A task and its read-ahead read at once: together they keep at most ``max_pool_connections``
+    sockets open, as s3fs's client did (the signed GET's pool had no limit: 2 x 256 per thread)."""
+    for i in range(40):
+        (tmp_path / "objects" / "bkt").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "objects" / "bkt" / f"{i}.png").write_bytes(b"png")
+    with serving(tmp_path / "objects", latency=0.2) as endpoint:
+        store = Store(StoreConfig("s3://bkt", {"client_kwargs": {"endpoint_url": endpoint}, "key": "k", "secret": "s",
+                                               "config_kwargs": {"max_pool_connections": 8}}))
+        with ThreadPoolExecutor(2) as pool:
+            halves = [[f"bkt/{i}.png" for i in range(j, 40, 2)] for j in range(2)]
+            got = list(pool.map(lambda paths: fetch_many(store.fs, paths, InFlight(latency_s=1.0)), halves))
+        stats = json.loads(urllib.request.urlopen(f"{endpoint}/_stats").read())
+    assert all(v == b"png" for part in got for v in part.values()) and stats["requests"] == 40
+    assert stats["in_flight_max"] <= 8
+
+
 def test_importing_the_signed_get_alone_leaves_nothing_on_stderr_at_exit():
     done = subprocess.run([sys.executable, "-c", "import batchml.data.signed_get"], capture_output=True, text=True,
                           timeout=60)

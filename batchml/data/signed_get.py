@@ -7,14 +7,15 @@ needs none of its machinery: a GET signed with Signature Version 4 on aiohttp do
 
 Everything else about the filesystem comes from s3fs's own client: its endpoint, region,
 credentials (explicit, the environment, a profile or an instance role: frozen per batch, so
-refreshed ones stay fresh), TLS verification, the environment's proxies (as botocore's) and
-timeouts; nothing else from the environment (aiohttp's ``trust_env`` would also send a ~/.netrc
-entry for the host as Basic auth, and refuse it beside the signature). Where this path cannot
-stand in for s3fs (requester pays, extra request arguments, object versions, another addressing
-style, proxies in the client's config, a CA bundle that cannot be loaded) it is not used. Any
-answer but the object (200) or a transient failure is left to s3fs: a redirect to another
-region, a denied request or a missing key get s3fs's own handling and errors, and after
-``DECLINED_AFTER`` such answers a filesystem goes back to s3fs for good.
+refreshed ones stay fresh), TLS verification, the environment's proxies (as botocore's),
+timeouts and the connection pool's size (what the reads of all threads share); nothing else
+from the environment (aiohttp's ``trust_env`` would also send a ~/.netrc entry for the host as
+Basic auth, and refuse it beside the signature). Where this path cannot stand in for s3fs
+(requester pays, extra request arguments, object versions, another addressing style, proxies in
+the client's config, a CA bundle that cannot be loaded) it is not used. Any answer but the
+object (200) or a transient failure is left to s3fs: a redirect to another region, a denied
+request or a missing key get s3fs's own handling and errors, and after ``DECLINED_AFTER`` such
+answers a filesystem goes back to s3fs for good.
 Transient failures (a 5xx, 429, a dropped connection, a timeout) are retried as botocore's
 configured ``max_attempts`` would; then the exception is returned to the caller's retries.
 """
@@ -55,8 +56,8 @@ class SignedGet:
     """GETs of whole objects for one s3fs filesystem, on its event loop."""
 
     def __init__(self, fs, endpoint: str, region: str, attempts: int, timeouts: tuple[float, float],
-                 verify, virtual_host: bool) -> None:
-        self.fs, self.endpoint, self.region = fs, endpoint.rstrip("/"), region
+                 verify, virtual_host: bool, pool: int = 10) -> None:
+        self.fs, self.endpoint, self.region, self.pool = fs, endpoint.rstrip("/"), region, pool
         self.attempts, self.timeouts, self.verify, self.virtual_host = attempts, timeouts, verify, virtual_host
         self.declined = 0
         self._session = None
@@ -84,7 +85,8 @@ class SignedGet:
                                                               else 3))
         timeouts = (float(meta.config.connect_timeout or 60), float(meta.config.read_timeout or 60))
         verify = fs.client_kwargs.get("verify", os.environ.get("AWS_CA_BUNDLE"))
-        signed = cls(fs, endpoint, meta.region_name or "us-east-1", max(1, attempts), timeouts, verify, virtual)
+        signed = cls(fs, endpoint, meta.region_name or "us-east-1", max(1, attempts), timeouts, verify, virtual,
+                     int(meta.config.max_pool_connections or 10))
         signed.tls()  # a CA bundle that cannot be loaded (missing on this worker) is s3fs's to report, not a read's
         _OPEN.append(signed)
         return signed
@@ -188,7 +190,8 @@ class SignedGet:
         import aiohttp
 
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, ssl=self.tls())
+            # botocore's pool size: two partitions read at once (a task and its read-ahead) share it
+            connector = aiohttp.TCPConnector(limit=self.pool, ssl=self.tls())
             timeout = aiohttp.ClientTimeout(sock_connect=self.timeouts[0], sock_read=self.timeouts[1])
             # trust_env off: proxies come from ``_proxy``; a ~/.netrc entry must not replace the signature
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False,
