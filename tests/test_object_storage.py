@@ -11,6 +11,7 @@ import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -239,9 +240,9 @@ def test_s3_reads_send_no_netrc_entry_with_the_signature(tmp_path, monkeypatch):
 
 
 def test_signed_gets_take_the_environments_proxies_and_leave_what_they_cannot_to_s3fs(tmp_path, monkeypatch):
-    """The environment's proxies are used (trust_env is off); botocore's configured proxies, and a
-    CA bundle that cannot be loaded (missing on this worker: each read said the file was "gone
-    now"), leave the reads to s3fs and its own errors."""
+    """The environment's proxies are used (trust_env is off); botocore's configured proxies, a CA
+    bundle that cannot be loaded (missing on this worker: each read said the file was "gone now")
+    and a client certificate (which the signed GET does not present) leave the reads to s3fs."""
     monkeypatch.setenv("HTTP_PROXY", "http://user:pw@proxy.example:3128")
     monkeypatch.setenv("NO_PROXY", "inside.example")
     signer = SignedGet(None, "http://store.example", "us-east-1", 1, (1.0, 1.0), None, False)
@@ -250,7 +251,8 @@ def test_signed_gets_take_the_environments_proxies_and_leave_what_they_cannot_to
     assert signer._proxy(URL("http://inside.example/bkt/k")) == (None, None)
     endpoint = {"endpoint_url": "http://store.example"}
     for options in ({"client_kwargs": endpoint, "config_kwargs": {"proxies": {"http": "http://proxy.example:3128"}}},
-                    {"client_kwargs": {**endpoint, "verify": str(tmp_path / "no-ca.pem")}}):
+                    {"client_kwargs": {**endpoint, "verify": str(tmp_path / "no-ca.pem")}},
+                    {"client_kwargs": endpoint, "config_kwargs": {"client_cert": str(tmp_path / "client.pem")}}):
         fs = Store(StoreConfig("s3://bkt", {**options, "key": "k", "secret": "s"})).fs
         sync(fs.loop, fetch._whole_object_reader, fs)
         assert fetch._SIGNED[id(fs)] is None, options
@@ -271,6 +273,20 @@ def test_signed_gets_of_two_partitions_at_once_share_the_clients_connection_pool
         stats = json.loads(urllib.request.urlopen(f"{endpoint}/_stats").read())
     assert all(v == b"png" for part in got for v in part.values()) and stats["requests"] == 40
     assert stats["in_flight_max"] <= 8
+
+
+def test_signed_gets_trust_the_ca_bundle_botocore_resolved(tmp_path, monkeypatch):
+    """A private CA named by REQUESTS_CA_BUNDLE (or a profile's ca_bundle) is trusted by botocore, so by
+    the signed GET too: it read AWS_CA_BUNDLE alone, and failed every read on TLS where s3fs read."""
+    import certifi
+
+    bundle = tmp_path / "private-ca.pem"
+    bundle.write_bytes(Path(certifi.where()).read_bytes())
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    fs = Store(StoreConfig("s3://bkt", {"client_kwargs": {"endpoint_url": "https://private-ca.example"},
+                                        "key": "k", "secret": "s"})).fs
+    assert sync(fs.loop, SignedGet.for_fs, fs).verify == str(bundle)
 
 
 def test_importing_the_signed_get_alone_leaves_nothing_on_stderr_at_exit():

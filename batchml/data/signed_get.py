@@ -29,7 +29,6 @@ import datetime
 import hashlib
 import hmac
 import inspect
-import os
 import random
 import ssl
 from dataclasses import dataclass
@@ -74,7 +73,8 @@ class SignedGet:
         await fs.set_session()
         meta = fs.s3.meta
         style = (meta.config.s3 or {}).get("addressing_style", "auto")
-        if style not in ("auto", "path", None) or not meta.endpoint_url or meta.config.proxies:
+        if (style not in ("auto", "path", None) or not meta.endpoint_url or meta.config.proxies
+                or meta.config.client_cert):
             return None
         endpoint = meta.endpoint_url
         # botocore addresses AWS's own endpoints by bucket host name, any other by path
@@ -84,7 +84,9 @@ class SignedGet:
         attempts = int(retries.get("total_max_attempts") or (retries["max_attempts"] + 1 if "max_attempts" in retries
                                                               else 3))
         timeouts = (float(meta.config.connect_timeout or 60), float(meta.config.read_timeout or 60))
-        verify = fs.client_kwargs.get("verify", os.environ.get("AWS_CA_BUNDLE"))
+        # the CA bundle as botocore resolved it: verify=, the profile's ca_bundle or AWS_CA_BUNDLE,
+        # then REQUESTS_CA_BUNDLE (a private CA named in any of them must be trusted here too)
+        verify = fs.s3._endpoint.http_session._verify
         signed = cls(fs, endpoint, meta.region_name or "us-east-1", max(1, attempts), timeouts, verify, virtual,
                      int(meta.config.max_pool_connections or 10))
         signed.tls()  # a CA bundle that cannot be loaded (missing on this worker) is s3fs's to report, not a read's
