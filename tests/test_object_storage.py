@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from fsspec.asyn import AsyncFileSystem
+from fsspec.asyn import AsyncFileSystem, sync
+from yarl import URL
 
 from batchml import layout
-from batchml.data import fetch
+from batchml.data import fetch, inputs
 from batchml.data.fetch import InFlight, fetch_many
 from batchml.data.ingest import ingest
-from batchml.data.inputs import read_files
+from batchml.data.inputs import read_files, read_with_retries
 from batchml.data.listing import iter_listing
 from batchml.data.signed_get import EMPTY_SHA256, Credentials, SignedGet
 from batchml.score.prefetch import Prefetcher
@@ -208,6 +212,87 @@ def test_signed_gets_carry_botocores_own_signature(monkeypatch):
                                           ).add_auth(theirs)
                 assert ours["Authorization"] == theirs.headers["Authorization"], (endpoint, path, token)
                 assert ours["host"] == url.raw_authority
+
+
+def test_signed_gets_address_by_host_name_only_the_buckets_botocore_does():
+    """On AWS a bucket whose name is not a DNS label (legacy capitals or underscores, dots, over 63
+    characters) is addressed by path, as botocore does, not at a host name that is not the bucket's."""
+    signer = SignedGet(None, "https://s3.eu-west-1.amazonaws.com", "eu-west-1", 1, (1.0, 1.0), None, True)
+    assert str(signer.where("bkt/k")[0]) == "https://bkt.s3.eu-west-1.amazonaws.com/k"
+    for bucket in ("My_Bucket", "under_score", "my.bucket", "b" * 64):
+        assert str(signer.where(f"{bucket}/k")[0]) == f"https://s3.eu-west-1.amazonaws.com/{bucket}/k", bucket
+
+
+def test_s3_reads_send_no_netrc_entry_with_the_signature(tmp_path, monkeypatch):
+    """A ~/.netrc entry for the store's host is not sent with the signed GET (aiohttp's trust_env
+    sent it as Basic auth, and refused it beside the signature: every read failed, ValueError)."""
+    (tmp_path / "objects" / "bkt").mkdir(parents=True)
+    (tmp_path / "objects" / "bkt" / "a.png").write_bytes(b"png")
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login someone password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setattr(inputs, "READ_BACKOFF_SECONDS", 0)
+    with serving(tmp_path / "objects") as endpoint:
+        store = Store(StoreConfig("s3://bkt", {"client_kwargs": {"endpoint_url": endpoint}, "key": "k", "secret": "s"}))
+        assert read_with_retries(store, ["bkt/a.png"]) == {"bkt/a.png": b"png"}
+        assert fetch._SIGNED[id(store.fs)].declined == 0
+
+
+def test_signed_gets_take_the_environments_proxies_and_leave_what_they_cannot_to_s3fs(tmp_path, monkeypatch):
+    """The environment's proxies are used (trust_env is off); botocore's configured proxies, a CA
+    bundle that cannot be loaded (missing on this worker: each read said the file was "gone now")
+    and a client certificate (which the signed GET does not present) leave the reads to s3fs."""
+    monkeypatch.setenv("HTTP_PROXY", "http://user:pw@proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "inside.example")
+    signer = SignedGet(None, "http://store.example", "us-east-1", 1, (1.0, 1.0), None, False)
+    proxy, headers = signer._proxy(URL("http://store.example/bkt/k"))
+    assert str(proxy) == "http://proxy.example:3128" and headers["Proxy-Authorization"].startswith("Basic ")
+    assert signer._proxy(URL("http://inside.example/bkt/k")) == (None, None)
+    endpoint = {"endpoint_url": "http://store.example"}
+    for options in ({"client_kwargs": endpoint, "config_kwargs": {"proxies": {"http": "http://proxy.example:3128"}}},
+                    {"client_kwargs": {**endpoint, "verify": str(tmp_path / "no-ca.pem")}},
+                    {"client_kwargs": endpoint, "config_kwargs": {"client_cert": str(tmp_path / "client.pem")}}):
+        fs = Store(StoreConfig("s3://bkt", {**options, "key": "k", "secret": "s"})).fs
+        sync(fs.loop, fetch._whole_object_reader, fs)
+        assert fetch._SIGNED[id(fs)] is None, options
+
+
+def test_signed_gets_of_two_partitions_at_once_share_the_clients_connection_pool(tmp_path):
+    """A task and its read-ahead read at once: together they keep at most ``max_pool_connections``
+    sockets open, as s3fs's client did (the signed GET's pool had no limit: 2 x 256 per thread)."""
+    for i in range(40):
+        (tmp_path / "objects" / "bkt").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "objects" / "bkt" / f"{i}.png").write_bytes(b"png")
+    with serving(tmp_path / "objects", latency=0.2) as endpoint:
+        store = Store(StoreConfig("s3://bkt", {"client_kwargs": {"endpoint_url": endpoint}, "key": "k", "secret": "s",
+                                               "config_kwargs": {"max_pool_connections": 8}}))
+        with ThreadPoolExecutor(2) as pool:
+            halves = [[f"bkt/{i}.png" for i in range(j, 40, 2)] for j in range(2)]
+            got = list(pool.map(lambda paths: fetch_many(store.fs, paths, InFlight(latency_s=1.0)), halves))
+        stats = json.loads(urllib.request.urlopen(f"{endpoint}/_stats").read())
+    assert all(v == b"png" for part in got for v in part.values()) and stats["requests"] == 40
+    assert stats["in_flight_max"] <= 8
+
+
+def test_signed_gets_trust_the_ca_bundle_botocore_resolved(tmp_path, monkeypatch):
+    """A private CA named by REQUESTS_CA_BUNDLE (or a profile's ca_bundle) is trusted by botocore, so by
+    the signed GET too: it read AWS_CA_BUNDLE alone, and failed every read on TLS where s3fs read."""
+    import certifi
+
+    bundle = tmp_path / "private-ca.pem"
+    bundle.write_bytes(Path(certifi.where()).read_bytes())
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    fs = Store(StoreConfig("s3://bkt", {"client_kwargs": {"endpoint_url": "https://private-ca.example"},
+                                        "key": "k", "secret": "s"})).fs
+    assert sync(fs.loop, SignedGet.for_fs, fs).verify == str(bundle)
+
+
+def test_importing_the_signed_get_alone_leaves_nothing_on_stderr_at_exit():
+    done = subprocess.run([sys.executable, "-c", "import batchml.data.signed_get"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stderr == ""
 
 
 @pytest.mark.slow

@@ -7,11 +7,15 @@ needs none of its machinery: a GET signed with Signature Version 4 on aiohttp do
 
 Everything else about the filesystem comes from s3fs's own client: its endpoint, region,
 credentials (explicit, the environment, a profile or an instance role: frozen per batch, so
-refreshed ones stay fresh), TLS verification and timeouts. Where this path cannot stand in for
-s3fs (requester pays, extra request arguments, object versions, another addressing style) it
-is not used. Any answer but the object (200) or a transient failure is left to s3fs: a
-redirect to another region, a denied request or a missing key get s3fs's own handling and
-errors, and after ``DECLINED_AFTER`` such answers a filesystem goes back to s3fs for good.
+refreshed ones stay fresh), TLS verification, the environment's proxies (as botocore's),
+timeouts and the connection pool's size (what the reads of all threads share); nothing else
+from the environment (aiohttp's ``trust_env`` would also send a ~/.netrc entry for the host as
+Basic auth, and refuse it beside the signature). Where this path cannot stand in for s3fs
+(requester pays, extra request arguments, object versions, another addressing style, proxies in
+the client's config, a CA bundle that cannot be loaded) it is not used. Any answer but the
+object (200) or a transient failure is left to s3fs: a redirect to another region, a denied
+request or a missing key get s3fs's own handling and errors, and after ``DECLINED_AFTER`` such
+answers a filesystem goes back to s3fs for good.
 Transient failures (a 5xx, 429, a dropped connection, a timeout) are retried as botocore's
 configured ``max_attempts`` would; then the exception is returned to the caller's retries.
 """
@@ -25,7 +29,6 @@ import datetime
 import hashlib
 import hmac
 import inspect
-import os
 import random
 import ssl
 from dataclasses import dataclass
@@ -52,11 +55,13 @@ class SignedGet:
     """GETs of whole objects for one s3fs filesystem, on its event loop."""
 
     def __init__(self, fs, endpoint: str, region: str, attempts: int, timeouts: tuple[float, float],
-                 verify, virtual_host: bool) -> None:
-        self.fs, self.endpoint, self.region = fs, endpoint.rstrip("/"), region
+                 verify, virtual_host: bool, pool: int = 10) -> None:
+        self.fs, self.endpoint, self.region, self.pool = fs, endpoint.rstrip("/"), region, pool
         self.attempts, self.timeouts, self.verify, self.virtual_host = attempts, timeouts, verify, virtual_host
         self.declined = 0
         self._session = None
+        self._tls: ssl.SSLContext | bool | None = None
+        self._proxies: dict[str, tuple] = {}  # host -> (the environment's proxy for it, its headers)
         self._keys: dict[tuple, bytes] = {}  # (secret, day, region) -> signing key
 
     @classmethod
@@ -68,7 +73,8 @@ class SignedGet:
         await fs.set_session()
         meta = fs.s3.meta
         style = (meta.config.s3 or {}).get("addressing_style", "auto")
-        if style not in ("auto", "path", None) or not meta.endpoint_url:
+        if (style not in ("auto", "path", None) or not meta.endpoint_url or meta.config.proxies
+                or meta.config.client_cert):
             return None
         endpoint = meta.endpoint_url
         # botocore addresses AWS's own endpoints by bucket host name, any other by path
@@ -78,8 +84,12 @@ class SignedGet:
         attempts = int(retries.get("total_max_attempts") or (retries["max_attempts"] + 1 if "max_attempts" in retries
                                                               else 3))
         timeouts = (float(meta.config.connect_timeout or 60), float(meta.config.read_timeout or 60))
-        verify = fs.client_kwargs.get("verify", os.environ.get("AWS_CA_BUNDLE"))
-        signed = cls(fs, endpoint, meta.region_name or "us-east-1", max(1, attempts), timeouts, verify, virtual)
+        # the CA bundle as botocore resolved it: verify=, the profile's ca_bundle or AWS_CA_BUNDLE,
+        # then REQUESTS_CA_BUNDLE (a private CA named in any of them must be trusted here too)
+        verify = fs.s3._endpoint.http_session._verify
+        signed = cls(fs, endpoint, meta.region_name or "us-east-1", max(1, attempts), timeouts, verify, virtual,
+                     int(meta.config.max_pool_connections or 10))
+        signed.tls()  # a CA bundle that cannot be loaded (missing on this worker) is s3fs's to report, not a read's
         _OPEN.append(signed)
         return signed
 
@@ -101,12 +111,14 @@ class SignedGet:
         import aiohttp
 
         url, host, canonical = self.where(path)
+        proxy, proxy_headers = self._proxy(url)
         for attempt in range(self.attempts):
             if attempt:
                 await asyncio.sleep(random.uniform(0, _BACKOFF_S * 2 ** attempt))
             headers = self.signed(host, canonical, creds)
             try:
-                async with (await self._client()).get(url, headers=headers, allow_redirects=False) as response:
+                async with (await self._client()).get(url, headers=headers, allow_redirects=False, proxy=proxy,
+                                                      proxy_headers=proxy_headers) as response:
                     if response.status == 200:
                         return await response.read()
                     await response.read()
@@ -119,11 +131,12 @@ class SignedGet:
 
     def where(self, path: str) -> tuple[object, str, str]:
         """(the URL, its host, the canonical URI) of ``bucket/key``."""
+        from botocore.utils import check_dns_name
         from yarl import URL
 
         bucket, _, key = path.partition("/")
         parts = urlsplit(self.endpoint)
-        if self.virtual_host and "." not in bucket:
+        if self.virtual_host and check_dns_name(bucket):  # as botocore: no dots, 3 to 63 of [a-z0-9-]
             host, canonical = f"{bucket}.{parts.netloc}", "/" + quote(key, safe="/~")
         else:
             host, canonical = parts.netloc, "/" + quote(f"{bucket}/{key}", safe="/~")
@@ -157,13 +170,33 @@ class SignedGet:
             self._keys = {(secret, day, self.region): key}  # one day's key at a time
         return key
 
+    def tls(self) -> ssl.SSLContext | bool:
+        if self._tls is None:
+            self._tls = _ssl(self.verify)
+        return self._tls
+
+    def _proxy(self, url) -> tuple[object | None, dict[str, str] | None]:
+        """The environment's proxy for ``url``'s host (HTTP(S)_PROXY less NO_PROXY) and its
+        Proxy-Authorization, found as aiohttp's ``trust_env`` would, once per host."""
+        if (found := self._proxies.get(url.host)) is None:
+            from aiohttp.helpers import get_env_proxy_for_url
+
+            try:
+                proxy, auth = get_env_proxy_for_url(url)
+            except LookupError:
+                proxy, auth = None, None
+            found = self._proxies[url.host] = (proxy, {"Proxy-Authorization": auth.encode()} if auth else None)
+        return found
+
     async def _client(self):
         import aiohttp
 
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, ssl=_ssl(self.verify))
+            # botocore's pool size: two partitions read at once (a task and its read-ahead) share it
+            connector = aiohttp.TCPConnector(limit=self.pool, ssl=self.tls())
             timeout = aiohttp.ClientTimeout(sock_connect=self.timeouts[0], sock_read=self.timeouts[1])
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=True,
+            # trust_env off: proxies come from ``_proxy``; a ~/.netrc entry must not replace the signature
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False,
                                                   auto_decompress=False)
         return self._session
 
@@ -176,6 +209,8 @@ _OPEN: list[SignedGet] = []  # closed at exit: an unclosed aiohttp session logs 
 
 
 def _close_all() -> None:
+    if not _OPEN:  # nothing opened (an import at exit would fail: "can't register atexit after shutdown")
+        return
     from fsspec.asyn import sync
 
     for signed in _OPEN:
