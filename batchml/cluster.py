@@ -238,7 +238,6 @@ def _local_cluster(cfg: ClusterConfig):
                                           **common)
 
 
-@contextmanager
 def check_cluster(cfg: ClusterConfig) -> None:
     """The flags of ``cfg`` that cannot work together, named before anything is read or started."""
     if cfg.scheduler:
@@ -249,6 +248,7 @@ def check_cluster(cfg: ClusterConfig) -> None:
         local_workers(cfg, visible_gpu_ids() if cfg.use_gpus else [])
 
 
+@contextmanager
 def connect(cfg: ClusterConfig, verbose: bool = False) -> Iterator[Client]:
     """A Dask client for ``cfg``, with every worker set up by the Keras backend plugin and
     its device checked (``check_devices``)."""
