@@ -158,14 +158,15 @@ def test_score_submits_to_an_existing_scheduler(client, trained_store, tmp_path)
 
 
 @pytest.mark.slow
-def test_sweep_from_the_command_line_records_its_trials_and_registers_the_best(trained_store, tmp_path):
+def test_sweep_from_the_command_line_records_its_trials_and_registers_the_best(trained_store, client, tmp_path):
     from tests.conftest import copy_store
 
     store = copy_store(trained_store, tmp_path / "store")
+    # on the tests' two-worker cluster, as a sweep submitted to an existing one
     proc = batchml("sweep", "--root", store.config.root, "--dataset", "shapes-train", "--test-dataset", "shapes-test",
                    "--arch", "fast", "--width", "4", "--epochs", "1", "--param", "learning_rate=0.1,0.3",
                    "--param", "batch_size=16,32", "--trials", "3", "--sweep-id", "cli", "--name", "swept",
-                   "--workers", "2", "--promote", "-q")
+                   "--scheduler", client.scheduler.address, "--promote", "-q")
     assert "sweep cli: 3 trials" in proc.stdout and "registered swept/v1" in proc.stdout
     assert len(pd.read_parquet(store.path("sweeps/cli/trials.parquet"))) == 3
     shown = batchml("models", "show", "swept/production", "--root", store.config.root).stdout

@@ -10,15 +10,18 @@ from tests.conftest import CLASSES, copy_store, make_image
 NIGHTLY = Path(__file__).resolve().parents[1] / "jobs" / "nightly.py"
 
 
-def nightly(store, *args: str) -> subprocess.CompletedProcess:
+def nightly(store, *args: str, client=None) -> subprocess.CompletedProcess:
+    """The job in a process of its own; on the tests' cluster where ``client`` is given (as a job
+    submitted to an existing cluster: a local one per run would add its start-up to each)."""
+    cluster = ("--scheduler", client.scheduler.address) if client is not None else ()
     return subprocess.run([sys.executable, str(NIGHTLY), "--root", store.config.root, "--model", "shapes/production",
-                           "-q", *args], capture_output=True, text=True, timeout=600)
+                           "-q", *cluster, *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
-def test_nightly_job_scores_monitors_and_exits_1_on_an_error_alert(trained_store, tmp_path):
+def test_nightly_job_scores_monitors_and_exits_1_on_an_error_alert(trained_store, client, tmp_path):
     store = copy_store(trained_store, tmp_path / "store")
-    ok = nightly(store, "--dataset", "shapes-test")
+    ok = nightly(store, "--dataset", "shapes-test")  # on a local cluster of its own
     assert ok.returncode == 0, ok.stderr
     assert "run nightly-shapes-test: 60 predictions" in ok.stdout and "no alerts" in ok.stdout
 
@@ -28,7 +31,7 @@ def test_nightly_job_scores_monitors_and_exits_1_on_an_error_alert(trained_store
     for i in range(40):
         (night / f"{i}.png").write_bytes(make_image(0, 1000 + i))
     ingest(store, str(tmp_path / "night"), "mislabelled", "test", classes=CLASSES, verbose=False)
-    bad = nightly(store, "--dataset", "mislabelled")
+    bad = nightly(store, "--dataset", "mislabelled", client=client)
     assert bad.returncode == 1
     assert "ERROR: accuracy" in bad.stdout
 
@@ -41,13 +44,13 @@ def test_nightly_job_fails_loudly_on_bad_input(trained_store, tmp_path):
 
 
 @pytest.mark.slow
-def test_nightly_job_scores_the_days_new_files_without_an_ingest(trained_store, image_folders, tmp_path):
+def test_nightly_job_scores_the_days_new_files_without_an_ingest(trained_store, image_folders, client, tmp_path):
     store = copy_store(trained_store, tmp_path / "store")
     incoming = tmp_path / "incoming" / "2026-11-25"
     incoming.mkdir(parents=True)
     for i, png in enumerate(sorted((image_folders / "test").rglob("*.png"))[:30]):
         (incoming / f"{i:03d}.png").write_bytes(png.read_bytes())
-    proc = nightly(store, "--images", str(tmp_path / "incoming" / "{date}"), "--date", "2026-11-25")
+    proc = nightly(store, "--images", str(tmp_path / "incoming" / "{date}"), "--date", "2026-11-25", client=client)
     assert proc.returncode == 0, proc.stderr
     assert "run nightly-images-2026-11-25: 30 predictions" in proc.stdout
     missing = nightly(store, "--images", str(tmp_path / "incoming" / "{date}"), "--date", "2026-11-26")

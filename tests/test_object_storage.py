@@ -25,6 +25,7 @@ from batchml.data.ingest import ingest
 from batchml.data.inputs import read_files, read_with_retries
 from batchml.data.listing import iter_listing
 from batchml.data.signed_get import EMPTY_SHA256, Credentials, SignedGet
+from batchml.errors import BatchmlError
 from batchml.score.prefetch import Prefetcher
 from batchml.store import Store, StoreConfig
 from tests.conftest import FaultyS3Proxy, make_image, s3_options
@@ -104,6 +105,10 @@ def test_a_failed_read_ahead_leaves_the_task_to_read_for_itself():
     prefetcher = Prefetcher()
     prefetcher.start("a", lambda: (_ for _ in ()).throw(OSError("503")))
     assert prefetcher.take("a") is None
+    # a read that made all its attempts already fails the task with its error, not after as many again
+    prefetcher.start("b", lambda: (_ for _ in ()).throw(BatchmlError("could not read 1 file(s) after 4 attempts")))
+    with pytest.raises(BatchmlError, match="after 4 attempts"):
+        prefetcher.take("b")
 
 
 # -- over the S3 protocol ----------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 The client tells each task which partition its worker is likely to score next (the one a
 thread-count further on in submission order: Dask hands queued tasks out in that order). The
 task starts reading it in the background once its own input is in memory; the next task
-takes it, or reads for itself when it is not there (a hint that missed, or a failed read:
-then the usual retries apply). At most ``KEPT`` partitions wait in memory per worker.
+takes it, or reads for itself when it is not there (a hint that missed). A read ahead that
+failed after all its attempts (``inputs.READ_ATTEMPTS``) fails the task with its error, as
+the task's own read would have after as many. At most ``KEPT`` partitions wait in memory per worker.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
+
+from batchml.errors import BatchmlError
 
 KEPT = 2  # partitions read ahead and kept per worker process; the oldest dropped first
 
@@ -47,7 +50,10 @@ class Prefetcher:
             return None
         try:
             table = future.result()
-        except Exception:  # read again by the task, with the retries and the errors that name the file
+        except BatchmlError:  # what the read named after all its attempts: reading again would repeat them
+            self.misses += 1
+            raise
+        except Exception:  # anything else: read again by the task, with the retries and the errors that name the file
             self.misses += 1
             return None
         self.hits += 1
