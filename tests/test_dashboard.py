@@ -53,7 +53,7 @@ def page(store):
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "batchml", "dashboard", "--root", store.config.root,
-                               "--port", str(port), "--refresh", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               "--port", str(port), "--refresh", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert wait_for_port(port), "the dashboard server did not start"
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
@@ -150,7 +150,7 @@ def test_models_view_lists_versions_and_aliases(page):
     assert "shapes/v1" in table and "production" in table
     page.screenshot(path=SHOTS / "models.png")
     shown = page.locator(".bm-models").first.element_handle()
-    page.wait_for_timeout(5_000)  # two periodic refreshes with nothing new: the table stays as it is
+    page.wait_for_timeout(2_500)  # two periodic refreshes (--refresh 1) with nothing new: the table stays
     assert shown.evaluate("e => e.isConnected")
 
 

@@ -169,3 +169,15 @@ def test_doctor_finds_a_torn_segments_table_and_a_torn_novelty_reference(night):
     found = {f.path: f for f in check_store(night).findings}
     assert set(found) == {rel, MODEL.novelty_path}
     assert found[rel].action == "remonitor" and "restore it" in found[MODEL.novelty_path].fix
+
+
+def test_doctor_checks_runs_and_partitions_at_once_and_reports_them_in_order(night):
+    for run_id, seed in (("night-2", 1), ("night-3", 2)):
+        fake_run(night, run_id, partitions=6, rows=10, seed=seed)
+    torn = [layout.run_stats(r, layout.partition_name(p)) for r, p in
+            (("night-1", 1), ("night-2", 0), ("night-2", 5), ("night-3", 3))]
+    for rel in reversed(torn):
+        night.write_bytes(rel, b"{")
+    checkup = check_store(night)
+    assert [f.path for f in checkup.findings] == torn  # the store's order, whatever finished first
+    assert checkup.checked >= 2 + 6 + 6
