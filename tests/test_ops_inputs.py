@@ -168,7 +168,8 @@ def test_a_full_disk_is_a_clear_error_not_a_traceback(store, capsys, monkeypatch
 
 def test_run_json_is_created_exclusively_never_overwritten(store, tmp_path, monkeypatch):
     """Another job writes run.json between this one's look and its write: this one checks against it."""
-    from batchml.score import run as scoring
+    from batchml.score import resume as scoring
+    from batchml.score.scoring import ScoreConfig
 
     register_tiny(store)
     (tmp_path / "in").mkdir()
@@ -179,9 +180,9 @@ def test_run_json_is_created_exclusively_never_overwritten(store, tmp_path, monk
     monkeypatch.setattr(scoring, "check_loadable", lambda store, mv: None)
     real_exists = store.exists
     monkeypatch.setattr(store, "exists", lambda rel: False if rel.endswith("run.json") else real_exists(rel))
-    cfg = scoring.ScoreConfig(None, "tiny/production", "r", images=str(tmp_path / "in"))
+    cfg = ScoreConfig(None, "tiny/production", "r", images=str(tmp_path / "in"))
     with pytest.raises(BatchmlError, match="run 'r' scores dataset 'elsewhere'"):
-        scoring._start_run(store, cfg, "r", plan, verbose=False)
+        scoring.start_run(store, cfg, "r", plan, verbose=False)
     assert store.read_json(layout.run_path("r", layout.RUN_SPEC)) == theirs
 
 

@@ -1,5 +1,6 @@
-"""A scoring run on the client: its start, the resume and append checks, one Dask task per
-partition to score (``batchml.score.partition``), and its commit.
+"""A scoring run on the client: its start (its record and the checks of a rerun:
+``batchml.score.resume``), one Dask task per partition to score (``batchml.score.partition``),
+and its commit.
 
 The run commit protocol (paths: ``batchml.layout``):
 - ``runs/<id>/run.json`` pins what the run scores: dataset, its fingerprint, model version;
@@ -17,10 +18,9 @@ again a partition whose statistics went missing; then its manifest is replaced w
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,8 +31,9 @@ from batchml.errors import BatchmlError
 from batchml.integrity import read_json, read_stats
 from batchml.progress import Progress
 from batchml.records import SCORING_NEEDS, RunManifest, RunStart
-from batchml.registry import DEFAULT_ALIAS, ModelVersion, check_loadable, not_loadable, read_card, resolve
+from batchml.registry import DEFAULT_ALIAS, ModelVersion, read_card, resolve
 from batchml.score.partition import RunSpec, score_partition, warm_model
+from batchml.score.resume import INPUTS, as_pinned, check_input, notice, say, start_run
 from batchml.score.segments import segmenting
 from batchml.stats import BiasCorrection
 from batchml.store import Store, options_for
@@ -67,10 +68,10 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
     run_id = cfg.run_id or f"{cfg.dataset or 'images'}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     warming = _warm_workers(client, store, cfg)  # the workers load the model while the client lists
     plan = _plan(store, cfg)
-    _notice(*inputs.skipped_notices(plan))
-    run = _start_run(store, cfg, run_id, plan, verbose, warming)
-    cfg = _as_pinned(cfg, run)
-    partitions = _check_input(store, cfg, run, plan, verbose)
+    notice(*inputs.skipped_notices(plan))
+    run = start_run(store, cfg, run_id, plan, verbose, warming)
+    cfg = as_pinned(cfg, run)
+    partitions = check_input(store, cfg, run, plan, verbose)
     names = list(partitions)
     done = set(store.list(layout.run_path(run_id, "stats"), ".json"))
     todo = [n for n in names if layout.stats_name(n) not in done]
@@ -79,7 +80,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
     mv = ModelVersion.parse(run.model_version)
     card = read_card(store, mv, SCORING_NEEDS)
     if plan.images and (unknown := inputs.unknown_label_folders(plan, card.classes)):
-        _notice(f"score: folders {unknown[:5]} under {plan.name} are not classes of {mv} "
+        notice(f"score: folders {unknown[:5]} under {plan.name} are not classes of {mv} "
                 f"({', '.join(card.classes)}): their images are scored unlabelled")
     novelty = card.novelty if cfg.diagnostics else None
     read_novelty(store, mv, novelty)  # a missing or damaged reference is named now, not on every worker
@@ -112,13 +113,13 @@ def committed_already(store: Store, cfg: ScoreConfig, verbose: bool = True) -> R
                                            for name in (layout.RUN_SPEC, layout.RUN_MANIFEST)):
         return None
     plan = _plan(store, cfg)
-    run = _start_run(store, cfg, run_id, plan, verbose=False)
-    partitions = _check_input(store, _as_pinned(cfg, run), run, plan, verbose=False)
+    run = start_run(store, cfg, run_id, plan, verbose=False)
+    partitions = check_input(store, as_pinned(cfg, run), run, plan, verbose=False)
     names = list(partitions)
     done = set(store.list(layout.run_path(run_id, "stats"), ".json"))
     if any(layout.stats_name(n) not in done for n in names):
         return None
-    _notice(*inputs.skipped_notices(plan))
+    notice(*inputs.skipped_notices(plan))
     return _already_committed(store, run_id, names, [], verbose)
 
 
@@ -136,26 +137,12 @@ def _already_committed(store: Store, run_id: str, names: list[str], todo: list[s
     manifest = RunManifest.read(store, run_id)
     committed = [p["partition"] for p in manifest.partitions]
     if not todo and committed == names:
-        _say(verbose, f"score: run {run_id} is already committed; nothing to do")
+        say(verbose, f"score: run {run_id} is already committed; nothing to do")
         return manifest
     if lost := [n for n in todo if n in committed]:
-        _notice(f"score: run {run_id} is committed but the statistics of {len(lost)} partition(s) are missing "
+        notice(f"score: run {run_id} is committed but the statistics of {len(lost)} partition(s) are missing "
                 f"({', '.join(lost[:3])}): scoring them again")
     return None
-
-
-def _say(verbose, *lines: str) -> None:
-    """What was done: silenced by ``-q``."""
-    if verbose:
-        for line in lines:
-            print(line, flush=True)
-
-
-def _notice(*lines: str) -> None:
-    """What was left out of the run or read otherwise than asked, on stderr: never silenced (no silent
-    skips)."""
-    for line in lines:
-        print(line, file=sys.stderr, flush=True)
 
 
 def _bias_correction(card, mv: ModelVersion) -> BiasCorrection | None:
@@ -203,160 +190,6 @@ def _warm_workers(client, store: Store, cfg: ScoreConfig) -> tuple[ModelVersion,
                               key=f"warm-{mv}-{uuid.uuid4().hex[:8]}") for w in workers]
 
 
-def _check_warmed(mv: ModelVersion, futures: list) -> None:
-    """The model loaded on a worker, or the error that says why it cannot be scored with."""
-    for future in futures[:1]:
-        try:
-            future.result()
-        except BatchmlError:
-            raise
-        except Exception as exc:
-            raise not_loadable(mv, exc) from None
-
-
-def _start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPlan, verbose: bool,
-               warming: tuple[ModelVersion, list] | None = None) -> RunStart:
-    """Create run.json (create-exclusive: of two jobs starting one id, one writes it and the other
-    checks against it), or check that an existing run is rerun with its dataset, cut and model."""
-    rel = layout.run_path(run_id, layout.RUN_SPEC)
-    mv = resolve(store, cfg.model)
-    if not store.exists(rel):
-        # before run.json ties the id to this model: its card must be whole, its classes the input's,
-        # and the model loadable (a Lambda layer, refused by safe mode, would fail every partition)
-        _check_classes(plan, read_card(store, mv, SCORING_NEEDS).classes, mv)
-        if warming and warming[0] == mv and warming[1]:
-            _check_warmed(mv, warming[1])
-        else:
-            check_loadable(store, mv)
-        run = RunStart.written({
-            "run_id": run_id,
-            "dataset": plan.name,
-            "input": "images" if plan.images else "dataset",
-            "dataset_fingerprint": plan.fingerprint,
-            "partition_size": plan.partition_size,
-            "model_version": str(mv),
-            "model_ref": cfg.model,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "segment_by": cfg.segment_by,
-            "segment_from_path": cfg.segment_from_path,
-            "raw_orientation": cfg.raw_orientation,
-            # a prefix's partitions, each file with its size: a rerun names what changed, --append adds to it
-            **({_INPUTS: {n: [[f, plan.sizes[f]] for f in files] for n, files in plan.partitions.items()}}
-               if plan.images else {}),
-        })
-        if store.create(rel, json.dumps(run.to_dict(), indent=1, sort_keys=True).encode() + b"\n"):
-            return run
-    run = _read_run(store, run_id)
-    _check_same_run(run.dataset, plan.name, run_id)
-    was = run.partition_size
-    if plan.images and was != plan.partition_size:  # other cuts would skip or repeat files
-        how = f"resume it with --partition-size {was}" if was else "score the files under a new --run-id"
-        raise BatchmlError(f"run {run_id!r} cut {plan.name} into partitions of {was or 'another number of'} "
-                           f"files, not {plan.partition_size}: {how}, or score them under a new --run-id")
-    if run.model_version != str(mv):
-        if cfg.model != run.model_ref:  # asked for another model, not an alias that moved
-            raise BatchmlError(f"run {run_id!r} scores with model {run.model_version} "
-                               f"(--model {run.model_ref}), not {mv} (--model {cfg.model}): rerun it with "
-                               f"--model {run.model_ref}, or score with {mv} under a new --run-id")
-        _say(verbose, f"score: run {run_id} keeps {run.model_version}, the model it started with "
-             f"({cfg.model!r} is now {mv})")
-    return run
-
-
-def _as_pinned(cfg: ScoreConfig, run: RunStart) -> ScoreConfig:
-    """``cfg`` with the segmenting and orientation the run pinned: a rerun that leaves them out (a
-    resume, ``--append``, ``doctor --repair``) scores the same way, one that asks otherwise is refused
-    (its partitions would not fold with the run's)."""
-    if run.raw_orientation is None:  # started before they were pinned
-        return cfg
-    pinned = {"segment_by": run.segment_by, "segment_from_path": run.segment_from_path}
-    asked = {k: getattr(cfg, k) for k in pinned if getattr(cfg, k)}
-    if asked and asked != {k: v for k, v in pinned.items() if v}:
-        was = " ".join(f"--{k.replace('_', '-')} {v!r}" for k, v in pinned.items() if v) or "none (no --segment-by)"
-        raise BatchmlError(f"run {run.run_id!r} segments by {was}: rerun it so (or leave the option out), "
-                           "or score with the new segmenting under a new --run-id")
-    if cfg.raw_orientation and not run.raw_orientation:
-        raise BatchmlError(f"run {run.run_id!r} applies EXIF orientation: rerun it without --raw-orientation, "
-                           "or score the raw pixels under a new --run-id")
-    return replace(cfg, **pinned, raw_orientation=run.raw_orientation)
-
-
-_INPUTS = "inputs"  # run.json and append records: partition -> [[file, size], ...] of a prefix
-
-
-def _read_run(store: Store, run_id: str) -> RunStart:
-    return RunStart.from_dict(read_json(store, layout.run_path(run_id, layout.RUN_SPEC)))
-
-
-def _check_input(store: Store, cfg: ScoreConfig, run: RunStart, plan: inputs.InputPlan, verbose: bool) -> dict:
-    """The run's partitions (name -> a prefix's files, or None for a dataset's), the input checked
-    against what the run pinned; with ``cfg.append``, a grown prefix's new files added to them."""
-    run_id = run.run_id
-    if not plan.images:
-        if cfg.append:
-            raise BatchmlError("--append adds files to an --images run: a dataset is scored whole; "
-                               "ingest the new images as another dataset and score it under a new --run-id")
-        if run.dataset_fingerprint != plan.fingerprint:
-            raise BatchmlError(f"the input {plan.name!r} changed since run {run_id!r} started: finish it with the "
-                               "original images or start a new --run-id")
-        return dict(plan.partitions)
-    if _INPUTS not in run.extra:  # a run started before the listing was kept: the fingerprint alone
-        if run.dataset_fingerprint != plan.fingerprint:
-            raise BatchmlError(f"the input {plan.name!r} changed since run {run_id!r} started: finish it with the "
-                               "original images or start a new --run-id")
-        return dict(plan.partitions)
-    pinned = _pinned(store, run)
-    sizes = {f: size for files in pinned.values() for f, size in files}
-    change = inputs.listing_change(sizes, plan.sizes)
-    partitions = {n: tuple(f for f, _ in files) for n, files in pinned.items()}
-    if not change:
-        return partitions
-    if not cfg.append:
-        raise BatchmlError(
-            f"the input {plan.name!r} changed since run {run_id!r} started: {change.describe()}. Score only the "
-            f"new files into this run with `batchml score --images {plan.name} --run-id {run_id} --append` "
-            f"(then `batchml monitor --run-id {run_id}`), or score the prefix under a new --run-id")
-    if change.missing or change.changed:
-        _notice(f"score: --append scores the new files only; the rows of files since {change.describe()} stay "
-                "as scored")
-    if not change.new:
-        return partitions
-    added = inputs.cut(change.new, run.partition_size, first=len(partitions))
-    record = {"appended_at": datetime.now(UTC).isoformat(timespec="seconds"),
-              _INPUTS: {n: [[f, plan.sizes[f]] for f in files] for n, files in added.items()}}
-    number = len(store.list(layout.run_appends(run_id), ".json"))
-    if not store.create(layout.run_append(run_id, number), json.dumps(record, indent=1).encode() + b"\n"):
-        raise BatchmlError(f"another job appended to run {run_id!r} at the same moment: rerun this command "
-                           "(it then appends what that job did not)")
-    _say(verbose, f"score: appending {len(change.new)} new file(s) to run {run_id} as partitions "
-         f"{next(iter(added))} to {next(reversed(added))}")
-    return {**partitions, **added}
-
-
-def _pinned(store: Store, run: RunStart) -> dict[str, list]:
-    """The partitions a prefix run holds: run.json's, then each append's, in order."""
-    pinned = dict(run.extra[_INPUTS])
-    for name in store.list(layout.run_appends(run.run_id), ".json"):
-        pinned.update(read_json(store, f"{layout.run_appends(run.run_id)}/{name}")[_INPUTS])
-    return pinned
-
-
-def _check_classes(plan: inputs.InputPlan, classes: list[str], mv: ModelVersion) -> None:
-    if plan.classes and plan.classes != classes:
-        raise BatchmlError(
-            f"dataset {plan.name!r} labels classes {plan.classes} but model {mv} predicts "
-            f"{classes}: score with a model trained on these classes"
-        )
-
-
-def _check_same_run(scored: str, dataset: str, run_id: str) -> None:
-    if scored != dataset:
-        raise BatchmlError(
-            f"run {run_id!r} scores dataset {scored!r}, not {dataset!r}: "
-            "choose another --run-id"
-        )
-
-
 def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int, verbose: bool) -> None:
     from distributed import as_completed
 
@@ -402,8 +235,8 @@ def _commit(store: Store, spec: RunSpec, run: RunStart, names: list[str], todo: 
         )
     scored_now = sum(p.rows + p.errors for p in parts if p.partition in todo)
     manifest = RunManifest.written({
-        **{k: v for k, v in run.to_dict().items() if k != _INPUTS},  # the listing stays in run.json
-        "appended_partitions": len(names) - len(run.extra.get(_INPUTS) or names),
+        **{k: v for k, v in run.to_dict().items() if k != INPUTS},  # the listing stays in run.json
+        "appended_partitions": len(names) - len(run.extra.get(INPUTS) or names),
         "classes": list(spec.classes),
         "batch_size": spec.batch_size or "auto",  # as asked; per partition: the size that fitted
         "max_error_ratio": max_error_ratio,
