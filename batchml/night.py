@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 
 from batchml.monitoring import MonitorConfig, RunReport, monitor_run
 from batchml.records import RunManifest
-from batchml.score.scoring import ScoreConfig, committed_already, score
+from batchml.score.scoring import ScoreConfig, score_unless_committed
 from batchml.store import Store
 
 
@@ -18,7 +18,5 @@ def score_and_monitor(open_client: Callable[[], AbstractContextManager], store: 
     """The committed run's manifest and its monitoring report (``config_source``: the file the
     thresholds came from, named in the report). ``open_client`` gives a Dask client, opened only
     when there is scoring to do: a night committed already is monitored at once."""
-    if (manifest := committed_already(store, cfg, verbose)) is None:
-        with open_client() as client:
-            manifest = score(client, store, cfg, verbose=verbose)
+    manifest = score_unless_committed(open_client, store, cfg, verbose)
     return manifest, monitor_run(store, manifest.run_id, thresholds, config_source)

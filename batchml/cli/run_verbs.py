@@ -18,7 +18,7 @@ from batchml.registry import resolve
 def cmd_score(args) -> None:
     from batchml.cluster import check_cluster, connect
     from batchml.device import device_label
-    from batchml.score.scoring import ScoreConfig, committed_already, score
+    from batchml.score.scoring import ScoreConfig, score_unless_committed
 
     store = open_store(args)
     cfg = ScoreConfig(dataset=args.dataset, model=args.model, run_id=args.run_id, batch_size=args.batch_size,
@@ -28,9 +28,7 @@ def cmd_score(args) -> None:
                       append=args.append)
     cluster = cluster_config(args)
     check_cluster(cluster)  # flags at odds are named before the input is looked at
-    if (m := committed_already(store, cfg, verbose=not args.quiet)) is None:
-        with connect(cluster, verbose=not args.quiet) as client:
-            m = score(client, store, cfg, verbose=not args.quiet)
+    m = score_unless_committed(lambda: connect(cluster, verbose=not args.quiet), store, cfg, verbose=not args.quiet)
     rate = f" at {m.images_per_second:,.0f} images/s" if m.images_per_second else ""
     rate += f" on {', '.join(device_label(d) for d in m.devices)}" if m.devices else ""
     print(f"run {m.run_id} committed: {m.rows:,} predictions, {m.errors} errors, "

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,12 +71,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
     warming = _warm_workers(client, store, cfg)  # the workers load the model while the client lists
     plan = _plan(store, cfg)
     notice(*inputs.skipped_notices(plan))
-    run = start_run(store, cfg, run_id, plan, verbose, warming)
-    cfg = as_pinned(cfg, run)
-    partitions = check_input(store, cfg, run, plan, verbose)
-    names = list(partitions)
-    done = set(store.list(layout.run_path(run_id, "stats"), ".json"))
-    todo = [n for n in names if layout.stats_name(n) not in done]
+    run, cfg, partitions, names, todo = _started(store, cfg, run_id, plan, verbose, warming)
     if (manifest := _already_committed(store, run_id, names, todo, verbose)) is not None:
         return manifest
     mv = ModelVersion.parse(run.model_version)
@@ -104,23 +101,41 @@ def committed_already(store: Store, cfg: ScoreConfig, verbose: bool = True) -> R
     None where ``score`` has work or checks to do: a new or unfinished run, ``--append``,
     statistics gone missing, a run record to rebuild."""
     check_config(cfg)
-    if not cfg.images:
-        inputs.plan_dataset(store, cfg.dataset)  # one small file: an unknown dataset is named now
-    elif "://" not in cfg.images and not Path(cfg.images).exists():
+    # a dataset's plan is one small file: an unknown dataset is named now
+    plan = inputs.plan_dataset(store, cfg.dataset) if not cfg.images else None
+    if cfg.images and "://" not in cfg.images and not Path(cfg.images).exists():
         inputs.plan_prefix(cfg.images, {}, cfg.partition_size)  # names the missing folder
     run_id = cfg.run_id
     if cfg.append or not run_id or not all(store.exists(layout.run_path(run_id, name))
                                            for name in (layout.RUN_SPEC, layout.RUN_MANIFEST)):
         return None
-    plan = _plan(store, cfg)
-    run = start_run(store, cfg, run_id, plan, verbose=False)
-    partitions = check_input(store, as_pinned(cfg, run), run, plan, verbose=False)
-    names = list(partitions)
-    done = set(store.list(layout.run_path(run_id, "stats"), ".json"))
-    if any(layout.stats_name(n) not in done for n in names):
+    plan = plan or _plan(store, cfg)
+    _, _, _, names, todo = _started(store, cfg, run_id, plan, verbose=False)
+    if todo:
         return None
     notice(*inputs.skipped_notices(plan))
     return _already_committed(store, run_id, names, [], verbose)
+
+
+def score_unless_committed(open_client: Callable[[], AbstractContextManager], store: Store, cfg: ScoreConfig,
+                           verbose: bool = True) -> RunManifest:
+    """``score`` on a client from ``open_client``, opened only when ``committed_already`` finds work."""
+    if (manifest := committed_already(store, cfg, verbose)) is not None:
+        return manifest
+    with open_client() as client:
+        return score(client, store, cfg, verbose=verbose)
+
+
+def _started(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPlan, verbose: bool,
+             warming: tuple[ModelVersion, list] | None = None) -> tuple:
+    """(the run's record, ``cfg`` as the run pinned it, its partitions, their names, those not done yet),
+    run.json written or checked against this rerun (``resume``)."""
+    run = start_run(store, cfg, run_id, plan, verbose, warming)
+    cfg = as_pinned(cfg, run)
+    partitions = check_input(store, cfg, run, plan, verbose)
+    names = list(partitions)
+    done = set(store.list(layout.run_path(run_id, "stats"), ".json"))
+    return run, cfg, partitions, names, [n for n in names if layout.stats_name(n) not in done]
 
 
 def _plan(store: Store, cfg: ScoreConfig) -> inputs.InputPlan:
