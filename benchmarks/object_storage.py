@@ -5,10 +5,11 @@ local folder and a plain single-process loop.
 
 Prepares CIFAR-10 test JPEGs (the 10,000 repeated, every other copy flipped left-right) as single
 files in class folders, and the same as an ingested dataset of Parquet partitions. The files are
-served over S3 by ``tests/s3_server.py`` (read-only, GET/HEAD/ListObjectsV2; moto answers a few
-hundred requests a second), which waits the chosen latency before each answer and counts the
-requests in flight; the Parquet dataset sits in a store on a moto server behind the tests'
-``FaultyS3Proxy`` delaying each request as much. Then, alternating within each round, each a
+served over S3 by ``tests/s3_server.py`` (read-only, GET/HEAD/ListObjectsV2 on a bare asyncio
+protocol, the objects preloaded into memory; moto answers a few hundred requests a second), which
+waits the chosen latency before each answer and counts the requests in flight; the Parquet
+dataset sits in a store on a moto server behind the tests' ``FaultyS3Proxy`` delaying each
+request as much. Then, alternating within each round, each a
 fresh ``batchml`` process timed end to end (start-up included; one local worker):
   images_s3_<ms>    batchml score --images s3://bench/cifar        (store root local)
   dataset_s3_<ms>   batchml score --dataset cifar  --root s3://...  (the store on S3)
@@ -189,7 +190,7 @@ class Bench:
     def _images_s3(self, ms: int, run_id: str) -> tuple[float, float]:
         from tests.s3_server import serving
 
-        with serving(self.objects.parents[1], ms / 1000) as endpoint:
+        with serving(self.objects.parents[1], ms / 1000, preload=True) as endpoint:
             options = json.dumps({"client_kwargs": {"endpoint_url": endpoint}})
             before = stats(endpoint, reset=True)["cpu_seconds"]
             measured = timed(batchml("score", "--root", self.store.config.root, "--storage-options", options,

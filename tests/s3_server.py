@@ -1,134 +1,157 @@
 """A small read-only S3-compatible server over a local folder, for tests and benchmarks that need
 many thousand GETs a second at a chosen latency (moto answers a few hundred).
 
-    python -m tests.s3_server --folder DIR [--port 9000] [--latency 0.02]
+    python -m tests.s3_server --folder DIR [--port 9000] [--latency 0.02] [--preload]
 
 Each top-level folder of DIR is a bucket, each file under it an object. It speaks what s3fs
-uses to read: GET and HEAD of an object, HEAD of a bucket, ListObjectsV2 (prefix, delimiter,
-max-keys, continuation-token, start-after), path-style addressing, any credentials. Writes are
-refused (405). Every request waits ``--latency`` seconds before it is answered, as a store far
-away does, and the number of requests in flight is sampled as each arrives:
-``GET /_stats`` returns ``{"requests": N, "in_flight_median": M, "in_flight_max": X, "lists": L,
-"cpu_seconds": C}`` (C: the server's own CPU time so far) and ``POST /_stats`` resets the counts.
+uses to read: GET (whole or a byte range) and HEAD of an object, HEAD of a bucket, ListObjectsV2
+(prefix, delimiter, max-keys, continuation-token, start-after), path-style addressing, any
+credentials. Writes are refused (405). Every request waits ``--latency`` seconds before it is
+answered, as a store far away does, and the number of requests in flight is sampled as each
+arrives: ``GET /_stats`` returns ``{"requests": N, "in_flight_median": M, "in_flight_max": X,
+"lists": L, "cpu_seconds": C}`` (C: the server's own CPU time so far) and ``POST /_stats`` resets
+the counts.
+
+It is HTTP/1.1 on a bare asyncio protocol (keep-alive, pipelining answered in order), not a web
+framework: on a machine of two cores the server shares the cores with the client it serves, and
+a benchmark must measure the client. An object GET costs it about a fifth of aiohttp's CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import hashlib
+import itertools
 import json
 import os
+import re
 import socket
+import stat
 import statistics
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import formatdate
 from pathlib import Path
+from urllib.parse import parse_qsl, quote_plus, unquote
 from xml.sax.saxutils import escape
-
-from aiohttp import web
 
 MAX_KEYS = 1000
 CACHED_OBJECT_BYTES = 1 << 20  # objects up to this size are served from memory
+MAX_HEAD_BYTES = 64 << 10  # a request line and headers longer than this are refused
+REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           416: "Range Not Satisfiable"}
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+Response = tuple[int, dict[str, str], bytes]  # status, headers, body
 
 
 class ReadOnlyS3:
     def __init__(self, folder: Path, latency: float) -> None:
         self.folder, self.latency = folder.resolve(), latency
+        self.root = str(self.folder)
         self.in_flight, self.samples, self.lists = 0, [], 0
-        self._cache: dict[Path, tuple[tuple[int, int], bytes, dict]] = {}
+        self._cache: dict[str, tuple[tuple[int, int], bytes, dict]] = {}
+        self._listings: dict[tuple[str, str], list[str]] = {}  # (bucket, prefix) -> its keys at its first page
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 20)
-        app.router.add_route("*", "/_stats", self.stats)
-        app.router.add_route("*", "/{bucket}", self.bucket)
-        app.router.add_route("*", "/{bucket}/", self.bucket)
-        app.router.add_route("*", "/{bucket}/{key:.+}", self.object)
-        return app
+    def answer(self, method: str, target: str, headers: dict[str, str]) -> Response:
+        """The response to one request (its ``target``: path and query, as sent)."""
+        path, _, query = target.partition("?")
+        parts = unquote(path).lstrip("/").split("/", 1)
+        if parts[0] == "_stats":
+            return self._stats(method)
+        if method not in ("GET", "HEAD"):
+            return _error(405, "MethodNotAllowed", "this server is read-only")
+        if not parts[0]:
+            return _error(400, "InvalidRequest", "name a bucket: path-style addressing, /bucket/key")
+        if len(parts) == 1 or not parts[1]:
+            return self._bucket(method, parts[0], dict(parse_qsl(query, keep_blank_values=True)))
+        return self._object(method, parts[0], parts[1], headers.get("range"))
 
-    async def stats(self, request: web.Request) -> web.Response:
-        if request.method == "POST":
+    def _stats(self, method: str) -> Response:
+        if method == "POST":
             self.samples, self.lists = [], 0
         body = {"requests": len(self.samples), "lists": self.lists,
                 "in_flight_median": statistics.median(self.samples) if self.samples else 0,
                 "in_flight_max": max(self.samples, default=0), "cpu_seconds": time.process_time()}
-        return web.json_response(body)
+        return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
 
-    async def _wait(self) -> None:
-        self.in_flight += 1
-        self.samples.append(self.in_flight)
-        try:
-            if self.latency:
-                await asyncio.sleep(self.latency)
-        finally:
-            self.in_flight -= 1
-
-    async def bucket(self, request: web.Request) -> web.StreamResponse:
-        await self._wait()
-        root = self.folder / request.match_info["bucket"]
-        if request.method not in ("GET", "HEAD"):
-            return _error(405, "MethodNotAllowed", "this server is read-only")
-        if not root.is_dir():
-            return _error(404, "NoSuchBucket", request.match_info["bucket"])
-        if request.method == "HEAD":
-            return web.Response()
+    def _bucket(self, method: str, bucket: str, query: dict) -> Response:
+        root = self.folder / bucket
+        if not root.is_dir() or root.resolve().parent != self.folder:
+            return _error(404, "NoSuchBucket", bucket)
+        if method == "HEAD":
+            return 200, {}, b""
         self.lists += 1
-        return web.Response(body=self._list(root, request.match_info["bucket"], request.query),
-                            content_type="application/xml")
+        return 200, {"Content-Type": "application/xml"}, self._list(root, bucket, query)
 
-    async def object(self, request: web.Request) -> web.StreamResponse:
-        await self._wait()
-        if request.method not in ("GET", "HEAD"):
-            return _error(405, "MethodNotAllowed", "this server is read-only")
-        found = self._read(request.match_info["bucket"], request.match_info["key"], request.method == "GET")
+    def _object(self, method: str, bucket: str, key: str, wanted: str | None) -> Response:
+        found = self._read(bucket, key, method == "GET")
         if found is None:
-            return _error(404, "NoSuchKey", request.match_info["key"])
+            return _error(404, "NoSuchKey", key)
         data, size, headers = found
-        if request.method == "HEAD":
-            return web.Response(headers={**headers, "Content-Length": str(size)})
-        if request.http_range.start is not None or request.http_range.stop is not None:
-            part = data[request.http_range]
-            start = request.http_range.start or 0
-            headers["Content-Range"] = f"bytes {start}-{start + len(part) - 1}/{len(data)}"
-            return web.Response(status=206, body=part, headers=headers)
-        return web.Response(body=data, headers=headers)
+        if method == "HEAD":
+            return 200, {**headers, "Content-Length": str(size)}, b""
+        if wanted is None:
+            return 200, headers, data
+        span = _byte_range(wanted, len(data))
+        if span is None:
+            return _error(416, "InvalidRange", f"{wanted} of an object of {len(data)} bytes")
+        start, stop = span
+        return 206, {**headers, "Content-Range": f"bytes {start}-{stop - 1}/{len(data)}"}, data[start:stop]
 
     def _read(self, bucket: str, key: str, body: bool) -> tuple[bytes, int, dict] | None:
         """(the object's bytes (empty unless ``body``), its size, its headers), or None where there is
         none. Small objects are kept in memory while their file is unchanged: a benchmark measures the
-        client, and this server shares its cores."""
-        path = self.folder / bucket / key
+        client, and this server shares its cores (plain strings and ``os.stat``: pathlib costs more)."""
+        path = f"{self.root}/{bucket}/{key}"
         try:
-            stat = path.stat()
-        except OSError:
+            info = os.stat(path)
+        except (OSError, ValueError):
             return None
         cached = self._cache.get(path)
-        if cached is not None and cached[0] == (stat.st_mtime_ns, stat.st_size):
-            return cached[1], stat.st_size, cached[2]
-        if not path.is_file() or self.folder not in path.resolve().parents:
+        if cached is not None and cached[0] == (info.st_mtime_ns, info.st_size):
+            return cached[1], info.st_size, cached[2]
+        if not stat.S_ISREG(info.st_mode) or not os.path.realpath(path).startswith(f"{self.root}/{bucket}/"):
             return None
-        headers = {"ETag": f'"{_etag(stat)}"', "Last-Modified": formatdate(stat.st_mtime, usegmt=True),
+        headers = {"ETag": f'"{_etag(info)}"', "Last-Modified": formatdate(info.st_mtime, usegmt=True),
                    "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
         if not body:
-            return b"", stat.st_size, headers
-        data = path.read_bytes()
+            return b"", info.st_size, headers
+        with open(path, "rb") as f:
+            data = f.read()
         if len(data) <= CACHED_OBJECT_BYTES:
-            self._cache[path] = ((stat.st_mtime_ns, stat.st_size), data, headers)
-        return data, stat.st_size, headers
+            self._cache[path] = ((info.st_mtime_ns, info.st_size), data, headers)
+        return data, info.st_size, headers
+
+    def preload(self) -> int:
+        """Read every small object into memory now (a store far away keeps its objects hot: a
+        benchmark should not pay this machine's file reads to the server). Returns how many."""
+        for folder, _, files in os.walk(self.root):
+            rel = os.path.relpath(folder, self.root).split(os.sep)
+            for name in files:
+                if rel[0] != ".":
+                    self._read(rel[0], "/".join([*rel[1:], name]), True)
+        return len(self._cache)
 
     def _list(self, root: Path, bucket: str, query) -> bytes:
         prefix, delimiter = query.get("prefix", ""), query.get("delimiter", "")
         limit = min(int(query.get("max-keys", MAX_KEYS)), MAX_KEYS)
-        after = max(query.get("continuation-token", ""), query.get("start-after", ""))
+        token = query.get("continuation-token", "")
+        after = max(token, query.get("start-after", ""))
+        # a listing's first page takes the keys as they are now; its next pages go on through them
+        # (a walk of the whole bucket per page would cost this server seconds on a large feed)
+        if not token or (bucket, prefix) not in self._listings:
+            self._listings[(bucket, prefix)] = _keys(root, prefix)
+        listed = self._listings[(bucket, prefix)]
         keys, prefixes, truncated, last = [], [], False, ""
-        for key in _keys(root, prefix):
-            if key <= after:
-                continue
+        for key in itertools.islice(listed, bisect.bisect_right(listed, after), None):
             if delimiter and delimiter in key[len(prefix):]:
                 common = key[:len(prefix) + key[len(prefix):].index(delimiter) + len(delimiter)]
                 if common in prefixes:
@@ -141,22 +164,116 @@ class ReadOnlyS3:
                 break
             (prefixes if item[0] == "prefix" else keys).append(name)
             last = name if item[0] == "key" else name + "\U0010ffff"  # skip the rest of a common prefix
-        out = [f"<Name>{escape(bucket)}</Name><Prefix>{escape(prefix)}</Prefix><KeyCount>"
+        # encoding-type=url (as botocore asks): names URL-encoded, which XML 1.0 could not always carry
+        shown = (lambda name: escape(quote_plus(name, safe="/"))) if query.get("encoding-type") == "url" else escape
+        out = [f"<Name>{escape(bucket)}</Name><Prefix>{shown(prefix)}</Prefix><KeyCount>"
                f"{len(keys) + len(prefixes)}</KeyCount><MaxKeys>{limit}</MaxKeys>"
                f"<IsTruncated>{str(truncated).lower()}</IsTruncated>"]
         if delimiter:
-            out.append(f"<Delimiter>{escape(delimiter)}</Delimiter>")
+            out.append(f"<Delimiter>{shown(delimiter)}</Delimiter>")
         if truncated:
             out.append(f"<NextContinuationToken>{escape(last)}</NextContinuationToken>")
         for key in keys:
-            stat = (root / key).stat()
-            modified = datetime.fromtimestamp(stat.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-            out.append(f"<Contents><Key>{escape(key)}</Key><LastModified>{modified}</LastModified>"
-                       f"<ETag>&quot;{_etag(stat)}&quot;</ETag><Size>{stat.st_size}</Size>"
+            info = (root / key).stat()
+            modified = datetime.fromtimestamp(info.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            out.append(f"<Contents><Key>{shown(key)}</Key><LastModified>{modified}</LastModified>"
+                       f"<ETag>&quot;{_etag(info)}&quot;</ETag><Size>{info.st_size}</Size>"
                        "<StorageClass>STANDARD</StorageClass></Contents>")
-        out.extend(f"<CommonPrefixes><Prefix>{escape(p)}</Prefix></CommonPrefixes>" for p in prefixes)
+        out.extend(f"<CommonPrefixes><Prefix>{shown(p)}</Prefix></CommonPrefixes>" for p in prefixes)
+        if query.get("encoding-type") == "url":
+            out.append("<EncodingType>url</EncodingType>")
         return ('<?xml version="1.0" encoding="UTF-8"?><ListBucketResult '
                 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/">' + "".join(out) + "</ListBucketResult>").encode()
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: requests parsed as they arrive, each answered ``latency`` seconds
+    later, in the order asked (HTTP/1.1 pipelining)."""
+
+    def __init__(self, server: ReadOnlyS3) -> None:
+        self.server, self.buffer, self.waiting = server, b"", deque()
+        self.transport: asyncio.Transport | None = None
+        self.skip = 0  # bytes of a refused request's body still to come
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while self.transport is not None:
+            if self.skip:
+                dropped = min(self.skip, len(self.buffer))
+                self.buffer, self.skip = self.buffer[dropped:], self.skip - dropped
+                if self.skip:
+                    return
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > MAX_HEAD_BYTES:
+                    self._send(_error(400, "RequestHeaderTooLarge", "request head over 64 kB"), close=True)
+                return
+            head, self.buffer = self.buffer[:end].decode("latin-1"), self.buffer[end + 4:]
+            self._request(head)
+
+    def _request(self, head: str) -> None:
+        lines = head.split("\r\n")
+        try:
+            method, target, _ = lines[0].split(" ", 2)
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            self.skip = int(headers.get("content-length", 0))
+            if "transfer-encoding" in headers:  # a body of unknown length: nothing after it can be parsed
+                raise ValueError(headers["transfer-encoding"])
+        except ValueError:
+            self._send(_error(400, "BadRequest", lines[0][:200]), close=True)
+            return
+        close = headers.get("connection", "").lower() == "close"
+        server = self.server
+        counted = not target.startswith("/_stats")  # the benchmark's own questions wait for nothing
+        if counted:
+            server.in_flight += 1
+            server.samples.append(server.in_flight)
+        slot = [None, method == "HEAD", close]
+        self.waiting.append(slot)
+
+        def answer() -> None:
+            server.in_flight -= counted
+            slot[0] = server.answer(method, target, headers)
+            while self.waiting and self.waiting[0][0] is not None and self.transport is not None:
+                response, head_only, last = self.waiting.popleft()
+                self._send(response, head_only, last)
+
+        if server.latency and counted:
+            asyncio.get_running_loop().call_later(server.latency, answer)
+        else:
+            answer()
+
+    def _send(self, response: Response, head_only: bool = False, close: bool = False) -> None:
+        status, headers, body = response
+        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        if "Content-Length" not in headers:
+            lines.append(f"Content-Length: {len(body)}")
+        if close:
+            lines.append("Connection: close")
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body))
+        if close:
+            self.transport.close()
+            self.transport = None
+
+
+def _byte_range(wanted: str, size: int) -> tuple[int, int] | None:
+    """(start, stop) of a ``Range: bytes=a-b`` header (``a-``, ``-n`` too) within ``size``; None unsatisfiable."""
+    m = _RANGE.match(wanted.strip())
+    if m is None or m.groups() == ("", ""):
+        return None
+    first, last = m.groups()
+    if not first:
+        start, stop = max(size - int(last), 0), size
+    else:
+        start, stop = int(first), min(int(last) + 1, size) if last else size
+    return (start, stop) if start < stop else None
 
 
 def _keys(root: Path, prefix: str):
@@ -169,24 +286,26 @@ def _keys(root: Path, prefix: str):
     return sorted(k for k in found if k.startswith(prefix))
 
 
-def _etag(stat: os.stat_result) -> str:
-    return hashlib.md5(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()  # an ETag, not a secret
+def _etag(info: os.stat_result) -> str:
+    return hashlib.md5(f"{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()  # an ETag, not a secret
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
+def _error(status: int, code: str, message: str) -> Response:
     body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
             f"<Message>{escape(message)}</Message></Error>")
-    return web.Response(status=status, body=body.encode(), content_type="application/xml")
+    return status, {"Content-Type": "application/xml"}, body.encode()
 
 
 @contextlib.contextmanager
-def serving(folder: Path, latency: float = 0.0) -> Iterator[str]:
-    """The server on a free loopback port, in a process of its own, for the ``with`` block: its endpoint URL."""
+def serving(folder: Path, latency: float = 0.0, preload: bool = False) -> Iterator[str]:
+    """The server on a free loopback port, in a process of its own, for the ``with`` block: its endpoint URL.
+    ``preload``: every small object read into memory before the first request is taken."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "tests.s3_server", "--folder", str(folder), "--port", str(port),
-                             "--latency", str(latency)], cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "tests.s3_server", "--folder", str(folder), "--port", str(port),
+               "--latency", str(latency), *(["--preload"] if preload else [])]
+    proc = subprocess.Popen(command, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -208,10 +327,18 @@ def main() -> None:
     parser.add_argument("--folder", required=True, type=Path)
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds each request waits")
+    parser.add_argument("--preload", action="store_true", help="read every object up to 1 MB into memory first")
     args = parser.parse_args()
-    print(json.dumps({"port": args.port, "folder": str(args.folder)}), flush=True)
-    web.run_app(ReadOnlyS3(args.folder, args.latency).app(), host="127.0.0.1", port=args.port, print=None,
-                access_log=None)
+    s3 = ReadOnlyS3(args.folder, args.latency)
+    preloaded = s3.preload() if args.preload else 0
+    print(json.dumps({"port": args.port, "folder": str(args.folder), "preloaded": preloaded}), flush=True)
+    asyncio.run(_serve(s3, args.port))
+
+
+async def _serve(s3: ReadOnlyS3, port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(lambda: Connection(s3), "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from fsspec import AbstractFileSystem
 from fsspec.asyn import AsyncFileSystem, sync
 from yarl import URL
 
@@ -80,11 +83,44 @@ def test_each_path_gets_its_bytes_or_its_own_error():
     assert got["b/a.jpg"] == b"x" * 3000 and isinstance(got["b/missing"], FileNotFoundError)
 
 
-def test_local_files_are_read_concurrently_too(tmp_path):
+def test_local_files_are_read_in_the_callers_thread_while_quick(tmp_path, monkeypatch):
     for i in range(20):
         (tmp_path / f"{i:02d}.png").write_bytes(make_image(i % 3, i))
+    monkeypatch.setattr(fetch, "ThreadPoolExecutor", None)  # a pool would cost ten times the CPU per file
     table = read_files(StoreConfig(str(tmp_path)), tuple(f"{i:02d}.png" for i in range(20)), ())
     assert table["image"].to_pylist() == [(tmp_path / f"{i:02d}.png").read_bytes() for i in range(20)]
+
+
+class SlowMount(AbstractFileSystem):
+    """A synchronous filesystem (a network mount) that takes ``latency`` seconds a file."""
+
+    def __init__(self, latency: float) -> None:
+        super().__init__()
+        self.latency, self.now, self.peak, self.lock = latency, 0, 0, threading.Lock()
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        time.sleep(self.latency)
+        with self.lock:
+            self.now -= 1
+        if path.endswith("missing"):
+            raise FileNotFoundError(path)
+        return path.encode()
+
+
+def test_a_slow_synchronous_filesystem_gets_threads_once_it_is_seen_to_be_slow():
+    fs, in_flight = SlowMount(0.01), InFlight()
+    paths = [f"m/{i}" for i in range(200)] + ["m/missing"]
+    started = time.perf_counter()
+    got = fetch_many(fs, paths, in_flight)
+    assert [got[p] for p in paths[:-1]] == [p.encode() for p in paths[:-1]]
+    assert isinstance(got["m/missing"], FileNotFoundError)
+    assert fs.peak >= fetch.MIN_IN_FLIGHT and time.perf_counter() - started < 200 * 0.01 / 4
+    fs.peak = 0
+    fetch_many(fs, paths[:20], in_flight)  # learnt: threads from the first file
+    assert fs.peak > 1
 
 
 def test_the_read_ahead_table_goes_to_the_next_task_and_at_most_two_wait():
@@ -147,6 +183,40 @@ def test_a_listing_of_many_objects_comes_page_by_page(tmp_path):
     assert len(rest) == 2499 and lists == 3  # pages of 1,000
 
 
+def test_an_s3_listing_is_parsed_without_botocore_and_keeps_odd_names(tmp_path, monkeypatch):
+    """Pages come by the signed GET (botocore took 0.1 s of CPU a page), keys URL-encoded on the wire
+    (as botocore asks: XML cannot carry every character) and decoded; what it cannot do goes to s3fs."""
+    folder = tmp_path / "objects" / "bkt" / "feed"
+    names = ["a b+c.jpg", "p%41q.jpg", "ünï/日本.jpg", "x&y<z>.jpg"] + [f"n/{i:04d}.jpg" for i in range(1500)]
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"x" * 3)
+    with serving(tmp_path / "objects") as endpoint:
+        store = Store(StoreConfig("s3://bkt/feed", s3_options(endpoint)))
+        real_call = store.fs._call_s3
+        monkeypatch.setattr(store.fs, "_call_s3", None)  # botocore's list_objects_v2 is not asked
+        listed = list(iter_listing(store.fs, store.path("")))
+        assert sorted(e.name for e in listed) == sorted(names) and {e.size for e in listed} == {3}
+        assert fetch._SIGNED[id(store.fs)].declined == 0
+        monkeypatch.setattr(store.fs, "_call_s3", real_call)
+        assert list(iter_listing(store.fs, "no-such-bucket/feed")) == []  # a 404 is s3fs's to answer
+
+
+def test_a_local_listing_names_each_file_and_what_is_not_one(tmp_path):
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    (tmp_path / "a" / "1.png").write_bytes(b"xy")
+    (tmp_path / "a" / "deep" / "2.jpg").write_bytes(b"xyz")
+    (tmp_path / "a" / "link.png").symlink_to(tmp_path / "a" / "1.png")  # a link to a file is the file
+    (tmp_path / "a" / "gone.png").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(tmp_path / "a" / "pipe.png")
+    (tmp_path / "loop").symlink_to(tmp_path)  # a link to a folder is not followed: it would never end
+    listed = sorted(iter_listing(Store(StoreConfig(str(tmp_path))).fs, str(tmp_path)))
+    assert [(e.name, e.size, e.kind) for e in listed] == [
+        ("a/1.png", 2, "file"), ("a/deep/2.jpg", 3, "file"), ("a/gone.png", None, "other"),
+        ("a/link.png", 2, "file"), ("a/pipe.png", 0, "other"), ("loop", listed[-1].size, "other")]
+    assert list(iter_listing(Store(StoreConfig(str(tmp_path))).fs, str(tmp_path / "missing"))) == []
+
+
 @pytest.mark.slow
 def test_ingest_from_s3_writes_partitions_and_resumes_after_a_crash(s3_endpoint, store):
     bucket = _bucket(s3_endpoint)
@@ -196,7 +266,8 @@ def test_files_on_a_store_20ms_away_are_read_with_64_requests_in_flight(tmp_path
 
 
 def test_signed_gets_carry_botocores_own_signature(monkeypatch):
-    """The signature of ``signed_get`` is botocore's, for odd keys, a session token, both addressing styles."""
+    """The signature of ``signed_get`` is botocore's, for odd keys, a listing's query, a session token, both
+    addressing styles."""
     import datetime
 
     import botocore.auth
@@ -207,10 +278,14 @@ def test_signed_gets_carry_botocores_own_signature(monkeypatch):
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: when)
     for endpoint, virtual in (("http://127.0.0.1:9000", False), ("http://s3.eu-west-1.amazonaws.com", True)):
         signer = SignedGet(None, endpoint, "eu-west-1", 1, (1.0, 1.0), None, virtual)
-        for path in ("bkt/night/cam 1/a+b=c~d.png", "bkt/ünï/日本.jpg", "bkt/x/%41;@$,.png"):
+        listing = {"list-type": "2", "prefix": "night/cam 1/ü+", "max-keys": "1000", "encoding-type": "url",
+                   "continuation-token": "1/abc=="}
+        for path, query in (("bkt/night/cam 1/a+b=c~d.png", None), ("bkt/ünï/日本.jpg", None),
+                            ("bkt/x/%41;@$,.png", None), ("bkt", listing)):
             for token in (None, "session-token"):
-                url, host, canonical = signer.where(path)
-                ours = signer.signed(host, canonical, Credentials("AKID", "secret/key", token), "20261203T150405Z")
+                url, host, canonical, encoded = signer.where(path, query)
+                ours = signer.signed(host, canonical, Credentials("AKID", "secret/key", token), "20261203T150405Z",
+                                     encoded)
                 theirs = AWSRequest(method="GET", url=str(url), headers={"X-Amz-Content-SHA256": EMPTY_SHA256})
                 botocore.auth.S3SigV4Auth(BotoCredentials("AKID", "secret/key", token), "s3", "eu-west-1"
                                           ).add_auth(theirs)

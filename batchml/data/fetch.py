@@ -9,13 +9,15 @@ store's latency from its first partition and keeps it for the next.
 
 Async filesystems (s3fs, gcsfs, http) get coroutines on their own event loop, and on s3fs a
 signed GET that skips botocore (``signed_get``: an eighth of its CPU per request); the others
-(a local disk, sftp...) a thread pool. Each path's bytes come back, or the exception that
+(a local disk, sftp...) are read in the caller's thread while each request is quick, and by a
+thread pool once requests are seen to be slow. Each path's bytes come back, or the exception that
 stopped it: retrying, and which errors are transient, is the caller's (``inputs``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import math
 import threading
@@ -25,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fsspec.asyn import AsyncFileSystem, sync
+from fsspec.implementations.local import LocalFileSystem
 
 from batchml.data.signed_get import DECLINED_AFTER, DeclinedError, SignedGet
 
@@ -36,6 +39,8 @@ MEMORY_BOUND_BYTES = 256 << 20  # object bytes being received at once (large obj
 FIRST_LATENCY_S = 0.02  # the latency assumed before the first request has answered
 FIRST_SIZE_BYTES = 64 << 10  # and the object size
 _SMOOTHING = 0.1  # weight of each new observation in the moving averages
+SEQUENTIAL_BELOW_S = 0.001  # a synchronous filesystem answering faster than this is read without threads
+_PROBED = 8  # requests timed one at a time before a synchronous filesystem may get threads
 
 
 @dataclass
@@ -118,18 +123,25 @@ async def _gather(fs, paths: list[str], in_flight: InFlight) -> list:
 _SIGNED: dict[int, SignedGet | None] = {}  # id(filesystem) -> its signed-GET path, if it has one
 
 
-async def _whole_object_reader(fs) -> Callable[[str], Awaitable[bytes]]:
-    """How to read one whole object: a signed GET without botocore on s3fs (``signed_get``),
-    falling back to s3fs for what it declines; the filesystem's own ``_cat_file`` elsewhere."""
-    # s3fs asks for an object's size (a HEAD: another round trip) before each GET, to split large
-    # objects into ranges; small ones are read whole in one GET
-    options = {"max_concurrency": 1} if "max_concurrency" in inspect.signature(fs._cat_file).parameters else {}
+async def signed_for(fs) -> SignedGet | None:
+    """The filesystem's signed-GET path (made once per filesystem), or None where s3fs must do the
+    requests (not s3fs, or a set-up ``SignedGet`` cannot stand in for)."""
     if id(fs) not in _SIGNED:
         try:
             _SIGNED[id(fs)] = await SignedGet.for_fs(fs)
         except Exception:  # whatever the client's set-up lacks, s3fs reads as it always has
             _SIGNED[id(fs)] = None
     signed = _SIGNED[id(fs)]
+    return signed if signed is not None and signed.declined < DECLINED_AFTER else None
+
+
+async def _whole_object_reader(fs) -> Callable[[str], Awaitable[bytes]]:
+    """How to read one whole object: a signed GET without botocore on s3fs (``signed_get``),
+    falling back to s3fs for what it declines; the filesystem's own ``_cat_file`` elsewhere."""
+    # s3fs asks for an object's size (a HEAD: another round trip) before each GET, to split large
+    # objects into ranges; small ones are read whole in one GET
+    options = {"max_concurrency": 1} if "max_concurrency" in inspect.signature(fs._cat_file).parameters else {}
+    signed = await signed_for(fs)
     creds = await signed.credentials() if signed is not None else None
 
     async def read(path: str) -> bytes:
@@ -154,13 +166,26 @@ async def _timed(call, in_flight: InFlight):
 
 
 def _threaded(fs, paths: list[str], in_flight: InFlight) -> list:
-    def one(path: str):
-        return _call_timed(lambda: fs.cat_file(path), in_flight)
-
-    workers = in_flight.limit(len(paths))
+    """A quick store (a local disk's page cache answers in about 10 us) is read in this thread:
+    a pool of threads would cost ten times the CPU in switches and GIL hand-overs, taken from the
+    model on the same cores. A slow one (a network mount) gets a pool once requests are seen to
+    take ``SEQUENTIAL_BELOW_S`` or more."""
+    read = _read_local if isinstance(fs, LocalFileSystem) else fs.cat_file
+    out: list = []
+    while len(out) < len(paths) and (in_flight.seen < _PROBED or in_flight.latency_s < SEQUENTIAL_BELOW_S):
+        out.append(_call_timed(functools.partial(read, paths[len(out)]), in_flight))
+    rest = paths[len(out):]
+    if not rest:
+        return out
+    workers = in_flight.limit(len(rest))
     in_flight.peak = max(in_flight.peak, workers)
     with ThreadPoolExecutor(workers, thread_name_prefix="batchml-fetch") as pool:
-        return list(pool.map(one, paths))
+        return out + list(pool.map(lambda path: _call_timed(functools.partial(read, path), in_flight), rest))
+
+
+def _read_local(path: str) -> bytes:
+    with open(path, "rb") as f:  # fsspec's cat_file costs twice as much CPU for the same bytes
+        return f.read()
 
 
 def _call_timed(call: Callable[[], bytes], in_flight: InFlight):

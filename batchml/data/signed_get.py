@@ -25,12 +25,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import datetime
 import hashlib
 import hmac
 import inspect
 import random
 import ssl
+import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -57,6 +57,7 @@ class SignedGet:
     def __init__(self, fs, endpoint: str, region: str, attempts: int, timeouts: tuple[float, float],
                  verify, virtual_host: bool, pool: int = 10) -> None:
         self.fs, self.endpoint, self.region, self.pool = fs, endpoint.rstrip("/"), region, pool
+        self._endpoint = urlsplit(self.endpoint)
         self.attempts, self.timeouts, self.verify, self.virtual_host = attempts, timeouts, verify, virtual_host
         self.declined = 0
         self._session = None
@@ -105,17 +106,18 @@ class SignedGet:
             frozen = await frozen
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
-    async def get(self, path: str, creds: Credentials | None) -> bytes:
-        """The object's bytes; raises ``DeclinedError`` for an answer s3fs should handle, or the last
-        transient failure's exception once the attempts are spent."""
+    async def get(self, path: str, creds: Credentials | None, query: dict[str, str] | None = None) -> bytes:
+        """The object's bytes (or, with ``query``, the answer to that request of ``path``: a bucket's
+        listing); raises ``DeclinedError`` for an answer s3fs should handle, or the last transient
+        failure's exception once the attempts are spent."""
         import aiohttp
 
-        url, host, canonical = self.where(path)
+        url, host, canonical, canonical_query = self.where(path, query)
         proxy, proxy_headers = self._proxy(url)
         for attempt in range(self.attempts):
             if attempt:
                 await asyncio.sleep(random.uniform(0, _BACKOFF_S * 2 ** attempt))
-            headers = self.signed(host, canonical, creds)
+            headers = self.signed(host, canonical, creds, query=canonical_query)
             try:
                 async with (await self._client()).get(url, headers=headers, allow_redirects=False, proxy=proxy,
                                                       proxy_headers=proxy_headers) as response:
@@ -129,31 +131,36 @@ class SignedGet:
                 failure = exc
         raise failure
 
-    def where(self, path: str) -> tuple[object, str, str]:
-        """(the URL, its host, the canonical URI) of ``bucket/key``."""
+    def where(self, path: str, query: dict[str, str] | None = None) -> tuple[object, str, str, str]:
+        """(the URL, its host, the canonical URI, the canonical query string) of ``bucket/key``, or
+        of ``bucket`` alone with a ``query``."""
         from botocore.utils import check_dns_name
         from yarl import URL
 
         bucket, _, key = path.partition("/")
-        parts = urlsplit(self.endpoint)
+        parts = self._endpoint
         if self.virtual_host and check_dns_name(bucket):  # as botocore: no dots, 3 to 63 of [a-z0-9-]
             host, canonical = f"{bucket}.{parts.netloc}", "/" + quote(key, safe="/~")
         else:
-            host, canonical = parts.netloc, "/" + quote(f"{bucket}/{key}", safe="/~")
+            host, canonical = parts.netloc, "/" + quote(f"{bucket}/{key}" if key else bucket, safe="/~")
             canonical = (parts.path.rstrip("/") + canonical) if parts.path not in ("", "/") else canonical
-        return URL(f"{parts.scheme}://{host}{canonical}", encoded=True), host, canonical
+        # SigV4: each name and value percent-encoded but for A-Z a-z 0-9 - _ . ~, sorted by name
+        encoded = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted((query or {}).items()))
+        return URL(f"{parts.scheme}://{host}{canonical}" + (f"?{encoded}" if encoded else ""), encoded=True), \
+            host, canonical, encoded
 
-    def signed(self, host: str, canonical: str, creds: Credentials | None, now: str | None = None) -> dict[str, str]:
-        """Signature Version 4 headers for a GET with no query and no body, at ``now`` (UTC
-        ``YYYYMMDDTHHMMSSZ``; the time of the call by default)."""
+    def signed(self, host: str, canonical: str, creds: Credentials | None, now: str | None = None,
+               query: str = "") -> dict[str, str]:
+        """Signature Version 4 headers for a GET with no body and the canonical ``query`` string, at
+        ``now`` (UTC ``YYYYMMDDTHHMMSSZ``; the time of the call by default)."""
         if creds is None:
             return {"host": host}
-        now = now or datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        now = now or _now()
         headers = {"host": host, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": now}
         if creds.token:
             headers["x-amz-security-token"] = creds.token
         names = ";".join(sorted(headers))
-        request = "\n".join(["GET", canonical, "", *(f"{n}:{headers[n]}" for n in sorted(headers)), "", names,
+        request = "\n".join(["GET", canonical, query, *(f"{n}:{headers[n]}" for n in sorted(headers)), "", names,
                              EMPTY_SHA256])
         scope = f"{now[:8]}/{self.region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{now}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
@@ -203,6 +210,16 @@ class SignedGet:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+_CLOCK: list = [0, ""]  # the second and its x-amz-date: formatted once a second, not per request
+
+
+def _now() -> str:
+    second = int(time.time())
+    if _CLOCK[0] != second:
+        _CLOCK[:] = [second, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))]
+    return _CLOCK[1]
 
 
 _OPEN: list[SignedGet] = []  # closed at exit: an unclosed aiohttp session logs an error when collected
