@@ -18,10 +18,12 @@ again a partition whose statistics went missing; then its manifest is replaced w
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,8 +61,10 @@ class ScoreConfig:
     diagnostics: bool = True
 
 
-def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunManifest:
-    """Score every partition of the input not yet done in this run, then commit the run.
+def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True,
+          plan: inputs.InputPlan | None = None) -> RunManifest:
+    """Score every partition of the input not yet done in this run, then commit the run
+    (``plan``: the input as listed already; listed here by default).
 
     A committed run is checked against its input as an unfinished one is: a prefix that has
     grown since is refused with the difference, unless ``cfg.append`` scores the new files into
@@ -69,7 +73,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True) -> RunMa
     check_config(cfg)
     run_id = cfg.run_id or f"{cfg.dataset or 'images'}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     warming = _warm_workers(client, store, cfg)  # the workers load the model while the client lists
-    plan = _plan(store, cfg)
+    plan = plan or _plan(store, cfg)
     notice(*inputs.skipped_notices(plan))
     run, cfg, partitions, names, todo = _started(store, cfg, run_id, plan, verbose, warming)
     if (manifest := _already_committed(store, run_id, names, todo, verbose)) is not None:
@@ -122,8 +126,29 @@ def score_unless_committed(open_client: Callable[[], AbstractContextManager], st
     """``score`` on a client from ``open_client``, opened only when ``committed_already`` finds work."""
     if (manifest := committed_already(store, cfg, verbose)) is not None:
         return manifest
-    with open_client() as client:
-        return score(client, store, cfg, verbose=verbose)
+    with _opened_meanwhile(open_client) as client:
+        plan = _plan(store, cfg)  # while a cluster starts: a listing of a large prefix takes seconds too
+        return score(client(), store, cfg, verbose=verbose, plan=plan)
+
+
+@contextmanager
+def _opened_meanwhile(open_client: Callable[[], AbstractContextManager]) -> Iterator[Callable[[], object]]:
+    """``open_client()`` entered on a thread of its own (a local cluster takes seconds: worker
+    processes, their imports); yields a call that waits for its client. Whatever happens in the
+    block, what was opened is closed."""
+    opening = open_client()
+    with ThreadPoolExecutor(1, thread_name_prefix="batchml-connect") as pool:
+        entered = pool.submit(opening.__enter__)
+        try:
+            yield entered.result
+        except BaseException:
+            if entered.exception() is None:  # waits for the start to end, then closes what it opened
+                if not opening.__exit__(*sys.exc_info()):
+                    raise
+            else:
+                raise
+        else:
+            opening.__exit__(None, None, None)
 
 
 def _started(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPlan, verbose: bool,
