@@ -14,11 +14,14 @@ fresh ``batchml`` process timed end to end (start-up included; one local worker)
   images_s3_<ms>    batchml score --images s3://bench/cifar        (store root local)
   dataset_s3_<ms>   batchml score --dataset cifar  --root s3://...  (the store on S3)
   images_local      batchml score --images <the same folder>
+  images_local_no_diagnostics   the same with --no-diagnostics (no input health, hashes or
+                    novelty: what the plain loop computes, and the run's core statistics)
   dataset_local     batchml score --dataset cifar  (local store)
   plain_loop        one process: read the files, batchml's decoder, predict_on_batch, Parquet
 and ``batchml ingest s3://bench/cifar/`` at 20 ms. The last line is one JSON object: `images_per_s`
 (system -> figure), `ratio_s3_20ms_to_local`, `ratio_s3_50ms_to_local`,
-`requests_in_flight_median` (at 20 ms, per worker), `ratio_to_plain_loop`, `peak_rss_mb` (the
+`requests_in_flight_median` (at 20 ms, per worker), `ratio_to_plain_loop` (and
+`ratio_to_plain_loop_no_diagnostics`), `peak_rss_mb` (the
 largest process of a run), `ingest_s3_images_per_s`, and `s3_server_cpu_seconds` (per latency: the
 CPU the S3 server took from the cores the run had).
 """
@@ -178,8 +181,9 @@ class Bench:
         if name == "plain_loop":
             return timed([sys.executable, __file__, "--plain-loop", str(self.objects), f"{root}/runs/{run_id}"],
                          self.env)
-        if name == "images_local":
-            return timed(batchml("score", "--root", root, "--images", str(self.objects), "--run-id", run_id),
+        if name.startswith("images_local"):
+            extra = ["--no-diagnostics"] if name.endswith("no_diagnostics") else []
+            return timed(batchml("score", "--root", root, "--images", str(self.objects), "--run-id", run_id, *extra),
                          self.env)
         if name == "dataset_local":
             return timed(batchml("score", "--root", root, "--dataset", "cifar", "--run-id", run_id), self.env)
@@ -245,7 +249,8 @@ def main() -> int:
     rss = []
     try:
         for r in range(args.rounds):  # alternating: this machine's speed drifts from minute to minute
-            runs = [("images_local", None), ("dataset_local", None), ("plain_loop", None)]
+            runs = [("images_local", None), ("images_local_no_diagnostics", None), ("dataset_local", None),
+                    ("plain_loop", None)]
             runs += [(f"{kind}_s3_{ms}ms", ms) for ms in LATENCIES_MS for kind in ("images", "dataset")]
             for name, ms in runs:
                 seconds, peak = bench.run(name, ms, f"{name}-{r}")
@@ -262,6 +267,7 @@ def main() -> int:
         "ratio_s3_50ms_to_local": round(med["images_s3_50ms"] / med["images_local"], 3),
         "requests_in_flight_median": statistics.median(in_flight),
         "ratio_to_plain_loop": round(med["images_local"] / med["plain_loop"], 3),
+        "ratio_to_plain_loop_no_diagnostics": round(med["images_local_no_diagnostics"] / med["plain_loop"], 3),
         "peak_rss_mb": round(max(rss), 1),
         "ingest_s3_images_per_s": round(statistics.median(ingest_rates), 1),
         "s3_server_cpu_seconds": {k: round(statistics.median(v), 1) for k, v in bench.server_cpu.items()},
