@@ -131,3 +131,42 @@ def test_tls_with_a_private_ca_is_verified(tmp_path):
             trusted.close()
 
     asyncio.run(main())
+
+
+ODD = {  # answers a lax or broken server (or a proxy on the way) might send
+    "/negative": b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n0123456789",  # int() took it: a short body
+    "/underscore": b"HTTP/1.1 200 OK\r\nContent-Length: 1_0\r\n\r\n0123456789",
+    "/two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 12\r\n\r\n0123456789",
+    "/length-list": b"HTTP/1.1 200 OK\r\nContent-Length: 10, 10\r\n\r\n0123456789",
+}
+
+
+class Raw(asyncio.Protocol):
+    def connection_made(self, transport) -> None:
+        self.transport, self.buffer = transport, b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            path = head.split(b" ")[1].decode()
+            self.transport.write(ODD.get(path) or b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n")
+
+
+def test_a_length_that_is_not_one_number_is_an_error_never_a_wrong_body(caplog):
+    """'-1' gave the body less its last byte, two lengths waited out the read timeout, a list raised
+    inside the protocol (asyncio's "Fatal error" on stderr); and a 304 has no body whatever its length says."""
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Raw, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            pool = Pool(2, False, 2.0, 30.0)
+            for path in ODD:
+                with pytest.raises(ConnectionError, match="content-length"):
+                    await asyncio.wait_for(_get(pool, port, path), 5)
+            assert await asyncio.wait_for(_get(pool, port, "/not-modified"), 5) == (304, "Not Modified", b"")
+            pool.close()
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        asyncio.run(main())
+    assert not [r for r in caplog.records if r.name == "asyncio"]

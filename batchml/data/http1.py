@@ -77,16 +77,20 @@ class _Connection(asyncio.Protocol):
                 return
             del self.buffer[:end + 4]
             status, _, headers = self.head
-            if "transfer-encoding" in headers or ("content-length" not in headers and status not in (204, 304)):
-                self._fail(UnsupportedError(headers.get("transfer-encoding", "no content-length")), close=True)
+            if (status < 200 or "transfer-encoding" in headers
+                    or ("content-length" not in headers and status not in (204, 304))):
+                self._fail(UnsupportedError(headers.get("transfer-encoding", f"{status}, no content-length")),
+                           close=True)
                 return
-            self.length = int(headers.get("content-length", 0))
+            # a 204 or 304 has no body, whatever length it names (RFC 9110 8.6)
+            self.length = 0 if status in (204, 304) else int(headers["content-length"])
             if headers.get("connection", "").lower() == "close":
                 self.reusable = False
         if len(self.buffer) >= self.length:
             if len(self.buffer) > self.length:  # more than the answer: nothing more is trusted on it
                 self.reusable = False
-            body = bytes(self.buffer[:self.length])
+            # one copy of the body, not two (a slice, then bytes): objects may be hundreds of MB
+            body = bytes(self.buffer) if len(self.buffer) == self.length else bytes(self.buffer[:self.length])
             self.buffer.clear()
             self._cancel_timer()
             self.waiter.set_result((*self.head, body))
@@ -123,7 +127,12 @@ def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
         name, sep, value = line.partition(":")
         if not sep:
             raise ValueError(f"header line {line[:80]!r}")
-        headers[name.strip().lower()] = value.strip()
+        name, value = name.strip().lower(), value.strip()
+        if name == "content-length" and (not (value.isascii() and value.isdigit())
+                                         or headers.setdefault(name, value) != value):
+            # '-1', '1_0', '+5' (int() takes them all) or two lengths: no body can be trusted to it
+            raise ValueError(f"content-length {value[:40]!r}" + (f" after {headers[name]!r}" if name in headers else ""))
+        headers[name] = value
     if version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive":
         headers["connection"] = "close"
     return int(status), reason[0] if reason else "", headers
