@@ -397,3 +397,26 @@ def test_s3_reads_retry_what_is_transient_and_leave_the_rest_to_s3fs(s3_endpoint
     signed = fetch._SIGNED[id(store.fs)]
     assert signed is not None and signed.declined == 1
     assert proxy.counts["503"] == 13 and proxy.counts["ok"] >= 13  # each retried once, inside the signed path
+
+
+def test_a_local_folder_that_cannot_be_read_is_named_not_the_end_of_the_listing(tmp_path, monkeypatch):
+    """A disk's lost+found (root's, mode 700) under a feed read by another user: os.scandir's
+    PermissionError ended the whole listing, and so the run (fsspec's ``walk`` left the folder out)."""
+    (tmp_path / "lost+found").mkdir()
+    (tmp_path / "cam").mkdir()
+    (tmp_path / "cam" / "1.jpg").write_bytes(b"xy")
+    scandir = os.scandir
+
+    def denied(path):
+        if str(path).endswith("lost+found"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    fs = Store(StoreConfig(str(tmp_path))).fs
+    listed = sorted(iter_listing(fs, str(tmp_path)))
+    assert [(e.name, e.kind) for e in listed] == [("cam/1.jpg", "file"), ("lost+found", "other")]
+    files, skipped = inputs.image_files(listed)
+    assert files == [("cam/1.jpg", 2)] and ["lost+found"] in skipped.values()
+    with pytest.raises(PermissionError):  # the folder asked for itself: its own error
+        list(iter_listing(fs, str(tmp_path / "lost+found")))

@@ -61,6 +61,13 @@ def _local(folder: str, rel: str) -> Iterator[Listed]:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
         return
+    except PermissionError:
+        if not rel:  # the folder asked for: its own error
+            raise
+        # a folder below it this user cannot read (a disk's lost+found): named among what is not scored,
+        # as a link to a folder is, not the end of the whole listing (``walk`` left it out)
+        yield Listed(rel.rstrip("/"), None, "other")
+        return
     subfolders = []
     for entry in entries:
         name = f"{rel}{entry.name}"
