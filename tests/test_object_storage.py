@@ -420,3 +420,30 @@ def test_a_local_folder_that_cannot_be_read_is_named_not_the_end_of_the_listing(
     assert files == [("cam/1.jpg", 2)] and ["lost+found"] in skipped.values()
     with pytest.raises(PermissionError):  # the folder asked for itself: its own error
         list(iter_listing(fs, str(tmp_path / "lost+found")))
+
+
+def test_an_s3_listing_outlasts_a_burst_of_slowdowns_as_s3fs_did(tmp_path):
+    """A page the signed path could not get in its few quick attempts (S3 throttling a busy prefix:
+    503 SlowDown for a second or two) goes to s3fs, whose botocore retries and own retries outlast
+    it, as every page did before the signed path; it failed the whole listing, and so the run."""
+    folder = tmp_path / "objects" / "bkt" / "feed"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        (folder / f"{i}.jpg").write_bytes(b"x")
+    lists = []
+
+    def throttled(method: str, path: str) -> str | None:
+        if "list-type" in path:
+            lists.append(path)
+            return "503" if len(lists) <= 5 else None  # as many as the signed path attempts (max_attempts 4)
+        return None
+
+    with serving(tmp_path / "objects") as endpoint:
+        proxy = FaultyS3Proxy(endpoint, fail=throttled).start()
+        try:
+            store = Store(StoreConfig("s3://bkt/feed", s3_options(proxy.endpoint)))
+            listed = [e.name for e in iter_listing(store.fs, store.path(""))]
+        finally:
+            proxy.stop()
+    assert sorted(listed) == ["0.jpg", "1.jpg", "2.jpg"] and len(lists) == 6
+    assert fetch._SIGNED[id(store.fs)].declined == 0  # a transient failure is not an answer left to s3fs

@@ -119,11 +119,18 @@ async def _signed_page(fs, kwargs: dict) -> dict | None:
     query = {"list-type": "2", "prefix": kwargs["Prefix"], "max-keys": str(kwargs["MaxKeys"]), "encoding-type": "url"}
     if "ContinuationToken" in kwargs:
         query["continuation-token"] = kwargs["ContinuationToken"]
+    import aiohttp
+
     try:
         body = await signed.get(kwargs["Bucket"], await signed.credentials(), query)
         return _parsed_page(body)
     except (DeclinedError, ElementTree.ParseError, KeyError, ValueError):
         signed.declined += 1
+        return None
+    except (aiohttp.ClientError, OSError):
+        # still failing after the signed path's few quick attempts (S3 throttling: 503 SlowDown for
+        # seconds): s3fs asks, with botocore's retries and its own, which outlast such a burst; a
+        # listing has no other retries around it
         return None
 
 
