@@ -447,3 +447,20 @@ def test_an_s3_listing_outlasts_a_burst_of_slowdowns_as_s3fs_did(tmp_path):
             proxy.stop()
     assert sorted(listed) == ["0.jpg", "1.jpg", "2.jpg"] and len(lists) == 6
     assert fetch._SIGNED[id(store.fs)].declined == 0  # a transient failure is not an answer left to s3fs
+
+
+def test_a_listing_page_that_is_not_one_is_left_to_botocore_never_read_as_empty():
+    """A 200 whose body is an <Error> (a gateway, a proxy) read as a page with no keys and no more
+    pages: the listing would end there, silently short; an entry without a key or size raised a
+    TypeError past the fallback to botocore."""
+    from batchml.data.listing import _parsed_page
+
+    for body in (b"<Error><Code>AccessDenied</Code></Error>",
+                 b"<ListBucketResult><Contents><Key>a</Key></Contents></ListBucketResult>",
+                 b"<ListBucketResult><EncodingType>url</EncodingType><Contents><Size>1</Size></Contents>"
+                 b"</ListBucketResult>"):
+        with pytest.raises(ValueError):
+            _parsed_page(body)
+    ns = b' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
+    assert _parsed_page(b"<ListBucketResult" + ns + b"><IsTruncated>false</IsTruncated></ListBucketResult>") == {
+        "Contents": [], "IsTruncated": False}

@@ -138,10 +138,15 @@ def _parsed_page(body: bytes) -> dict:
     """A ListBucketResult as botocore's parse has it: Contents (Key, Size), IsTruncated, NextContinuationToken."""
     root = ElementTree.fromstring(body)
     ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    if root.tag != f"{ns}ListBucketResult":  # an <Error> or another page answered 200: not an empty listing
+        raise ValueError(f"not a ListBucketResult: <{root.tag[:80]}>")
     decode = unquote_plus if root.findtext(f"{ns}EncodingType") == "url" else str
-    page = {"Contents": [{"Key": decode(item.findtext(f"{ns}Key")), "Size": int(item.findtext(f"{ns}Size"))}
-                         for item in root.iterfind(f"{ns}Contents")],
-            "IsTruncated": root.findtext(f"{ns}IsTruncated") == "true"}
+    try:
+        contents = [{"Key": decode(item.findtext(f"{ns}Key")), "Size": int(item.findtext(f"{ns}Size"))}
+                    for item in root.iterfind(f"{ns}Contents")]
+    except (TypeError, AttributeError) as exc:  # no <Key> or no <Size>: botocore's to make sense of
+        raise ValueError(f"a listing entry without its key or size ({exc})") from exc
+    page = {"Contents": contents, "IsTruncated": root.findtext(f"{ns}IsTruncated") == "true"}
     if page["IsTruncated"]:
         page["NextContinuationToken"] = root.findtext(f"{ns}NextContinuationToken")
         if not page["NextContinuationToken"]:
