@@ -131,7 +131,8 @@ def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
         if name == "content-length" and (not (value.isascii() and value.isdigit())
                                          or headers.setdefault(name, value) != value):
             # '-1', '1_0', '+5' (int() takes them all) or two lengths: no body can be trusted to it
-            raise ValueError(f"content-length {value[:40]!r}" + (f" after {headers[name]!r}" if name in headers else ""))
+            first = f" after {headers[name]!r}" if name in headers else ""
+            raise ValueError(f"content-length {value[:40]!r}{first}")
         headers[name] = value
     if version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive":
         headers["connection"] = "close"
