@@ -28,7 +28,8 @@ def test_the_readme_map_names_every_module_where_it_lives():
         head = re.match(r"  (\w+)/ ", line)
         folder = head.group(1) if head else (None if re.match(r"  \w", line) else folder)
         # a module of a sub-folder is written with its folder: rules/config
-        names = re.findall(r"\b([a-z_]+(?:/[a-z_]+)*)(?:\.py)?\b", line.split("/", 1)[1] if head else line)
+        listed = line.split("/", 1)[1] if head else line
+        names = re.findall(r"\b([a-z_][a-z0-9_]*(?:/[a-z_][a-z0-9_]*)*)(?:\.py)?\b", listed)
         mapped |= {f"{folder}/{n}" if folder else n for n in names}
     modules = {p.relative_to(ROOT / "batchml").with_suffix("").as_posix() for p in (ROOT / "batchml").rglob("*.py")
                if not p.name.startswith("__")}
