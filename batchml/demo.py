@@ -13,6 +13,7 @@ import shlex
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,12 +23,12 @@ from batchml.data import datasets
 from batchml.data.ingest import ingest, write_dataset
 from batchml.data.sources import Source, SourceImage
 from batchml.errors import BatchmlError
-from batchml.monitoring import RunReport, format_report
-from batchml.night import score_and_monitor
 from batchml.registry import DEFAULT_ALIAS, promote
 from batchml.score.scoring import ScoreConfig
 from batchml.store import Store
-from batchml.train.training import TrainConfig, train
+
+if TYPE_CHECKING:
+    from batchml.monitoring import RunReport
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class DemoConfig:
 
 
 def run_demo(store: Store, cluster: ClusterConfig, cfg: DemoConfig) -> list[RunReport]:
+    # monitoring and training (scipy) are imported by the commands that use them, not by every command
+    from batchml.monitoring import format_report
+    from batchml.night import score_and_monitor
+    from batchml.train.training import TrainConfig, train
+
     started = time.perf_counter()
     source = cfg.source
     print(f"demo: store {store.url()}, source {source}")
