@@ -14,12 +14,14 @@ and a small one of a fifth of that. Then, in one run:
     cluster does not pay that), with the same model and batch size, from a fresh client process;
 (c) the plain loop: one process reading the same partitions, decoding with batchml's decoder,
     ``predict_on_batch`` and a Parquet file per partition, no cluster and no statistics;
-(a), (b) and (c) alternate for ``--rounds`` rounds and the medians are compared;
+(d) (b) with ``--no-diagnostics``: without the input health, hashes and novelty that neither the
+    bare model nor the plain loop computes;
+(a) to (d) alternate for ``--rounds`` rounds and the medians are compared;
 and the peak resident memory of that worker scoring the small and the large dataset
 (a fresh client and cluster for each). The model is the store's production model, else the tutorial
 CNN trained for one epoch (weights do not change its speed). The last line is one JSON
 object with `bare_images_per_s`, `score_images_per_s`, `ratio`, `plain_loop_images_per_s`,
-`ratio_to_plain_loop`, `peak_rss_mb_small`,
+`ratio_to_plain_loop`, `score_no_diagnostics_images_per_s`, `ratio_no_diagnostics`, `peak_rss_mb_small`,
 `peak_rss_mb_large`.
 """
 
@@ -140,12 +142,14 @@ def plain_loop(store: Store, mv, dataset: str, batch: int, out: Path) -> float:
     return rows / (time.perf_counter() - started)
 
 
-def scored(store: Store, dataset: str, batch_size: int, run_id: str) -> tuple[float, float, dict]:
+def scored(store: Store, dataset: str, batch_size: int, run_id: str,
+           diagnostics: bool = True) -> tuple[float, float, dict]:
     """End-to-end images/s and the worker's peak RSS (MB), on a fresh one-worker cluster."""
     store.delete(layout.run_path(run_id), recursive=True)
     with connect(ClusterConfig()) as client:
         started = time.perf_counter()
-        manifest = score(client, store, ScoreConfig(dataset, run_id=run_id, batch_size=batch_size), verbose=False)
+        cfg = ScoreConfig(dataset, run_id=run_id, batch_size=batch_size, diagnostics=diagnostics)
+        manifest = score(client, store, cfg, verbose=False)
         seconds = time.perf_counter() - started
         peak_kb = max(client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss).values())
     stages = {}
@@ -171,7 +175,8 @@ def main() -> int:
     parser.add_argument("--root", default=str(Path(__file__).parent / "out" / "throughput-store"))
     parser.add_argument("--images", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3, help="alternating bare/score measurements")
-    parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)  # bare; plain DATA BATCH; DATA BATCH RUN
+    # bare; plain DATA BATCH; DATA BATCH RUN [off: --no-diagnostics]
+    parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     store = Store(StoreConfig(args.root))
     if args.measure and args.measure[0] == "bare":
@@ -184,8 +189,8 @@ def main() -> int:
         print(json.dumps(plain_loop(store, resolve(store, DEFAULT_ALIAS), dataset, int(batch), out)))
         return 0
     if args.measure:
-        dataset, batch, run_id = args.measure
-        print(json.dumps(scored(store, dataset, int(batch), run_id)))
+        dataset, batch, run_id, *diagnostics = args.measure
+        print(json.dumps(scored(store, dataset, int(batch), run_id, diagnostics != ["off"])))
         return 0
     t = time.perf_counter()
     mv, test, copies = prepare(store, args.images)
@@ -197,19 +202,24 @@ def main() -> int:
     rate_small, rss_small, _ = apart(args.root, f"bulk-{small}x", str(best), "throughput-small")
     # This machine's speed drifts by 2x from minute to minute: alternate the two
     # measurements and compare their medians.
-    bares, rates, plains, rss_large = [], [], [], 0.0
+    bares, rates, plains, undiagnosed_rates, rss_large = [], [], [], [], 0.0
     for r in range(args.rounds):
         bares.append(apart(args.root, "bare", str(best), "--images", str(args.images))[0])
         rate, rss, stages = apart(args.root, f"bulk-{copies}x", str(best), f"throughput-large-{r}")
         rates.append(rate)
         plains.append(apart(args.root, "plain", f"bulk-{copies}x", str(best)))
+        undiagnosed = apart(args.root, f"bulk-{copies}x", str(best), f"throughput-undiagnosed-{r}", "off")
+        undiagnosed_rates.append(undiagnosed[0])
         rss_large = max(rss_large, rss)
         print(f"round {r + 1}: bare {bares[-1]:,.0f} images/s, score {rate:,.0f} images/s, plain loop "
-              f"{plains[-1]:,.0f} images/s")
+              f"{plains[-1]:,.0f} images/s, score --no-diagnostics {undiagnosed_rates[-1]:,.0f} images/s")
     bare, rate, plain = float(np.median(bares)), float(np.median(rates)), float(np.median(plains))
+    undiagnosed = float(np.median(undiagnosed_rates))
     figures = {"bare_images_per_s": round(bare, 1), "score_images_per_s": round(rate, 1),
                "ratio": round(rate / bare, 3), "rounds": args.rounds,
                "plain_loop_images_per_s": round(plain, 1), "ratio_to_plain_loop": round(rate / plain, 3),
+               "score_no_diagnostics_images_per_s": round(undiagnosed, 1),
+               "ratio_no_diagnostics": round(undiagnosed / bare, 3),
                "bare_by_round": [round(b) for b in bares], "score_by_round": [round(r) for r in rates],
                "peak_rss_mb_small": round(rss_small, 1),
                "peak_rss_mb_large": round(rss_large, 1), "batch_size": best, "images": copies * len(test),
@@ -218,6 +228,8 @@ def main() -> int:
     print(f"bare model: {bare:,.0f} images/s at batch size {best} (median of {args.rounds} rounds)")
     print(f"batchml score end to end: {rate:,.0f} images/s on {copies * len(test):,} images (median of "
           f"{args.rounds} rounds); ratio {rate / bare:.3f} (target >= 0.9)")
+    print(f"with --no-diagnostics (no input health, hashes or novelty, which the bare model does not compute): "
+          f"{undiagnosed:,.0f} images/s; ratio {undiagnosed / bare:.3f}")
     print(f"worker time by stage in the last round (s): {figures['worker_seconds_by_stage']}")
     print(f"peak worker memory: {rss_small:,.0f} MB on {small * len(test):,} images, "
           f"{rss_large:,.0f} MB on {copies * len(test):,} images")
