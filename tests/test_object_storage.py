@@ -183,6 +183,27 @@ def test_a_listing_of_many_objects_comes_page_by_page(tmp_path):
     assert len(rest) == 2499 and lists == 3  # pages of 1,000
 
 
+def test_an_s3_prefix_in_folders_is_listed_folder_by_folder_at_once(tmp_path):
+    """The top level first (its objects, its folders), then the folders' pages a round at a time: a
+    listing waits on each page's token, so a feed in twelve folders is listed near twelve times faster."""
+    folder = tmp_path / "objects" / "bkt" / "feed"
+    names = [f"top-{i}.jpg" for i in range(3)] + [f"cam {c:02d}/{i:04d}.jpg" for c in range(12) for i in range(1500)]
+    names += ["cam 00/deeper/x.jpg", "cam 07/"]  # a deeper object, and a folder marker (no object of the feed)
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        if not name.endswith("/"):
+            (folder / name).write_bytes(b"x")
+    with serving(tmp_path / "objects", latency=0.05) as endpoint:
+        store = Store(StoreConfig("s3://bkt/feed", s3_options(endpoint)))
+        started = time.perf_counter()
+        listed = [e.name for e in iter_listing(store.fs, store.path(""))]
+        seconds = time.perf_counter() - started
+        stats = json.loads(urllib.request.urlopen(f"{endpoint}/_stats").read())
+    assert sorted(listed) == sorted(n for n in names if not n.endswith("/")) and len(listed) == len(set(listed))
+    assert stats["lists"] == 1 + 12 * 2 and stats["in_flight_max"] >= 12  # two pages a folder, a round at once
+    assert seconds < 25 * 0.05 * 0.6  # one page after another: 25 x 50 ms at least
+
+
 def test_an_s3_listing_is_parsed_without_botocore_and_keeps_odd_names(tmp_path, monkeypatch):
     """Pages come by the signed GET (botocore took 0.1 s of CPU a page), keys URL-encoded on the wire
     (as botocore asks: XML cannot carry every character) and decoded; what it cannot do goes to s3fs."""
@@ -463,4 +484,4 @@ def test_a_listing_page_that_is_not_one_is_left_to_botocore_never_read_as_empty(
             _parsed_page(body)
     ns = b' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
     assert _parsed_page(b"<ListBucketResult" + ns + b"><IsTruncated>false</IsTruncated></ListBucketResult>") == {
-        "Contents": [], "IsTruncated": False}
+        "Contents": [], "CommonPrefixes": [], "IsTruncated": False}
