@@ -204,6 +204,24 @@ def test_an_s3_prefix_in_folders_is_listed_folder_by_folder_at_once(tmp_path):
     assert seconds < 25 * 0.05 * 0.6  # one page after another: 25 x 50 ms at least
 
 
+def test_an_s3_prefix_in_a_folder_per_image_costs_the_requests_of_one_listing(tmp_path):
+    """A feed in a folder per image (or per few): the folders are listed in runs of neighbours, not a
+    request each (400 folders were 401 requests where one flat listing takes 2); every object once,
+    top-level objects between the folders (``0007.jpg``, ``0007-x/``, which sort around ``0007/``) too."""
+    folder = tmp_path / "objects" / "bkt" / "feed"
+    names = [f"{c:04d}/{i}.jpg" for c in range(400) for i in range(3)]
+    names += ["0007.jpg", "0007-x/a.jpg", "0007!/b.jpg", "0399.jpg", "zz.jpg", "0000 /c.jpg", "0100/deep/d.jpg"]
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"x")
+    with serving(tmp_path / "objects") as endpoint:
+        store = Store(StoreConfig("s3://bkt/feed", s3_options(endpoint)))
+        listed = [e.name for e in iter_listing(store.fs, store.path(""))]
+        stats = json.loads(urllib.request.urlopen(f"{endpoint}/_stats").read())
+    assert sorted(listed) == sorted(names) and len(listed) == len(set(listed))
+    assert stats["lists"] <= 1 + 64 + 2  # the top level, then at most 64 listings of runs of folders
+
+
 def test_an_s3_listing_is_parsed_without_botocore_and_keeps_odd_names(tmp_path, monkeypatch):
     """Pages come by the signed GET (botocore took 0.1 s of CPU a page), keys URL-encoded on the wire
     (as botocore asks: XML cannot carry every character) and decoded; what it cannot do goes to s3fs."""

@@ -30,6 +30,7 @@ from batchml.data.signed_get import DeclinedError
 
 LIST_PAGE = 1000  # keys per ListObjectsV2 page: S3's maximum
 FOLDERS_AT_ONCE = 16  # folders of a prefix listed at once on S3 (a page of each in flight)
+FOLDER_GROUPS = 4 * FOLDERS_AT_ONCE  # at most as many listings of a prefix's folders: near a flat listing's requests
 
 
 class Listed(NamedTuple):
@@ -94,14 +95,15 @@ def _is_s3(fs) -> bool:
 
 def _s3_pages(fs, root: str) -> Iterator[Listed]:
     """The objects under ``root``: the top level first (with a delimiter: its objects, and its
-    folders), then the folders, ``FOLDERS_AT_ONCE`` of them at a time, a page of each per round.
+    folders), then the folders (in at most ``FOLDER_GROUPS`` listings, ``_groups``),
+    ``FOLDERS_AT_ONCE`` listings at a time, a page of each per round.
     A listing is one page after another, each waiting on the last's continuation token: a feed in
     class or camera folders is listed that many times faster (50 ms a page is 50 s for a million
     objects one page at a time)."""
     bucket, _, key = root.strip("/").partition("/")
     prefix = f"{key}/" if key else ""
     base = {"Bucket": bucket, "MaxKeys": LIST_PAGE, **getattr(fs, "req_kw", {})}
-    folders: deque[str] = deque()
+    folders: list[str] = []
     top = {**base, "Prefix": prefix, "Delimiter": "/"}
     while top is not None:
         page = sync(fs.loop, _page, fs, top)
@@ -110,27 +112,53 @@ def _s3_pages(fs, root: str) -> Iterator[Listed]:
         yield from _objects(page, prefix)
         folders.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
         top = _next(top, page)
-    listing: list[dict] = []
-    while listing or folders:
-        while folders and len(listing) < FOLDERS_AT_ONCE:
-            listing.append({**base, "Prefix": folders.popleft()})
-        pages = sync(fs.loop, _pages, fs, listing)
-        for page in pages:
-            yield from _objects(page, prefix) if page is not None else ()
-        listing = [more for kwargs, page in zip(listing, pages, strict=True)
-                   if page is not None and (more := _next(kwargs, page)) is not None]
+    groups = deque(_groups(base, prefix, sorted(folders)))  # S3's order: by code point
+    listing: list[tuple[dict, tuple[str, str] | None]] = []  # (its next request, the keys it holds)
+    while listing or groups:
+        while groups and len(listing) < FOLDERS_AT_ONCE:
+            listing.append(groups.popleft())
+        pages = sync(fs.loop, _pages, fs, [kwargs for kwargs, _ in listing])
+        for (_, keys), page in zip(listing, pages, strict=True):
+            yield from _objects(page, prefix, keys) if page is not None else ()
+        listing = [(more, keys) for (kwargs, keys), page in zip(listing, pages, strict=True)
+                   if page is not None and (more := _next(kwargs, page, keys)) is not None]
 
 
-def _objects(page: dict, prefix: str) -> Iterator[Listed]:
+def _groups(base: dict, prefix: str, folders: list[str]) -> Iterator[tuple[dict, tuple[str, str] | None]]:
+    """The top level's folders (in the store's order) as at most ``FOLDER_GROUPS`` listings: a folder
+    alone is its own prefix; a run of neighbours is one listing of the keys from its first folder to
+    past its last (``StartAfter``, then up to the bound), so a feed in a folder per image costs about
+    the requests of one listing, not one (or more) per folder. The bound's keys: (first folder, end)."""
+    size = max(1, -(-len(folders) // FOLDER_GROUPS))
+    for i in range(0, len(folders), size):
+        group = folders[i:i + size]
+        if len(group) == 1:
+            yield {**base, "Prefix": group[0]}, None
+            continue
+        # after the folder before (every key under it sorts before its name with '/' raised to '0'); the
+        # top-level objects between are left out below, as are any keys past the last folder's
+        after = folders[i - 1][:-1] + "0" if i else group[0][:-1]
+        yield {**base, "Prefix": prefix, "StartAfter": after}, (group[0], group[-1][:-1] + "0")
+
+
+def _objects(page: dict, prefix: str, keys: tuple[str, str] | None = None) -> Iterator[Listed]:
     for obj in page.get("Contents", []):
+        if keys is not None and not keys[0] <= obj["Key"] < keys[1]:
+            continue
         name = obj["Key"][len(prefix):]
+        if keys is not None and "/" not in name:  # a top-level object, listed with the top level
+            continue
         if name and not name.endswith("/"):  # a folder marker is not an object of the feed
             yield Listed(name, obj.get("Size"), "file")
 
 
-def _next(kwargs: dict, page: dict) -> dict | None:
-    """The request for the listing's next page, or None after its last."""
-    return {**kwargs, "ContinuationToken": page["NextContinuationToken"]} if page.get("IsTruncated") else None
+def _next(kwargs: dict, page: dict, keys: tuple[str, str] | None = None) -> dict | None:
+    """The request for the listing's next page, or None after its last (or past its keys' bound)."""
+    if not page.get("IsTruncated"):
+        return None
+    if keys is not None and page.get("Contents") and page["Contents"][-1]["Key"] >= keys[1]:
+        return None
+    return {**kwargs, "ContinuationToken": page["NextContinuationToken"]}
 
 
 async def _pages(fs, listing: list[dict]) -> list[dict | None]:
@@ -162,6 +190,8 @@ async def _signed_page(fs, kwargs: dict) -> dict | None:
         query["continuation-token"] = kwargs["ContinuationToken"]
     if "Delimiter" in kwargs:
         query["delimiter"] = kwargs["Delimiter"]
+    if "StartAfter" in kwargs:
+        query["start-after"] = kwargs["StartAfter"]
     import aiohttp
 
     try:
