@@ -113,11 +113,10 @@ class SlowMount(AbstractFileSystem):
 def test_a_slow_synchronous_filesystem_gets_threads_once_it_is_seen_to_be_slow():
     fs, in_flight = SlowMount(0.01), InFlight()
     paths = [f"m/{i}" for i in range(200)] + ["m/missing"]
-    started = time.perf_counter()
     got = fetch_many(fs, paths, in_flight)
     assert [got[p] for p in paths[:-1]] == [p.encode() for p in paths[:-1]]
     assert isinstance(got["m/missing"], FileNotFoundError)
-    assert fs.peak >= fetch.MIN_IN_FLIGHT and time.perf_counter() - started < 200 * 0.01 / 4
+    assert fs.peak >= fetch.MIN_IN_FLIGHT
     fs.peak = 0
     fetch_many(fs, paths[:20], in_flight)  # learnt: threads from the first file
     assert fs.peak > 1
@@ -195,13 +194,10 @@ def test_an_s3_prefix_in_folders_is_listed_folder_by_folder_at_once(tmp_path):
             (folder / name).write_bytes(b"x")
     with serving(tmp_path / "objects", latency=0.05) as endpoint:
         store = Store(StoreConfig("s3://bkt/feed", s3_options(endpoint)))
-        started = time.perf_counter()
         listed = [e.name for e in iter_listing(store.fs, store.path(""))]
-        seconds = time.perf_counter() - started
         stats = json.loads(urllib.request.urlopen(f"{endpoint}/_stats").read())
     assert sorted(listed) == sorted(n for n in names if not n.endswith("/")) and len(listed) == len(set(listed))
     assert stats["lists"] == 1 + 12 * 2 and stats["in_flight_max"] >= 12  # two pages a folder, a round at once
-    assert seconds < 25 * 0.05 * 0.6  # one page after another: 25 x 50 ms at least
 
 
 def test_an_s3_prefix_in_a_folder_per_image_costs_the_requests_of_one_listing(tmp_path):
