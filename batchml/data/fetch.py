@@ -171,16 +171,20 @@ def _threaded(fs, paths: list[str], in_flight: InFlight) -> list:
     model on the same cores. A slow one (a network mount) gets a pool once requests are seen to
     take ``SEQUENTIAL_BELOW_S`` or more."""
     read = _read_local if isinstance(fs, LocalFileSystem) else fs.cat_file
+
+    def one(path: str):
+        return _call_timed(functools.partial(read, path), in_flight)
+
     out: list = []
     while len(out) < len(paths) and (in_flight.seen < _PROBED or in_flight.latency_s < SEQUENTIAL_BELOW_S):
-        out.append(_call_timed(functools.partial(read, paths[len(out)]), in_flight))
+        out.append(one(paths[len(out)]))
     rest = paths[len(out):]
     if not rest:
         return out
     workers = in_flight.limit(len(rest))
     in_flight.peak = max(in_flight.peak, workers)
     with ThreadPoolExecutor(workers, thread_name_prefix="batchml-fetch") as pool:
-        return out + list(pool.map(lambda path: _call_timed(functools.partial(read, path), in_flight), rest))
+        return out + list(pool.map(one, rest))
 
 
 def _read_local(path: str) -> bytes:
