@@ -3,6 +3,7 @@ real. ``pytest -k "gpu or cuda or pin"`` runs these."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -47,6 +48,24 @@ def test_a_gpu_worker_pins_its_gpu_before_the_framework_starts(monkeypatch):
     assert calls == [("configure", "auto", True, "2"), ("pin", "jax")]  # narrowed first, then the framework
     assert record == {"backend": "jax", "device": "gpu", "device_name": "NVIDIA H200", "gpus_visible": 4}
     assert cluster.worker_device() == record
+    gc.unfreeze()  # set-up froze this test process's objects, as it does a worker's
+
+
+def test_a_worker_keeps_its_objects_out_of_the_collectors_walks_at_set_up_and_at_teardown(monkeypatch):
+    monkeypatch.setattr(cluster, "configure_backend", lambda b, gpu_visible: "tensorflow")
+    monkeypatch.setattr(cluster, "pin_framework", lambda b: None)
+    monkeypatch.setattr(cluster, "import_keras", lambda: None)
+    monkeypatch.setattr(device, "device_info", lambda: {"backend": "tensorflow"})
+    plugin = cluster.KerasBackendPlugin("tensorflow")
+    try:
+        plugin.setup(None)
+        assert gc.get_freeze_count() > 0  # the framework's objects, made once, never walked again
+        gc.unfreeze()
+        made_since = [[i] for i in range(1000)]  # a worker's caches, filled while it scored
+        plugin.teardown(None)
+        assert gc.get_freeze_count() >= len(made_since)  # its exit does not walk them either
+    finally:
+        gc.unfreeze()
 
 
 def test_tensorflow_is_pinned_to_gpu_0_with_memory_growth(monkeypatch):
@@ -193,6 +212,13 @@ def test_dask_cuda_cluster_gets_one_worker_per_gpu_advertising_a_gpu(monkeypatch
 def test_cpu_flag_hides_the_gpus_from_cpu_workers():
     assert cluster._worker_environ(2, hide_gpus=True)["CUDA_VISIBLE_DEVICES"] == ""
     assert "CUDA_VISIBLE_DEVICES" not in cluster._worker_environ(2, hide_gpus=False)
+
+
+def test_a_local_worker_gets_its_share_of_the_cores_but_numpy_blas_one_thread():
+    environ = cluster._worker_environ(1, hide_gpus=True)
+    assert environ["OMP_NUM_THREADS"] == environ["MKL_NUM_THREADS"] == str(os.cpu_count() or 1)
+    # numpy's small calls, made beside the model, would wait on a descheduled second thread
+    assert environ["OPENBLAS_NUM_THREADS"] == "1"
 
 
 def _pinned_task(seconds: float) -> tuple[str, float, float]:
