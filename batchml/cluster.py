@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin
+from distributed.core import Status
 from distributed.security import Security
 from distributed.system import MEMORY_LIMIT
 
@@ -68,6 +69,7 @@ TRAIN_GPU_SHARE = 1.0
 SCORE_GPU_SHARE = 0.5
 
 _WORKER_DEVICE: dict | None = None  # set once per worker process by the plugin
+_FROZEN = False  # whether set-up froze the framework's objects (``gc.freeze``) in this process
 
 
 class KerasBackendPlugin(WorkerPlugin):
@@ -82,10 +84,12 @@ class KerasBackendPlugin(WorkerPlugin):
         setup_worker(self.backend)
 
     def teardown(self, worker) -> None:
-        # The process exits next, and the interpreter's teardown collects every object the
-        # framework made: half a second of a two-core machine, at the end of every run. Frozen,
-        # they are freed as modules are cleared, without the collector's walks over them.
-        gc.freeze()
+        # A closing worker's process exits next, and the interpreter's teardown collects every
+        # object the model made: half a second of a two-core machine at the end of every run.
+        # Frozen, they are freed as modules are cleared, without the collector's walks over them.
+        # (A plugin replaced on a running worker is torn down too: that worker goes on, unfrozen.)
+        if getattr(worker, "status", None) in (Status.closing, Status.closing_gracefully):
+            gc.freeze()
 
 
 def setup_worker(backend: str) -> dict:
@@ -97,7 +101,7 @@ def setup_worker(backend: str) -> dict:
     narrowed ``CUDA_VISIBLE_DEVICES`` alone could come too late: ``pin_framework`` also
     tells the framework to use device 0 of the rotated list, the worker's own.
     """
-    global _WORKER_DEVICE
+    global _WORKER_DEVICE, _FROZEN
     if backend not in ("auto", "tensorflow") and not installed(backend):
         raise RuntimeError(f"Keras backend {backend!r} is not installed on worker {socket.gethostname()} "
                            f"({sys.executable}): install it there, or use --backend auto")
@@ -111,9 +115,11 @@ def setup_worker(backend: str) -> dict:
     with filtered_stderr():  # pinning imports the framework: its start-up chatter stays out of the job's log
         pin_framework(active)
     import_keras()  # seconds of framework import paid once at start-up, not by the first task
-    # the framework's million objects live as long as the process: out of the collector's
-    # walks, which would otherwise go over them all again and again while partitions are scored
-    gc.freeze()
+    if not _FROZEN:  # once, right after the import: later, garbage not yet collected would be kept too
+        # the framework's objects live as long as the process: out of the collector's walks,
+        # which would otherwise go over them all again and again while partitions are scored
+        gc.freeze()
+        _FROZEN = True
 
     from batchml.device import device_info
 

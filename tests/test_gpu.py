@@ -13,6 +13,7 @@ import types
 from pathlib import Path
 
 import pytest
+from distributed.core import Status
 
 from batchml import backend, cli, cluster, device
 from batchml.cluster import ClusterConfig
@@ -44,26 +45,31 @@ def test_a_gpu_worker_pins_its_gpu_before_the_framework_starts(monkeypatch):
     monkeypatch.setattr(cluster, "pin_framework", lambda b: calls.append(("pin", b)))
     h200 = {"backend": "jax", "device": "gpu", "device_name": "NVIDIA H200"}
     monkeypatch.setattr(device, "device_info", lambda: h200)
+    monkeypatch.setattr(cluster, "_FROZEN", True)  # this test process's objects stay collectable
     record = cluster.setup_worker("auto")
     assert calls == [("configure", "auto", True, "2"), ("pin", "jax")]  # narrowed first, then the framework
     assert record == {"backend": "jax", "device": "gpu", "device_name": "NVIDIA H200", "gpus_visible": 4}
     assert cluster.worker_device() == record
-    gc.unfreeze()  # set-up froze this test process's objects, as it does a worker's
 
 
-def test_a_worker_keeps_its_objects_out_of_the_collectors_walks_at_set_up_and_at_teardown(monkeypatch):
+def test_a_worker_keeps_its_objects_out_of_the_collectors_walks_at_set_up_and_at_close(monkeypatch):
     monkeypatch.setattr(cluster, "configure_backend", lambda b, gpu_visible: "tensorflow")
     monkeypatch.setattr(cluster, "pin_framework", lambda b: None)
     monkeypatch.setattr(cluster, "import_keras", lambda: None)
     monkeypatch.setattr(device, "device_info", lambda: {"backend": "tensorflow"})
+    monkeypatch.setattr(cluster, "_FROZEN", False)
     plugin = cluster.KerasBackendPlugin("tensorflow")
     try:
-        plugin.setup(None)
+        plugin.setup(types.SimpleNamespace(status=Status.running))
         assert gc.get_freeze_count() > 0  # the framework's objects, made once, never walked again
         gc.unfreeze()
+        plugin.setup(types.SimpleNamespace(status=Status.running))  # set up again by the next client:
+        assert gc.get_freeze_count() == 0  # its garbage of earlier runs is not kept for good
+        plugin.teardown(types.SimpleNamespace(status=Status.running))  # replaced on a running worker
+        assert gc.get_freeze_count() == 0
         made_since = [[i] for i in range(1000)]  # a worker's caches, filled while it scored
-        plugin.teardown(None)
-        assert gc.get_freeze_count() >= len(made_since)  # its exit does not walk them either
+        plugin.teardown(types.SimpleNamespace(status=Status.closing))  # the process exits next
+        assert gc.get_freeze_count() >= len(made_since)  # the exit does not walk them
     finally:
         gc.unfreeze()
 
