@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from batchml import layout
@@ -177,6 +178,29 @@ def test_a_file_without_the_columns_is_refused_naming_them(store, tmp_path, nigh
     pd.DataFrame({"image_id": [], "label": []}).to_csv(header_only, index=False)
     with pytest.raises(LabelsError, match=r"no rows \(only a header\): export the labels again"):
         add_labels(store, header_only, ["late"])
+    assert not store.exists("runs/late/labels")
+
+
+def test_labels_and_ids_of_odd_types_are_named_problems_not_tracebacks(store, tmp_path, night):
+    """A float label column holding inf or 1e300, a digit that is not ASCII, an id column of bytes that
+    are not UTF-8 or of lists: each was an unexpected exception ("rerun to resume") or a label read as
+    another class ('\u0662', an Arabic two, was class 2)."""
+    floats = str(tmp_path / "floats.parquet")
+    pq.write_table(pa.table({"image_id": ["img-00001", "img-00002", "img-00003"],
+                             "label": [1.0, float("inf"), 1e300]}), floats)
+    with pytest.raises(LabelsError,
+                       match=r"2 row\(s\) with labels that are not the model's classes \('1e\+300', 'inf'\)"):
+        add_labels(store, floats, ["late"])
+    digits = str(tmp_path / "digits.csv")
+    with open(digits, "w", encoding="utf-8") as f:
+        f.write("image_id,label\nimg-00001,\u00b2\nimg-00002,\u0662\n")
+    with pytest.raises(LabelsError, match=r"2 row\(s\) with labels that are not the model's classes"):
+        add_labels(store, digits, ["late"])
+    for ids in ([b"img-00001", b"\xff\xfe"], [["img-00001"], ["img-00002"]]):
+        odd = str(tmp_path / "odd.parquet")
+        pq.write_table(pa.table({"image_id": ids, "label": [1, 2]}), odd)
+        with pytest.raises(LabelsError, match=r"column 'image_id' \(.+\) cannot be read as text"):
+            add_labels(store, odd, ["late"])
     assert not store.exists("runs/late/labels")
 
 
