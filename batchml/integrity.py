@@ -29,6 +29,12 @@ _COUNTED = ("rows", "errors", "labelled", "correct", "predicted_counts", "confus
             "confidence_hist", "confidence_sum", "calibrated_confidence_sum", *OPTIONAL)
 
 
+# the statistics that are single numbers (the others are arrays, whose shapes PartitionStats checks)
+_SCALARS = ("rows", "errors", "labelled", "correct", "confidence_sum", "calibrated_confidence_sum",
+            "duplicate_rows", "novel_rows", "novel_confidence_sum", "novel_labelled", "novel_correct")
+_LARGEST = 2.0**53
+
+
 class DamagedFileError(BatchmlError):
     """A stored file that cannot be trusted, with why and the command that repairs it."""
 
@@ -85,6 +91,11 @@ def stats_problem(record: Any, partition: str) -> str:
         return "not a statistics record: no 'stats' object"
     if record.get("partition") != partition:
         return f"it names partition {record.get('partition')!r}, not {partition!r}"
+    for name in _SCALARS:
+        value = record["stats"].get(name)
+        if (value is not None or name not in OPTIONAL) and (isinstance(value, bool)
+                                                            or not isinstance(value, int | float)):
+            return f"'{name}' is not a number: {str(value)[:40]}"
     try:
         stats = PartitionStats.from_dict(record["stats"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -95,6 +106,8 @@ def stats_problem(record: Any, partition: str) -> str:
             return f"'{name}' holds NaN or infinity"
         if (values < 0).any():
             return f"'{name}' holds a negative count"
+        if (values > _LARGEST).any():  # no night counts that many: a count tables could not hold either
+            return f"'{name}' holds a count too large to be real"
     for name in ("rows", "errors"):
         if record.get(name) != getattr(stats, name):
             return f"'{name}' is {record.get(name)!r} but its statistics count {getattr(stats, name)}"

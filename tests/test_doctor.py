@@ -41,6 +41,12 @@ def _edit_stats(store, change):
     (lambda r: r["stats"].__setitem__("confidence_sum", math.nan), "NaN"),
     (lambda r: r["stats"].__setitem__("predicted_counts", [-5, 30, 15]), "'predicted_counts' holds a negative"),
     (lambda r: r.pop("stats"), "no 'stats' object"),
+    # values of the wrong type or beyond any count were tracebacks ("rerun to resume"), not the file and its repair
+    (lambda r: r["stats"].__setitem__("rows", "abc"), "'rows' is not a number"),
+    (lambda r: r["stats"].__setitem__("correct", [1, 2]), "'correct' is not a number"),
+    (lambda r: r["stats"].__setitem__("confidence_sum", {"a": 1}), "'confidence_sum' is not a number"),
+    (lambda r: r["stats"].__setitem__("labelled", True), "'labelled' is not a number"),
+    (lambda r: r["stats"].__setitem__("duplicate_rows", 10**30), "'duplicate_rows' holds a count too large"),
 ])
 def test_a_damaged_stats_file_is_a_clear_error_naming_it_and_the_repair(night, change, problem):
     _edit_stats(night, change)
