@@ -255,10 +255,18 @@ def test_ids_are_matched_across_the_runs_of_a_range(store, tmp_path):
     rng = np.random.default_rng(1)
     for night in (1, 2, 3):
         write_run(store, f"n{night}", night_probs(rng, 50), np.full(50, -1), parts=1, night=night)
-    # ids img-00000.. repeat in every run: the labels go to each run of the range
+    # ids img-00000.. repeat in every night's input, each naming another image: which night's a label
+    # is for cannot be told (they went to every run of the range, wrong on all but one)
+    with pytest.raises(LabelsError, match=r"2 image_id\(s\) name images of more than one night's input in the "
+                       r"range \('img-00003' in n2, n3; 'img-00004' in n2, n3\).*--run-id RUN"):
+        add_labels(store, labels_file(tmp_path, ["img-00003", "img-00004"], ["a", "b"]), None,
+                   "2026-11-12", "2026-11-13")
+    assert not any(store.exists(f"runs/n{night}/labels") for night in (1, 2, 3))
+    # night 2's input scored again (another model): the same images, so each of its runs takes the labels
+    write_run(store, "n2-again", night_probs(rng, 50), np.full(50, -1), parts=1, night=2)
     added = add_labels(store, labels_file(tmp_path, ["img-00003", "img-00004"], ["a", "b"]), None,
-                       "2026-11-12", "2026-11-13")
-    assert [a.run_id for a in added] == ["n2", "n3"] and all(a.new == 2 for a in added)
+                       "2026-11-12", "2026-11-12")
+    assert [a.run_id for a in added] == ["n2", "n2-again"] and all(a.new == 2 for a in added)
     assert fold_run(store, "n1")[1].labelled == 0 and fold_run(store, "n2")[1].labelled == 2
 
 
