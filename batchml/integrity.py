@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -114,6 +115,31 @@ def stats_problem(record: Any, partition: str) -> str:
     if stats.labelled > stats.rows or stats.correct > stats.labelled or int(stats.predicted_counts.sum()) != stats.rows:
         return "its counts disagree (labelled, correct and predicted counts against rows)"
     return ""
+
+
+def manifest_problem(data: Any) -> str:
+    """What is wrong with a run manifest ("" when it is whole): a field of the wrong type would reach the
+    monitoring table, where every later night's monitoring compares it."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    lacking = [k for k in ("run_id", "model_version", "classes", "partitions", "committed_at") if not data.get(k)]
+    if lacking:
+        return f"it lacks {', '.join(lacking)}"
+    for key in ("run_id", "model_version", "dataset"):
+        if key in data and not isinstance(data[key], str):
+            return f"'{key}' is not text"
+    for key in ("rows", "errors", "labelled", "max_error_ratio"):
+        if data.get(key) is not None and (isinstance(data[key], bool) or not isinstance(data[key], int | float)):
+            return f"'{key}' is not a number"
+    if not isinstance(data["classes"], list) or not all(isinstance(c, str) for c in data["classes"]):
+        return "'classes' is not a list of class names"
+    try:
+        datetime.fromisoformat(data["committed_at"])
+    except (TypeError, ValueError):
+        return f"'committed_at' is not an ISO time: {str(data['committed_at'])[:40]}"
+    return "" if isinstance(data["partitions"], list) and all(
+        isinstance(p, dict) and isinstance(p.get("partition"), str) and p["partition"] for p in data["partitions"]) \
+        else "its partitions are not named"
 
 
 def read_stats(store: Store, run_id: str, partition: str) -> ScoredPartition:

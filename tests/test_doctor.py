@@ -187,3 +187,25 @@ def test_doctor_checks_runs_and_partitions_at_once_and_reports_them_in_order(nig
     checkup = check_store(night)
     assert [f.path for f in checkup.findings] == torn  # the store's order, whatever finished first
     assert checkup.checked >= 2 + 6 + 6
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("committed_at", {"a": 1}, "'committed_at' is not an ISO time"),
+    ("committed_at", 7, "'committed_at' is not an ISO time"),
+    ("committed_at", "yesterday", "'committed_at' is not an ISO time"),
+    ("classes", 3, "'classes' is not a list of class names"),
+    ("partitions", 5, "its partitions are not named"),
+    ("model_version", ["tiny/v1"], "'model_version' is not text"),
+    ("max_error_ratio", "1%", "'max_error_ratio' is not a number"),
+])
+def test_a_manifest_with_fields_of_the_wrong_type_is_named_by_monitor_and_doctor(night, key, value, problem):
+    """A committed_at of the wrong type reached the monitoring table, and every later monitor of the model
+    failed comparing it (a traceback saying rerun to resume); doctor called such a manifest whole."""
+    rel = layout.run_path("night-1", layout.RUN_MANIFEST)
+    record = night.read_json(rel)
+    record[key] = value
+    night.write_json(rel, record)
+    with pytest.raises(DamagedFileError, match=rf"{rel}.*{problem}.*batchml doctor --repair"):
+        monitor_run(night, "night-1")
+    (found,) = check_store(night).findings
+    assert found.path == rel and problem in found.problem
