@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from batchml import layout
 from batchml.data import datasets
 from batchml.errors import BatchmlError
-from batchml.integrity import DamagedFileError, read_json, read_stats
+from batchml.integrity import DamagedFileError, manifest_problem, read_json, read_stats
 from batchml.records import SCORING_NEEDS, AcceptedBaseline, DatasetManifest, ModelCard, RunManifest
 from batchml.registry import list_models, read_aliases
 from batchml.stats import PartitionStats
@@ -116,7 +116,7 @@ def _check_run(store: Store, run_id: str, out: Checkup) -> None:
 def _manifest(store: Store, run_id: str, out: Checkup) -> RunManifest | None:
     rel = layout.run_path(run_id, layout.RUN_MANIFEST)
     data = _json(store, rel, out)
-    problem = data.problem if isinstance(data, Finding) else _manifest_problem(data)
+    problem = data.problem if isinstance(data, Finding) else manifest_problem(data)
     if not problem:
         return RunManifest.from_dict(data)
     out.findings.append(Finding(rel, problem, f"run {run_id}: monitoring it, the dashboard, every reader of its "
@@ -124,16 +124,6 @@ def _manifest(store: Store, run_id: str, out: Checkup) -> RunManifest | None:
                                 "batchml doctor --repair (commits the run again from its statistics)",
                                 RECOMMIT, run_id))
     return None
-
-
-def _manifest_problem(data) -> str:
-    if not isinstance(data, dict):
-        return "not a JSON object"
-    lacking = [k for k in ("run_id", "model_version", "classes", "partitions", "committed_at") if not data.get(k)]
-    if lacking:
-        return f"it lacks {', '.join(lacking)}"
-    return "" if all(isinstance(p, dict) and p.get("partition") for p in data["partitions"]) else \
-        "its partitions are not named"
 
 
 def _check_partition(store: Store, run_id: str, partition: str, committed: bool, out: Checkup) -> None:

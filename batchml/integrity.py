@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,12 @@ REPAIR = "run `batchml doctor --repair` (it moves the damaged file under quarant
 # would add into every total it is folded into, and no later night could tell
 _COUNTED = ("rows", "errors", "labelled", "correct", "predicted_counts", "confusion", "prob_sums",
             "confidence_hist", "confidence_sum", "calibrated_confidence_sum", *OPTIONAL)
+
+
+# the statistics that are single numbers (the others are arrays, whose shapes PartitionStats checks)
+_SCALARS = ("rows", "errors", "labelled", "correct", "confidence_sum", "calibrated_confidence_sum",
+            "duplicate_rows", "novel_rows", "novel_confidence_sum", "novel_labelled", "novel_correct")
+_LARGEST = 2.0**53
 
 
 class DamagedFileError(BatchmlError):
@@ -85,6 +92,11 @@ def stats_problem(record: Any, partition: str) -> str:
         return "not a statistics record: no 'stats' object"
     if record.get("partition") != partition:
         return f"it names partition {record.get('partition')!r}, not {partition!r}"
+    for name in _SCALARS:
+        value = record["stats"].get(name)
+        if (value is not None or name not in OPTIONAL) and (isinstance(value, bool)
+                                                            or not isinstance(value, int | float)):
+            return f"'{name}' is not a number: {str(value)[:40]}"
     try:
         stats = PartitionStats.from_dict(record["stats"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -95,12 +107,39 @@ def stats_problem(record: Any, partition: str) -> str:
             return f"'{name}' holds NaN or infinity"
         if (values < 0).any():
             return f"'{name}' holds a negative count"
+        if (values > _LARGEST).any():  # no night counts that many: a count tables could not hold either
+            return f"'{name}' holds a count too large to be real"
     for name in ("rows", "errors"):
         if record.get(name) != getattr(stats, name):
             return f"'{name}' is {record.get(name)!r} but its statistics count {getattr(stats, name)}"
     if stats.labelled > stats.rows or stats.correct > stats.labelled or int(stats.predicted_counts.sum()) != stats.rows:
         return "its counts disagree (labelled, correct and predicted counts against rows)"
     return ""
+
+
+def manifest_problem(data: Any) -> str:
+    """What is wrong with a run manifest ("" when it is whole): a field of the wrong type would reach the
+    monitoring table, where every later night's monitoring compares it."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    lacking = [k for k in ("run_id", "model_version", "classes", "partitions", "committed_at") if not data.get(k)]
+    if lacking:
+        return f"it lacks {', '.join(lacking)}"
+    for key in ("run_id", "model_version", "dataset"):
+        if key in data and not isinstance(data[key], str):
+            return f"'{key}' is not text"
+    for key in ("rows", "errors", "labelled", "max_error_ratio"):
+        if data.get(key) is not None and (isinstance(data[key], bool) or not isinstance(data[key], int | float)):
+            return f"'{key}' is not a number"
+    if not isinstance(data["classes"], list) or not all(isinstance(c, str) for c in data["classes"]):
+        return "'classes' is not a list of class names"
+    try:
+        datetime.fromisoformat(data["committed_at"])
+    except (TypeError, ValueError):
+        return f"'committed_at' is not an ISO time: {str(data['committed_at'])[:40]}"
+    return "" if isinstance(data["partitions"], list) and all(
+        isinstance(p, dict) and isinstance(p.get("partition"), str) and p["partition"] for p in data["partitions"]) \
+        else "its partitions are not named"
 
 
 def read_stats(store: Store, run_id: str, partition: str) -> ScoredPartition:

@@ -102,8 +102,17 @@ def _bad_aliases(store: Store, name: str, problem: str) -> BatchmlError:
 def resolve(store: Store, ref: str, default_name: str = DEFAULT_MODEL_NAME) -> ModelVersion:
     """``[NAME/]VERSION_OR_ALIAS`` -> a committed version, or an error naming what exists."""
     name, _, tag = ref.rpartition("/")
+    named = bool(name)
     name = check_name("model", name or default_name)
     versions = list_versions(store, name)
+    # `--model shapes`: a model's name where a version or alias of the default model goes
+    if not named and tag not in versions and layout.NAME_PATTERN.match(tag) \
+            and (theirs := list_versions(store, tag)) and not (versions and tag in read_aliases(store, name)):
+        aliases = read_aliases(store, tag)
+        example = f"{tag}/{DEFAULT_ALIAS if DEFAULT_ALIAS in aliases else next(iter(aliases), theirs[-1])}"
+        raise BatchmlError(f"{tag!r} is a model, not a version or alias of model {name!r}: name one of its versions "
+                           f"or aliases, e.g. {example} (versions: {', '.join(theirs)}; "
+                           f"aliases: {', '.join(aliases) or 'none'})")
     if not versions:
         raise BatchmlError(
             f"no versions of model {name!r} in {store.url()}. Train one with: "

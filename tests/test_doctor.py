@@ -41,6 +41,12 @@ def _edit_stats(store, change):
     (lambda r: r["stats"].__setitem__("confidence_sum", math.nan), "NaN"),
     (lambda r: r["stats"].__setitem__("predicted_counts", [-5, 30, 15]), "'predicted_counts' holds a negative"),
     (lambda r: r.pop("stats"), "no 'stats' object"),
+    # values of the wrong type or beyond any count were tracebacks ("rerun to resume"), not the file and its repair
+    (lambda r: r["stats"].__setitem__("rows", "abc"), "'rows' is not a number"),
+    (lambda r: r["stats"].__setitem__("correct", [1, 2]), "'correct' is not a number"),
+    (lambda r: r["stats"].__setitem__("confidence_sum", {"a": 1}), "'confidence_sum' is not a number"),
+    (lambda r: r["stats"].__setitem__("labelled", True), "'labelled' is not a number"),
+    (lambda r: r["stats"].__setitem__("duplicate_rows", 10**30), "'duplicate_rows' holds a count too large"),
 ])
 def test_a_damaged_stats_file_is_a_clear_error_naming_it_and_the_repair(night, change, problem):
     _edit_stats(night, change)
@@ -181,3 +187,25 @@ def test_doctor_checks_runs_and_partitions_at_once_and_reports_them_in_order(nig
     checkup = check_store(night)
     assert [f.path for f in checkup.findings] == torn  # the store's order, whatever finished first
     assert checkup.checked >= 2 + 6 + 6
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("committed_at", {"a": 1}, "'committed_at' is not an ISO time"),
+    ("committed_at", 7, "'committed_at' is not an ISO time"),
+    ("committed_at", "yesterday", "'committed_at' is not an ISO time"),
+    ("classes", 3, "'classes' is not a list of class names"),
+    ("partitions", 5, "its partitions are not named"),
+    ("model_version", ["tiny/v1"], "'model_version' is not text"),
+    ("max_error_ratio", "1%", "'max_error_ratio' is not a number"),
+])
+def test_a_manifest_with_fields_of_the_wrong_type_is_named_by_monitor_and_doctor(night, key, value, problem):
+    """A committed_at of the wrong type reached the monitoring table, and every later monitor of the model
+    failed comparing it (a traceback saying rerun to resume); doctor called such a manifest whole."""
+    rel = layout.run_path("night-1", layout.RUN_MANIFEST)
+    record = night.read_json(rel)
+    record[key] = value
+    night.write_json(rel, record)
+    with pytest.raises(DamagedFileError, match=rf"{rel}.*{problem}.*batchml doctor --repair"):
+        monitor_run(night, "night-1")
+    (found,) = check_store(night).findings
+    assert found.path == rel and problem in found.problem

@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from batchml import layout
@@ -180,6 +181,29 @@ def test_a_file_without_the_columns_is_refused_naming_them(store, tmp_path, nigh
     assert not store.exists("runs/late/labels")
 
 
+def test_labels_and_ids_of_odd_types_are_named_problems_not_tracebacks(store, tmp_path, night):
+    """A float label column holding inf or 1e300, a digit that is not ASCII, an id column of bytes that
+    are not UTF-8 or of lists: each was an unexpected exception ("rerun to resume") or a label read as
+    another class ('\u0662', an Arabic two, was class 2)."""
+    floats = str(tmp_path / "floats.parquet")
+    pq.write_table(pa.table({"image_id": ["img-00001", "img-00002", "img-00003"],
+                             "label": [1.0, float("inf"), 1e300]}), floats)
+    with pytest.raises(LabelsError,
+                       match=r"2 row\(s\) with labels that are not the model's classes \('1e\+300', 'inf'\)"):
+        add_labels(store, floats, ["late"])
+    digits = str(tmp_path / "digits.csv")
+    with open(digits, "w", encoding="utf-8") as f:
+        f.write("image_id,label\nimg-00001,\u00b2\nimg-00002,\u0662\n")
+    with pytest.raises(LabelsError, match=r"2 row\(s\) with labels that are not the model's classes"):
+        add_labels(store, digits, ["late"])
+    for ids in ([b"img-00001", b"\xff\xfe"], [["img-00001"], ["img-00002"]]):
+        odd = str(tmp_path / "odd.parquet")
+        pq.write_table(pa.table({"image_id": ids, "label": [1, 2]}), odd)
+        with pytest.raises(LabelsError, match=r"column 'image_id' \(.+\) cannot be read as text"):
+            add_labels(store, odd, ["late"])
+    assert not store.exists("runs/late/labels")
+
+
 def test_conflicting_labels_are_refused_unless_replaced_and_a_replacement_folds_exactly(store, tmp_path, night):
     chosen, truth = night["chosen"], night["truth"]
     wrong = (truth[chosen] + 1) % 3
@@ -231,10 +255,18 @@ def test_ids_are_matched_across_the_runs_of_a_range(store, tmp_path):
     rng = np.random.default_rng(1)
     for night in (1, 2, 3):
         write_run(store, f"n{night}", night_probs(rng, 50), np.full(50, -1), parts=1, night=night)
-    # ids img-00000.. repeat in every run: the labels go to each run of the range
+    # ids img-00000.. repeat in every night's input, each naming another image: which night's a label
+    # is for cannot be told (they went to every run of the range, wrong on all but one)
+    with pytest.raises(LabelsError, match=r"2 image_id\(s\) name images of more than one night's input in the "
+                       r"range \('img-00003' in n2, n3; 'img-00004' in n2, n3\).*--run-id RUN"):
+        add_labels(store, labels_file(tmp_path, ["img-00003", "img-00004"], ["a", "b"]), None,
+                   "2026-11-12", "2026-11-13")
+    assert not any(store.exists(f"runs/n{night}/labels") for night in (1, 2, 3))
+    # night 2's input scored again (another model): the same images, so each of its runs takes the labels
+    write_run(store, "n2-again", night_probs(rng, 50), np.full(50, -1), parts=1, night=2)
     added = add_labels(store, labels_file(tmp_path, ["img-00003", "img-00004"], ["a", "b"]), None,
-                       "2026-11-12", "2026-11-13")
-    assert [a.run_id for a in added] == ["n2", "n3"] and all(a.new == 2 for a in added)
+                       "2026-11-12", "2026-11-12")
+    assert [a.run_id for a in added] == ["n2", "n2-again"] and all(a.new == 2 for a in added)
     assert fold_run(store, "n1")[1].labelled == 0 and fold_run(store, "n2")[1].labelled == 2
 
 

@@ -85,3 +85,14 @@ def test_two_processes_registering_at_once_never_share_a_version(request, store,
     for version in got:  # each card beside its own model
         mv = ModelVersion(*version.split("/"))
         assert target.read_bytes(f"{mv.prefix}/model.keras") == read_card(target, mv).arch.encode()
+
+
+def test_a_model_name_given_where_a_version_or_alias_goes_is_named(store):
+    """`--model tiny` (a model's name) read as the alias 'tiny' of cifar10: the error spoke of cifar10 alone."""
+    from tests.ops_fixtures import register_tiny
+
+    register_tiny(store)
+    with pytest.raises(BatchmlError, match=r"'tiny' is a model, not a version or alias of model 'cifar10': "
+                                           r"name one of its versions or aliases, e\.g\. tiny/production"):
+        resolve(store, "tiny")
+    assert str(resolve(store, "tiny/production")) == "tiny/v1"

@@ -49,3 +49,34 @@ def test_unreachable_s3_endpoint_is_a_clear_error():
     store = Store(StoreConfig("s3://bucket/prefix", dead))
     with pytest.raises(BatchmlError, match=r"endpoint is up"):
         store.write_json("x.json", {})
+
+
+def test_a_create_that_fails_midway_leaves_nothing(store, monkeypatch):
+    """A full disk while an exclusive record is written (a labels batch's commit, run.json) must leave
+    no zero-byte record behind: one wedged the run (every later monitor called it damaged)."""
+    import errno
+    import io
+
+    real_open = io.open
+
+    class Full(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        return Full(fd, "wb") if "w" in mode else real_open(fd, mode, *args, **kwargs)
+
+    def full_open(file, mode="r", *args, **kwargs):
+        return Full(file, "wb") if "w" in mode else real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    monkeypatch.setattr("builtins.open", full_open)
+    with pytest.raises(OSError, match="No space"):
+        store.create("runs/r/labels/commit-00000.json", b'{"batch_id": "b"}')
+    monkeypatch.undo()
+    assert not os.path.exists(store.path("runs/r/labels/commit-00000.json"))
+    assert [n for n in os.listdir(store.path("runs/r/labels")) if not n.startswith(".tmp-")] == []
+    assert store.create("runs/r/labels/commit-00000.json", b'{"batch_id": "b"}')  # the rerun takes the number
+    assert not store.create("runs/r/labels/commit-00000.json", b"{}")
+    assert store.read_json("runs/r/labels/commit-00000.json") == {"batch_id": "b"}
+    assert os.listdir(store.path("runs/r/labels")) == ["commit-00000.json"]

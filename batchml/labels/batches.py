@@ -66,6 +66,8 @@ def add_labels(store: Store, file: str, run_ids: list[str] | None = None, since:
         found = pa.concat_arrays([found, plan.rows["image_id"].combine_chunks()])
         if plan.conflicts.num_rows and not replace:
             problems.append(_conflict_problem(run.run_id, plan.conflicts, classes))
+    if ambiguous := _ambiguous(runs, plans):
+        problems.append(ambiguous)
     missing = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=found)))
     if len(missing):
         where = f"run {runs[0].run_id}" if len(runs) == 1 else f"the {len(runs)} runs committed in the range"
@@ -76,6 +78,27 @@ def add_labels(store: Store, file: str, run_ids: list[str] | None = None, since:
     if problems:
         raise LabelsError(file, problems)
     return [_commit(store, plan, file, sampling, replace, len(classes)) for plan in plans]
+
+
+def _ambiguous(runs: list[RunManifest], plans: list[_Plan]) -> str:
+    """The ids of a range that name images of different inputs (each night's prefix or dataset numbers its
+    files alike: img0001.png every night): one label cannot say which night's image it is. Runs of
+    the same input (a dataset scored again, by another model) hold the same images: each takes the label."""
+    inputs: dict[str, dict[str, str]] = {}  # image_id -> input -> the first run of it matched
+    for run, plan in zip(runs, plans, strict=True):
+        for i in plan.rows["image_id"].to_pylist():
+            inputs.setdefault(i, {}).setdefault(run.dataset, run.run_id)
+    repeated = sorted(i for i, where in inputs.items() if len(where) > 1)
+    if not repeated:
+        return ""
+    def where(i: str) -> str:
+        runs = list(inputs[i].values())
+        return ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+
+    shown = "; ".join(f"{i!r} in {where(i)}" for i in repeated[:SHOWN])
+    return (f"{len(repeated)} image_id(s) name images of more than one night's input in the range ({shown}"
+            f"{'; ...' if len(repeated) > SHOWN else ''}): a label cannot tell which night's image it is for; "
+            "add each night's labels with --run-id RUN")
 
 
 @dataclass

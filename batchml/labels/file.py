@@ -8,6 +8,7 @@ reviewer fixes the file once: ``batchml.labels.batches`` adds the ones only the 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def read_labels(path: str, classes: list[str]) -> LabelsFile:
                                  "labelled_at and source"])
     if raw.num_rows == 0:  # an export that went wrong: exiting 0 would say the labels are in
         raise LabelsError(path, ["no rows (only a header): export the labels again"])
-    text = {c: _as_strings(raw[c]) if c in raw.column_names else pa.nulls(raw.num_rows, pa.string())
+    text = {c: _as_strings(path, raw, c) if c in raw.column_names else pa.nulls(raw.num_rows, pa.string())
             for c in (*REQUIRED, *OPTIONAL)}
     problems = []
     for c in REQUIRED:
@@ -92,7 +93,8 @@ def _index(value: str, names: dict[str, int], k: int) -> int:
     if value in names:
         return names[value]
     text = value.strip()
-    return int(text) if text.isdigit() and int(text) < k else -1
+    # ASCII digits only: '\u00b2'.isdigit() holds but int() refuses it, and another script's digit is no index
+    return int(text) if text.isascii() and text.isdigit() and int(text) < k else -1
 
 
 def _read_table(path: str) -> pa.Table:
@@ -112,15 +114,21 @@ def _read_table(path: str) -> pa.Table:
     raise BatchmlError(f"labels file {path}: expected a .parquet or .csv file")
 
 
-def _as_strings(column: pa.ChunkedArray) -> pa.Array:
-    column = column.combine_chunks()
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
-    if pa.types.is_floating(column.type):  # pandas writes integer labels with nulls as floats: 3.0
-        valid = column.drop_null()
-        if pc.all(pc.equal(pc.floor(valid), valid)).as_py() is not False:
-            column = pc.cast(column, pa.int64())
-    return pc.cast(column, pa.string())
+def _as_strings(path: str, raw: pa.Table, name: str) -> pa.Array:
+    column = raw[name].combine_chunks()
+    try:
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        if pa.types.is_floating(column.type):  # pandas writes integer labels with nulls as floats: 3.0
+            valid = column.drop_null()
+            if pc.all(pc.equal(pc.floor(valid), valid)).as_py() is not False:
+                # inf or beyond int64 stays a float, named below as no class
+                with contextlib.suppress(pa.ArrowInvalid):
+                    column = pc.cast(column, pa.int64())
+        return pc.cast(column, pa.string())
+    except pa.ArrowException as exc:  # bytes that are not UTF-8, lists, structs
+        raise LabelsError(path, [f"column {name!r} ({raw.schema.field(name).type}) cannot be read as text ({exc}): "
+                                 "give image_id as text and label as a class name or index"]) from None
 
 
 def _first_null(values: pa.Array) -> int:

@@ -204,5 +204,6 @@ def _label_shift(card: ModelCard, stats: PartitionStats) -> dict:
             "bbse_condition_number": est["condition_number"], "bbse_well_conditioned": est["well_conditioned"],
             # EM against the validation split's true class mix, from cells of bias-corrected probabilities
             # (a card without ``bcts``: temperature-scaled alone); absent for stats without cells
-            "mlls_priors": mlls_priors(stats.cell_counts, stats.cell_prob_sums, np.asarray(joint).sum(axis=1)).tolist()
-            if stats.has("cell_counts") else None}
+            # (None where a cell's probabilities are not finite: no estimate, not a crash)
+            "mlls_priors": None if not stats.has("cell_counts") or (mlls := mlls_priors(
+                stats.cell_counts, stats.cell_prob_sums, np.asarray(joint).sum(axis=1))) is None else mlls.tolist()}

@@ -88,10 +88,12 @@ class RunManifest(_Record):
     def read(cls, store, run_id: str) -> RunManifest:
         """The committed run's manifest (``store``: a ``batchml.store.Store``); a torn one is a
         ``DamagedFileError`` naming it and the repair."""
-        from batchml.integrity import DamagedFileError, read_json
+        from batchml.integrity import DamagedFileError, manifest_problem, read_json
 
         rel = layout.run_path(run_id, layout.RUN_MANIFEST)
         data = read_json(store, rel)
+        if problem := manifest_problem(data):
+            raise DamagedFileError(store.url(rel), problem)
         try:
             return cls.from_dict(data)
         except (AttributeError, TypeError) as exc:  # not an object, or keys of another shape
