@@ -8,6 +8,7 @@ multipart upload) is already atomic. Readers therefore never see a torn file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -38,6 +39,7 @@ try:  # s3fs raises botocore's own errors when the endpoint cannot be reached
 except ImportError:
     _REMOTE_ERRORS = (OSError,)
 _TMP_PREFIX = ".tmp-"
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
 
 
 def s3_options(given: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +186,10 @@ class Store:
                 os.link(tmp, path)
             except FileExistsError:
                 return False
-            except OSError:  # a filesystem without hard links: the exclusive open, as before
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:  # a full disk, a lost mount: not written, said so
+                    raise
+                # a filesystem without hard links: the exclusive open, as before
                 try:
                     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 except FileExistsError:

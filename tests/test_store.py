@@ -80,3 +80,28 @@ def test_a_create_that_fails_midway_leaves_nothing(store, monkeypatch):
     assert not store.create("runs/r/labels/commit-00000.json", b"{}")
     assert store.read_json("runs/r/labels/commit-00000.json") == {"batch_id": "b"}
     assert os.listdir(store.path("runs/r/labels")) == ["commit-00000.json"]
+
+
+def test_a_create_where_hard_links_are_refused_is_still_exclusive(store, monkeypatch):
+    import errno
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # some network and FUSE filesystems
+    assert store.create("runs/r/run.json", b"{}")
+    assert not store.create("runs/r/run.json", b'{"other": 1}')
+    assert store.read_json("runs/r/run.json") == {}
+    assert os.listdir(store.path("runs/r")) == ["run.json"]
+
+
+def test_a_create_whose_link_fails_otherwise_raises_and_leaves_nothing(store, monkeypatch):
+    import errno
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "link", full)  # not an exclusive open that could leave a torn record
+    with pytest.raises(OSError, match="No space"):
+        store.create("runs/r/run.json", b"{}")
+    assert os.listdir(store.path("runs/r")) == []
