@@ -34,7 +34,7 @@ from batchml.registry import load_model, read_card
 from batchml.score import failures
 from batchml.stats import PartitionStats
 from batchml.store import Store, StoreConfig
-from batchml.train.novelty import novelty_model, read_novelty
+from batchml.train.novelty import feature_model, novelty_model, predict_features, read_novelty
 
 
 def timed(repeats: int, run) -> float:
@@ -52,17 +52,17 @@ def in_batches(predict, pixels: np.ndarray, batch: int) -> list:
     return [predict(pixels[i: i + batch]) for i in range(0, len(pixels), batch)]
 
 
-def similarity_split(reference, pixels_features: np.ndarray, batch: int, repeats: int) -> dict:
+def similarity_split(reference, features: np.ndarray, batch: int, repeats: int) -> dict:
     """The novelty layer's two heavy operations apart: features x bank, then its top-k."""
     import tensorflow as tf
 
     bank_t = tf.constant(reference.bank.astype(np.float32).T)
-    features = tf.constant(pixels_features[:batch])
+    one_batch = tf.constant(features[:batch])
     product = tf.function(lambda f: tf.matmul(f, bank_t))
     top_k = tf.function(lambda s: tf.math.top_k(s, reference.k)[0])
-    similarities = product(features)
-    scale = len(pixels_features) / batch
-    return {"novelty_product_ms": round(timed(repeats, lambda: product(features).numpy()) * scale, 1),
+    similarities = product(one_batch)
+    scale = len(features) / batch
+    return {"novelty_product_ms": round(timed(repeats, lambda: product(one_batch).numpy()) * scale, 1),
             "novelty_top_k_ms": round(timed(repeats, lambda: top_k(similarities).numpy()) * scale, 1)}
 
 
@@ -95,8 +95,6 @@ def main() -> int:
         ms["predict_with_novelty_ms"] = timed(r, lambda: in_batches(scorer.predict_on_batch, pixels, CPU_BATCH))
         novelty = np.concatenate([np.asarray(v).ravel() for _, v in in_batches(scorer.predict_on_batch, pixels,
                                                                                 CPU_BATCH)]).astype(np.float64)
-        from batchml.train.novelty import feature_model, predict_features
-
         _, features = predict_features(feature_model(model), pixels)
         ms |= similarity_split(reference, features, CPU_BATCH, r)
     ms["health_ms"] = timed(r, lambda: measure([blobs[i] for i in decoded.good], pixels, decoded.received))
