@@ -71,7 +71,51 @@ def test_the_reference_round_trips_through_its_file_and_card_entry():
     back = NoveltyReference.from_bytes(ref.to_bytes(), ref.card_entry())
     x, x_labels = clusters(50, 4)
     assert np.allclose(back.score(x, sure(x_labels)), ref.score(x, sure(x_labels)))
-    assert ref.card_entry()["method"] == "knn" and ref.card_entry()["feature_dim"] == 16
+    assert ref.card_entry()["method"] == "knn-pca" and ref.card_entry()["feature_dim"] == 16
+
+
+def test_a_reference_fitted_before_the_projection_is_read_and_scored_as_it_was():
+    train, _ = clusters(600, 0)
+    exact = fit_reference(train, *clusters(200, 1)[:1], sure(clusters(200, 1)[1]), dimensions=None)
+    entry = exact.card_entry()
+    assert entry["method"] == "knn" and exact.axes is None
+    back = NoveltyReference.from_bytes(exact.to_bytes(), entry)
+    x, x_labels = clusters(50, 4)
+    assert back.axes is None and np.array_equal(back.score(x, sure(x_labels)), exact.score(x, sure(x_labels)))
+
+
+def wide(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    """512-dimensional features with a decaying spectrum, as a CNN's penultimate layer has (a few
+    strong directions, a long tail); ``shift`` moves them along directions of the tail."""
+    rng = np.random.default_rng(seed)
+    scales = 1.0 / np.arange(1, 513) ** 0.8
+    basis = np.linalg.qr(np.random.default_rng(42).normal(size=(512, 512)))[0]
+    x = np.abs(rng.normal(size=(n, 512)) * scales) @ basis.T
+    return x + shift * basis[:, 300:310].sum(axis=1)
+
+
+def test_the_projected_bank_flags_the_images_the_exact_bank_flags():
+    train, val = wide(4000, 0), wide(1000, 1)
+    probs = sure(np.zeros(1000, int))
+    projected, exact = fit_reference(train, val, probs), fit_reference(train, val, probs, dimensions=None)
+    assert projected.bank.shape == (4000, 128) and projected.feature_dim == 512
+    fresh = np.concatenate([wide(1000, 2), wide(300, 3, shift=0.5)])
+    ranks = [np.argsort(np.argsort(ref.distances(fresh))) for ref in (projected, exact)]
+    assert np.corrcoef(*ranks)[0, 1] > 0.99  # Spearman's
+    flags = [ref.score(fresh, sure(np.zeros(1300, int))) > 1 for ref in (projected, exact)]
+    assert flags[1][1000:].mean() > 0.9 and (flags[0] == flags[1]).mean() > 0.99
+
+
+def test_a_projected_reference_without_its_axes_is_an_error_that_names_the_file(store):
+    from batchml.layout import ModelVersion
+    from batchml.train.novelty import read_novelty
+
+    train, _ = clusters(600, 0)
+    ref = fit(train, *clusters(200, 1))
+    mv = ModelVersion("m", "v1")
+    store.write_bytes(mv.novelty_path, NoveltyReference(ref.bank, 1.0, 1.0, 1.0, 0.0, (), 600).to_bytes())
+    with pytest.raises(BatchmlError, match=r"novelty\.npz.*cannot be read"):
+        read_novelty(store, mv, ref.card_entry())
 
 
 def test_a_class_held_out_of_training_reads_as_novel():
@@ -164,14 +208,15 @@ def test_fit_novelty_and_attach_it_to_a_registered_version(store):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     ref = fit_novelty(model, x[:48], x[48:], train_labels=rng.integers(0, 2, 48), sample=40)
-    assert ref.train_rows == 40 and ref.bank.shape == (40, 512)
+    assert ref.train_rows == 40 and ref.feature_dim == 512 and ref.bank.shape == (40, 40)  # 40 rows span 40 axes
     mv = register(store, "m", b"model bytes", ModelCard.from_dict(OLD_CARD))
     assert read_card(store, mv).novelty is None and read_card(store, mv).input_health is None  # before novelty
     entry = attach_novelty(store, mv, ref)
     card = read_card(store, mv)
     assert card.novelty == entry and card.classes == OLD_CARD["classes"]
-    probs = np.full((len(ref.bank), 2), 0.5)
-    assert np.allclose(read_novelty(store, mv, card.novelty).score(ref.bank, probs), ref.score(ref.bank, probs))
+    some = rng.normal(size=(8, 512))
+    probs = np.full((8, 2), 0.5)
+    assert np.allclose(read_novelty(store, mv, card.novelty).score(some, probs), ref.score(some, probs))
     with pytest.raises(BatchmlError, match="already has a novelty reference"):
         attach_novelty(store, mv, ref)
     with pytest.raises(BatchmlError, match="no Dense"):
