@@ -22,13 +22,14 @@ Scoring runs ``novelty_model(model, reference)``: one pass that gives the probab
 novelty, the similarities computed inside the model (on the device, beside the features).
 
 Why the projection (method ``knn-pca``): the similarity product with a bank of 10,000 x 512 was
-two thirds of the diagnostics' cost per partition (``benchmarks/diagnostics_cost.py``). The
+two thirds of the diagnostics' cost per partition (``benchmarks/diagnostics_cost.py``), its top-k
+the rest. The
 cosine similarity of a unit feature f to a bank feature b is f.mean + f.(b - mean); on the bank's
 top 128 principal axes P the second term is (f P).((b - mean) P) to within the discarded
 variance, a quarter of the work. The thresholds are fitted on the projected distances, so the
 score is calibrated to what scoring computes; ``benchmarks/novelty_projection.py`` measures that
-it flags the same images as the exact bank. Cards of method ``knn`` (the exact bank, before the
-projection) are read and scored as they were.
+it and the smaller bank flag the images the exact bank of 10,000 flagged. Cards of method ``knn``
+(the exact bank, before the projection) are read and scored as they were.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ from batchml.errors import BatchmlError
 from batchml.stats import NOVELTY_BINS, NOVELTY_EDGES
 
 NOVELTY_QUANTILE = 0.95  # the validation quantile that scores 1.0
-TRAIN_SAMPLE = 10_000  # training images whose features form the bank
-K_NEIGHBOURS = 10  # the neighbour whose distance is the score: steadier than the nearest alone
+TRAIN_SAMPLE = 5_000  # training images whose features form the bank
+K_NEIGHBOURS = 5  # the neighbour whose distance is the score: steadier than the nearest alone
+# (before the projection: 10,000 and the 10th; half the bank and half the k keep the density the
+# k-th neighbour measures, and halve the top-k, the larger cost once the product is projected)
 PREDICT_BATCH = 512
 METHOD = "knn-pca"  # the bank on its principal axes
 EXACT_METHOD = "knn"  # the bank itself: references fitted before the projection
@@ -81,10 +84,11 @@ class NoveltyReference:
     train_rows: int  # training images in the bank
     axes: np.ndarray | None = None  # (D, d) float32: the bank's principal axes; None: the exact bank
     mean: np.ndarray | None = None  # (D,) float32: the mean normalised training feature
+    neighbours: int = K_NEIGHBOURS  # the neighbour whose distance is the score
 
     @property
     def k(self) -> int:
-        return min(K_NEIGHBOURS, len(self.bank))
+        return min(self.neighbours, len(self.bank))
 
     @property
     def feature_dim(self) -> int:
@@ -136,7 +140,7 @@ class NoveltyReference:
         return cls(bank, float(entry["neighbour_threshold"]), float(entry["entropy_threshold"]),
                    float(entry["threshold"]), float(entry["validation_rate"]),
                    tuple(int(c) for c in entry["validation_hist"]), int(entry.get("train_rows", len(bank))),
-                   axes, mean)
+                   axes, mean, int(entry.get("k", K_NEIGHBOURS)))
 
 
 def _quantile(values: np.ndarray, floor: float = 0.0) -> float:
@@ -153,7 +157,7 @@ def principal_axes(unit: np.ndarray, dimensions: int = PROJECTED_DIM) -> tuple[n
 
 
 def fit_reference(train_features: np.ndarray, val_features: np.ndarray, val_probs: np.ndarray,
-                  dimensions: int | None = PROJECTED_DIM) -> NoveltyReference:
+                  dimensions: int | None = PROJECTED_DIM, neighbours: int = K_NEIGHBOURS) -> NoveltyReference:
     """The bank from (N, D) training features (on their ``dimensions`` principal axes; None: the
     exact bank, method knn); the thresholds from the validation features and probabilities."""
     unit = normalised(train_features)
@@ -162,16 +166,16 @@ def fit_reference(train_features: np.ndarray, val_features: np.ndarray, val_prob
         mean, axes = principal_axes(unit, dimensions)
         unit = (unit - mean) @ axes
     bank, rows = unit.astype(np.float16), len(train_features)
-    draft = NoveltyReference(bank, 1.0, 1.0, 1.0, 0.0, (), rows, axes, mean)
+    draft = NoveltyReference(bank, 1.0, 1.0, 1.0, 0.0, (), rows, axes, mean, neighbours)
     neighbour = _quantile(draft.distances(val_features), DISTANCE_FLOOR)
     spread = _quantile(entropy(val_probs), ENTROPY_FLOOR)
-    draft = NoveltyReference(bank, neighbour, spread, 1.0, 0.0, (), rows, axes, mean)
+    draft = NoveltyReference(bank, neighbour, spread, 1.0, 0.0, (), rows, axes, mean, neighbours)
     raw = draft.raw(val_features, val_probs)
     threshold = _quantile(raw, 1.0)  # floored too: an image at both floors is not novel
     scores = raw / threshold
     bins = np.clip(np.searchsorted(NOVELTY_EDGES, scores, side="right") - 1, 0, NOVELTY_BINS - 1)
     return NoveltyReference(bank, neighbour, spread, threshold, float((scores > 1.0).mean()) if len(scores) else 0.0,
-                            tuple(np.bincount(bins, minlength=NOVELTY_BINS).tolist()), rows, axes, mean)
+                            tuple(np.bincount(bins, minlength=NOVELTY_BINS).tolist()), rows, axes, mean, neighbours)
 
 
 def fit_novelty(model, train_images: np.ndarray, val_images: np.ndarray,
