@@ -53,12 +53,14 @@ def in_batches(predict, pixels: np.ndarray, batch: int) -> list:
 
 
 def similarity_split(reference, features: np.ndarray, batch: int, repeats: int) -> dict:
-    """The novelty layer's two heavy operations apart: features x bank, then its top-k."""
+    """The novelty layer's two heavy operations apart: features x bank (on its axes, for a
+    projected bank), then its top-k."""
     import tensorflow as tf
 
     bank_t = tf.constant(reference.bank.astype(np.float32).T)
+    axes = tf.constant(reference.axes if reference.axes is not None else np.eye(features.shape[1], dtype=np.float32))
     one_batch = tf.constant(features[:batch])
-    product = tf.function(lambda f: tf.matmul(f, bank_t))
+    product = tf.function(lambda f: tf.matmul(tf.matmul(f, axes), bank_t))
     top_k = tf.function(lambda s: tf.math.top_k(s, reference.k)[0])
     similarities = product(one_batch)
     scale = len(features) / batch
