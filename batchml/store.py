@@ -30,7 +30,7 @@ DEFAULT_ROOT = "batchml-store"
 # The connection pool holds as many connections as a worker keeps requests in flight
 # (botocore's default of 10 would cap reads near 10 / latency objects per second).
 S3_DEFAULTS = {"use_listings_cache": False,
-               "config_kwargs": {"connect_timeout": 10, "read_timeout": 60, "max_pool_connections": 256,
+               "config_kwargs": {"connect_timeout": 10, "read_timeout": 60, "max_pool_connections": 512,
                                  "retries": {"max_attempts": 4, "mode": "standard"}}}
 try:  # s3fs raises botocore's own errors when the endpoint cannot be reached
     from botocore.exceptions import BotoCoreError, ClientError
