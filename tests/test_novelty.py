@@ -2,6 +2,8 @@
 threshold set on the validation split; the feature model that gives probabilities and features in
 one pass, and the layer that scores inside it."""
 
+import io
+
 import numpy as np
 import pytest
 
@@ -116,6 +118,57 @@ def test_a_projected_reference_without_its_axes_is_an_error_that_names_the_file(
     store.write_bytes(mv.novelty_path, NoveltyReference(ref.bank, 1.0, 1.0, 1.0, 0.0, (), 600).to_bytes())
     with pytest.raises(BatchmlError, match=r"novelty\.npz.*cannot be read"):
         read_novelty(store, mv, ref.card_entry())
+
+
+def test_a_damaged_or_tampered_reference_is_an_error_that_names_the_file(store):
+    """Truncated, empty, not an archive, NaNs, a card that does not match its file: each a
+    BatchmlError naming novelty.npz (``doctor`` and ``score`` report it), never a traceback or
+    scores that silently never fire."""
+    from batchml.layout import ModelVersion
+    from batchml.train.novelty import read_novelty
+
+    train, _ = clusters(600, 0)
+    ref = fit(train, *clusters(200, 1))
+    mv, good, entry = ModelVersion("m", "v1"), ref.to_bytes(), ref.card_entry()
+    nan_bank = ref.bank.copy()
+    nan_bank[0, 0] = np.nan
+    damaged = {
+        "truncated": (good[: len(good) // 2], entry),
+        "empty": (b"", entry),
+        "flipped": (good[:200] + bytes([good[200] ^ 0xFF]) + good[201:], entry),
+        "bare npy": (_npy(ref.bank), entry),
+        "NaN": (NoveltyReference(nan_bank, *ref_fields(ref)).to_bytes(), entry),
+        "k 0": (good, {**entry, "k": 0}),
+        "threshold NaN": (good, {**entry, "threshold": float("nan")}),
+        "feature_dim": (good, {**entry, "feature_dim": entry["feature_dim"] + 1}),
+        "exact card": (good, {**entry, "method": "knn"}),
+        "no histogram": (good, {**entry, "validation_hist": None}),
+    }
+    for name, (data, card) in damaged.items():
+        store.write_bytes(mv.novelty_path, data)
+        with pytest.raises(BatchmlError, match=r"novelty\.npz.*cannot be read"):
+            read_novelty(store, mv, card)
+            pytest.fail(name)
+    store.write_bytes(mv.novelty_path, good)
+    assert read_novelty(store, mv, entry) is not None
+
+
+def test_a_non_finite_training_feature_is_left_out_of_the_bank():
+    train, _ = clusters(600, 0)
+    train[3, 0], train[7, 1] = np.nan, np.inf
+    ref = fit(train, *clusters(200, 1))
+    assert ref.train_rows == 598 and len(ref.bank) == 598 and np.isfinite(ref.bank).all()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def ref_fields(ref: NoveltyReference) -> tuple:
+    return (ref.neighbour_threshold, ref.entropy_threshold, ref.threshold, ref.validation_rate, ref.validation_hist,
+            ref.train_rows, ref.axes, ref.mean, ref.neighbours)
 
 
 def test_a_class_held_out_of_training_reads_as_novel():

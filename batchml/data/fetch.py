@@ -72,26 +72,34 @@ class InFlight:
             self.size_bytes += weight * (size - self.size_bytes)
 
 
-@functools.cache
 def most_in_flight() -> int:
     """``MAX_IN_FLIGHT``, or fewer where this process may open too few files: each request holds a
     socket, beside the process's files, Parquet writers and Dask's own connections. A soft limit
     below four sockets per request (1,024 on many systems) is raised toward the hard one first, as
     servers do; what stays below it gets a quarter of the limit."""
+    return max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, _open_files() // 4))
+
+
+@functools.cache
+def _open_files() -> int:
+    """The soft open-file limit, once raised toward the hard one where it is below what
+    ``MAX_IN_FLIGHT`` needs (never lowered); a large number where there is no limit to read."""
     try:
         import resource
-    except ImportError:  # not on POSIX: no limit to read
-        return MAX_IN_FLIGHT
+    except ImportError:  # not on POSIX
+        return 1 << 30
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 4 * MAX_IN_FLIGHT
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        raised = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    if soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else max(soft, min(hard, wanted))
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
             soft = raised
         except (ValueError, OSError):  # not allowed here: work within the limit there is
             pass
-    return MAX_IN_FLIGHT if soft == resource.RLIM_INFINITY else max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, soft // 4))
+    return soft
 
 
 _OBSERVED: dict[int, InFlight] = {}  # id(filesystem) -> what was seen on it in this process

@@ -35,6 +35,8 @@ it and the smaller bank flag the images the exact bank of 10,000 flagged. Cards 
 from __future__ import annotations
 
 import io
+import math
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,15 +134,27 @@ class NoveltyReference:
     def from_bytes(cls, data: bytes, entry: dict) -> NoveltyReference:
         """The reference from ``novelty.npz``'s bytes and the card's ``novelty`` entry."""
         projected = entry.get("method", EXACT_METHOD) == METHOD
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:  # a bare .npy has no "with": a TypeError
             bank = arrays["bank"]
             axes, mean = (arrays["axes"], arrays["mean"]) if projected else (None, None)
+            if not projected and "axes" in arrays.files:
+                raise ValueError("a bank on principal axes under a card of the exact method (knn)")
+        if bank.ndim != 2 or not len(bank):
+            raise ValueError(f"bank of shape {bank.shape}: one row per training image is needed")
         if projected and not (axes.ndim == 2 and axes.shape[1] == bank.shape[1] and mean.shape == (axes.shape[0],)):
             raise ValueError(f"bank {bank.shape}, axes {axes.shape} and mean {mean.shape} do not fit together")
-        return cls(bank, float(entry["neighbour_threshold"]), float(entry["entropy_threshold"]),
-                   float(entry["threshold"]), float(entry["validation_rate"]),
+        features = axes.shape[0] if projected else bank.shape[1]
+        if "feature_dim" in entry and int(entry["feature_dim"]) != features:
+            raise ValueError(f"{features} feature dimensions where the card says {entry['feature_dim']}")
+        if not all(np.isfinite(a).all() for a in (bank, axes, mean) if a is not None):
+            raise ValueError("values that are not finite (NaN or infinity)")
+        thresholds = [float(entry[k]) for k in ("neighbour_threshold", "entropy_threshold", "threshold")]
+        k = int(entry.get("k", K_NEIGHBOURS))
+        if not all(math.isfinite(t) and t > 0 for t in thresholds) or k < 1:
+            raise ValueError(f"thresholds {thresholds} and k {k}: finite thresholds above 0 and k of 1 or more")
+        return cls(bank, *thresholds, float(entry["validation_rate"]),
                    tuple(int(c) for c in entry["validation_hist"]), int(entry.get("train_rows", len(bank))),
-                   axes, mean, int(entry.get("k", K_NEIGHBOURS)))
+                   axes, mean, k)
 
 
 def _quantile(values: np.ndarray, floor: float = 0.0) -> float:
@@ -160,12 +174,13 @@ def fit_reference(train_features: np.ndarray, val_features: np.ndarray, val_prob
                   dimensions: int | None = PROJECTED_DIM, neighbours: int = K_NEIGHBOURS) -> NoveltyReference:
     """The bank from (N, D) training features (on their ``dimensions`` principal axes; None: the
     exact bank, method knn); the thresholds from the validation features and probabilities."""
-    unit = normalised(train_features)
+    # a non-finite feature (an overflowing image) would fail the SVD and drop novelty for the whole model
+    unit = normalised(train_features[np.isfinite(train_features).all(axis=1)])
     axes = mean = None
     if dimensions is not None:
         mean, axes = principal_axes(unit, dimensions)
         unit = (unit - mean) @ axes
-    bank, rows = unit.astype(np.float16), len(train_features)
+    bank, rows = unit.astype(np.float16), len(unit)
     draft = NoveltyReference(bank, 1.0, 1.0, 1.0, 0.0, (), rows, axes, mean, neighbours)
     neighbour = _quantile(draft.distances(val_features), DISTANCE_FLOOR)
     spread = _quantile(entropy(val_probs), ENTROPY_FLOOR)
@@ -323,6 +338,8 @@ def read_novelty(store, mv, entry: dict | None) -> NoveltyReference | None:
         return None
     try:
         return NoveltyReference.from_bytes(store.read_bytes(mv.novelty_path), entry)
-    except (FileNotFoundError, KeyError, ValueError, OSError) as e:
+    # a damaged archive: BadZipFile, EOFError (empty), TypeError (not an archive or a field of the wrong type)
+    except (FileNotFoundError, KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError, TypeError,
+            IndexError) as e:
         raise BatchmlError(f"model {mv}: its card names a novelty reference but {store.url(mv.novelty_path)} "
                            f"cannot be read ({e!r}): restore it, or delete 'novelty' from the card") from e
