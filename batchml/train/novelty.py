@@ -339,7 +339,6 @@ def read_novelty(store, mv, entry: dict | None) -> NoveltyReference | None:
     try:
         return NoveltyReference.from_bytes(store.read_bytes(mv.novelty_path), entry)
     # a damaged archive: BadZipFile, EOFError (empty), TypeError (not an archive or a field of the wrong type)
-    except (FileNotFoundError, KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError, TypeError,
-            IndexError) as e:
+    except (FileNotFoundError, KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError, TypeError) as e:
         raise BatchmlError(f"model {mv}: its card names a novelty reference but {store.url(mv.novelty_path)} "
                            f"cannot be read ({e!r}): restore it, or delete 'novelty' from the card") from e
