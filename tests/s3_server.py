@@ -49,7 +49,7 @@ REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 404: "Not Foun
            416: "Range Not Satisfiable"}
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
-Response = tuple[int, dict[str, str], bytes]  # status, headers, body
+Response = tuple[int, dict[str, str] | bytes, bytes]  # status, headers (or the head, rendered), body
 
 
 class ReadOnlyS3:
@@ -57,6 +57,7 @@ class ReadOnlyS3:
         self.folder, self.latency = folder.resolve(), latency
         self.root = str(self.folder)
         self.in_flight, self.samples, self.lists = 0, [], 0
+        self.frozen = False  # objects in memory served without a look at their file (``preload``)
         self._cache: dict[str, tuple[tuple[int, int], bytes, dict]] = {}
         self._listings: dict[tuple[str, str], list[str]] = {}  # (bucket, prefix) -> its keys at its first page
 
@@ -95,44 +96,49 @@ class ReadOnlyS3:
         found = self._read(bucket, key, method == "GET")
         if found is None:
             return _error(404, "NoSuchKey", key)
-        data, size, headers = found
+        data, size, headers, head = found
         if method == "HEAD":
             return 200, {**headers, "Content-Length": str(size)}, b""
         if wanted is None:
-            return 200, headers, data
+            return 200, head or headers, data
         span = _byte_range(wanted, len(data))
         if span is None:
             return _error(416, "InvalidRange", f"{wanted} of an object of {len(data)} bytes")
         start, stop = span
         return 206, {**headers, "Content-Range": f"bytes {start}-{stop - 1}/{len(data)}"}, data[start:stop]
 
-    def _read(self, bucket: str, key: str, body: bool) -> tuple[bytes, int, dict] | None:
-        """(the object's bytes (empty unless ``body``), its size, its headers), or None where there is
-        none. Small objects are kept in memory while their file is unchanged: a benchmark measures the
-        client, and this server shares its cores (plain strings and ``os.stat``: pathlib costs more)."""
+    def _read(self, bucket: str, key: str, body: bool) -> tuple[bytes, int, dict, bytes | None] | None:
+        """(the object's bytes (empty unless ``body``), its size, its headers, the head of its 200 answer
+        where it is in memory), or None where there is none. Small objects are kept in memory while
+        their file is unchanged: a benchmark measures the client, and this server shares its cores
+        (plain strings and ``os.stat``: pathlib costs more)."""
         path = f"{self.root}/{bucket}/{key}"
+        if self.frozen and (cached := self._cache.get(path)) is not None:
+            return cached[1], len(cached[1]), cached[2], cached[3]
         try:
             info = os.stat(path)
         except (OSError, ValueError):
             return None
         cached = self._cache.get(path)
         if cached is not None and cached[0] == (info.st_mtime_ns, info.st_size):
-            return cached[1], info.st_size, cached[2]
+            return cached[1], info.st_size, cached[2], cached[3]
         if not stat.S_ISREG(info.st_mode) or not os.path.realpath(path).startswith(f"{self.root}/{bucket}/"):
             return None
         headers = {"ETag": f'"{_etag(info)}"', "Last-Modified": formatdate(info.st_mtime, usegmt=True),
                    "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
         if not body:
-            return b"", info.st_size, headers
+            return b"", info.st_size, headers, None
         with open(path, "rb") as f:
             data = f.read()
         if len(data) <= CACHED_OBJECT_BYTES:
-            self._cache[path] = ((info.st_mtime_ns, info.st_size), data, headers)
-        return data, info.st_size, headers
+            self._cache[path] = ((info.st_mtime_ns, info.st_size), data, headers, _head(200, headers, len(data)))
+        return data, info.st_size, headers, None
 
     def preload(self) -> int:
-        """Read every small object into memory now (a store far away keeps its objects hot: a
-        benchmark should not pay this machine's file reads to the server). Returns how many."""
+        """Read every small object into memory now, and serve them as they are now (a store far away
+        keeps its objects hot: a benchmark should not pay this machine's file reads, or a stat per
+        request, to the server; a file changed later is served as it was). Returns how many."""
+        self.frozen = True
         for folder, _, files in os.walk(self.root):
             rel = os.path.relpath(folder, self.root).split(os.sep)
             for name in files:
@@ -251,16 +257,21 @@ class Connection(asyncio.Protocol):
 
     def _send(self, response: Response, head_only: bool = False, close: bool = False) -> None:
         status, headers, body = response
-        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        if "Content-Length" not in headers:
-            lines.append(f"Content-Length: {len(body)}")
+        head = headers if isinstance(headers, bytes) else _head(status, headers, len(body))
         if close:
-            lines.append("Connection: close")
-        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body))
+            head = head[:-2] + b"Connection: close\r\n\r\n"
+        self.transport.write(head if head_only else head + body)
         if close:
             self.transport.close()
             self.transport = None
+
+
+def _head(status: int, headers: dict[str, str], length: int) -> bytes:
+    """The status line and headers of an answer (a Content-Length of ``length`` unless it names one)."""
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", *(f"{k}: {v}" for k, v in headers.items())]
+    if "Content-Length" not in headers:
+        lines.append(f"Content-Length: {length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def _byte_range(wanted: str, size: int) -> tuple[int, int] | None:

@@ -95,9 +95,9 @@ def test_a_chunked_answer_is_left_to_another_client():
         with pytest.raises(UnsupportedError):
             await _get(pool, port, "/chunked")
         signer = SignedGet(None, f"http://127.0.0.1:{port}", "us-east-1", 1, (2.0, 2.0), None, False)
-        url = signer.where("chunked")[0]  # a bucket-less path: /chunked
+        where = signer.where("chunked")  # a bucket-less path: /chunked
         try:
-            assert await signer._send(url, {"host": f"127.0.0.1:{port}"}, None, None) == (200, "OK", BODY)
+            assert await signer._send(where, {"host": f"127.0.0.1:{port}"}, None, None) == (200, "OK", BODY)
         finally:
             await signer.close()
 
@@ -111,6 +111,24 @@ def test_a_stalled_or_cut_answer_is_an_error_never_a_short_body():
         with pytest.raises(ConnectionError):
             await _get(pool, port, "/cut")
         assert (await _get(pool, port, "/ok"))[2] == BODY  # and the pool goes on
+
+    _run(check)
+
+
+def test_one_read_timer_across_requests_still_times_out_a_stall_on_a_kept_connection():
+    """The read timer outlives an answer (one per connection, not one per request): a connection
+    idle past the timeout is not failed, and a later stall on it still is, after the timeout."""
+    async def check(pool, port, served):
+        assert (await _get(pool, port, "/ok"))[2] == BODY
+        await asyncio.sleep(0.45)  # the first request's timer fires while the connection is idle
+        assert (await _get(pool, port, "/ok"))[2] == BODY
+        assert served == ["/ok", "/ok"] and len(pool._idle[("http", "127.0.0.1", port)]) == 1
+        await asyncio.sleep(0.2)  # the second request's timer, armed anew, is due during the next request
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await _get(pool, port, "/stall")
+        assert 0.25 <= asyncio.get_running_loop().time() - started < 2.0  # the timeout, counted from that request
+        assert not pool._idle[("http", "127.0.0.1", port)]  # asked on the kept connection, dropped after
 
     _run(check)
 

@@ -336,23 +336,27 @@ def test_signed_gets_carry_botocores_own_signature(monkeypatch):
         for path, query in (("bkt/night/cam 1/a+b=c~d.png", None), ("bkt/ünï/日本.jpg", None),
                             ("bkt/x/%41;@$,.png", None), ("bkt", listing)):
             for token in (None, "session-token"):
-                url, host, canonical, encoded = signer.where(path, query)
-                ours = signer.signed(host, canonical, Credentials("AKID", "secret/key", token), "20261203T150405Z",
-                                     encoded)
-                theirs = AWSRequest(method="GET", url=str(url), headers={"X-Amz-Content-SHA256": EMPTY_SHA256})
+                where = signer.where(path, query)
+                ours = signer.signed(where.host, where.canonical, Credentials("AKID", "secret/key", token),
+                                     "20261203T150405Z", where.query)
+                theirs = AWSRequest(method="GET", url=where.url, headers={"X-Amz-Content-SHA256": EMPTY_SHA256})
                 botocore.auth.S3SigV4Auth(BotoCredentials("AKID", "secret/key", token), "s3", "eu-west-1"
                                           ).add_auth(theirs)
                 assert ours["Authorization"] == theirs.headers["Authorization"], (endpoint, path, token)
-                assert ours["host"] == url.raw_authority
+                assert ours["host"] == URL(where.url, encoded=True).raw_authority
 
 
 def test_signed_gets_address_by_host_name_only_the_buckets_botocore_does():
     """On AWS a bucket whose name is not a DNS label (legacy capitals or underscores, dots, over 63
     characters) is addressed by path, as botocore does, not at a host name that is not the bucket's."""
     signer = SignedGet(None, "https://s3.eu-west-1.amazonaws.com", "eu-west-1", 1, (1.0, 1.0), None, True)
-    assert str(signer.where("bkt/k")[0]) == "https://bkt.s3.eu-west-1.amazonaws.com/k"
+    assert signer.where("bkt/k").url == "https://bkt.s3.eu-west-1.amazonaws.com/k"
+    assert signer.where("bkt/k")[2:4] == ("bkt.s3.eu-west-1.amazonaws.com", 443)
+    on_a_port = SignedGet(None, "https://s3.eu-west-1.amazonaws.com:4443", "eu-west-1", 1, (1.0, 1.0), None, True)
+    assert on_a_port.where("bkt/k")[1:4] == ("bkt.s3.eu-west-1.amazonaws.com:4443", "bkt.s3.eu-west-1.amazonaws.com",
+                                             4443)
     for bucket in ("My_Bucket", "under_score", "my.bucket", "b" * 64):
-        assert str(signer.where(f"{bucket}/k")[0]) == f"https://s3.eu-west-1.amazonaws.com/{bucket}/k", bucket
+        assert signer.where(f"{bucket}/k").url == f"https://s3.eu-west-1.amazonaws.com/{bucket}/k", bucket
 
 
 def test_s3_reads_send_no_netrc_entry_with_the_signature(tmp_path, monkeypatch):
@@ -378,9 +382,9 @@ def test_signed_gets_take_the_environments_proxies_and_leave_what_they_cannot_to
     monkeypatch.setenv("HTTP_PROXY", "http://user:pw@proxy.example:3128")
     monkeypatch.setenv("NO_PROXY", "inside.example")
     signer = SignedGet(None, "http://store.example", "us-east-1", 1, (1.0, 1.0), None, False)
-    proxy, headers = signer._proxy(URL("http://store.example/bkt/k"))
+    proxy, headers = signer._proxy("store.example")
     assert str(proxy) == "http://proxy.example:3128" and headers["Proxy-Authorization"].startswith("Basic ")
-    assert signer._proxy(URL("http://inside.example/bkt/k")) == (None, None)
+    assert signer._proxy("inside.example") == (None, None)
     endpoint = {"endpoint_url": "http://store.example"}
     for options in ({"client_kwargs": endpoint, "config_kwargs": {"proxies": {"http": "http://proxy.example:3128"}}},
                     {"client_kwargs": {**endpoint, "verify": str(tmp_path / "no-ca.pem")}},

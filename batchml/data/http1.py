@@ -54,7 +54,8 @@ class _Connection(asyncio.Protocol):
         self.waiter = self.loop.create_future()
         self.received, self.head = False, None
         self.last_data = self.loop.time()
-        self.timer = self.loop.call_at(self.last_data + self.read_timeout, self._check_quiet)
+        if self.timer is None:  # one timer across requests, not one made and cancelled per request
+            self.timer = self.loop.call_at(self.last_data + self.read_timeout, self._check_quiet)
         self.transport.write(data)
         return self.waiter
 
@@ -84,7 +85,7 @@ class _Connection(asyncio.Protocol):
                 return
             # a 204 or 304 has no body, whatever length it names (RFC 9110 8.6)
             self.length = 0 if status in (204, 304) else int(headers["content-length"])
-            if headers.get("connection", "").lower() == "close":
+            if headers.get("connection") == "close":
                 self.reusable = False
         if len(self.buffer) >= self.length:
             if len(self.buffer) > self.length:  # more than the answer: nothing more is trusted on it
@@ -92,10 +93,12 @@ class _Connection(asyncio.Protocol):
             # one copy of the body, not two (a slice, then bytes): objects may be hundreds of MB
             body = bytes(self.buffer) if len(self.buffer) == self.length else bytes(self.buffer[:self.length])
             self.buffer.clear()
-            self._cancel_timer()
             self.waiter.set_result((*self.head, body))
 
     def _check_quiet(self) -> None:
+        self.timer = None
+        if self.waiter is None or self.waiter.done():  # idle: the next request arms it again
+            return
         quiet = self.loop.time() - self.last_data
         if quiet >= self.read_timeout:
             self._fail(TimeoutError(f"no data for {self.read_timeout:g} s"), close=True)
@@ -118,23 +121,24 @@ class _Connection(asyncio.Protocol):
 
 
 def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    version, status, *reason = lines[0].split(" ", 2)
+    """(status, reason, headers): header names and values lower-cased (only their framing is read)."""
+    first, _, rest = head.decode("latin-1").partition("\r\n")
+    version, status, *reason = first.split(" ", 2)
     if not version.startswith("HTTP/1."):
-        raise ValueError(lines[0][:80])
+        raise ValueError(first[:80])
     headers = {}
-    for line in lines[1:]:
+    for line in rest.lower().split("\r\n") if rest else ():
         name, sep, value = line.partition(":")
         if not sep:
             raise ValueError(f"header line {line[:80]!r}")
-        name, value = name.strip().lower(), value.strip()
+        name, value = name.strip(), value.strip()
         if name == "content-length" and (not (value.isascii() and value.isdigit())
                                          or headers.setdefault(name, value) != value):
             # '-1', '1_0', '+5' (int() takes them all) or two lengths: no body can be trusted to it
             first = f" after {headers[name]!r}" if name in headers else ""
             raise ValueError(f"content-length {value[:40]!r}{first}")
         headers[name] = value
-    if version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive":
+    if version == "HTTP/1.0" and headers.get("connection") != "keep-alive":
         headers["connection"] = "close"
     return int(status), reason[0] if reason else "", headers
 

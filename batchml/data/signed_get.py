@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import hashlib
 import hmac
 import inspect
@@ -33,6 +34,7 @@ import random
 import ssl
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote, urlsplit
 
 from batchml.data.http1 import Pool, UnsupportedError
@@ -54,13 +56,32 @@ class Credentials:
     token: str | None
 
 
+class Where(NamedTuple):
+    """Where one request goes, as plain strings: a URL object per request (yarl's) cost more CPU
+    than the signature, at thousands of GETs a second."""
+
+    scheme: str
+    host: str  # the Host header (the endpoint's port included)
+    address: str  # the host name connected to
+    port: int
+    target: str  # path and query, encoded
+    canonical: str  # SigV4's canonical URI
+    query: str  # and canonical query string
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}{self.target}"
+
+
 class SignedGet:
     """GETs of whole objects for one s3fs filesystem, on its event loop."""
 
     def __init__(self, fs, endpoint: str, region: str, attempts: int, timeouts: tuple[float, float],
                  verify, virtual_host: bool, pool: int = 10) -> None:
         self.fs, self.endpoint, self.region, self.pool = fs, endpoint.rstrip("/"), region, pool
-        self._endpoint = urlsplit(self.endpoint)
+        self._endpoint = parts = urlsplit(self.endpoint)
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._hostname = parts.hostname  # (a property of urlsplit's answer: parsed at each call)
         self.attempts, self.timeouts, self.verify, self.virtual_host = attempts, timeouts, verify, virtual_host
         self.declined = 0
         self._session = None
@@ -68,6 +89,7 @@ class SignedGet:
         self._tls: ssl.SSLContext | bool | None = None
         self._proxies: dict[str, tuple] = {}  # host -> (the environment's proxy for it, its headers)
         self._keys: dict[tuple, bytes] = {}  # (secret, day, region) -> signing key
+        self._signing: tuple = (None, None, None)  # (creds, host, now, *what their requests share)
 
     @classmethod
     async def for_fs(cls, fs) -> SignedGet | None:
@@ -116,14 +138,14 @@ class SignedGet:
         failure's exception once the attempts are spent."""
         import aiohttp
 
-        url, host, canonical, canonical_query = self.where(path, query)
-        proxy, proxy_headers = self._proxy(url)
+        where = self.where(path, query)
+        proxy, proxy_headers = self._proxy(where.address)
         for attempt in range(self.attempts):
             if attempt:
                 await asyncio.sleep(random.uniform(0, _BACKOFF_S * 2 ** attempt))
-            headers = self.signed(host, canonical, creds, query=canonical_query)
+            headers = self.signed(where.host, where.canonical, creds, query=where.query)
             try:
-                status, reason, body = await self._send(url, headers, proxy, proxy_headers)
+                status, reason, body = await self._send(where, headers, proxy, proxy_headers)
             except (aiohttp.ClientError, OSError) as exc:  # OSError: a timeout, a lost or refused connection
                 failure: Exception = exc
                 continue
@@ -131,40 +153,41 @@ class SignedGet:
                 return body
             if status not in TRANSIENT_STATUS:
                 raise DeclinedError(status)
-            failure = OSError(f"{status} {reason} from {host} for {path}")
+            failure = OSError(f"{status} {reason} from {where.host} for {path}")
         raise failure
 
-    async def _send(self, url, headers: dict[str, str], proxy, proxy_headers) -> tuple[int, str, bytes]:
+    async def _send(self, where: Where, headers: dict[str, str], proxy, proxy_headers) -> tuple[int, str, bytes]:
         """(status, reason, body): on the lean client (``http1``), or aiohttp through a proxy or
         for an answer the lean one does not read."""
         if proxy is None:
             if self._pool is None:
                 self._pool = Pool(self.pool, self.tls(), *self.timeouts)
             try:
-                return await self._pool.get(url.scheme, url.host, url.port, url.raw_path_qs, headers)
+                return await self._pool.get(where.scheme, where.address, where.port, where.target, headers)
             except UnsupportedError:
                 pass
-        async with (await self._client()).get(url, headers=headers, allow_redirects=False, proxy=proxy,
-                                              proxy_headers=proxy_headers) as response:
-            return response.status, response.reason or "", await response.read()
-
-    def where(self, path: str, query: dict[str, str] | None = None) -> tuple[object, str, str, str]:
-        """(the URL, its host, the canonical URI, the canonical query string) of ``bucket/key``, or
-        of ``bucket`` alone with a ``query``."""
-        from botocore.utils import check_dns_name
         from yarl import URL
 
+        async with (await self._client()).get(URL(where.url, encoded=True), headers=headers, allow_redirects=False,
+                                              proxy=proxy, proxy_headers=proxy_headers) as response:
+            return response.status, response.reason or "", await response.read()
+
+    def where(self, path: str, query: dict[str, str] | None = None) -> Where:
+        """Where a GET of ``bucket/key`` goes, or of ``bucket`` alone with a ``query``."""
         bucket, _, key = path.partition("/")
         parts = self._endpoint
-        if self.virtual_host and check_dns_name(bucket):  # as botocore: no dots, 3 to 63 of [a-z0-9-]
-            host, canonical = f"{bucket}.{parts.netloc}", "/" + quote(key, safe="/~")
+        if self.virtual_host and _dns_name(bucket):  # as botocore: no dots, 3 to 63 of [a-z0-9-]
+            host, address, canonical = f"{bucket}.{parts.netloc}", f"{bucket}.{self._hostname}", \
+                "/" + quote(key, safe="/~")
         else:
-            host, canonical = parts.netloc, "/" + quote(f"{bucket}/{key}" if key else bucket, safe="/~")
+            host, address = parts.netloc, self._hostname
+            canonical = "/" + quote(f"{bucket}/{key}" if key else bucket, safe="/~")
             canonical = (parts.path.rstrip("/") + canonical) if parts.path not in ("", "/") else canonical
         # SigV4: each name and value percent-encoded but for A-Z a-z 0-9 - _ . ~, sorted by name
-        encoded = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted((query or {}).items()))
-        return URL(f"{parts.scheme}://{host}{canonical}" + (f"?{encoded}" if encoded else ""), encoded=True), \
-            host, canonical, encoded
+        encoded = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())) \
+            if query else ""
+        return Where(parts.scheme, host, address, self._port, canonical + (f"?{encoded}" if encoded else ""),
+                     canonical, encoded)
 
     def signed(self, host: str, canonical: str, creds: Credentials | None, now: str | None = None,
                query: str = "") -> dict[str, str]:
@@ -173,18 +196,27 @@ class SignedGet:
         if creds is None:
             return {"host": host}
         now = now or _now()
+        context = self._signing
+        if context[:3] != (creds, host, now):
+            context = self._signing = (creds, host, now, *self._context(host, creds, now))
+        headers, block, prefix, authorization, key = context[3:]
+        request = f"GET\n{canonical}\n{query}\n{block}"
+        to_sign = prefix + hashlib.sha256(request.encode()).hexdigest()
+        return {**headers, "Authorization": authorization + hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()}
+
+    def _context(self, host: str, creds: Credentials, now: str) -> tuple[dict[str, str], str, str, str, bytes]:
+        """What every request signed at ``now`` for ``host`` shares (made once a second, not per request):
+        its headers, the canonical request after the query, the string to sign before the request's
+        hash, the Authorization header before the signature, the signing key."""
         headers = {"host": host, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": now}
         if creds.token:
             headers["x-amz-security-token"] = creds.token
         names = ";".join(sorted(headers))
-        request = "\n".join(["GET", canonical, query, *(f"{n}:{headers[n]}" for n in sorted(headers)), "", names,
-                             EMPTY_SHA256])
+        block = "\n".join([*(f"{n}:{headers[n]}" for n in sorted(headers)), "", names, EMPTY_SHA256])
         scope = f"{now[:8]}/{self.region}/s3/aws4_request"
-        to_sign = f"AWS4-HMAC-SHA256\n{now}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
-        signature = hmac.new(self._key(creds.secret, now[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
-        headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.key}/{scope}, SignedHeaders={names}, "
-                                    f"Signature={signature}")
-        return headers
+        return (headers, block, f"AWS4-HMAC-SHA256\n{now}\n{scope}\n",
+                f"AWS4-HMAC-SHA256 Credential={creds.key}/{scope}, SignedHeaders={names}, Signature=",
+                self._key(creds.secret, now[:8]))
 
     def _key(self, secret: str, day: str) -> bytes:
         if (key := self._keys.get((secret, day, self.region))) is None:
@@ -199,17 +231,18 @@ class SignedGet:
             self._tls = _ssl(self.verify)
         return self._tls
 
-    def _proxy(self, url) -> tuple[object | None, dict[str, str] | None]:
-        """The environment's proxy for ``url``'s host (HTTP(S)_PROXY less NO_PROXY) and its
+    def _proxy(self, address: str) -> tuple[object | None, dict[str, str] | None]:
+        """The environment's proxy for the host ``address`` (HTTP(S)_PROXY less NO_PROXY) and its
         Proxy-Authorization, found as aiohttp's ``trust_env`` would, once per host."""
-        if (found := self._proxies.get(url.host)) is None:
+        if (found := self._proxies.get(address)) is None:
             from aiohttp.helpers import get_env_proxy_for_url
+            from yarl import URL
 
             try:
-                proxy, auth = get_env_proxy_for_url(url)
+                proxy, auth = get_env_proxy_for_url(URL.build(scheme=self._endpoint.scheme, host=address))
             except LookupError:
                 proxy, auth = None, None
-            found = self._proxies[url.host] = (proxy, {"Proxy-Authorization": auth.encode()} if auth else None)
+            found = self._proxies[address] = (proxy, {"Proxy-Authorization": auth.encode()} if auth else None)
         return found
 
     async def _client(self):
@@ -255,6 +288,13 @@ def _close_all() -> None:
 
 
 atexit.register(_close_all)
+
+
+@functools.lru_cache(maxsize=1024)
+def _dns_name(bucket: str) -> bool:
+    from botocore.utils import check_dns_name
+
+    return check_dns_name(bucket)
 
 
 def _ssl(verify) -> ssl.SSLContext | bool:
