@@ -10,7 +10,8 @@ credentials. Writes are refused (405). Every request waits ``--latency`` seconds
 answered, as a store far away does, and the number of requests in flight is sampled as each
 arrives: ``GET /_stats`` returns ``{"requests": N, "in_flight_median": M, "in_flight_max": X,
 "lists": L, "cpu_seconds": C}`` (C: the server's own CPU time so far) and ``POST /_stats`` resets
-the counts.
+the counts. With ``--preload`` the objects are served as they were when it started (a snapshot:
+no stat per GET), while listings still read the folder.
 
 It is HTTP/1.1 on a bare asyncio protocol (keep-alive, pipelining answered in order), not a web
 framework: on a machine of two cores the server shares the cores with the client it serves, and

@@ -35,7 +35,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from batchml.data.http1 import Pool, UnsupportedError
 
@@ -81,7 +81,8 @@ class SignedGet:
         self.fs, self.endpoint, self.region, self.pool = fs, endpoint.rstrip("/"), region, pool
         self._endpoint = parts = urlsplit(self.endpoint)
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._hostname = parts.hostname  # (a property of urlsplit's answer: parsed at each call)
+        # (a property of urlsplit's answer, parsed at each call; an IPv6 zone's '%25' decoded, as yarl did)
+        self._hostname = unquote(parts.hostname or "")
         self.attempts, self.timeouts, self.verify, self.virtual_host = attempts, timeouts, verify, virtual_host
         self.declined = 0
         self._session = None
@@ -139,7 +140,7 @@ class SignedGet:
         import aiohttp
 
         where = self.where(path, query)
-        proxy, proxy_headers = self._proxy(where.address)
+        proxy, proxy_headers = self._proxy(where.host, where.address)
         for attempt in range(self.attempts):
             if attempt:
                 await asyncio.sleep(random.uniform(0, _BACKOFF_S * 2 ** attempt))
@@ -168,6 +169,10 @@ class SignedGet:
                 pass
         from yarl import URL
 
+        if proxy_headers and where.scheme == "http":
+            # a plain-HTTP GET goes to the proxy itself: its credentials ride on the request (aiohttp
+            # sends ``proxy_headers`` only on the CONNECT of an https request)
+            headers = {**headers, **proxy_headers}
         async with (await self._client()).get(URL(where.url, encoded=True), headers=headers, allow_redirects=False,
                                               proxy=proxy, proxy_headers=proxy_headers) as response:
             return response.status, response.reason or "", await response.read()
@@ -231,18 +236,23 @@ class SignedGet:
             self._tls = _ssl(self.verify)
         return self._tls
 
-    def _proxy(self, address: str) -> tuple[object | None, dict[str, str] | None]:
-        """The environment's proxy for the host ``address`` (HTTP(S)_PROXY less NO_PROXY) and its
-        Proxy-Authorization, found as aiohttp's ``trust_env`` would, once per host."""
-        if (found := self._proxies.get(address)) is None:
+    def _proxy(self, host: str, address: str) -> tuple[object | None, dict[str, str] | None]:
+        """The environment's proxy for ``host`` (as in the Host header, a port included; ``address``:
+        its name alone) and its Proxy-Authorization: HTTP(S)_PROXY less NO_PROXY, where a
+        ``name:port`` entry counts too, as botocore's; once per host."""
+        if (found := self._proxies.get(host)) is None:
+            from urllib.request import proxy_bypass
+
             from aiohttp.helpers import get_env_proxy_for_url
             from yarl import URL
 
             try:
+                if proxy_bypass(host):  # NO_PROXY names the host, or the host and its port
+                    raise LookupError(host)
                 proxy, auth = get_env_proxy_for_url(URL.build(scheme=self._endpoint.scheme, host=address))
             except LookupError:
                 proxy, auth = None, None
-            found = self._proxies[address] = (proxy, {"Proxy-Authorization": auth.encode()} if auth else None)
+            found = self._proxies[host] = (proxy, {"Proxy-Authorization": auth.encode()} if auth else None)
         return found
 
     async def _client(self):
