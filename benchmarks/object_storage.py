@@ -21,7 +21,8 @@ fresh ``batchml`` process timed end to end (start-up included; one local worker)
 and ``batchml ingest s3://bench/cifar/`` at 20 ms. The last line is one JSON object: `images_per_s`
 (system -> figure), `ratio_s3_20ms_to_local`, `ratio_s3_50ms_to_local`,
 `requests_in_flight_median` (at 20 ms, per worker), `ratio_to_plain_loop` (and
-`ratio_to_plain_loop_no_diagnostics`), `peak_rss_mb` (the
+`ratio_to_plain_loop_no_diagnostics`), the same two S3 ratios round by round
+(`ratio_s3_20ms_to_local_by_round`...), `peak_rss_mb` (the
 largest process of a run), `ingest_s3_images_per_s`, and `s3_server_cpu_seconds` (per latency: the
 CPU the S3 server took from the cores the run had).
 """
@@ -271,6 +272,11 @@ def main() -> int:
         "peak_rss_mb": round(max(rss), 1),
         "ingest_s3_images_per_s": round(statistics.median(ingest_rates), 1),
         "s3_server_cpu_seconds": {k: round(statistics.median(v), 1) for k, v in bench.server_cpu.items()},
+        # each round's runs follow each other within minutes: its ratios drift less than the medians'
+        "ratio_s3_20ms_to_local_by_round": [round(s / loc, 3) for s, loc in zip(rates["images_s3_20ms"],
+                                                                              rates["images_local"], strict=True)],
+        "ratio_s3_50ms_to_local_by_round": [round(s / loc, 3) for s, loc in zip(rates["images_s3_50ms"],
+                                                                              rates["images_local"], strict=True)],
     }
     for name, seconds in figures["s3_server_cpu_seconds"].items():
         print(f"{name}: the S3 server itself used {seconds} CPU seconds of this machine's cores")
