@@ -201,6 +201,20 @@ class Store:
             if os.path.exists(tmp):
                 os.remove(tmp)
 
+    def sweep_temporary(self, prefix: str) -> int:
+        """Remove the temporary files a writer killed mid-write left under ``prefix`` (local stores:
+        an S3 PUT leaves none); the number removed. Call it only when no writer there is alive."""
+        if not self.is_local:
+            return 0
+        removed = 0
+        for folder, _, files in os.walk(self.path(prefix)):
+            for name in files:
+                if name.startswith(_TMP_PREFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, name))
+                        removed += 1
+        return removed
+
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n")
 

@@ -82,6 +82,18 @@ def test_a_create_that_fails_midway_leaves_nothing(store, monkeypatch):
     assert os.listdir(store.path("runs/r/labels")) == ["commit-00000.json"]
 
 
+def test_the_temporary_files_of_a_killed_writer_are_swept_and_nothing_else(store):
+    store.write_json("runs/r/stats/part-00000.json", {"rows": 1})
+    for rel in ("runs/r/stats/.tmp-1-part-00001.json", "runs/r/predictions/.tmp-2-part-00001.parquet"):
+        os.makedirs(os.path.dirname(store.path(rel)), exist_ok=True)
+        with open(store.path(rel), "w") as f:
+            f.write("half")
+    assert store.sweep_temporary("runs/r") == 2
+    assert os.listdir(store.path("runs/r/stats")) == ["part-00000.json"]
+    assert os.listdir(store.path("runs/r/predictions")) == []
+    assert store.sweep_temporary("runs/absent") == 0
+
+
 def test_a_create_where_hard_links_are_refused_is_still_exclusive(store, monkeypatch):
     import errno
 

@@ -293,6 +293,8 @@ def _commit(store: Store, spec: RunSpec, run: RunStart, names: list[str], todo: 
         "images_per_second": round(scored_now / wall, 1) if todo else None,
         "committed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
     })
+    # every task has answered: a temporary file left now is a killed worker's, half written and unread
+    store.sweep_temporary(layout.run_path(spec.run_id))
     manifest_rel = layout.run_path(spec.run_id, layout.RUN_MANIFEST)
     if store.exists(manifest_rel):  # recommitted (appended, or mended): the night keeps its place in time
         first = read_json(store, manifest_rel)
