@@ -249,6 +249,19 @@ def test_scoring_writes_novelty_orientation_hashes_and_input_health(client, run_
 
 
 @pytest.mark.slow
+def test_a_novelty_reference_of_a_method_unknown_here_is_scored_without_and_said_so(client, run_store, capsys):
+    from batchml.registry import resolve
+
+    mv = resolve(run_store, MODEL)
+    card = run_store.read_json(mv.card_path)
+    run_store.write_json(mv.card_path, {**card, "novelty": {**card["novelty"], "method": "flow-2027"}})
+    score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-newer"), verbose=False)
+    assert "method 'flow-2027', which this batchml does not know" in capsys.readouterr().err
+    preds = pd.read_parquet(run_store.path("runs/r-newer/predictions"))
+    assert len(preds) == 60 and preds.novelty.isna().all()
+
+
+@pytest.mark.slow
 def test_without_diagnostics_the_new_statistics_read_as_absent(client, run_store):
     score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-plain", diagnostics=False), verbose=False)
     preds = pd.read_parquet(run_store.path("runs/r-plain/predictions"))

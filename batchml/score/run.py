@@ -84,7 +84,12 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True,
         notice(f"score: folders {unknown[:5]} under {plan.name} are not classes of {mv} "
                 f"({', '.join(card.classes)}): their images are scored unlabelled")
     novelty = card.novelty if cfg.diagnostics else None
-    read_novelty(store, mv, novelty)  # a missing or damaged reference is named now, not on every worker
+    # a missing or damaged reference raises here, not on every worker; another method's reads as None
+    if novelty and read_novelty(store, mv, novelty) is None:
+        novelty = None
+        notice(f"score: model {mv}'s novelty reference is of method {card.novelty.get('method')!r}, which this "
+               "batchml does not know: scored without the novelty check (no images-unlike-training alerts "
+               "for this run): upgrade batchml, or score with a version trained by this one")
     spec = RunSpec(
         store.config, run_id, plan.name, mv, tuple(card.classes),
         Preprocessing.from_dict(card.preprocessing), card.calibration.temperature,

@@ -261,12 +261,13 @@ def feature_model(model):
     return keras.Model(rebuilt.inputs, [rebuilt.outputs[0], features], name=f"{model.name}_features")
 
 
-def novelty_model(model, reference: NoveltyReference):
+def novelty_model(model, reference: NoveltyReference | None):
     """The model with a second output, each image's novelty (``NoveltyReference.score``), computed
-    in the same pass from its features; None for a model without features (``feature_model``)."""
+    in the same pass from its features; None for a model without features (``feature_model``) or
+    without a reference this batchml reads (``read_novelty``)."""
     import keras
 
-    fm = feature_model(model)
+    fm = feature_model(model) if reference is not None else None
     if fm is None:
         return None
     novelty = _novelty_layer(keras, reference)([fm.outputs[1], fm.outputs[0]])
