@@ -57,6 +57,34 @@ def test_tar_gz_of_class_folders_matches_the_folder(store, image_folders, tmp_pa
     assert fingerprint[0] == fingerprint[1]
 
 
+def test_a_tar_s_links_are_read_and_a_path_it_holds_twice_is_ingested_once(store, image_folders, tmp_path, capsys):
+    """``tar -r`` appends a newer copy under the same path, and GNU tar stores a file it meets
+    twice (a hard link) as a link: the dataset holds what ``tar -x`` would leave, one id each."""
+    src = image_folders / "test" / "circle"
+    first, second, third = sorted(src.iterdir())[:3]
+    archive = tmp_path / "links.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(first, arcname="test/circle/a.png")
+        tar.add(second, arcname="test/circle/b.png")
+        for name, kind, target in [("hard.png", tarfile.LNKTYPE, "test/circle/a.png"),
+                                   ("soft.png", tarfile.SYMTYPE, "b.png"),
+                                   ("gone.png", tarfile.SYMTYPE, "/etc/nothing.png")]:
+            link = tarfile.TarInfo(f"test/circle/{name}")
+            link.type, link.linkname = kind, target
+            tar.addfile(link)
+        tar.add(third, arcname="test/circle/a.png")  # a newer copy of a.png, as tar -r appends it
+    r = ingest(store, str(archive), "links", "test", classes=CLASSES, verbose=False)
+    rows = {row["image_id"]: row["image"] for p in datasets.read_manifest(store, "links").partitions
+            for row in datasets.read_partition(store, "links", p["name"]).to_pylist()}
+    assert r.rows == 4 and sorted(rows) == [f"test/circle/{n}.png" for n in ("a", "b", "hard", "soft")]
+    assert rows["test/circle/a.png"] == third.read_bytes()  # the last copy
+    assert rows["test/circle/hard.png"] == first.read_bytes()  # a hard link: the file archived before it
+    assert rows["test/circle/soft.png"] == second.read_bytes()
+    err = capsys.readouterr().err
+    assert "1 path(s) appear more than once" in err and "test/circle/a.png" in err
+    assert "1 link(s)" in err and "test/circle/gone.png" in err
+
+
 def test_images_outside_class_folders_are_unlabelled(store, tmp_path):
     (tmp_path / "night").mkdir()
     for i in range(3):

@@ -1,4 +1,5 @@
 import os
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,7 @@ from batchml.data import datasets
 from batchml.data.ingest import ingest
 from batchml.errors import BatchmlError
 from batchml.score.scoring import ScoreConfig, model_loads, score
-from tests.conftest import CLASSES, copy_store, make_image
+from tests.conftest import CLASSES, copy_store, make_image, write_class_folders
 
 MODEL = "shapes/production"
 
@@ -293,7 +294,33 @@ def test_segments_from_the_path_keep_their_own_statistics_and_labels(client, run
 
 
 @pytest.mark.slow
-def test_segmenting_by_a_column_the_input_lacks_names_the_columns_it_has(client, run_store):
+def test_segmenting_by_a_column_the_input_lacks_names_the_columns_it_has(client, run_store, tmp_path):
     with pytest.raises(BatchmlError, match="no column 'camera' to segment by"):
         score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-nocol", segment_by="camera"), verbose=False)
-    assert not run_store.exists("runs/r-nocol/manifest.json")
+    assert not run_store.exists("runs/r-nocol/run.json")  # not pinned: the typo does not hold the run id
+    assert score(client, run_store, ScoreConfig("shapes-test", MODEL, "r-nocol"), verbose=False).rows == 60
+    folder = write_class_folders(tmp_path / "raw", {"test": 2})
+    with pytest.raises(BatchmlError, match=r"a prefix of files carries no columns.*--segment-from-path"):
+        score(client, run_store, ScoreConfig(None, MODEL, "r-files", images=str(folder), segment_by="camera"),
+              verbose=False)
+    assert not run_store.exists("runs/r-files/run.json")
+
+
+@pytest.mark.slow
+def test_a_file_replaced_after_the_listing_fails_its_partition_and_the_rerun_says_what_to_do(
+        client, run_store, tmp_path):
+    from batchml.data import inputs
+
+    folder = write_class_folders(tmp_path / "raw", {"test": 4}) / "test"
+    cfg = ScoreConfig(None, MODEL, "r-replaced", images=str(folder), partition_size=4)
+    plan = inputs.plan_prefix(str(folder), {}, 4)  # listed, then a file is replaced before it is read
+    (folder / "circle" / "002.png").write_bytes(b"\x89PNG half uploaded")
+    with pytest.raises(BatchmlError, match=r"1 file\(s\) under .* changed while run 'r-replaced' read them, "
+                                           r"e.g. circle/002.png: .* bytes when the run listed it, 18 now"):
+        score(client, run_store, cfg, verbose=False, plan=plan)
+    assert not run_store.exists("runs/r-replaced/manifest.json")
+    assert not run_store.exists("runs/r-replaced/stats/part-00000.json")
+    for append in (False, True):  # the run cannot score that file as it listed it: no --append either
+        with pytest.raises(BatchmlError, match=r"1 changed in size \(circle/002.png\); 1 of them .* not scored "
+                                               r"yet.*put those files back as they were"):
+            score(client, run_store, replace(cfg, append=append), verbose=False)

@@ -55,7 +55,7 @@ class ListingChange:
 
     def describe(self) -> str:
         """"3 new files (a.png, b.png, c.png), 1 missing (d.png)"."""
-        parts = [f"{len(names)} {what} ({_some(names)})" for what, names in
+        parts = [f"{len(names)} {what} ({some(names)})" for what, names in
                  (("new files", self.new), ("missing", self.missing), ("changed in size", self.changed)) if names]
         return ", ".join(parts)
 
@@ -70,7 +70,7 @@ def listing_change(pinned: dict[str, int | None], current: dict[str, int | None]
     )
 
 
-def _some(names: list[str], shown: int = 3) -> str:
+def some(names: list[str], shown: int = 3) -> str:
     more = f", ... {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
 
@@ -127,7 +127,7 @@ def image_files(listed: Iterable[Listed]) -> tuple[list[tuple[str, int | None]],
 
 def skipped_notices(plan: InputPlan) -> list[str]:
     """A line per reason some files under a prefix are not scored."""
-    return [f"{len(names)} file(s) under {plan.name} skipped, {why}: {_some(names)}"
+    return [f"{len(names)} file(s) under {plan.name} skipped, {why}: {some(names)}"
             for why, names in plan.skipped.items()]
 
 

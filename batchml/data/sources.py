@@ -8,6 +8,8 @@ names known up front so that label indices are stable across splits and reruns.
 from __future__ import annotations
 
 import pickle
+import posixpath
+import sys
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -204,10 +206,10 @@ def _open_tar(path: Path, split: str, classes: list[str] | None) -> Source:
     tar, members = _read_tar(path)
     if any(m.name.rstrip("/").endswith("batches.meta") for m in members):
         return _cifar_batches_from_tar(tar, members, split, str(path))
-    files = [m for m in members if m.isfile() and _is_image(m.name)]
-    check_utf8([m.name for m in files], str(path))
-    rel = _within_split([PurePosixPath(m.name).parts for m in files], split, str(path))
-    chosen = [(m, r) for m, r in zip(files, rel, strict=True) if r is not None]
+    files = _tar_images(members, path)
+    check_utf8([m.name for m, _ in files], str(path))
+    rel = _within_split([PurePosixPath(m.name).parts for m, _ in files], split, str(path))
+    chosen = [(data, r) for (_, data), r in zip(files, rel, strict=True) if r is not None]
     names = _classes_of([r for _, r in chosen], classes, f"{path} (split {split})")
 
     def images() -> Iterator[SourceImage]:
@@ -220,6 +222,52 @@ def _open_tar(path: Path, split: str, classes: list[str] | None) -> Source:
                 yield _record(parts, split, data, names)
 
     return Source(f"{path} (split {split})", names, images(), len(chosen))
+
+
+def _tar_images(members: list[tarfile.TarInfo], path: Path) -> list[tuple[tarfile.TarInfo, tarfile.TarInfo]]:
+    """(member, the member holding its bytes) for the image members as ``tar -x`` would leave them:
+    a hard or symbolic link reads as the file it points to; a path the archive holds twice (``tar -r``
+    appends a newer copy) once, its last copy. What is left out or replaced is said on stderr:
+    never a silent skip, never one image id twice."""
+    final = {posixpath.normpath(m.name): m for m in members}  # what a path holds once all is extracted
+    so_far: dict[str, tarfile.TarInfo] = {}  # and at each member: a hard link is to the copy before it
+    last: dict[tuple[str, ...], tuple[tarfile.TarInfo, tarfile.TarInfo]] = {}
+    replaced, dangling = [], []
+    for m in members:
+        so_far[posixpath.normpath(m.name)] = m
+        if not (m.isfile() or m.islnk() or m.issym()) or not _is_image(m.name):
+            continue
+        if (data := _link_target(m, so_far if m.islnk() else final)) is None:
+            dangling.append(m.name)
+            continue
+        key = PurePosixPath(m.name).parts
+        if key in last:
+            replaced.append(m.name)
+        last[key] = (m, data)
+    if replaced:
+        _say(f"ingest: {len(replaced)} path(s) appear more than once in {path} ({', '.join(replaced[:3])}): "
+             "the last copy of each is ingested, as tar -x would extract it")
+    if dangling:
+        _say(f"ingest: {len(dangling)} link(s) in {path} point to no file in the archive "
+             f"({', '.join(dangling[:3])}): left out; archive the files themselves (tar --dereference)")
+    return sorted(last.values(), key=lambda pair: pair[0].offset)  # archive order of the copies kept
+
+
+def _link_target(m: tarfile.TarInfo, by_name: dict[str, tarfile.TarInfo]) -> tarfile.TarInfo | None:
+    """The regular member a link resolves to within the archive (``m`` itself if it is one); None if none."""
+    for _ in range(16):  # a chain of links, or a loop
+        if m.isfile():
+            return m
+        if not (m.islnk() or m.issym()):
+            return None
+        name = m.linkname if m.islnk() else posixpath.join(posixpath.dirname(m.name), m.linkname)
+        if (m := by_name.get(posixpath.normpath(name))) is None:
+            return None
+    return None
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 # -- official CIFAR-10 python batches --------------------------------------------------

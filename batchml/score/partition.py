@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batchml import layout
 from batchml.data import inputs
@@ -103,10 +104,11 @@ Then = tuple[str, tuple[str, ...] | None]  # the partition (and its files) a wor
 
 
 def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None = None,
-                    then: Then | None = None) -> ScoredPartition:
+                    then: Then | None = None, sizes: tuple[int | None, ...] | None = None) -> ScoredPartition:
     """Score one input partition (a dataset's, or ``files`` of a prefix); writes predictions,
     failure cases, error rows and hashes, then its statistics. ``then``: read it ahead, in the
-    background, once this partition's input is in memory (``prefetch``).
+    background, once this partition's input is in memory (``prefetch``). ``sizes``: the files'
+    sizes as the run listed them; a file read at another size fails the partition.
 
     Only inference holds the device lock: with two task threads per worker, one partition
     is read, decoded and written while the model runs on another.
@@ -118,6 +120,8 @@ def score_partition(spec: RunSpec, partition: str, files: tuple[str, ...] | None
         table = _read_input(spec, partition, files)
     if then is not None:
         _PREFETCHED.start(_input_key(spec, *then), functools.partial(_read_input, spec, *then))
+    if sizes is not None:
+        _check_sizes(spec, table, dict(zip(files, sizes, strict=True)))
     if table.num_rows == 0:
         raise BatchmlError(
             f"partition {partition} of dataset {spec.dataset!r} is empty: "
@@ -179,6 +183,21 @@ def _input_key(spec: RunSpec, partition: str, files: tuple[str, ...] | None) -> 
 def _read_input(spec: RunSpec, partition: str, files: tuple[str, ...] | None) -> pa.Table:
     return (inputs.read_files(spec.images, files, spec.classes) if files is not None
             else inputs.read_partition(Store(spec.store), spec.dataset, partition))
+
+
+def _check_sizes(spec: RunSpec, table: pa.Table, listed: dict[str, int | None]) -> None:
+    """A file read at another size than the run listed was replaced or is still being written:
+    its bytes are not what the run pinned, so the partition is not scored from them."""
+    read = zip(table["image_id"].to_pylist(), pc.binary_length(table["image"]).to_pylist(), strict=True)
+    changed = [(f, listed[f], n) for f, n in read if listed.get(f) is not None and listed[f] != n]
+    if changed:
+        f, was, now = changed[0]
+        raise BatchmlError(
+            f"{len(changed)} file(s) under {spec.dataset} changed while run {spec.run_id!r} read them, e.g. {f}: "
+            f"{was:,} bytes when the run listed it, {now:,} now (replaced, or an upload still under way). The "
+            "partition is not committed: put the files back as they were and rerun the same --run-id, or score "
+            "the prefix under a new --run-id once its uploads are done"
+        )
 
 
 def _predict(model, with_novelty: bool, pixels: np.ndarray, spec: RunSpec) -> tuple:

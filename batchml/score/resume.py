@@ -6,11 +6,14 @@ of message a run prints (``say``: silenced by ``-q``; ``notice``: never).
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+import pyarrow.parquet as pq
 
 from batchml import layout
 from batchml.data import inputs
@@ -59,6 +62,7 @@ def start_run(store: Store, cfg: ScoreConfig, run_id: str, plan: inputs.InputPla
         # before run.json ties the id to this model: its card must be whole, its classes the input's,
         # and the model loadable (a Lambda layer, refused by safe mode, would fail every partition)
         _check_classes(plan, read_card(store, mv, SCORING_NEEDS).classes, mv)
+        _check_segment_column(store, cfg, plan)
         if warming and warming[0] == mv and warming[1]:
             _check_warmed(mv, warming[1])
         else:
@@ -146,6 +150,19 @@ def check_input(store: Store, cfg: ScoreConfig, run: RunStart, plan: inputs.Inpu
     partitions = {n: tuple(f for f, _ in files) for n, files in pinned.items()}
     if not change:
         return partitions
+    done = set(store.list(layout.run_path(run_id, "stats"), ".json"))
+    unscored = {f for n, files in partitions.items() if layout.stats_name(n) not in done for f in files}
+    if stuck := [f for f in change.missing + change.changed if f in unscored]:
+        raise BatchmlError(
+            f"the input {plan.name!r} changed since run {run_id!r} started: {change.describe()}; "
+            f"{len(stuck)} of them ({inputs.some(stuck)}) are in partitions not scored yet, which cannot be scored "
+            "as the run listed them: put those files back as they were and rerun, or score the prefix under a "
+            "new --run-id")
+    if not cfg.append and not change.new:
+        raise BatchmlError(
+            f"the input {plan.name!r} changed since run {run_id!r} started: {change.describe()}. The run keeps "
+            "its rows of those files as it scored them; to score the files as they are now, score the prefix "
+            "under a new --run-id")
     if not cfg.append:
         raise BatchmlError(
             f"the input {plan.name!r} changed since run {run_id!r} started: {change.describe()}. Score only the "
@@ -182,6 +199,22 @@ def _check_classes(plan: inputs.InputPlan, classes: list[str], mv: ModelVersion)
             f"dataset {plan.name!r} labels classes {plan.classes} but model {mv} predicts "
             f"{classes}: score with a model trained on these classes"
         )
+
+
+def _check_segment_column(store: Store, cfg: ScoreConfig, plan: inputs.InputPlan) -> None:
+    """``--segment-by``'s column is in the input, checked before run.json pins it (a typo pinned would
+    refuse every rerun of the run id)."""
+    if not cfg.segment_by:
+        return
+    if plan.images:
+        raise BatchmlError(f"--segment-by {cfg.segment_by!r}: a prefix of files carries no columns; segment "
+                           "it by a part of the path with --segment-from-path, e.g. '{camera}/**'")
+    first = next(iter(plan.partitions))
+    columns = pq.read_schema(io.BytesIO(store.read_bytes(layout.dataset_path(plan.name, first)))).names
+    if cfg.segment_by not in columns:
+        carried = [c for c in columns if c not in ("image", "image_id", "label")]
+        raise BatchmlError(f"dataset {plan.name!r} has no column {cfg.segment_by!r} to segment by (its carried "
+                           f"columns: {', '.join(carried) or 'none'}): pass one of them to --segment-by")
 
 
 def _check_same_run(scored: str, dataset: str, run_id: str) -> None:

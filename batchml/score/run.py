@@ -98,7 +98,7 @@ def score(client, store: Store, cfg: ScoreConfig, verbose: bool = True,
         cfg.diagnostics, novelty,
     )
     started = time.perf_counter()
-    _run_tasks(client, spec, {n: partitions[n] for n in todo}, len(names), verbose)
+    _run_tasks(client, spec, {n: partitions[n] for n in todo}, len(names), verbose, plan.sizes)
     wall = time.perf_counter() - started
     return _commit(store, spec, run, names, todo, wall, cfg.max_error_ratio)
 
@@ -235,7 +235,8 @@ def _warm_workers(client, store: Store, cfg: ScoreConfig) -> tuple[ModelVersion,
                               key=f"warm-{mv}-{uuid.uuid4().hex[:8]}") for w in workers]
 
 
-def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int, verbose: bool) -> None:
+def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int, verbose: bool,
+               sizes: dict[str, int | None]) -> None:
     from distributed import as_completed
 
     from batchml.cluster import SCORE_GPU_SHARE, gpu_resources
@@ -252,6 +253,7 @@ def _run_tasks(client, spec: RunSpec, todo: dict[str, tuple | None], total: int,
     # one as many tasks further on as the cluster runs at once. That one is read ahead.
     ahead = max(1, sum(client.nthreads().values()))
     futures = [client.submit(score_partition, spec, name, files, items[i + ahead] if i + ahead < len(items) else None,
+                             tuple(sizes.get(f) for f in files) if files is not None else None,
                              key=f"score-{spec.run_id}-{name}-{attempt}", resources=resources)
                for i, (name, files) in enumerate(items)]
     rows = 0
