@@ -103,7 +103,17 @@ def _check_run(store: Store, run_id: str, out: Checkup) -> None:
                else f"score the input again under a new --run-id; run {run_id} cannot be resumed")
         out.findings.append(_found(spec, f"resuming or appending to run {run_id}", fix,
                                    RECOMMIT if manifest else SET_ASIDE, run_id))
-    if not committed:
+    for name in store.list(layout.run_appends(run_id), ".json"):  # the listings --append added
+        if isinstance(record := _json(store, f"{layout.run_appends(run_id)}/{name}", out), Finding):
+            out.findings.append(_found(record, f"resuming or appending to run {run_id}",
+                                       "batchml doctor --repair (rebuilds it from the run's predictions)",
+                                       RECOMMIT, run_id))
+    if not committed and store.exists(layout.monitoring_path("runs", run_id)):
+        out.findings.append(Finding(  # monitored, so committed once: its manifest went missing
+            manifest_rel, "missing, though the run was committed and monitored",
+            f"every reader of run {run_id} (report, dashboard, monitor ranges)",
+            "batchml doctor --repair (commits the run again from its statistics)", RECOMMIT, run_id))
+    elif not committed:
         out.unfinished.append(run_id)
     if committed and manifest is None:  # damaged manifest: the run's statistics are committed again
         return

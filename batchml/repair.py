@@ -16,8 +16,9 @@ from batchml.data import datasets
 from batchml.doctor import BY_HAND, RECOMMIT, REMONITOR, RESCORE, Checkup
 from batchml.errors import BatchmlError
 from batchml.integrity import read_json
-from batchml.records import RunManifest
-from batchml.store import Store
+from batchml.records import RunManifest, RunStart
+from batchml.score.resume import INPUTS
+from batchml.store import Store, options_for
 
 
 def quarantine(store: Store, rel: str, stamp: str) -> str | None:
@@ -67,28 +68,72 @@ def repair(store: Store, checkup: Checkup, open_client: Callable[[], contextlib.
 
 
 def _rescore(client, store: Store, run_id: str, verbose: bool) -> None:
+    from batchml.score.resume import pinned_plan
     from batchml.score.scoring import ScoreConfig, score
 
-    spec_rel = layout.run_path(run_id, layout.RUN_SPEC)
-    if not store.exists(spec_rel):  # quarantined: rebuilt from the manifest, which repeats it
-        _rebuild_spec(store, run_id)
-    run = read_json(store, spec_rel)
-    previous = RunManifest.read(store, run_id) if store.exists(layout.run_path(run_id, layout.RUN_MANIFEST)) else None
-    images = run.get("input") == "images"
-    cfg = ScoreConfig(None if images else run["dataset"], run["model_version"], run_id,
+    run = _rebuild_listing(store, run_id)
+    manifest_rel = layout.run_path(run_id, layout.RUN_MANIFEST)
+    previous = RunManifest.read(store, run_id) if store.exists(manifest_rel) else None
+    images = run.input == "images"
+    cfg = ScoreConfig(None if images else run.dataset, run.model_version, run_id,
                       max_error_ratio=previous.max_error_ratio if previous else 0.01,
-                      images=run["dataset"] if images else None,
-                      partition_size=run.get("partition_size") or datasets.DEFAULT_PARTITION_SIZE)
+                      images=run.dataset if images else None,
+                      partition_size=run.partition_size or datasets.DEFAULT_PARTITION_SIZE)
     _say(verbose, f"doctor: scoring run {run_id} again where it lacks partitions")
-    score(client, store, cfg, verbose=verbose)
+    # a prefix's run is scored from the listing it pinned: a commit from the statistics needs no input
+    score(client, store, cfg, verbose=verbose, plan=pinned_plan(store, run, cfg) if images else None)
 
 
-def _rebuild_spec(store: Store, run_id: str) -> None:
-    manifest = read_json(store, layout.run_path(run_id, layout.RUN_MANIFEST))
-    keys = ("run_id", "dataset", "input", "dataset_fingerprint", "partition_size", "model_version", "model_ref",
-            "created_at")
-    store.create(layout.run_path(run_id, layout.RUN_SPEC),
-                 (json.dumps({k: manifest.get(k) for k in keys}, indent=1) + "\n").encode())
+def _rebuild_listing(store: Store, run_id: str) -> RunStart:
+    """The run's record, ``run.json`` rebuilt where it was set aside (from the manifest, which repeats
+    it), and for a prefix's run the pinned listing of each partition that lost it (run.json's, or a
+    damaged append record's) rebuilt from the partition's predictions and error rows."""
+    spec_rel, manifest_rel = layout.run_path(run_id, layout.RUN_SPEC), layout.run_path(run_id, layout.RUN_MANIFEST)
+    manifest = read_json(store, manifest_rel) if store.exists(manifest_rel) else None
+    names = ([p["partition"] for p in manifest["partitions"]] if manifest else
+             [n.removesuffix(".json") + ".parquet" for n in store.list(layout.run_path(run_id, "stats"), ".json")])
+    appended = {}  # partition -> listing, of the append records still whole
+    for name in store.list(layout.run_appends(run_id), ".json"):
+        appended.update(read_json(store, f"{layout.run_appends(run_id)}/{name}")[INPUTS])
+    rebuilt = not store.exists(spec_rel)
+    if rebuilt:
+        if manifest is None:
+            raise BatchmlError(f"run {run_id} has neither run.json nor a manifest to rebuild it from: score its "
+                               "input under a new --run-id")
+        fields = {k: manifest[k] for k in RunStart.__dataclass_fields__ if k in manifest and k != "extra"}
+        spec = RunStart.from_dict(fields).to_dict()
+        if manifest.get("input") == "images":
+            original = names[:len(names) - (manifest.get("appended_partitions") or 0)]
+            spec[INPUTS] = _listing(store, run_id, [n for n in original if n not in appended], spec)
+        store.create(spec_rel, (json.dumps(spec, indent=1, sort_keys=True) + "\n").encode())
+    run = RunStart.from_dict(read_json(store, spec_rel))
+    if run.input != "images" or INPUTS not in run.extra:
+        return run
+    if lost := [n for n in names if n not in run.extra[INPUTS] and n not in appended]:
+        number = next(i for i in range(len(names) + 1) if not store.exists(layout.run_append(run_id, i)))
+        record = {"appended_at": datetime.now(UTC).isoformat(timespec="seconds"), "rebuilt_by": "doctor --repair",
+                  INPUTS: _listing(store, run_id, lost, run.to_dict())}
+        store.create(layout.run_append(run_id, number), (json.dumps(record, indent=1) + "\n").encode())
+    return run
+
+
+def _listing(store: Store, run_id: str, partitions: list[str], run: dict) -> dict[str, list]:
+    """partition -> [[file, size], ...] from what the run wrote of it; sizes as the prefix lists them now
+    (None where it cannot be listed: the files are read, not checked, when they are scored again)."""
+    from batchml.data import inputs
+
+    try:
+        sizes = inputs.plan_prefix(run["dataset"], options_for(run["dataset"], store), run["partition_size"]).sizes
+    except BatchmlError:
+        sizes = {}
+    out = {}
+    for name in partitions:
+        ids = []
+        for kind in ("predictions", "errors"):
+            if store.exists(rel := layout.run_output(run_id, kind, name)):
+                ids += store.read_parquet(rel, columns=["image_id"])["image_id"].to_pylist()
+        out[name] = [[f, sizes.get(f)] for f in sorted(ids)]
+    return out
 
 
 def _remonitor(store: Store, run_id: str, verbose: bool) -> None:

@@ -13,7 +13,7 @@ import pytest
 from batchml import layout
 from batchml.cli import main
 from batchml.cli.output import warning_printer
-from batchml.doctor import RESCORE, check_store
+from batchml.doctor import RECOMMIT, RESCORE, check_store
 from batchml.errors import BatchmlError
 from batchml.integrity import DamagedFileError, DamagedFileWarning, read_stats, skip_damaged
 from batchml.monitoring import fold_run, monitor_run, read_table
@@ -209,3 +209,33 @@ def test_a_manifest_with_fields_of_the_wrong_type_is_named_by_monitor_and_doctor
         monitor_run(night, "night-1")
     (found,) = check_store(night).findings
     assert found.path == rel and problem in found.problem
+
+
+def test_doctor_on_a_root_that_holds_no_store_fails(tmp_path, capsys):
+    """A scheduled health check with a mistyped --root must not pass."""
+    assert main(["doctor", "--root", str(tmp_path / "no-such-store")]) == 2
+    assert "holds no batchml store" in capsys.readouterr().err
+
+
+def test_doctor_names_a_torn_append_record_and_a_monitored_run_whose_manifest_is_gone(night):
+    record = layout.run_append("night-1", 0)
+    night.write_bytes(record, b'{"inputs": {"part-')
+    night.delete(layout.run_path("night-1", layout.RUN_MANIFEST))
+    checkup = check_store(night)
+    assert {f.path: f.action for f in checkup.findings} == {
+        record: RECOMMIT, layout.run_path("night-1", layout.RUN_MANIFEST): RECOMMIT}
+    assert checkup.unfinished == []  # not merely unfinished: it was committed and monitored
+
+
+def test_doctor_exits_1_when_a_repair_fails(night, capsys, monkeypatch):
+    import batchml.repair
+
+    night.write_bytes(layout.monitoring_path("alerts", "night-1"), b"torn")
+
+    def repaired_but_one(store, *args, **kwargs):  # the store is whole after, yet one thing failed
+        store.delete(layout.monitoring_path("alerts", "night-1"))
+        return ["run night-2: could not score it again"]
+
+    monkeypatch.setattr(batchml.repair, "repair", repaired_but_one)
+    assert main(["doctor", "--repair", "--root", night.config.root]) == 1
+    assert "the store is whole; 1 thing(s) not repaired" in capsys.readouterr().out

@@ -149,3 +149,41 @@ def test_a_repair_or_an_append_keeps_the_segmenting_the_run_was_scored_with(clie
         assert stats["segment_by"] == "site" and stats["stats"]["segments"], partition
     with pytest.raises(BatchmlError, match=r"segments by --segment-from-path '\{site\}/\*'"):
         score(client, tiny_store, ScoreConfig(**{**cfg.__dict__, "segment_from_path": "{cam}/*"}), verbose=False)
+
+
+def test_a_repair_rebuilds_lost_listings_and_commits_again_without_the_input(client, tiny_store, tmp_path):
+    """run.json and the append records pin a prefix's listing: a repair rebuilds a damaged one from the
+    run's rows, so that the run can still be resumed and appended to; a damaged or lost manifest is
+    committed again from the statistics, even where the input is gone."""
+    folder = prefix(tmp_path, 6)
+    cfg = ScoreConfig(None, MODEL, "night", images=str(folder), partition_size=3)
+    score(client, tiny_store, cfg, verbose=False)
+    (folder / "circle" / "late.png").write_bytes(make_image(0, 50))
+    score(client, tiny_store, ScoreConfig(**{**cfg.__dict__, "append": True}), verbose=False)
+    monitor_run(tiny_store, "night")
+    spec, record = layout.run_path("night", layout.RUN_SPEC), layout.run_append("night", 0)
+    pinned = tiny_store.read_json(spec)["inputs"], tiny_store.read_json(record)["inputs"]
+    for rel in (spec, record):
+        tiny_store.write_bytes(rel, tiny_store.read_bytes(rel)[:40])
+    checkup = check_store(tiny_store)
+    assert {f.path for f in checkup.findings} == {spec, record}
+    assert repair(tiny_store, checkup, lambda: contextlib.nullcontext(client), verbose=False) == []
+    assert check_store(tiny_store).whole
+    assert (tiny_store.read_json(spec)["inputs"], tiny_store.read_json(record)["inputs"]) == pinned
+    assert score(client, tiny_store, cfg, verbose=False).rows == 7  # resumable: nothing changed, nothing to do
+    (folder / "square" / "later.png").write_bytes(make_image(1, 51))
+    assert score(client, tiny_store, ScoreConfig(**{**cfg.__dict__, "append": True}), verbose=False).rows == 8
+
+    committed = tiny_store.read_json(layout.run_path("night", layout.RUN_MANIFEST))
+    for lose in (lambda rel: tiny_store.write_bytes(rel, b'{"run_id": "ni'), tiny_store.delete):
+        lose(layout.run_path("night", layout.RUN_MANIFEST))
+        folder.rename(tmp_path / "gone")  # the night's images are gone by the time the damage is found
+        checkup = check_store(tiny_store)
+        assert [f.path for f in checkup.findings] == [layout.run_path("night", layout.RUN_MANIFEST)]
+        assert repair(tiny_store, checkup, lambda: contextlib.nullcontext(client), verbose=False) == []
+        again = tiny_store.read_json(layout.run_path("night", layout.RUN_MANIFEST))
+        assert again["rows"] == 8 and again["partitions"] == committed["partitions"]
+        assert check_store(tiny_store).whole
+        (tmp_path / "gone").rename(folder)
+    preds = predictions(tiny_store, "night")
+    assert len(preds) == 8 and preds.image_id.is_unique

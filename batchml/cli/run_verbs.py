@@ -99,6 +99,9 @@ def cmd_doctor(args) -> int:
 
     store = open_store(args)
     checkup = check_store(store)
+    if not checkup.checked and not checkup.unfinished:  # a mistyped --root must not pass a health check
+        raise BatchmlError(f"{store.url()} holds no batchml store (no runs, models or datasets): check --root "
+                           "(and --storage-options)")
     for line in lines(store, checkup):
         say(line)
     if checkup.whole or not args.repair:
@@ -108,8 +111,9 @@ def cmd_doctor(args) -> int:
     for line in failed:
         say(f"not repaired: {line}")
     after = check_store(store)
-    say(f"doctor: after the repair, {'the store is whole' if after.whole else f'{len(after.findings)} damaged'}")
-    return 0 if after.whole else 1
+    state = "the store is whole" if after.whole else f"{len(after.findings)} damaged"
+    say(f"doctor: after the repair, {state}" + (f"; {len(failed)} thing(s) not repaired (above)" if failed else ""))
+    return 0 if after.whole and not failed else 1
 
 
 def cmd_dashboard(args) -> None:

@@ -21,7 +21,7 @@ from batchml.errors import BatchmlError
 from batchml.integrity import read_json
 from batchml.records import SCORING_NEEDS, RunStart
 from batchml.registry import ModelVersion, check_loadable, not_loadable, read_card, resolve
-from batchml.store import Store
+from batchml.store import Store, StoreConfig, options_for
 
 if TYPE_CHECKING:
     from batchml.score.run import ScoreConfig
@@ -183,6 +183,16 @@ def check_input(store: Store, cfg: ScoreConfig, run: RunStart, plan: inputs.Inpu
     say(verbose, f"score: appending {len(change.new)} new file(s) to run {run_id} as partitions "
          f"{next(iter(added))} to {next(reversed(added))}")
     return {**partitions, **added}
+
+
+def pinned_plan(store: Store, run: RunStart, cfg: ScoreConfig) -> inputs.InputPlan:
+    """A prefix's plan as the run pinned it (run.json's listing and its appends'), not listed again:
+    what a repair scores or commits from, whether or not the prefix is still there."""
+    pinned = _pinned(store, run)
+    return inputs.InputPlan(run.dataset, run.dataset_fingerprint, None,
+                            {n: tuple(f for f, _ in files) for n, files in pinned.items()},
+                            Store(StoreConfig(run.dataset.rstrip("/"), options_for(run.dataset, store))).config,
+                            run.partition_size, {f: size for files in pinned.values() for f, size in files})
 
 
 def _pinned(store: Store, run: RunStart) -> dict[str, list]:
