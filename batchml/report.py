@@ -17,6 +17,7 @@ import pandas as pd
 from batchml import layout
 from batchml.errors import BatchmlError
 from batchml.monitoring import read_table
+from batchml.monitoring.tables import read_run_alerts
 from batchml.store import Store
 
 NIGHTS_SHOWN = 30  # recent nights of the same model in the accuracy chart
@@ -35,18 +36,18 @@ def render(store: Store, run_id: str, dashboard_url: str | None = None) -> str:
         raise BatchmlError(f"run {run_id!r} is not monitored in {store.url()}: run "
                            f"`batchml monitor --run-id {run_id}` first, then the report")
     row = match.iloc[0].to_dict()
-    alerts = read_table(store, "alerts")
-    alerts = alerts[alerts.run_id == run_id].to_dict("records")
+    alerts = read_run_alerts(store, run_id)
     nights = runs[(runs.model_version == row["model_version"]) & (runs.committed_at <= row["committed_at"])]
     nights = nights.sort_values("committed_at").tail(NIGHTS_SHOWN)
-    status = "error" if any(a["severity"] == "error" for a in alerts) else "warning" if alerts else "ok"
+    status = ("alerts unknown" if alerts is None else "error" if any(a["severity"] == "error" for a in alerts)
+              else "warning" if alerts else "ok")
     link = f'<p><a href="{escape(dashboard_url)}">Open the dashboard</a></p>' if dashboard_url else ""
     body = [
-        f"<h1>Night {escape(run_id)}: <span class='{status}'>{status.upper()}</span></h1>",
+        f"<h1>Night {escape(run_id)}: <span class='{status.split()[-1]}'>{status.upper()}</span></h1>",
         f"<p>model {escape(str(row['model_version']))}, dataset {escape(str(row['dataset']))}, committed "
         f"{escape(str(row['committed_at']))}</p>{link}",
         "<h2>Figures</h2>", _figures(row),
-        "<h2>Alerts</h2>", _alerts(alerts),
+        "<h2>Alerts</h2>", _alerts(alerts) if alerts is not None else _alerts_unknown(store, run_id),
         "<h2>Class mix</h2>", _mix_chart(row),
         "<h2>Confidence</h2>", _histogram(row.get("confidence_hist")),
         "<h2>Accuracy over recent nights</h2>", _accuracy_chart(nights),
@@ -85,6 +86,17 @@ def _alerts(alerts: list[dict]) -> str:
     return "<table>" + "".join(
         f"<tr><td class='{escape(str(a['severity']))}'>{escape(str(a['severity']).upper())}</td>"
         f"<td>{escape(str(a['kind']))}</td><td>{escape(str(a['message']))}</td></tr>" for a in alerts) + "</table>"
+
+
+def _alerts_unknown(store: Store, run_id: str) -> str:
+    return (f"<p class='error'>Alerts unknown: {escape(store.url(layout.monitoring_path('alerts', run_id)))} is "
+            f"missing or damaged. Run <code>batchml doctor --repair</code> (it monitors the run again), then "
+            f"make this report again.</p>")
+
+
+def alerts_unknown(store: Store, run_id: str) -> bool:
+    """Whether the run's alerts cannot be read (the page then says so, and ``batchml report`` exits 1)."""
+    return read_run_alerts(store, run_id) is None
 
 
 def _listed(value) -> list:

@@ -142,7 +142,7 @@ class Store:
         """Write ``data`` so that readers see the old object, or the new one whole."""
         path = self.path(rel)
         if not self.is_local:
-            self._call(self.fs.pipe_file, rel, data)
+            self._write_call(self.fs.pipe_file, rel, data)
             return
         folder, name = os.path.split(path)
         os.makedirs(folder, exist_ok=True)
@@ -166,7 +166,7 @@ class Store:
         path = self.path(rel)
         if not self.is_local:
             try:
-                self._call(self.fs.pipe_file, rel, data, IfNoneMatch="*")
+                self._write_call(self.fs.pipe_file, rel, data, IfNoneMatch="*")
             except BatchmlError as exc:
                 if _precondition_failed(exc):
                     return False
@@ -246,6 +246,18 @@ class Store:
                 f"store {self.config.root!r} failed on {rel or '/'}: {exc}. "
                 "Check that the endpoint is up and the bucket exists."
             ) from exc
+
+
+    def _write_call(self, method, rel: str, *args, **kwargs):
+        """``_call`` for a write: a write that finds nothing there has no bucket to write to."""
+        try:
+            return self._call(method, rel, *args, **kwargs)
+        except FileNotFoundError as exc:
+            raise BatchmlError(f"cannot write {self.url(rel)}: {exc}. Create the bucket, or check the store "
+                               "root (--root) and the endpoint (--storage-options)") from exc
+
+
+REMOTE_ERRORS = _REMOTE_ERRORS  # what an unreachable or refusing object store raises
 
 
 def _precondition_failed(exc: BaseException) -> bool:

@@ -460,3 +460,16 @@ def test_a_torn_batch_rows_file_is_named_by_labels_add_and_by_doctor(store, tmp_
     assert labels_found() == {layout.label_commit("late", 0)}
     store.write_bytes(layout.label_commit("late", 0), json.dumps(added.batch.to_dict()).encode())
     assert labels_found() == {rows}
+
+
+def test_labels_for_a_run_with_a_torn_predictions_file_name_it_and_write_nothing(store, tmp_path, night, capsys):
+    from batchml.cli import main
+
+    rel = layout.run_output("late", "predictions", "part-00001.parquet")
+    store.write_bytes(rel, store.read_bytes(rel)[:500])
+    before = files_under(store, "runs/late")
+    good = labels_file(tmp_path, ids_of(night["chosen"]), night["truth"][night["chosen"]].tolist())
+    assert main(["labels", "add", good, "--run-id", "late", "--root", store.config.root]) == 2
+    err = capsys.readouterr().err
+    assert f"{store.path(rel)} is damaged (not readable as Parquet" in err and "doctor --repair" in err
+    assert "unexpected error" not in err and files_under(store, "runs/late") == before

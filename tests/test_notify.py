@@ -163,6 +163,19 @@ def test_the_report_is_one_self_contained_page(report, store, tmp_path):
     assert not re.search(r"(src|href)=['\"]?(https?:)?//", page)  # nothing fetched from elsewhere
 
 
+@pytest.mark.parametrize("damage", ["torn", "deleted"])
+def test_a_report_whose_alerts_cannot_be_read_says_unknown_not_none(report, store, tmp_path, capsys, damage):
+    from batchml import layout
+
+    rel = layout.monitoring_path("alerts", "night-1")
+    store.write_bytes(rel, store.read_bytes(rel)[:100]) if damage == "torn" else store.delete(rel)
+    out = tmp_path / "night.html"
+    assert main(["report", "--run-id", "night-1", "--out", str(out), "--root", store.config.root]) == 1
+    page = out.read_text()
+    assert "No alerts." not in page and "ALERTS UNKNOWN" in page and "Alerts unknown" in page
+    assert "alerts of run night-1 are unknown" in capsys.readouterr().err
+
+
 def test_the_report_escapes_what_it_reads(store):
     fake_run(store, "night-1")
     report = monitor_run(store, "night-1")

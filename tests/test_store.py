@@ -51,6 +51,21 @@ def test_unreachable_s3_endpoint_is_a_clear_error():
         store.write_json("x.json", {})
 
 
+def test_listing_images_on_an_unreachable_endpoint_or_writing_to_a_missing_bucket_is_a_clear_error(s3_endpoint):
+    from batchml.data import inputs
+    from tests.conftest import free_port
+
+    dead = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{free_port()}"}, "key": "k", "secret": "s",
+            "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}
+    with pytest.raises(BatchmlError, match=r"cannot list --images s3://bucket/x: .*endpoint is up"):
+        inputs.plan_prefix("s3://bucket/x", dead, 10)
+    live = {"client_kwargs": {"endpoint_url": s3_endpoint}, "key": "testing", "secret": "testing"}
+    with pytest.raises(BatchmlError, match=r"cannot write s3://no-such-bucket/root/x.json: .*Create the bucket"):
+        Store(StoreConfig("s3://no-such-bucket/root", live)).write_json("x.json", {})
+    with pytest.raises(BatchmlError, match=r"no .* files under s3://no-such-bucket/x \(or its bucket does not exist"):
+        inputs.plan_prefix("s3://no-such-bucket/x", live, 10)
+
+
 def test_a_create_that_fails_midway_leaves_nothing(store, monkeypatch):
     """A full disk while an exclusive record is written (a labels batch's commit, run.json) must leave
     no zero-byte record behind: one wedged the run (every later monitor called it damaged)."""

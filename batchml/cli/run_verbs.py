@@ -80,8 +80,8 @@ def cmd_monitor(args) -> int:
     return 1 if report.failed else 0
 
 
-def cmd_report(args) -> None:
-    from batchml.report import render
+def cmd_report(args) -> int:
+    from batchml.report import alerts_unknown, render
 
     store = open_store(args)
     page = render(store, args.run_id, args.dashboard_url)
@@ -90,6 +90,11 @@ def cmd_report(args) -> None:
     except OSError as exc:
         raise BatchmlError(f"cannot write --out {args.out}: {exc.strerror}: choose a writable path") from None
     say(f"report of run {args.run_id}: {args.out} ({len(page):,} bytes, self-contained)")
+    if alerts_unknown(store, args.run_id):
+        print(f"batchml: error: the alerts of run {args.run_id} are unknown (their file is missing or damaged); "
+              "the report says so: run `batchml doctor --repair`, then the report again", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_doctor(args) -> int:

@@ -21,7 +21,7 @@ from batchml.data.fetch import fetch_many
 from batchml.data.listing import Listed, iter_listing
 from batchml.data.sources import IMAGE_SUFFIXES, check_utf8
 from batchml.errors import BatchmlError
-from batchml.store import Store, StoreConfig
+from batchml.store import REMOTE_ERRORS, Store, StoreConfig
 
 # A file that cannot be read *now* (a timeout, a 5xx, a dropped connection) is not a bad
 # image: it is read again after 0.5, 1 and 2 s, then its partition fails, so that the run
@@ -97,12 +97,23 @@ def plan_prefix(url: str, storage_options: dict, partition_size: int) -> InputPl
     as the listing: a resume cut differently would skip or repeat files."""
     images = Store(StoreConfig(url.rstrip("/"), storage_options))
     root = images.path("")
-    if images.fs.isfile(root):
-        raise BatchmlError(f"--images {url} is a file: it takes a folder or prefix of images; put the file "
-                           "in a folder of its own and pass the folder")
-    files, skipped = image_files(iter_listing(images.fs, root))
+    try:
+        if images.fs.isfile(root):
+            raise BatchmlError(f"--images {url} is a file: it takes a folder or prefix of images; put the file "
+                               "in a folder of its own and pass the folder")
+        files, skipped = image_files(iter_listing(images.fs, root))
+    except BatchmlError:
+        raise
+    except PermissionError as exc:
+        raise BatchmlError(f"cannot list --images {url}: access denied ({exc}): check its permissions or the "
+                           "credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --storage-options)") from exc
+    except REMOTE_ERRORS as exc:
+        raise BatchmlError(f"cannot list --images {url}: {type(exc).__name__}: {exc}. Check that the endpoint "
+                           "is up and the bucket exists (--storage-options)") from exc
     if not files:
-        raise BatchmlError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {url}: check the prefix (or pass --dataset)")
+        where = " (or its bucket does not exist)" if "://" in url else ""
+        raise BatchmlError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {url}{where}: check the prefix "
+                           "(or pass --dataset)")
     names = check_utf8([p for p, _ in files], url)
     digest = hashlib.sha256(f"partition_size {partition_size}\n".encode())
     for i, (p, s) in enumerate(files):

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchml import layout
+from batchml.integrity import REPAIR, DamagedFileError
 from batchml.records import ScoredPartition
 from batchml.stats import LABEL_FIELDS, OTHER_SEGMENT, PartitionStats, labelled_by_confidence
 from batchml.store import Store
@@ -31,8 +32,13 @@ def match_partition(store: Store, run_id: str, partition: str, ids: pa.Array) ->
     where the run lacks one), with ``partition`` and ``stats_segment`` (the segment key its row
     counts under in the partition's statistics)."""
     # one read of the object, then only the columns the join needs are decoded
-    file = pq.ParquetFile(io.BytesIO(store.read_bytes(layout.run_output(run_id, "predictions", partition))))
-    table = file.read(columns=[c for c in COLUMNS if c in file.schema_arrow.names])
+    rel = layout.run_output(run_id, "predictions", partition)
+    try:
+        file = pq.ParquetFile(io.BytesIO(store.read_bytes(rel)))
+        table = file.read(columns=[c for c in COLUMNS if c in file.schema_arrow.names])
+    except (pa.ArrowException, OSError) as exc:  # torn, or not Parquet: named with its repair, nothing written
+        raise DamagedFileError(store.url(rel), f"not readable as Parquet ({type(exc).__name__}: {exc})",
+                               REPAIR) from None
     table = table.filter(pc.is_in(table["image_id"], value_set=ids))
     n = table.num_rows
     columns = {c: table[c] if c in table.column_names else pa.nulls(n, _TYPES[c]) for c in COLUMNS}

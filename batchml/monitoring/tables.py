@@ -48,6 +48,16 @@ def read_run_row(store: Store, run_id: str) -> MonitoringRow | None:
     return MonitoringRow.from_dict(table.to_pylist()[0]) if table is not None and table.num_rows else None
 
 
+def read_run_alerts(store: Store, run_id: str) -> list[dict] | None:
+    """The run's alerts as monitoring last wrote them (every monitored run has its file, empty where
+    it raised none); None where that file is missing or damaged: the alerts are unknown, not none."""
+    name = f"{run_id}.parquet"
+    if not store.exists(layout.monitoring_file("alerts", name)):
+        return None
+    table = TableReader(store, "alerts")._read_file(name)
+    return None if table is None else table.to_pylist()
+
+
 def write_alerts(store: Store, run_id: str, alerts: list[Alert]) -> None:
     rows = [a.to_dict() for a in alerts]
     unknown = list(dict.fromkeys(k for r in rows for k in r if k not in ALERT_SCHEMA.names))
