@@ -40,6 +40,11 @@ MODEL_FILE, CARD_FILE, CLAIM_FILE = "model.keras", "card.json", "claim.json"
 NOVELTY_FILE = "novelty.npz"  # a version's novelty reference (``batchml.train.novelty``), written before its card
 
 
+# a name becomes a file name, under a temporary name while it is written (``.tmp-<32 hex>-<name>.parquet``):
+# a longer one is refused by the file system's 255-byte limit after the night has been scored
+MAX_NAME = 200
+
+
 def check_name(kind: str, name: str) -> str:
     """Dataset, model and run names become paths: keep them to safe characters."""
     if not NAME_PATTERN.match(name or ""):
@@ -47,6 +52,15 @@ def check_name(kind: str, name: str) -> str:
             f"invalid {kind} name {name!r}: use letters, digits, '.', '_' and '-', "
             "starting with a letter or digit"
         )
+    return name
+
+
+def check_new_name(kind: str, name: str) -> str:
+    """``check_name``, and a length every file it names allows: for a name about to be created
+    (readers of older stores only check the characters)."""
+    check_name(kind, name)
+    if len(name) > MAX_NAME:
+        raise BatchmlError(f"{kind} name {name[:40]}... is {len(name)} characters long: keep it to {MAX_NAME}")
     return name
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from batchml import layout
 from batchml.errors import BatchmlError
-from batchml.layout import ModelVersion, check_name
+from batchml.layout import ModelVersion, check_name, check_new_name
 from batchml.records import SCORING_NEEDS, Aliases, ModelCard
 from batchml.store import Store
 
@@ -103,7 +103,7 @@ def resolve(store: Store, ref: str, default_name: str = DEFAULT_MODEL_NAME) -> M
     """``[NAME/]VERSION_OR_ALIAS`` -> a committed version, or an error naming what exists."""
     name, _, tag = ref.rpartition("/")
     named = bool(name)
-    name = check_name("model", name or default_name)
+    name = check_new_name("model", name or default_name)
     versions = list_versions(store, name)
     # `--model shapes`: a model's name where a version or alias of the default model goes
     if not named and tag not in versions and layout.NAME_PATTERN.match(tag) \

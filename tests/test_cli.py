@@ -129,6 +129,7 @@ def test_demo_commits_two_runs_that_duckdb_reads(tmp_path, cifar_slice):
         (["score", "--dataset", "x", "--storage-options", "{oops"], "not valid JSON"),
         (["score", "--images", "x", "--partition-size", "0"], "'0' is not a whole number of at least 1"),
         (["score", "--dataset", "x", "--batch-size", "-1"], "'-1' is not a whole number of at least 1"),
+        (["score", "--dataset", "x", "--threads-per-worker", "-1"], "'-1' is not a whole number of at least 1"),
         (["monitor", "--since", "yesterday"], "--since 'yesterday' is not a date: use YYYY-MM-DD"),
         (["train", "--dataset", "x", "--name", "../x"], "invalid model name '../x'"),
         (["ingest", "cifar10", "--dataset", "x", "--classes", "a,a"], "has an empty or repeated name"),

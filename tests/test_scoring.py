@@ -140,12 +140,14 @@ def test_a_label_outside_the_models_classes_fails_the_run_with_a_clear_error(cli
     ({"partition_size": 0}, "--partition-size must be at least 1"),
     ({"batch_size": -1}, "--batch-size must be at least 1"),
     ({"max_error_ratio": 1.5}, "--max-error-ratio is a share"),
+    # every file of the run is named after it: a long id was scored, then its monitoring could not be written
+    ({"run_id": "n" * 201}, "run name n+... is 201 characters long: keep it to 200"),
 ])
 def test_settings_that_cannot_work_are_refused_before_anything_is_written(run_store, tmp_path, change, message):
-    cfg = ScoreConfig(None, MODEL, "r-bad", images=str(tmp_path), **change)
+    cfg = ScoreConfig(None, MODEL, images=str(tmp_path), **{"run_id": "r-bad", **change})
     with pytest.raises(BatchmlError, match=message):
         score(None, run_store, cfg, verbose=False)
-    assert not run_store.exists("runs/r-bad")
+    assert run_store.list("runs") == []
 
 
 def test_a_prefix_holding_a_file_name_that_is_not_utf8_is_a_clear_error(tmp_path):

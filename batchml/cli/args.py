@@ -76,7 +76,7 @@ def cluster_arguments() -> argparse.ArgumentParser:
     cluster.add_argument("--scheduler", help="existing Dask scheduler, tcp://host:8786 or tls://...")
     cluster.add_argument("--workers", type=positive,
                          help="local cluster: worker processes (default one per GPU, else 1)")
-    cluster.add_argument("--threads-per-worker", type=int, default=2,
+    cluster.add_argument("--threads-per-worker", type=positive, default=2,
                          help="local cluster: task threads per worker (one runs the model, one does I/O)")
     cluster.add_argument("--backend", choices=BACKENDS, default=os.environ.get("KERAS_BACKEND", DEFAULT_BACKEND),
                          help="Keras backend on the workers (default $KERAS_BACKEND or %(default)s: JAX on a worker "

@@ -49,7 +49,7 @@ def ingest(
     SOURCE may be a URL (``s3://bucket/prefix/``, any fsspec filesystem) of class folders or of
     images: read with ``storage_options``, by default the store's where it is the same kind of
     storage (``ingest_prefix``)."""
-    layout.check_name("dataset", dataset)  # before opening (perhaps downloading) the source
+    layout.check_new_name("dataset", dataset)  # before opening (perhaps downloading) the source
     if partition_size < 1:
         raise BatchmlError(f"--partition-size must be at least 1, not {partition_size}")
     if classes is not None:

@@ -216,6 +216,8 @@ def check_config(cfg: ScoreConfig) -> ScoreConfig:
     if not 0 <= cfg.max_error_ratio <= 1:
         raise BatchmlError(f"--max-error-ratio is a share of the images, from 0 to 1, not {cfg.max_error_ratio}")
     segmenting(cfg.segment_by, cfg.segment_from_path, bool(cfg.images))
+    if cfg.run_id:
+        layout.check_new_name("run", cfg.run_id)
     return cfg
 
 

@@ -42,7 +42,7 @@ class TrainConfig:
     warm_start: str | None = None  # [NAME/]VERSION_OR_ALIAS to fine-tune (its arch, weights)
 
     def __post_init__(self) -> None:
-        layout.check_name("model", self.name)  # refused now, not after the whole training
+        layout.check_new_name("model", self.name)  # refused now, not after the whole training
 
     def recipe(self) -> Recipe:
         """The architecture's ``batchml.train.recipes.Recipe`` with this configuration's values."""
