@@ -171,9 +171,17 @@ def _claim_version(store: Store, name: str) -> ModelVersion:
     existing = [layout.version_number(v) for v in store.list(layout.model_prefix(name)) if layout.is_version(v)]
     number = max(existing, default=0) + 1
     claim = json.dumps({"claimed_by": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"}).encode()
-    while not store.create(ModelVersion(name, layout.version_tag(number)).claim_path, claim):
+    for _ in range(_CLAIM_TRIES):
+        mv = ModelVersion(name, layout.version_tag(number))
+        if store.create_or_same(mv.claim_path, claim):  # the claim carries a unique token
+            return mv
         number += 1
-    return ModelVersion(name, layout.version_tag(number))
+    raise BatchmlError(f"could not claim a version of model {name!r} after {_CLAIM_TRIES} tries (up to "
+                       f"v{number - 1}): the store refuses new files, or as many registrations run at once; "
+                       "check the store, then register again")
+
+
+_CLAIM_TRIES = 1000
 
 
 def promote(store: Store, mv: ModelVersion, alias: str = DEFAULT_ALIAS) -> None:

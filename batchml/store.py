@@ -201,6 +201,16 @@ class Store:
             if os.path.exists(tmp):
                 os.remove(tmp)
 
+    def create_or_same(self, rel: str, data: bytes) -> bool:
+        """``create``, or True where ``rel`` already holds exactly ``data``: on S3 a create whose answer
+        was lost is retried and refused as a duplicate of itself (the data carries a unique token)."""
+        if self.create(rel, data):
+            return True
+        try:
+            return self.read_bytes(rel) == data
+        except BatchmlError:  # gone again, or unreadable: not ours
+            return False
+
     def sweep_temporary(self, prefix: str) -> int:
         """Remove the temporary files a writer killed mid-write left under ``prefix`` (local stores:
         an S3 PUT leaves none); the number removed. Call it only when no writer there is alive."""

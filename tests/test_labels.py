@@ -251,6 +251,17 @@ def test_a_batch_that_lost_the_race_for_its_place_counts_nothing(store, tmp_path
     assert committed(store, "late") == []
 
 
+def test_a_batch_whose_commit_answer_was_lost_counts_once(store, tmp_path, night, monkeypatch):
+    path = labels_file(tmp_path, ids_of(night["chosen"]), night["truth"][night["chosen"]].tolist())
+    real = store.create
+    monkeypatch.setattr(store, "create", lambda rel, data: real(rel, data) and False)  # applied, answer lost
+    [added] = add_labels(store, path, ["late"])
+    assert [b.batch_id for b in committed(store, "late")] == [added.batch.batch_id]
+    monkeypatch.undo()
+    [again] = add_labels(store, path, ["late"])
+    assert again.already_added and len(committed(store, "late")) == 1
+
+
 def test_ids_are_matched_across_the_runs_of_a_range(store, tmp_path):
     rng = np.random.default_rng(1)
     for night in (1, 2, 3):

@@ -65,6 +65,22 @@ def test_loaded_model_predicts_like_the_saved_one(store, model_file):
 
 
 
+
+def lose_every_answer(store, monkeypatch):
+    """Each create applied, its answer lost: S3's retry of it is refused as a duplicate (412)."""
+    real = store.create
+    monkeypatch.setattr(store, "create", lambda rel, data: real(rel, data) and False)
+
+
+@pytest.mark.slow
+def test_a_claim_whose_answer_was_lost_is_still_this_registrations(store, model_file, monkeypatch):
+    lose_every_answer(store, monkeypatch)
+    assert str(register(store, "cifar10", model_file, ModelCard.from_dict({}))) == "cifar10/v1"  # not v2, v3...
+    monkeypatch.setattr(store, "create", lambda rel, data: False)  # refused, every one, by others' claims
+    with pytest.raises(BatchmlError, match="could not claim a version of model 'cifar10' after 1000 tries"):
+        register(store, "cifar10", model_file, ModelCard.from_dict({}))
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_two_processes_registering_at_once_never_share_a_version(request, store, where):
     import multiprocessing

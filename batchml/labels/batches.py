@@ -155,7 +155,7 @@ def _commit(store: Store, plan: _Plan, file: str, sampling: str, replace: bool, 
         "replace": replace, **counts, "delta": delta_dict(delta(changed, k)),
         "created_at": datetime.now(UTC).isoformat(timespec="milliseconds")})
     # last, and exclusive: the batch counts from here, in this place of the run's order
-    if not store.create(layout.label_commit(plan.run_id, sequence), _json(record.to_dict())):
+    if not store.create_or_same(layout.label_commit(plan.run_id, sequence), _json(record.to_dict())):
         raise BatchmlError(f"another `labels add` committed a batch to run {plan.run_id} meanwhile: run this one "
                            "again (it is checked against that batch, and nothing of it counts yet)")
     return AddedLabels(plan.run_id, record, **counts)
