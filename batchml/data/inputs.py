@@ -122,12 +122,16 @@ def plan_prefix(url: str, storage_options: dict, partition_size: int) -> InputPl
                      dict(files), skipped)
 
 
+NOT_REGULAR = ("not a regular file (a FIFO, socket or device, a link to a folder or to nothing, or a folder "
+               "this user cannot read): never opened")
+
+
 def image_files(listed: Iterable[Listed]) -> tuple[list[tuple[str, int | None]], dict[str, list[str]]]:
     """(the image files of a listing as (name, size), sorted by name; the rest by why it is skipped)."""
     files, skipped = [], {}
     for entry in listed:
         if entry.kind != "file":
-            skipped.setdefault("not a regular file (a FIFO, socket or device): never opened", []).append(entry.name)
+            skipped.setdefault(NOT_REGULAR, []).append(entry.name)
         elif not entry.name.lower().endswith(IMAGE_SUFFIXES):
             skipped.setdefault(f"not an image file ({'/'.join(IMAGE_SUFFIXES)})", []).append(entry.name)
         else:
