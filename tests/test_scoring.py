@@ -145,9 +145,10 @@ def test_a_label_outside_the_models_classes_fails_the_run_with_a_clear_error(cli
 ])
 def test_settings_that_cannot_work_are_refused_before_anything_is_written(run_store, tmp_path, change, message):
     cfg = ScoreConfig(None, MODEL, images=str(tmp_path), **{"run_id": "r-bad", **change})
+    before = run_store.list("runs")
     with pytest.raises(BatchmlError, match=message):
         score(None, run_store, cfg, verbose=False)
-    assert run_store.list("runs") == []
+    assert run_store.list("runs") == before
 
 
 def test_a_prefix_holding_a_file_name_that_is_not_utf8_is_a_clear_error(tmp_path):
