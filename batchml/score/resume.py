@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchml import layout
@@ -220,7 +221,10 @@ def _check_segment_column(store: Store, cfg: ScoreConfig, plan: inputs.InputPlan
         raise BatchmlError(f"--segment-by {cfg.segment_by!r}: a prefix of files carries no columns; segment "
                            "it by a part of the path with --segment-from-path, e.g. '{camera}/**'")
     first = next(iter(plan.partitions))
-    columns = pq.read_schema(io.BytesIO(store.read_bytes(layout.dataset_path(plan.name, first)))).names
+    try:
+        columns = pq.read_schema(io.BytesIO(store.read_bytes(layout.dataset_path(plan.name, first)))).names
+    except (pa.ArrowException, OSError):  # a damaged partition: its task names it and the fix
+        return
     if cfg.segment_by not in columns:
         carried = [c for c in columns if c not in ("image", "image_id", "label")]
         raise BatchmlError(f"dataset {plan.name!r} has no column {cfg.segment_by!r} to segment by (its carried "
