@@ -82,6 +82,35 @@ class KerasBackendPlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         setup_worker(self.backend)
+        _quiet_expected_failures()
+
+
+class _ExpectedFailure(logging.Filter):
+    """A task that raised one of batchml's errors (a damaged file, a changed input: the message names
+    it and the fix) is logged by the worker as one line, not Dask's "Compute Failed" block with its
+    traceback: the client prints the same message, and a traceback in a job's log reads as a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Compute Failed") and len(record.args or ()) == 5:
+            key, _, _, exception, _ = record.args
+            if str(exception).startswith(_error_names()):
+                record.msg, record.args = "task %s failed: %s", (key, exception)
+        # a task cancelled as the worker closes (the model's warm-up, when the run stopped before it ended)
+        return not (str(record.msg).startswith("Async instruction for") and "ended with CancelledError" in
+                    str(record.msg))
+
+
+def _error_names() -> tuple[str, ...]:
+    def below(cls: type) -> list[type]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in below(sub))]
+
+    return tuple(f"{c.__name__}(" for c in below(BatchmlError))
+
+
+def _quiet_expected_failures() -> None:
+    for logger in map(logging.getLogger, ("distributed.worker", "distributed.worker.state_machine")):
+        if not any(isinstance(f, _ExpectedFailure) for f in logger.filters):
+            logger.addFilter(_ExpectedFailure())
 
     def teardown(self, worker) -> None:
         # A closing worker's process exits next, and the interpreter's teardown collects every

@@ -70,3 +70,27 @@ def test_the_device_lock_keeps_model_computations_one_at_a_time():
     for t in threads:
         t.join()
     assert peak[0] == 1
+
+
+def test_a_worker_logs_a_tasks_batchml_error_in_one_line_and_other_errors_whole():
+    """The client prints a batchml error's message once; Dask's "Compute Failed" block with its
+    traceback beside it read as a crash in a nightly job's log."""
+    import logging
+
+    from batchml.cluster import _ExpectedFailure
+    from batchml.integrity import DamagedFileError  # noqa: F401 - raised in the worker, so imported there
+
+    def record(exception: str, msg: str = "Compute Failed\nKey: %s\nState: %s\nTask: %s\nException: %r\n"
+                                           "Traceback: %r\n") -> logging.LogRecord:
+        args = ("score-r-part-1", "executing", "score_partition(...)", exception, "  File ...") \
+            if msg.startswith("Compute") else ()
+        return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, msg, args, None)
+
+    expected = record('DamagedFileError("runs/r/stats/part-1.json is damaged: run batchml doctor --repair")')
+    assert _ExpectedFailure().filter(expected)
+    assert expected.getMessage() == ('task score-r-part-1 failed: DamagedFileError("runs/r/stats/part-1.json is '
+                                     'damaged: run batchml doctor --repair")')
+    crash = record("ValueError('boom')")
+    assert _ExpectedFailure().filter(crash) and "Traceback: '  File ...'" in crash.getMessage()
+    assert not _ExpectedFailure().filter(record("", "Async instruction for <Task cancelled> ended with "
+                                                    "CancelledError"))
