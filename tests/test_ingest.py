@@ -211,3 +211,12 @@ def test_a_label_outside_the_class_list_is_refused_at_ingest(store, tmp_path):
     (folder / "test_batch").write_bytes(pickle.dumps(batch))
     with pytest.raises(BatchmlError, match=r"has label 12, outside its 10 classes"):
         ingest(store, str(tmp_path), "cifar-bad", "test", verbose=False)
+
+
+def test_a_link_to_nothing_in_class_folders_is_named_not_skipped_silently(store, image_folders, tmp_path, capsys):
+    folder = write_class_folders(tmp_path / "linked", {"test": 2})
+    (folder / "test" / "circle" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    r = ingest(store, str(folder), "linked", "test", verbose=False)
+    assert r.rows == 6
+    err = capsys.readouterr().err
+    assert "1 image name(s)" in err and "test/circle/gone.png" in err and "left out" in err

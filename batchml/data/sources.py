@@ -163,7 +163,11 @@ def _is_image(name: str) -> bool:
 
 
 def _class_folders(root: Path, split: str, classes: list[str] | None) -> Source:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p.name))
+    named = sorted(p for p in root.rglob("*") if _is_image(p.name))
+    files = [p for p in named if p.is_file()]
+    if others := [str(p.relative_to(root)) for p in named if not p.is_file() and not p.is_dir()]:
+        _say(f"ingest: {len(others)} image name(s) under {root} are not regular files (a link to nothing, a FIFO: "
+             f"never opened): {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}: left out")
     check_utf8([str(f.relative_to(root)) for f in files], str(root))
     rel = _within_split([f.relative_to(root).parts for f in files], split, str(root))
     chosen = [(f, r) for f, r in zip(files, rel, strict=True) if r is not None]
