@@ -297,6 +297,31 @@ def check_cluster(cfg: ClusterConfig) -> None:
         local_workers(cfg, visible_gpu_ids() if cfg.use_gpus else [])
 
 
+def worker_wait_s() -> float:
+    """How long a job waits for a worker on a scheduler that has none (``$BATCHML_WORKER_WAIT_S``)."""
+    try:
+        return max(0.0, float(os.environ.get("BATCHML_WORKER_WAIT_S", "120")))
+    except ValueError:
+        raise BatchmlError(f"$BATCHML_WORKER_WAIT_S={os.environ['BATCHML_WORKER_WAIT_S']!r} is not a number of "
+                           "seconds") from None
+
+
+def _wait_for_workers(client: Client, address: str) -> None:
+    """A scheduler without workers (restarted: its workers went with it) would hold the job forever:
+    it waits ``worker_wait_s``, saying so, then fails."""
+    if client.scheduler_info().get("workers"):
+        return
+    wait = worker_wait_s()
+    print(f"cluster: the scheduler at {address} has no workers: waiting up to {wait:.0f} s for one to join",
+          file=sys.stderr, flush=True)
+    try:
+        client.wait_for_workers(1, timeout=wait)
+    except TimeoutError:
+        raise BatchmlError(f"no Dask worker joined the scheduler at {address} in {wait:.0f} s: start workers "
+                           f"(`dask worker {address}`; a restarted scheduler loses its workers), then rerun the "
+                           "same command ($BATCHML_WORKER_WAIT_S sets the wait)") from None
+
+
 @contextmanager
 def connect(cfg: ClusterConfig, verbose: bool = False) -> Iterator[Client]:
     """A Dask client for ``cfg``, with every worker set up by the Keras backend plugin and
@@ -315,6 +340,8 @@ def connect(cfg: ClusterConfig, verbose: bool = False) -> Iterator[Client]:
             "(tcp://host:8786, or tls:// with --tls-ca-file/--tls-cert/--tls-key)."
         ) from exc
     try:
+        if cfg.scheduler:
+            _wait_for_workers(client, cfg.scheduler)
         try:
             client.register_plugin(KerasBackendPlugin(cfg.backend))
         except Exception as exc:  # raised on a worker: its message says which and why

@@ -69,6 +69,12 @@ class StoreConfig:
         return self.root + "|" + json.dumps(self.storage_options, sort_keys=True, default=str)
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute (``~`` expanded); a URL as given. Tasks run in workers whose working
+    directory is not the client's: a relative --root or --images would be another folder there."""
+    return url if "://" in url else os.path.abspath(os.path.expanduser(url))
+
+
 class Store:
     """Atomic reads and writes of bytes, JSON and Parquet under the root, by relative path."""
 

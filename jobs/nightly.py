@@ -44,6 +44,7 @@ from batchml.monitoring import MonitorConfig, format_report
 from batchml.night import score_and_monitor
 from batchml.notify import Night
 from batchml.score.scoring import ScoreConfig
+from batchml.store import absolute
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +66,7 @@ def score_config(args) -> ScoreConfig:
     """The night's run: ``{date}`` replaced in --dataset or --images, and the run id that a retry resumes."""
     night = iso_date("--date", args.date)
     dataset = args.dataset.replace("{date}", night) if args.dataset else None
-    images = args.images.replace("{date}", night) if args.images else None
+    images = absolute(args.images.replace("{date}", night)) if args.images else None
     run_id = args.run_id or (f"nightly-{dataset}" if dataset else f"nightly-images-{night}")
     return ScoreConfig(dataset, args.model, run_id, batch_size=args.batch_size, max_error_ratio=args.max_error_ratio,
                        images=images, partition_size=args.partition_size, append=args.append)

@@ -213,3 +213,35 @@ def test_a_local_clusters_dask_dashboard_listens_on_loopback_only(client):
 
     args = build_parser().parse_args(["score", "--dataset", "d", "--dask-dashboard-address", "0.0.0.0:8787"])
     assert cluster_config(args).dashboard_address == "0.0.0.0:8787"
+
+
+@pytest.mark.slow
+def test_relative_paths_reach_the_workers_as_the_client_meant_them(client, trained_store, tmp_path):
+    """A worker's working directory is not the client's: a relative --root or --images sent as given
+    wrote the predictions into another store (the worker's ./store) and failed in the client's."""
+    from tests.conftest import copy_store, write_class_folders
+
+    copy_store(trained_store, tmp_path / "store")
+    write_class_folders(tmp_path / "raw", {"test": 2})
+    proc = subprocess.run([sys.executable, "-m", "batchml", "score", "--scheduler", client.scheduler.address,
+                           "--images", "raw/test", "--model", "shapes/production", "--run-id", "rel",
+                           "--root", "store", "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert proc.returncode == 0, proc.stderr
+    assert len(pd.read_parquet(tmp_path / "store" / "runs" / "rel" / "predictions")) == 6
+    assert pd.read_json(tmp_path / "store" / "runs" / "rel" / "run.json", typ="series")["dataset"] == \
+        str(tmp_path / "raw" / "test")
+
+
+def test_a_scheduler_without_workers_is_waited_for_then_a_clear_error(tmp_path):
+    from distributed import LocalCluster
+
+    from tests.conftest import write_class_folders
+
+    folder = write_class_folders(tmp_path / "raw", {"test": 1})
+    with LocalCluster(n_workers=0, dashboard_address=None) as empty:  # as after a scheduler restart
+        proc = batchml("score", "--scheduler", empty.scheduler_address, "--images", str(folder), "--root",
+                       str(tmp_path / "store"), "-q", env={"BATCHML_WORKER_WAIT_S": "1"}, check=False)
+    assert proc.returncode == 2
+    assert "has no workers: waiting up to 1 s" in proc.stderr
+    assert f"no Dask worker joined the scheduler at {empty.scheduler_address} in 1 s" in proc.stderr

@@ -14,7 +14,7 @@ from batchml.backend import BACKENDS, DEFAULT_BACKEND, configure_backend
 from batchml.data.datasets import DEFAULT_PARTITION_SIZE
 from batchml.errors import BatchmlError
 from batchml.registry import DEFAULT_ALIAS
-from batchml.store import DEFAULT_ROOT, Store, StoreConfig
+from batchml.store import DEFAULT_ROOT, Store, StoreConfig, absolute
 from batchml.train.recipes import RECIPES, SETTINGS, recipe_defaults, setting_type
 
 
@@ -208,7 +208,7 @@ def open_store(args) -> Store:
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if args.root.startswith("s3://") and endpoint and "endpoint_url" not in json.dumps(options):
         options = {**options, "client_kwargs": {**options.get("client_kwargs", {}), "endpoint_url": endpoint}}
-    return Store(StoreConfig(args.root, options))
+    return Store(StoreConfig(absolute(args.root), options))
 
 
 def cluster_config(args):

@@ -13,6 +13,7 @@ from batchml.cli.output import say
 from batchml.demo import DemoConfig
 from batchml.errors import BatchmlError
 from batchml.registry import resolve
+from batchml.store import absolute
 
 
 def cmd_score(args) -> None:
@@ -22,7 +23,8 @@ def cmd_score(args) -> None:
 
     store = open_store(args)
     cfg = ScoreConfig(dataset=args.dataset, model=args.model, run_id=args.run_id, batch_size=args.batch_size,
-                      max_error_ratio=args.max_error_ratio, images=args.images, partition_size=args.partition_size,
+                      max_error_ratio=args.max_error_ratio, images=args.images and absolute(args.images),
+                      partition_size=args.partition_size,
                       segment_by=args.segment_by, segment_from_path=args.segment_from_path,
                       raw_orientation=args.raw_orientation, diagnostics=args.diagnostics,
                       append=args.append)
