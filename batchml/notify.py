@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from batchml.monitoring.rules import ORDER
+
 FORMATS = ("slack", "alertmanager", "json")
 # the figures of the night that travel: what someone woken at night reads first
 FIGURES = ("rows", "errors", "error_ratio", "labelled", "accuracy", "accuracy_low", "accuracy_high",
@@ -26,8 +28,7 @@ FIGURES = ("rows", "errors", "error_ratio", "labelled", "accuracy", "accuracy_lo
            "committed_at")
 # the alert kinds monitoring raises (``batchml.monitoring.run_monitor``): the metrics file writes each,
 # 0 when quiet, so that a Prometheus rule sees an alert end as well as start
-ALERT_KINDS = ("no_rows", "error_ratio", "new_shift", "sustained_shift", "persistent_shift", "output_shift",
-               "accuracy_drop", "accuracy_divergence", "expected_accuracy_drop")
+ALERT_KINDS = ORDER  # every kind the rules raise: a quiet night writes 0 for each
 
 
 @dataclass(frozen=True)

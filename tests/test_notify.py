@@ -146,6 +146,10 @@ def test_the_metrics_file_is_prometheus_text(report, tmp_path):
     assert 'batchml_rows{run_id="night-1",model_version="tiny/v1"} 80' in text
     assert 'batchml_alerts{run_id="night-1",model_version="tiny/v1",kind="accuracy_drop",severity="error"} 1' in text
     assert 'kind="new_shift",severity="none"} 0' in text
+    from batchml.monitoring.rules import ORDER
+
+    for kind in ORDER:  # every kind the rules raise, 0 when quiet: a Prometheus rule sees each end
+        assert f'kind="{kind}",' in text, kind
     assert "batchml_duration_seconds" in text and "batchml_accuracy{" in text
     assert text.count("# TYPE batchml_alerts gauge") == 1
 
