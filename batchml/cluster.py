@@ -84,6 +84,14 @@ class KerasBackendPlugin(WorkerPlugin):
         setup_worker(self.backend)
         _quiet_expected_failures()
 
+    def teardown(self, worker) -> None:
+        # A closing worker's process exits next, and the interpreter's teardown collects every
+        # object the model made: half a second of a two-core machine at the end of every run.
+        # Frozen, they are freed as modules are cleared, without the collector's walks over them.
+        # (A plugin replaced on a running worker is torn down too: that worker goes on, unfrozen.)
+        if getattr(worker, "status", None) in (Status.closing, Status.closing_gracefully):
+            gc.freeze()
+
 
 class _ExpectedFailure(logging.Filter):
     """A task that raised one of batchml's errors (a damaged file, a changed input: the message names
@@ -111,14 +119,6 @@ def _quiet_expected_failures() -> None:
     for logger in map(logging.getLogger, ("distributed.worker", "distributed.worker.state_machine")):
         if not any(isinstance(f, _ExpectedFailure) for f in logger.filters):
             logger.addFilter(_ExpectedFailure())
-
-    def teardown(self, worker) -> None:
-        # A closing worker's process exits next, and the interpreter's teardown collects every
-        # object the model made: half a second of a two-core machine at the end of every run.
-        # Frozen, they are freed as modules are cleared, without the collector's walks over them.
-        # (A plugin replaced on a running worker is torn down too: that worker goes on, unfrozen.)
-        if getattr(worker, "status", None) in (Status.closing, Status.closing_gracefully):
-            gc.freeze()
 
 
 def setup_worker(backend: str) -> dict:

@@ -204,3 +204,32 @@ def test_a_segmented_run_whose_segments_are_too_small_to_judge_is_not_said_unseg
     report = evaluate(RUN, PartitionStats.total(cameras, K), _card(rng), segment_by="camera")
     with pytest.raises(BatchmlError, match=r"no segment 'cam-1'.*fewer than segment_min_rows rows \(200"):
         segment_report(report, "cam-1")
+
+
+def test_a_short_night_and_a_camera_gone_dark_are_named_and_ordinary_nights_are_not():
+    """Images arrive late, and a camera stops sending: neither moves any statistic of the images that
+    did arrive. Tonight against the smallest of the recent clean nights, for the run and each segment."""
+    from batchml.monitoring.baseline import Baseline
+
+    rng = np.random.default_rng(12)
+    sizes = [900, 1000, 1100, 950, 1050, 980]  # ordinary variation
+    cams = [{"cam-a": n // 3, "cam-b": n // 3, "cam-c": n - 2 * (n // 3)} for n in sizes]
+
+    def night(per_camera: dict[str, int]) -> RunReport:
+        cameras = [_night(rng, n, segment=c) for c, n in per_camera.items()]
+        return evaluate(RUN, PartitionStats.total(cameras, K), _card(rng),
+                        Baseline(sizes=sizes, runs=[f"n{i}" for i in range(6)], segment_sizes=cams),
+                        segment_by="camera")
+
+    assert "volume_drop" not in _kinds(night({"cam-a": 150, "cam-b": 150, "cam-c": 150}))  # 450: half of 900
+    assert "volume_drop" not in _kinds(night({"cam-a": 300, "cam-b": 300, "cam-c": 300}))
+    short = night({"cam-a": 100, "cam-b": 100, "cam-c": 100})
+    whole = [a for a in short.alerts if a.kind == "volume_drop" and a.segment is None]
+    assert len(whole) == 1 and whole[0].cause == "missing inputs" and whole[0].rank == 1
+    assert "300 images tonight, against 900 to 1,100" in whole[0].message and "--append" in whole[0].message
+    dark = night({"cam-a": 330, "cam-b": 330})  # cam-c sent nothing
+    gone = [a for a in dark.alerts if a.kind == "volume_drop"]
+    assert [a.segment for a in gone] == ["camera=cam-c"]
+    assert gone[0].message.startswith("camera=cam-c: 0 images tonight, against 300 to 368")
+    few = Baseline(sizes=sizes[:4], segment_sizes=cams[:4])  # too few nights to know what is ordinary
+    assert "volume_drop" not in _kinds(evaluate(RUN, _night(rng, 10), _card(rng), few))

@@ -36,6 +36,10 @@ class Baseline:
     # the accepted run's, steadier than that alone
     mixes: list[np.ndarray] = field(default_factory=list)
     confusion: np.ndarray | None = None  # (K, K) the clean nights' labelled rows summed; None without any
+    sizes: list[int] = field(default_factory=list)  # images (rows and undecodable) of each ``history`` night
+    runs: list[str] = field(default_factory=list)  # the run id of each ``history`` night
+    # per ``history`` night that was segmented: segment value -> its images (``monitor.history``)
+    segment_sizes: list[dict[str, int]] = field(default_factory=list)
 
 
 def listed(value) -> list:
@@ -57,7 +61,10 @@ def baseline_from_rows(rows: list[dict], accepted: AcceptedBaseline | None = Non
              if accepted and not is_accepted(r) and len(m := listed(r.get("mlls_priors")))]
     confusions = [np.asarray(c, dtype=np.int64) for r in clean[-nights:] if len(c := listed(r.get("confusion")))]
     confusion = np.sum(confusions, axis=0) if confusions else None
-    return Baseline(history, _cusum_state(last[0]) if last else None, accepted, mixes, confusion)
+    kept = clean[-nights:]
+    sizes = [int(np.sum(r["predicted_counts"])) + int(0 if is_absent(r.get("errors")) else r["errors"]) for r in kept]
+    return Baseline(history, _cusum_state(last[0]) if last else None, accepted, mixes, confusion, sizes,
+                    [r.get("run_id") for r in kept])
 
 
 def _breaks_baseline(row: dict) -> bool:
@@ -84,7 +91,14 @@ def history(store: Store, run: RunManifest, nights: int) -> Baseline:
         kinds = alerted.groupby("run_id")["kind"].apply(list).to_dict()
         rows = [{**r, "alert_kinds": kinds.get(r["run_id"], [])} if is_absent(r.get("alert_kinds")) else r
                 for r in rows]
-    return baseline_from_rows(rows, accepted_baseline(store, run.model_version, run.committed_at), nights)
+    baseline = baseline_from_rows(rows, accepted_baseline(store, run.model_version, run.committed_at), nights)
+    segments = read_table(store, "segments") if baseline.runs else None
+    if segments is not None and len(segments):
+        by_run = {r: dict(zip(g.segment, g.rows + g.errors.fillna(0), strict=True))
+                  for r, g in segments[segments.run_id.isin(baseline.runs)].groupby("run_id")}
+        baseline.segment_sizes = [{str(v): int(n) for v, n in by_run[r].items()} for r in baseline.runs
+                                  if r in by_run]
+    return baseline
 
 
 def with_cusum(row: MonitoringRow, stats: PartitionStats, baseline: Baseline, counted: bool) -> MonitoringRow:

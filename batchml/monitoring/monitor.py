@@ -23,7 +23,7 @@ from batchml.monitoring.duplicates import duplicates, read_hashes
 from batchml.monitoring.report import RunReport
 from batchml.monitoring.row import build_row, fold_run, segment_by, summarise_rows
 from batchml.monitoring.rules import MonitorConfig
-from batchml.monitoring.segments import judge_segments, locate
+from batchml.monitoring.segments import judge_segments, locate, short_segments
 from batchml.monitoring.tables import read_run_row, read_table, write_alerts, write_run_row, write_segment_rows
 from batchml.records import MONITORING_NEEDS, ModelCard, MonitoringRow, RunManifest
 from batchml.registry import read_card
@@ -44,7 +44,7 @@ def evaluate(run: RunManifest, stats: PartitionStats, card: ModelCard, baseline:
     duplicated = duplicates(hashes, recent or {}, len(run.classes)) if hashes is not None else None
     row = build_row(run, stats, card, baseline, duplicated or None, None, segment_by, labels)
     row.labels_needed = rules.labels_needed(row, cfg)
-    single = rules.single_night_alerts(row, cfg)
+    single = rules.single_night_alerts(row, cfg) + [a for a in [rules.volume_drop(row, cfg, baseline.sizes)] if a]
     # the night's own alerts decide the CUSUM, as they decide the baseline: labels that arrive
     # days later must not change what later nights were compared with
     kinds = _night(night)["night_alert_kinds"] if night else [a.kind for a in single]
@@ -52,6 +52,7 @@ def evaluate(run: RunManifest, stats: PartitionStats, card: ModelCard, baseline:
     row = with_cusum(row, stats, baseline, counted)
     segment_rows, raised = judge_segments(run, stats, card, baseline, cfg, segment_by, hashes, recent, labels)
     alerts = locate(rules.with_persistent(row, cfg, single), raised, segment_by)
+    alerts += short_segments(row, stats, baseline, cfg, segment_by)
     alerts = [replace(a, cause=rules.cause_of(a.kind), rank=i) for i, a in enumerate(rules.ranked(alerts, row), 1)]
     row.alert_kinds = [a.kind for a in alerts]
     for name, value in (_night(night) if night else _night(row)).items():

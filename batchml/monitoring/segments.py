@@ -101,6 +101,31 @@ def locate(alerts: list[Alert], raised: dict[str, list[Alert]], segment_by: str 
     return out
 
 
+VOLUME_MIN_SEGMENT = 30  # images a segment sent on each recent night to be watched for going quiet
+
+
+def short_segments(row: MonitoringRow, stats: PartitionStats, baseline: Baseline, cfg: MonitorConfig,
+                   segment_by: str | None) -> list[Alert]:
+    """``volume_drop`` of each segment that sent at least ``VOLUME_MIN_SEGMENT`` images on every one of
+    the recent clean nights that were segmented and sends far fewer tonight, or none (a camera gone
+    dark). A segment folded into ``OTHER_SEGMENT`` tonight is not judged: its size is not known."""
+    nights = baseline.segment_sizes[-cfg.history_nights:]
+    if len(nights) < rules.VOLUME_NIGHTS:
+        return []
+    tonight = segment_stats(stats, cfg.segments_max) if stats.segments else {}
+    watched = [v for v in nights[-1] if v != OTHER_SEGMENT and all(n.get(v, 0) >= VOLUME_MIN_SEGMENT for n in nights)]
+    out = []
+    for value in sorted(watched):
+        if value not in tonight and OTHER_SEGMENT in tonight:
+            continue
+        s = tonight.get(value)
+        size = replace(row, rows=s.rows if s else 0, errors=s.errors if s else 0)
+        where = _named(segment_by, [value])
+        if a := rules.volume_drop(size, cfg, [n[value] for n in nights], where):
+            out.append(replace(a, segment=where))
+    return out
+
+
 def _named(segment_by: str | None, values: list[str]) -> str:
     return f"{segment_by or 'segment'}={', '.join(values)}"
 

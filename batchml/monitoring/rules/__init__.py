@@ -32,25 +32,25 @@ from batchml.monitoring.rules.base import Rule, alert
 from batchml.monitoring.rules.config import MonitorConfig
 from batchml.monitoring.rules.inputs import duplicates, input_shift, novel_inputs
 from batchml.monitoring.rules.mix import largest_change, new_shift, output_shift, persistent_shift, sustained_shift
-from batchml.monitoring.rules.scored import error_ratio, no_rows
+from batchml.monitoring.rules.scored import VOLUME_NIGHTS, error_ratio, no_rows, volume_drop
 from batchml.records import Alert, MonitoringRow
 
-__all__ = ["ORDER", "SINGLE_NIGHT", "MonitorConfig", "Rule", "accuracy_divergence", "accuracy_drop", "alert",
-           "cause_of", "class_performance_drop", "duplicates", "error_ratio", "expected_accuracy_drop",
-           "input_shift", "labels_judged", "labels_needed", "largest_change", "new_shift", "no_rows",
-           "novel_inputs", "output_shift", "persistent_shift", "ranked", "single_night_alerts", "sustained_shift",
-           "with_persistent"]
+__all__ = ["ORDER", "SINGLE_NIGHT", "VOLUME_NIGHTS", "MonitorConfig", "Rule", "accuracy_divergence",
+           "accuracy_drop", "alert", "cause_of", "class_performance_drop", "duplicates", "error_ratio",
+           "expected_accuracy_drop", "input_shift", "labels_judged", "labels_needed", "largest_change", "new_shift",
+           "no_rows", "novel_inputs", "output_shift", "persistent_shift", "ranked", "single_night_alerts",
+           "sustained_shift", "volume_drop", "with_persistent"]
 
 # -- the rules in force ---------------------------------------------------------------------------
 
 # kinds raised by tonight alone; any of them keeps the night out of the CUSUM
 SINGLE_NIGHT = ("new_shift", "sustained_shift", "output_shift", "accuracy_drop", "expected_accuracy_drop",
-                "input_shift", "duplicates", "novel_inputs")
+                "input_shift", "duplicates", "novel_inputs", "volume_drop")
 MIX_KINDS = ("new_shift", "sustained_shift", "persistent_shift")
 # the report's order: what was scored, the class mix, the outputs, accuracy
-ORDER = ("no_rows", "error_ratio", "duplicates", "input_shift", "novel_inputs", "new_shift", "sustained_shift",
-         "output_shift", "persistent_shift", "accuracy_drop", "accuracy_divergence", "class_performance_drop",
-         "expected_accuracy_drop")
+ORDER = ("no_rows", "error_ratio", "volume_drop", "duplicates", "input_shift", "novel_inputs", "new_shift",
+         "sustained_shift", "output_shift", "persistent_shift", "accuracy_drop", "accuracy_divergence",
+         "class_performance_drop", "expected_accuracy_drop")
 
 
 def single_night_alerts(row: MonitoringRow, cfg: MonitorConfig) -> list[Alert]:
@@ -81,7 +81,8 @@ def with_persistent(row: MonitoringRow, cfg: MonitorConfig, single: list[Alert])
 # -- the causes, ranked -------------------------------------------------------------------------------
 
 CAUSES = {  # kind -> what changed, in the words the report leads with
-    "no_rows": "undecodable inputs", "error_ratio": "undecodable inputs", "duplicates": "duplicates",
+    "no_rows": "undecodable inputs", "error_ratio": "undecodable inputs", "volume_drop": "missing inputs",
+    "duplicates": "duplicates",
     "input_shift": "input properties", "novel_inputs": "novel images", "class_performance_drop": "class performance",
     "new_shift": "class mix", "sustained_shift": "class mix", "persistent_shift": "class mix",
     "output_shift": "model outputs", "accuracy_drop": "accuracy", "accuracy_divergence": "accuracy",
@@ -89,7 +90,7 @@ CAUSES = {  # kind -> what changed, in the words the report leads with
 }
 # upstream causes first: a replayed batch moves the class mix, corrupted or foreign images move the
 # outputs and the accuracy, relabelled classes move the accuracy; each explains what follows it
-TIERS = {"undecodable inputs": 0, "duplicates": 1, "input properties": 2, "novel images": 2,
+TIERS = {"undecodable inputs": 0, "missing inputs": 0, "duplicates": 1, "input properties": 2, "novel images": 2,
          "class performance": 3, "class mix": 4, "model outputs": 5, "accuracy": 6}
 
 

@@ -38,6 +38,9 @@ class MonitorConfig:
     novel_min_excess: float = 0.10  # novel share beyond the validation split's rate worth an alert
     segments_max: int = 10  # segment values monitored one by one (the rest fold into "(other)")
     segment_min_rows: int = 200  # fewer rows: a segment is not judged alone
+    # a night (or a segment that sent images every recent night) with fewer images than this share of its
+    # smallest recent clean night is short: images late, or a source gone
+    volume_min_ratio: float = 0.5
 
     @classmethod
     def from_file(cls, path: str | Path) -> MonitorConfig:
