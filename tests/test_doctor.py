@@ -239,3 +239,13 @@ def test_doctor_exits_1_when_a_repair_fails(night, capsys, monkeypatch):
     monkeypatch.setattr(batchml.repair, "repair", repaired_but_one)
     assert main(["doctor", "--repair", "--root", night.config.root]) == 1
     assert "the store is whole; 1 thing(s) not repaired" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("table", ["failures", "segments"])
+def test_the_dashboard_skips_a_torn_run_file_with_a_warning_as_doctor_says(night, table):
+    from batchml.serve.dashboard_data import MonitoringData
+
+    rel = layout.monitoring_path(table, "night-1")
+    night.write_bytes(rel, b"PAR1 torn")
+    with pytest.warns(DamagedFileWarning, match=rf"{table}/night-1.parquet"):
+        assert getattr(MonitoringData(night), table)("night-1").empty

@@ -89,13 +89,19 @@ class MonitoringData:
         return self.alerts[self.alerts.run_id == run_id]
 
     def segments(self, run_id: str) -> pd.DataFrame:
-        """The run's rows per segment; empty for a run scored without segments."""
-        rel = layout.monitoring_path("segments", run_id)
-        return self.store.read_parquet(rel).to_pandas() if self.store.exists(rel) else pd.DataFrame()
+        """The run's rows per segment; empty for a run scored without segments (or whose file is damaged)."""
+        return self._run_file("segments", run_id)
 
     def failures(self, run_id: str) -> pd.DataFrame:
-        rel = layout.monitoring_path("failures", run_id)
-        return self.store.read_parquet(rel).to_pandas() if self.store.exists(rel) else pd.DataFrame()
+        return self._run_file("failures", run_id)
+
+    def _run_file(self, table: str, run_id: str) -> pd.DataFrame:
+        """A run's monitoring file; a damaged one is skipped with a warning naming it, as the tables' readers
+        do (``batchml doctor`` names it too): empty, never a failed view."""
+        if not self.store.exists(layout.monitoring_path(table, run_id)):
+            return pd.DataFrame()
+        read = TableReader(self.store, table)._read_file(f"{run_id}.parquet")  # its skip rule
+        return read.to_pandas() if read is not None else pd.DataFrame()
 
     def manifest(self, run_id: str) -> RunManifest:
         return RunManifest.read(self.store, run_id)
