@@ -454,3 +454,16 @@ def test_the_app_builds_its_tabs_on_an_empty_store(tmp_path):
     tabs = app.main[0]
     assert tabs._names == ["Overview", "Accuracy", "Confusion", "Confusion (range)", "Class mix", "Failures",
                            "Models", "Runs"]
+
+
+def test_a_range_of_models_with_different_classes_asks_for_one_model_not_a_failed_view():
+    import numpy as np
+    import pandas as pd
+
+    from batchml.serve.dashboard import one_class_list
+
+    runs = pd.DataFrame({"model_version": ["cifar10/v1", "cifar10/v2", "pets/v1"],
+                         "classes": [np.array(CLASSES, dtype=object)] * 2 + [np.array(["cat", "dog"], dtype=object)]})
+    note = one_class_list(runs, "class mix")
+    assert note is not None and "cifar10/v1, cifar10/v2, pets/v1" in note.object and "Model version" in note.object
+    assert one_class_list(runs.iloc[:2], "class mix") is None  # versions of one model: one class list

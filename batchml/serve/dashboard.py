@@ -94,8 +94,9 @@ def create_app(store: Store, refresh_seconds: int = REFRESH_SECONDS) -> pn.templ
         ("Overview", view(lambda *_: overview(data, selected()), model, dates)),
         ("Accuracy", view(lambda *_: accuracy_over_time(selected()), model, dates)),
         ("Confusion", view(lambda r, n, *_: confusion_view(one_run(r), n), run, normalised)),
-        ("Confusion (range)", view(lambda n, *_: confusion_view(selected(), n), normalised, model, dates)),
-        ("Class mix", view(lambda *_: class_mix(selected()), model, dates)),
+        ("Confusion (range)", view(lambda n, *_: one_class_list(selected(), "confusion matrix") or
+                                   confusion_view(selected(), n), normalised, model, dates)),
+        ("Class mix", view(lambda *_: one_class_list(selected(), "class mix") or class_mix(selected()), model, dates)),
         ("Failures", view(lambda r, *_: gallery(data, r), run)),
         ("Models", view(lambda *_: models_view(store))),
         ("Runs", view(lambda r, *_: runs_view(data, r), run)),
@@ -108,6 +109,17 @@ def create_app(store: Store, refresh_seconds: int = REFRESH_SECONDS) -> pn.templ
         sidebar=[pn.pane.Markdown(f"**Store**  \n`{store.url()}`"), model, dates, run, normalised, tick],
         main=[tabs],
     )
+
+
+def one_class_list(runs: pd.DataFrame, what: str):
+    """None where the runs' models share one list of classes; else a note to pick a model: a range's
+    counts add up only class by class."""
+    lists = {tuple(c) for c in runs.get("classes", pd.Series(dtype=object)) if c is not None and len(c)}
+    if len(lists) < 2:
+        return None
+    versions = ", ".join(sorted(runs.model_version.unique())[:5])
+    return pn.pane.Markdown(f"These runs are of models with different classes ({versions}): pick one under "
+                            f"*Model version* to see the {what} of a range.")
 
 
 def exposure_warning(address: str, basic_auth: str | None) -> str | None:
