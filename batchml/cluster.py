@@ -15,7 +15,9 @@ on its CPU.
 from __future__ import annotations
 
 import copy
+import functools
 import gc
+import hashlib
 import logging
 import os
 import socket
@@ -25,6 +27,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin
@@ -297,6 +300,31 @@ def check_cluster(cfg: ClusterConfig) -> None:
         local_workers(cfg, visible_gpu_ids() if cfg.use_gpus else [])
 
 
+@functools.cache
+def code_version() -> str:
+    """A digest of this process's batchml source: client and workers must run the same code (a task's
+    arguments change between versions, and a worker of another one fails every task)."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def check_same_code(client: Client) -> None:
+    """Refuse a cluster whose workers run another batchml than the client, naming them."""
+    mine = code_version()
+    try:
+        theirs = client.run(code_version)
+    except Exception as exc:  # a worker whose batchml lacks the check: older still
+        raise BatchmlError(f"a worker cannot run this batchml's version check ({type(exc).__name__}: {exc}): it "
+                           "runs another batchml; install the client's on every worker and restart them") from exc
+    if other := sorted(w for w, v in theirs.items() if v != mine):
+        raise BatchmlError(f"{len(other)} worker(s) run another batchml than this client (code {mine}): "
+                           f"{', '.join(f'{w} ({theirs[w]})' for w in other[:3])}. Install the same batchml on every "
+                           "worker and restart them, or submit from their install")
+
+
 def worker_wait_s() -> float:
     """How long a job waits for a worker on a scheduler that has none (``$BATCHML_WORKER_WAIT_S``)."""
     try:
@@ -347,6 +375,8 @@ def connect(cfg: ClusterConfig, verbose: bool = False) -> Iterator[Client]:
         except Exception as exc:  # raised on a worker: its message says which and why
             raise BatchmlError(f"setting up the workers for Keras backend {cfg.backend!r} failed: "
                                f"{type(exc).__name__}: {exc}") from exc
+        if cfg.scheduler:  # a local cluster's workers run this very install
+            check_same_code(client)
         devices = check_devices(client, cfg.require_gpu)
         if verbose:
             print(f"cluster: {describe(devices)}; Dask dashboard {client.dashboard_link}", file=sys.stderr, flush=True)

@@ -94,3 +94,21 @@ def test_a_worker_logs_a_tasks_batchml_error_in_one_line_and_other_errors_whole(
     assert _ExpectedFailure().filter(crash) and "Traceback: '  File ...'" in crash.getMessage()
     assert not _ExpectedFailure().filter(record("", "Async instruction for <Task cancelled> ended with "
                                                     "CancelledError"))
+
+
+def test_workers_of_another_batchml_are_refused_naming_them():
+    import types
+
+    from batchml.cluster import check_same_code, code_version
+
+    same = types.SimpleNamespace(run=lambda f: {"tcp://10.0.0.1:1": code_version()})
+    check_same_code(same)
+    other = types.SimpleNamespace(run=lambda f: {"tcp://10.0.0.1:1": code_version(), "tcp://10.0.0.2:1": "0123abcd"})
+    with pytest.raises(BatchmlError, match=r"1 worker\(s\) run another batchml .*tcp://10.0.0.2:1 \(0123abcd\)"):
+        check_same_code(other)
+
+    def older(f):  # its batchml has no version check: the function does not unpickle there
+        raise AttributeError("module 'batchml.cluster' has no attribute 'code_version'")
+
+    with pytest.raises(BatchmlError, match="runs another batchml; install the client's on every worker"):
+        check_same_code(types.SimpleNamespace(run=older))
