@@ -233,3 +233,19 @@ def test_a_short_night_and_a_camera_gone_dark_are_named_and_ordinary_nights_are_
     assert gone[0].message.startswith("camera=cam-c: 0 images tonight, against 300 to 368")
     few = Baseline(sizes=sizes[:4], segment_sizes=cams[:4])  # too few nights to know what is ordinary
     assert "volume_drop" not in _kinds(evaluate(RUN, _night(rng, 10), _card(rng), few))
+
+
+def test_copies_in_the_segments_folded_into_other_are_counted_there():
+    """The hashes keep each row's own segment value; the statistics fold the values beyond the
+    largest into "(other)": the copies there were matched to no segment."""
+    rng = np.random.default_rng(13)
+    cfg = MonitorConfig(segments_max=2)
+    sites = [f"s{i}" for i in range(6)]
+    night = PartitionStats.total([_night(rng, 400 if i < 2 else 300, segment=s) for i, s in enumerate(sites)], K)
+    hashes = pd.concat([_hashes(rng, 400 if i < 2 else 300, copies=0.0 if i < 2 else 0.5, segment=s)
+                        for i, s in enumerate(sites)], ignore_index=True)
+    hashes["image_id"] = [f"i{i}" for i in range(len(hashes))]
+    report = evaluate(RUN, night, _card(rng), cfg=cfg, hashes=hashes, segment_by="site")
+    other = next(s for s in report.segments if s.segment == "(other)")
+    assert other.rows == 1200 and other.duplicate_within > 200
+    assert all(s.duplicate_within in (0, None) for s in report.segments if s.segment != "(other)")

@@ -21,7 +21,7 @@ from batchml.monitoring.duplicates import duplicates
 from batchml.monitoring.row import build_row
 from batchml.monitoring.rules import MonitorConfig
 from batchml.records import Alert, ModelCard, MonitoringRow, RunManifest
-from batchml.stats import OTHER_SEGMENT, PartitionStats
+from batchml.stats import MISSING_SEGMENT, OTHER_SEGMENT, PartitionStats
 
 # what a segment is judged on alone: rules with a test of their own, not the history's
 SEGMENT_RULES = (rules.no_rows, rules.duplicates, rules.input_shift, rules.novel_inputs, rules.sustained_shift,
@@ -52,10 +52,16 @@ def judge_segments(run: RunManifest, stats: PartitionStats, card: ModelCard, bas
         return [], {}
     strict = _bonferroni(cfg, len(judged))
     rows, raised = [], {}
+    # each hash row's segment as the statistics count it: null is MISSING_SEGMENT, and a value outside
+    # the segments kept apart is OTHER_SEGMENT's (the hashes keep every row's own value)
+    where = None
+    if hashes is not None and len(hashes) and "segment" in hashes:
+        where = hashes.segment.astype(object).where(hashes.segment.notna(), MISSING_SEGMENT).astype(str)
+        where = where.where(where.isin([v for v in segments if v != OTHER_SEGMENT]), OTHER_SEGMENT)
     for value, s in segments.items():
         duplicated = None
         if hashes is not None and len(hashes):
-            mine = hashes[hashes.segment.astype(str) == value] if "segment" in hashes else hashes.iloc[:0]
+            mine = hashes[where == value] if where is not None else hashes.iloc[:0]
             duplicated = duplicates(mine, recent or {}, stats.num_classes) or None
         row = build_row(run, s, card, Baseline(accepted=baseline.accepted), duplicated, value, segment_by, labels)
         rows.append(row)
