@@ -346,3 +346,14 @@ def test_columns_a_newer_monitor_writes_are_kept(store):
     row = MonitoringRow.from_dict(read_table(store, "runs").iloc[0].to_dict())
     assert row.extra["class_prior_estimate"].tolist() == [0.5, 0.5] and row.schema_version == 1
     assert read_table(store, "alerts").method.tolist() == ["new"]
+
+
+def test_a_range_before_any_commit_names_the_days_the_runs_were_committed(store):
+    from batchml.monitoring import monitor_range, monitor_run
+    from tests.ops_fixtures import fake_run
+
+    fake_run(store)
+    today = monitor_run(store, "night-1").row.committed_at[:10]
+    with pytest.raises(BatchmlError, match=rf"no monitored runs committed between 2000-01-01 and 2000-01-31: the "
+                                           rf"monitored runs were committed from {today} to {today}"):
+        monitor_range(store, "2000-01-01", "2000-01-31")

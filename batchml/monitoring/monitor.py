@@ -112,15 +112,19 @@ def _recent_hashes(store: Store, run: RunManifest, nights: int) -> dict[str, pd.
 def monitor_range(store: Store, since: str | None = None, until: str | None = None,
                   model_version: str | None = None) -> dict:
     """Labelled-sample statistics over the monitored runs committed in [since, until] (ISO dates)."""
-    runs = read_table(store, "runs")
-    day = runs.committed_at.str[:10]
-    runs = runs[(day >= (since or "")) & (day <= (until or "9999"))]
+    every = read_table(store, "runs")
+    day = every.committed_at.str[:10]
+    runs = every[(day >= (since or "")) & (day <= (until or "9999"))]
     if model_version:
         runs = runs[runs.model_version == model_version]
     if runs.empty:
         which = f" for {model_version}" if model_version else ""
-        raise BatchmlError(f"no monitored runs between {since or 'the start'} and {until or 'now'}{which}: "
-                           "run `batchml monitor --run-id ID` first")
+        # dates are of the commit (when the night was scored), not of a night's own --date
+        held = (f"the monitored runs were committed from {every.committed_at.min()[:10]} to "
+                f"{every.committed_at.max()[:10]}: pick dates among those" if len(every)
+                else "run `batchml monitor --run-id ID` first")
+        raise BatchmlError(f"no monitored runs committed between {since or 'the start'} and {until or 'now'}"
+                           f"{which}: {held}")
     classes = list(runs.classes.iloc[0])
     if any(list(c) != classes for c in runs.classes):
         raise BatchmlError("these runs predict different classes: pass --model to compare one model's runs")
