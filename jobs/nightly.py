@@ -69,7 +69,9 @@ def score_config(args) -> ScoreConfig:
     images = absolute(args.images.replace("{date}", night)) if args.images else None
     run_id = args.run_id or (f"nightly-{dataset}" if dataset else f"nightly-images-{night}")
     return ScoreConfig(dataset, args.model, run_id, batch_size=args.batch_size, max_error_ratio=args.max_error_ratio,
-                       images=images, partition_size=args.partition_size, append=args.append)
+                       images=images, partition_size=args.partition_size, append=args.append,
+                       segment_by=args.segment_by, segment_from_path=args.segment_from_path,
+                       raw_orientation=args.raw_orientation)
 
 
 def main(argv: list[str] | None = None) -> int:

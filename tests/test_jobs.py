@@ -90,11 +90,13 @@ def test_nightly_passes_the_partition_size_and_the_nights_date_to_the_run(monkey
     monkeypatch.setattr(job, "connect", lambda *a, **k: contextlib.nullcontext())
     monkeypatch.setattr(job, "score_and_monitor", score_and_monitor)
     args = ["--images", str(tmp_path / "{date}"), "--date", "2026-11-25", "--partition-size", "7", "--root",
-            str(tmp_path / "store")]
+            str(tmp_path / "store"), "--segment-from-path", "{camera}/**", "--raw-orientation"]
     assert job.main(args) == 2
     cfg = seen["cfg"]
     assert (cfg.partition_size, cfg.run_id) == (7, "nightly-images-2026-11-25")
     assert cfg.images == str(tmp_path / "2026-11-25")
+    # the nightly job segments as `score` does: the alerts of its nights name the camera
+    assert (cfg.segment_from_path, cfg.segment_by, cfg.raw_orientation) == ("{camera}/**", None, True)
 
 
 def test_a_night_that_is_not_a_date_exits_2_naming_the_flag_and_the_form(tmp_path, capsys):

@@ -128,15 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--dataset", help="an ingested dataset")
     what.add_argument("--images", help="or a prefix of raw .jpg/.png files: a folder or s3://bucket/prefix")
     p.add_argument("--run-id", help="run id; rerunning an id resumes it (default <dataset>-<UTC time>)")
-    seg = p.add_mutually_exclusive_group()
-    seg.add_argument("--segment-by", metavar="COLUMN",
-                     help="keep statistics per value of this carried column (e.g. camera): the top 20 values "
-                          "of each partition and '(other)'; alerts name the segment that moved")
-    seg.add_argument("--segment-from-path", metavar="PATTERN",
-                     help="with --images: the part of each file's path that names its segment, e.g. "
-                          "'{camera}/**' (the first folder) or '**/{site}/*'; class folders keep giving labels")
-    p.add_argument("--raw-orientation", action="store_true",
-                   help="score pixels as stored, without turning photos by their EXIF orientation")
     p.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
                    help="skip input health, duplicate hashes and novelty (only to measure what they cost)")
     p.set_defaults(func=cmd_score)

@@ -105,6 +105,15 @@ def scoring_arguments() -> argparse.ArgumentParser:
     scoring.add_argument("--append", action="store_true",
                          help="with --images and a run whose prefix has grown: score only the new files into the "
                          "run (new partitions after its own), then commit it again; monitor it again afterwards")
+    seg = scoring.add_mutually_exclusive_group()
+    seg.add_argument("--segment-by", metavar="COLUMN",
+                     help="keep statistics per value of this carried column (e.g. camera): the top 20 values "
+                          "of each partition and '(other)'; alerts name the segment that moved")
+    seg.add_argument("--segment-from-path", metavar="PATTERN",
+                     help="with --images: the part of each file's path that names its segment, e.g. "
+                          "'{camera}/**' (the first folder) or '**/{site}/*'; class folders keep giving labels")
+    scoring.add_argument("--raw-orientation", action="store_true",
+                         help="score pixels as stored, without turning photos by their EXIF orientation")
     return scoring
 
 
