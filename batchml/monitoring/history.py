@@ -28,6 +28,8 @@ MAX_DISPERSION = 4.0
 
 def _pearson(counts: np.ndarray, expected_share: np.ndarray) -> float:
     n = counts.sum()
+    if n <= 0:  # an empty night: nothing to compare (``no_rows`` says so)
+        return 0.0
     used = expected_share > 0
     e = n * expected_share[used]
     return float(((counts[used] - e) ** 2 / e).sum())
