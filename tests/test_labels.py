@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchml import layout
+from batchml.errors import BatchmlError
 from batchml.labels import LabelsError, add_labels, committed, realized, reweighted
 from batchml.layout import ModelVersion
 from batchml.monitoring import fold_run, format_report, monitor_run
@@ -484,3 +485,10 @@ def test_labels_for_a_run_with_a_torn_predictions_file_name_it_and_write_nothing
     err = capsys.readouterr().err
     assert f"{store.path(rel)} is damaged (not readable as Parquet" in err and "doctor --repair" in err
     assert "unexpected error" not in err and files_under(store, "runs/late") == before
+
+
+def test_a_utf16_labels_file_is_named_with_how_to_save_it(store, tmp_path, night):
+    path = tmp_path / "labels.csv"
+    path.write_bytes("image_id,label\nimg-00001,a\n".encode("utf-16"))
+    with pytest.raises(BatchmlError, match=r"labels.csv is encoded as UTF-16: save it as CSV in UTF-8"):
+        add_labels(store, str(path), ["late"])

@@ -103,6 +103,10 @@ def _read_table(path: str) -> pa.Table:
         if suffix == ".parquet":
             return pq.read_table(path)
         if suffix == ".csv":
+            with open(path, "rb") as f:
+                if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):  # what spreadsheet tools call "Unicode text"
+                    raise BatchmlError(f"labels file {path} is encoded as UTF-16: save it as CSV in UTF-8 "
+                                       "(e.g. 'CSV UTF-8' in a spreadsheet's Save As), then add it again")
             # every column as text: labels may be names or indices, ids may look like numbers
             return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
                 column_types={c: pa.string() for c in (*REQUIRED, *OPTIONAL)}, strings_can_be_null=True))
