@@ -133,7 +133,7 @@ def short_segments(row: MonitoringRow, stats: PartitionStats, baseline: Baseline
 
 
 def _named(segment_by: str | None, values: list[str]) -> str:
-    return f"{segment_by or 'segment'}={', '.join(values)}"
+    return f"{segment_by or 'segment'}={', '.join(v if v.strip() else repr(v) for v in values)}"  # '' is a value
 
 
 def _in(segment_by: str | None, values: list[str], message: str) -> str:
