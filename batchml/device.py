@@ -9,8 +9,10 @@ inference without two models fighting over the same cores or GPU memory.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +31,25 @@ def device_lock() -> threading.Lock:
 
 
 _INFO: dict | None = None
+
+
+def training_precision(precision: str) -> str:
+    """The Keras dtype policy to train in: a recipe's ``mixed_bfloat16`` becomes ``float32`` on a CPU
+    without bfloat16 instructions (AVX512-BF16 or AMX), where it is emulated and many times slower."""
+    if precision != "mixed_bfloat16" or device_info()["device"] != "cpu" or cpu_has_bfloat16():
+        return precision
+    print("train: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): training in float32, "
+          "as fast here and no less accurate", file=sys.stderr, flush=True)
+    return "float32"
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether the CPU computes bfloat16 natively (Linux: its flags); True where it cannot be told."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def device_info() -> dict:

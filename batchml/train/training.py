@@ -17,7 +17,7 @@ from batchml import layout
 from batchml.backend import count_gpus
 from batchml.data import datasets
 from batchml.data.images import Preprocessing
-from batchml.device import cpu_fallback_warning, device_info, device_lock
+from batchml.device import cpu_fallback_warning, device_info, device_lock, training_precision
 from batchml.errors import BatchmlError
 from batchml.progress import Progress
 from batchml.records import Calibration, Evaluation, Fit, Metrics, ModelCard, Reference, TrainingData
@@ -131,7 +131,7 @@ def fit(store: Store, cfg: TrainConfig, callbacks: tuple = ()) -> tuple[object, 
     else:
         trunk, parent = build(cfg.arch, len(classes), prep, sample=x[~val][:WHITENING_SAMPLE], width=recipe.width,
                               dropout=recipe.dropout, activation=recipe.activation,
-                              precision=recipe.precision), None
+                              precision=training_precision(recipe.precision)), None
     onehot = np.eye(len(classes), dtype=np.float32)
     batches = Batches(x[~val], onehot[y[~val]], recipe.batch_size, cfg.seed, recipe.augment)
     # fine-tuning starts from trained weights: a tenth of the recipe's rate unless one was given
