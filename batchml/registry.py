@@ -103,7 +103,7 @@ def resolve(store: Store, ref: str, default_name: str = DEFAULT_MODEL_NAME) -> M
     """``[NAME/]VERSION_OR_ALIAS`` -> a committed version, or an error naming what exists."""
     name, _, tag = ref.rpartition("/")
     named = bool(name)
-    name = check_new_name("model", name or default_name)
+    name = check_name("model", name or default_name)
     versions = list_versions(store, name)
     # `--model shapes`: a model's name where a version or alias of the default model goes
     if not named and tag not in versions and layout.NAME_PATTERN.match(tag) \
@@ -168,6 +168,7 @@ def register(store: Store, name: str, model_file: str | bytes, card: ModelCard,
 def _claim_version(store: Store, name: str) -> ModelVersion:
     """The next version number nobody has claimed, claimed atomically (``claim.json``): two
     registrations at the same instant get two versions, never one."""
+    check_new_name("model", name)
     existing = [layout.version_number(v) for v in store.list(layout.model_prefix(name)) if layout.is_version(v)]
     number = max(existing, default=0) + 1
     claim = json.dumps({"claimed_by": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"}).encode()
