@@ -81,7 +81,7 @@ def _rescore(client, store: Store, run_id: str, verbose: bool) -> None:
                       partition_size=run.partition_size or datasets.DEFAULT_PARTITION_SIZE)
     _say(verbose, f"doctor: scoring run {run_id} again where it lacks partitions")
     # a prefix's run is scored from the listing it pinned: a commit from the statistics needs no input
-    score(client, store, cfg, verbose=verbose, plan=pinned_plan(store, run, cfg) if images else None)
+    score(client, store, cfg, verbose=verbose, plan=pinned_plan(store, run) if images else None)
 
 
 def _rebuild_listing(store: Store, run_id: str) -> RunStart:
@@ -95,8 +95,8 @@ def _rebuild_listing(store: Store, run_id: str) -> RunStart:
     appended = {}  # partition -> listing, of the append records still whole
     for name in store.list(layout.run_appends(run_id), ".json"):
         appended.update(read_json(store, f"{layout.run_appends(run_id)}/{name}")[INPUTS])
-    rebuilt = not store.exists(spec_rel)
-    if rebuilt:
+    sizes = _ListedSizes(store)
+    if not store.exists(spec_rel):
         if manifest is None:
             raise BatchmlError(f"run {run_id} has neither run.json nor a manifest to rebuild it from: score its "
                                "input under a new --run-id")
@@ -104,7 +104,7 @@ def _rebuild_listing(store: Store, run_id: str) -> RunStart:
         spec = RunStart.from_dict(fields).to_dict()
         if manifest.get("input") == "images":
             original = names[:len(names) - (manifest.get("appended_partitions") or 0)]
-            spec[INPUTS] = _listing(store, run_id, [n for n in original if n not in appended], spec)
+            spec[INPUTS] = _listing(store, run_id, [n for n in original if n not in appended], sizes(spec))
         store.create(spec_rel, (json.dumps(spec, indent=1, sort_keys=True) + "\n").encode())
     run = RunStart.from_dict(read_json(store, spec_rel))
     if run.input != "images" or INPUTS not in run.extra:
@@ -112,20 +112,13 @@ def _rebuild_listing(store: Store, run_id: str) -> RunStart:
     if lost := [n for n in names if n not in run.extra[INPUTS] and n not in appended]:
         number = next(i for i in range(len(names) + 1) if not store.exists(layout.run_append(run_id, i)))
         record = {"appended_at": datetime.now(UTC).isoformat(timespec="seconds"), "rebuilt_by": "doctor --repair",
-                  INPUTS: _listing(store, run_id, lost, run.to_dict())}
+                  INPUTS: _listing(store, run_id, lost, sizes(run.to_dict()))}
         store.create(layout.run_append(run_id, number), (json.dumps(record, indent=1) + "\n").encode())
     return run
 
 
-def _listing(store: Store, run_id: str, partitions: list[str], run: dict) -> dict[str, list]:
-    """partition -> [[file, size], ...] from what the run wrote of it; sizes as the prefix lists them now
-    (None where it cannot be listed: the files are read, not checked, when they are scored again)."""
-    from batchml.data import inputs
-
-    try:
-        sizes = inputs.plan_prefix(run["dataset"], options_for(run["dataset"], store), run["partition_size"]).sizes
-    except BatchmlError:
-        sizes = {}
+def _listing(store: Store, run_id: str, partitions: list[str], sizes: dict[str, int | None]) -> dict[str, list]:
+    """partition -> [[file, size], ...] from what the run wrote of it, with ``sizes`` (``_ListedSizes``)."""
     out = {}
     for name in partitions:
         ids = []
@@ -134,6 +127,25 @@ def _listing(store: Store, run_id: str, partitions: list[str], run: dict) -> dic
                 ids += store.read_parquet(rel, columns=["image_id"])["image_id"].to_pylist()
         out[name] = [[f, sizes.get(f)] for f in sorted(ids)]
     return out
+
+
+class _ListedSizes:
+    """The sizes of a run's prefix as it lists now, listed once (a prefix may hold millions of files);
+    none where it cannot be listed: the files are then read, not checked, when scored again."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.sizes = store, None
+
+    def __call__(self, run: dict) -> dict[str, int | None]:
+        from batchml.data import inputs
+
+        if self.sizes is None:
+            try:
+                self.sizes = inputs.plan_prefix(run["dataset"], options_for(run["dataset"], self.store),
+                                                run["partition_size"]).sizes
+            except BatchmlError:
+                self.sizes = {}
+        return self.sizes
 
 
 def _remonitor(store: Store, run_id: str, verbose: bool) -> None:

@@ -35,9 +35,10 @@ S3_DEFAULTS = {"use_listings_cache": False,
 try:  # s3fs raises botocore's own errors when the endpoint cannot be reached
     from botocore.exceptions import BotoCoreError, ClientError
 
-    _REMOTE_ERRORS: tuple[type[Exception], ...] = (OSError, BotoCoreError, ClientError)
+    # what an unreachable or refusing object store raises
+    REMOTE_ERRORS: tuple[type[Exception], ...] = (OSError, BotoCoreError, ClientError)
 except ImportError:
-    _REMOTE_ERRORS = (OSError,)
+    REMOTE_ERRORS = (OSError,)
 _TMP_PREFIX = ".tmp-"
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
 
@@ -257,12 +258,11 @@ class Store:
                 f"access denied to {self.url(rel)}: check the credentials "
                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --storage-options)"
             ) from exc
-        except _REMOTE_ERRORS as exc:
+        except REMOTE_ERRORS as exc:
             raise BatchmlError(
                 f"store {self.config.root!r} failed on {rel or '/'}: {exc}. "
                 "Check that the endpoint is up and the bucket exists."
             ) from exc
-
 
     def _write_call(self, method, rel: str, *args, **kwargs):
         """``_call`` for a write: a write that finds nothing there has no bucket to write to."""
@@ -272,8 +272,6 @@ class Store:
             raise BatchmlError(f"cannot write {self.url(rel)}: {exc}. Create the bucket, or check the store "
                                "root (--root) and the endpoint (--storage-options)") from exc
 
-
-REMOTE_ERRORS = _REMOTE_ERRORS  # what an unreachable or refusing object store raises
 
 
 def _precondition_failed(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ from batchml import layout
 from batchml.errors import BatchmlError
 from batchml.monitoring import sequential
 from batchml.monitoring.history import MIN_NIGHTS, baseline_mix, dispersion
-from batchml.monitoring.tables import read_table
+from batchml.monitoring.tables import TableReader, read_table
 from batchml.records import AcceptedBaseline, MonitoringRow, RunManifest, is_absent
 from batchml.stats import PartitionStats
 from batchml.store import Store
@@ -92,12 +92,13 @@ def history(store: Store, run: RunManifest, nights: int) -> Baseline:
         rows = [{**r, "alert_kinds": kinds.get(r["run_id"], [])} if is_absent(r.get("alert_kinds")) else r
                 for r in rows]
     baseline = baseline_from_rows(rows, accepted_baseline(store, run.model_version, run.committed_at), nights)
-    segments = read_table(store, "segments") if baseline.runs else None
-    if segments is not None and len(segments):
-        by_run = {r: dict(zip(g.segment, g.rows + g.errors.fillna(0), strict=True))
-                  for r, g in segments[segments.run_id.isin(baseline.runs)].groupby("run_id")}
-        baseline.segment_sizes = [{str(v): int(n) for v, n in by_run[r].items()} for r in baseline.runs
-                                  if r in by_run]
+    # the history nights' own segment files (30 at most), not the whole table of every night
+    reader = TableReader(store, "segments")
+    for run_id in baseline.runs:
+        if store.exists(layout.monitoring_path("segments", run_id)) and (
+                table := reader._read_file(f"{run_id}.parquet")) is not None and table.num_rows:
+            rows = table.select(["segment", "rows", "errors"]).to_pylist()
+            baseline.segment_sizes.append({str(r["segment"]): int(r["rows"]) + int(r["errors"] or 0) for r in rows})
     return baseline
 
 

@@ -186,7 +186,7 @@ def check_input(store: Store, cfg: ScoreConfig, run: RunStart, plan: inputs.Inpu
     return {**partitions, **added}
 
 
-def pinned_plan(store: Store, run: RunStart, cfg: ScoreConfig) -> inputs.InputPlan:
+def pinned_plan(store: Store, run: RunStart) -> inputs.InputPlan:
     """A prefix's plan as the run pinned it (run.json's listing and its appends'), not listed again:
     what a repair scores or commits from, whether or not the prefix is still there."""
     pinned = _pinned(store, run)
